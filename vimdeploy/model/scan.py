@@ -1,0 +1,156 @@
+"""The bidirectional selective scan of Vim (bimamba v2), in plain PyTorch.
+
+Layout: token-major, as the rest of the model and the `BiSelectiveScan` op contract
+(`export/op_contract.md`): activations are (batch, L, E), B and C are (batch, L, N),
+A is (E, N), D and the dt bias are (E,). The math always runs in fp32, whatever the
+input dtype, and the result is cast back to the dtype of `x`.
+
+One direction (mamba_ssm's `selective_scan_ref`, in our layout):
+
+    dt_t  = softplus(dt_t + dt_bias)               (if delta_softplus)
+    h_t   = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t     (h: E x N, h_{-1} = 0)
+    y_t   = <h_t, C_t> + D * x_t
+
+The backward direction runs the same recurrence from t = L-1 down to 0 on tensors kept
+in the original token order; that is exactly what the official model computes by
+flipping the sequence, scanning forward and flipping the result back.
+
+Bidirectional op (one per Vim layer):
+
+    out = (y_fwd + y_bwd) * silu(z) * out_scale
+
+Two implementations with the same signature:
+  * `bi_selective_scan_reference`: the literal sequential loop, the ground truth.
+  * `bi_selective_scan_fast`: chunked associative scan. Within a chunk the pairs
+    (a_t, b_t) = (exp(dt*A), dt*B*x) are combined with a log-depth (Hillis-Steele) scan,
+    then chained across chunks. Only products of decays a_t in (0, 1] are formed, never
+    exp of a positive number, so nothing overflows at any length (a long product may
+    underflow to 0, which is also what the sequential recurrence gives).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "selective_scan_reference",
+    "bi_selective_scan_reference",
+    "bi_selective_scan_fast",
+    "SCAN_BACKENDS",
+    "register_scan_backend",
+    "get_scan_backend",
+]
+
+
+def _discretize(x, dt, A, B, dt_bias, delta_softplus):
+    """fp32 (decay, input) pairs of the recurrence: a = exp(dt*A), b = dt*B*x. Shapes (b, L, E, N)."""
+    dt = dt.float() + dt_bias.float()
+    if delta_softplus:
+        # Same threshold rule as mamba_ssm's kernel (x > 20 -> x) and torch's default.
+        dt = F.softplus(dt)
+    a = torch.exp(dt.unsqueeze(-1) * A.float())  # (b, L, E, N)
+    b = (dt * x.float()).unsqueeze(-1) * B.float().unsqueeze(-2)  # (b, L, E, N)
+    return a, b
+
+
+def selective_scan_reference(x, dt, A, B, C, D, dt_bias, delta_softplus=True, reverse=False):
+    """One direction, sequentially, in fp32. Returns y (b, L, E) in fp32 (no gate)."""
+    a, b = _discretize(x, dt, A, B, dt_bias, delta_softplus)
+    Cf = C.float()
+    h = a.new_zeros(a.shape[0], a.shape[2], a.shape[3])
+    ys = [None] * x.shape[1]
+    steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    for t in steps:
+        h = a[:, t] * h + b[:, t]
+        ys[t] = torch.einsum("ben,bn->be", h, Cf[:, t])
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(x.shape, dtype=torch.float32)
+    return y + x.float() * D.float()
+
+
+def _scan_chunked(x, dt, A, B, C, D, dt_bias, delta_softplus, reverse, chunk):
+    """One direction with a chunked associative scan. Same result as the reference."""
+    if reverse:
+        # Reverse time, scan forward, reverse back: only this fp32 helper ever flips.
+        flip = lambda t: t.flip(1)  # noqa: E731
+        y = _scan_chunked(flip(x), flip(dt), A, flip(B), flip(C), D, dt_bias, delta_softplus, False, chunk)
+        return y.flip(1)
+    batch, L, E = x.shape
+    N = A.shape[-1]
+    h = x.new_zeros(batch, E, N, dtype=torch.float32)
+    ys = []
+    for start in range(0, L, chunk):
+        sl = slice(start, min(start + chunk, L))
+        a, b = _discretize(x[:, sl], dt[:, sl], A, B[:, sl], dt_bias, delta_softplus)
+        # Inclusive prefix of the affine maps h -> a*h + b inside the chunk, log2(T) steps:
+        # (a1, b1) then (a2, b2) composes to (a2*a1, a2*b1 + b2).
+        T = a.shape[1]
+        shift = 1
+        while shift < T:
+            a_prev, b_prev = a[:, :-shift], b[:, :-shift]
+            b = torch.cat([b[:, :shift], a[:, shift:] * b_prev + b[:, shift:]], dim=1)
+            a = torch.cat([a[:, :shift], a[:, shift:] * a_prev], dim=1)
+            shift *= 2
+        hs = a * h.unsqueeze(1) + b  # states of every step of the chunk
+        ys.append(torch.einsum("bten,btn->bte", hs, C[:, sl].float()))
+        h = hs[:, -1]
+    y = torch.cat(ys, dim=1) if ys else x.new_zeros(x.shape, dtype=torch.float32)
+    return y + x.float() * D.float()
+
+
+def _combine(y_fwd, y_bwd, z, out_scale, dtype):
+    return ((y_fwd + y_bwd) * F.silu(z.float()) * out_scale).to(dtype)
+
+
+def bi_selective_scan_reference(
+    z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd,
+    A_fwd, A_bwd, D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd,
+    delta_softplus: bool = True, out_scale: float = 0.5,
+):
+    """The op contract, computed with the sequential loop (ground truth)."""
+    y_f = selective_scan_reference(x_fwd, dt_fwd, A_fwd, B_fwd, C_fwd, D_fwd, dt_bias_fwd, delta_softplus)
+    y_b = selective_scan_reference(x_bwd, dt_bwd, A_bwd, B_bwd, C_bwd, D_bwd, dt_bias_bwd, delta_softplus, reverse=True)
+    return _combine(y_f, y_b, z, out_scale, x_fwd.dtype)
+
+
+def bi_selective_scan_fast(
+    z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd,
+    A_fwd, A_bwd, D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd,
+    delta_softplus: bool = True, out_scale: float = 0.5, chunk: int = 64,
+):
+    """The op contract, computed with the chunked associative scan."""
+    y_f = _scan_chunked(x_fwd, dt_fwd, A_fwd, B_fwd, C_fwd, D_fwd, dt_bias_fwd, delta_softplus, False, chunk)
+    y_b = _scan_chunked(x_bwd, dt_bwd, A_bwd, B_bwd, C_bwd, D_bwd, dt_bias_bwd, delta_softplus, True, chunk)
+    return _combine(y_f, y_b, z, out_scale, x_fwd.dtype)
+
+
+# Backends the model can run its scan on, by name. Other modules add theirs (the CUDA
+# kernel of plugins/, the export op) with `register_scan_backend`; a loader callable is
+# allowed so that heavy imports happen only when the backend is asked for.
+SCAN_BACKENDS: dict[str, Callable] = {
+    "reference": bi_selective_scan_reference,
+    "fast": bi_selective_scan_fast,
+}
+_LAZY_BACKENDS: dict[str, Callable[[], Callable]] = {}
+
+
+def register_scan_backend(name: str, fn: Callable | None = None, *, loader: Callable[[], Callable] | None = None):
+    """Register a scan implementation (same signature as `bi_selective_scan_reference`)."""
+    if (fn is None) == (loader is None):
+        raise ValueError("give exactly one of fn or loader")
+    if fn is not None:
+        SCAN_BACKENDS[name] = fn
+    else:
+        _LAZY_BACKENDS[name] = loader
+
+
+def get_scan_backend(name: str) -> Callable:
+    if name not in SCAN_BACKENDS and name in _LAZY_BACKENDS:
+        SCAN_BACKENDS[name] = _LAZY_BACKENDS[name]()
+    try:
+        return SCAN_BACKENDS[name]
+    except KeyError:
+        known = sorted(set(SCAN_BACKENDS) | set(_LAZY_BACKENDS))
+        raise ValueError(f"unknown scan backend {name!r}; known: {', '.join(known)}") from None
