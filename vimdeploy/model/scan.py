@@ -162,3 +162,9 @@ def get_scan_backend(name: str) -> Callable:
     except KeyError:
         known = sorted(set(SCAN_BACKENDS) | set(_LAZY_BACKENDS))
         raise ValueError(f"unknown scan backend {name!r}; known: {', '.join(known)}") from None
+
+
+# The CUDA kernel of plugins/ (vimdeploy.plugin), imported only when asked for.
+register_scan_backend(
+    "cuda", loader=lambda: __import__("vimdeploy.plugin", fromlist=["bi_selective_scan_cuda"]).bi_selective_scan_cuda
+)

@@ -1,0 +1,188 @@
+"""The `vimdeploy` command line: parse, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import VimdeployError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class FriendlyGroup(click.Group):
+    """Turns expected failures (VimdeployError) into one clear line and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VimdeployError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def emit(data, as_json: bool, human):
+    """Print `data` as JSON for scripts, or with `human(data)` for people."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        human(data)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+ema_option = click.option("--ema", is_flag=True, help="Use the checkpoint's `model_ema` weights instead of `model`.")
+
+
+def arch_options(fn):
+    """Overrides for what a checkpoint's shapes cannot tell."""
+
+    @click.option("--stride", type=int, default=None,
+                  help="Patch stride (16, or 8 for the long-sequence models). Default: inferred.")
+    @click.option("--trained-size", type=int, default=None,
+                  help="Resolution the checkpoint was trained at. Default: inferred from its position embedding.")
+    @functools.wraps(fn)
+    def wrapper(*args, stride, trained_size, **kwargs):
+        return fn(*args, overrides={"stride": stride, "img_size": trained_size}, **kwargs)
+
+    return wrapper
+
+
+@click.group(cls=FriendlyGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version")
+def main():
+    """vimdeploy: Vision Mamba (Vim) checkpoints to validated inference engines.
+
+    \b
+    Start with `vimdeploy demo` (no checkpoint needed), or with an official
+    hustvl/Vim checkpoint:
+      vimdeploy info vim_t_midclstok_76p1acc.pth
+      vimdeploy predict vim_t_midclstok_76p1acc.pth cat.jpg
+      vimdeploy infer vim_t_midclstok_76p1acc.pth --input batch.npy -o out.npz
+    """
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@ema_option
+@arch_options
+@json_option
+def info(checkpoint, ema, overrides, as_json):
+    """Describe a Vim checkpoint: variant, parameters, resolution, tokens, file contents."""
+    from .report import checkpoint_info
+
+    data = checkpoint_info(checkpoint, ema=ema, **overrides)
+
+    def human(d):
+        m = d["model"]
+        click.echo(f"{d['file']['path']}  ({d['file']['size_mb']:.1f} MB, sha256 {d['file']['sha256'][:16]}...)")
+        click.echo(f"  variant      Vim {m['variant']}  (embed {m['embed_dim']}, depth {m['depth']}, "
+                   f"d_state {m['d_state']}, d_inner {m['d_inner']}, dt_rank {m['dt_rank']})")
+        click.echo(f"  parameters   {m['parameters']:,}")
+        click.echo(f"  resolution   {m['img_size']}x{m['img_size']}, patch {m['patch_size']} stride {m['stride']}, "
+                   f"grid {m['grid']}x{m['grid']}, {m['tokens']} tokens (class token in the middle, index {m['cls_index']})")
+        click.echo(f"  classes      {m['num_classes']}")
+        f = d["file"]
+        click.echo(f"  weights from {f['weights_from']}  (stored as {', '.join(f['stored_dtypes'])})")
+        click.echo(f"  file holds   {', '.join(f['top_level_keys']) or 'a bare state dict'}")
+        if f.get("epoch") is not None:
+            click.echo(f"  epoch        {f['epoch']}")
+        if f.get("training_model_name"):
+            click.echo(f"  trained as   {f['training_model_name']} at {f.get('training_input_size')}px")
+
+    emit(data, as_json, human)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--img-size", type=int, default=None, help="Input resolution. Default: the model's own.")
+@click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
+@ema_option
+@json_option
+def predict(model, images, img_size, k, ema, as_json):
+    """Classify images: top-k ImageNet classes with probabilities.
+
+    Preprocessing is DeiT's evaluation transform (shorter side to size/0.875 with
+    bicubic resampling, center crop, ImageNet mean/std).
+    """
+    from .data import load_images, topk
+    from .runtime import open_engine
+
+    engine = open_engine(model, ema=ema)
+    size = img_size or engine.input_size or engine.default_input_size
+    logits = engine.run(load_images(images, size))["logits"]
+    results = [{"image": str(p), "top": row} for p, row in zip(images, topk(logits, k))]
+
+    def human(rows):
+        for r in rows:
+            click.echo(r["image"])
+            for t in r["top"]:
+                click.echo(f"  {t['probability'] * 100:6.2f}%  {t['name']}  ({t['index']})")
+
+    emit(results, as_json, human)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A .npy file holding an NCHW float32 batch (already normalised).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .npz to write: `logits` (N, classes) and, with --features, `features` (N, C).")
+@click.option("--features", is_flag=True, help="Also write the features (middle class token after the final norm).")
+@ema_option
+@json_option
+def infer(model, input_path, output, features, ema, as_json):
+    """Run MODEL on a saved batch and write its outputs (the scriptable way to run any artifact).
+
+    OUT is written atomically (a temporary file renamed into place).
+    """
+    import numpy as np
+
+    from .errors import InputError
+    from .fileio import atomic_path
+    from .runtime import open_engine
+
+    try:
+        images = np.load(input_path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read {input_path} as a .npy array: {e}") from None
+    engine = open_engine(model, ema=ema)
+    outputs = engine.run(images, features=features)
+    with atomic_path(output) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **outputs)
+    summary = {"model": str(model), "input": str(input_path), "output": str(output),
+               "batch": int(images.shape[0]), **{k: list(v.shape) for k, v in outputs.items()},
+               "engine": engine.describe()}
+    emit(summary, as_json, lambda s: click.echo(
+        f"wrote {s['output']}: " + ", ".join(f"{k} {tuple(outputs[k].shape)}" for k in outputs)))
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("vimdeploy-demo"),
+              show_default=True, help="Where the demo writes its files.")
+@json_option
+def demo(checkpoint, out_dir, as_json):
+    """Run the whole pipeline once on CHECKPOINT, or on a built-in model if none is given.
+
+    Without a checkpoint, an UNTRAINED Vim-Tiny (fixed seed) is made and used, clearly
+    labelled as such: its predictions are meaningless, but every stage runs for real.
+    """
+    from .demo import run_demo
+
+    report = run_demo(checkpoint, out_dir, echo=None if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

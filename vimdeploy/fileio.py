@@ -1,0 +1,32 @@
+"""Writing files so that a reader never sees half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import VimdeployError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, force: bool = True):
+    """Yield a temporary path next to `path`; on success rename it onto `path` in one step.
+
+    With force=False an existing `path` is an error and is left untouched. On any failure
+    the temporary file is removed and `path` is unchanged.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise VimdeployError(f"{path} already exists; pass --force to replace it.")
+    if path.parent and not path.parent.exists():
+        raise VimdeployError(f"output folder {path.parent} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent or ".")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

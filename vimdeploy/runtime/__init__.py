@@ -1,0 +1,46 @@
+"""One way to run any vimdeploy artifact: `open_engine(path)` returns an `Engine`.
+
+Backends: PyTorch checkpoints (`.pth`, `.pt`, `.bin`, `.ckpt`) today; ONNX models and
+TensorRT engines plug in behind the same interface (`register_backend`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ArtifactError
+from .base import Engine
+
+__all__ = ["Engine", "open_engine", "register_backend", "BACKENDS"]
+
+# suffix -> factory(path, **options) -> Engine. Imports happen inside the factories so
+# that `vimdeploy infer model.onnx` never imports torch's CUDA bits and vice versa.
+BACKENDS: dict[str, Callable[..., Engine]] = {}
+
+
+def register_backend(suffixes, factory: Callable[..., Engine]):
+    for suffix in suffixes:
+        BACKENDS[suffix.lower()] = factory
+
+
+def _torch_engine(path, **options):
+    from .torch_backend import TorchEngine
+
+    return TorchEngine(path, **options)
+
+
+register_backend([".pth", ".pt", ".bin", ".ckpt", ".tar"], _torch_engine)
+
+
+def open_engine(path: str | Path, **options) -> Engine:
+    """Open a checkpoint / model / engine file for inference, by its suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"no such file: {path}")
+    factory = BACKENDS.get(path.suffix.lower())
+    if factory is None:
+        raise ArtifactError(
+            f"don't know how to run {path.name}: expected one of {', '.join(sorted(BACKENDS))}."
+        )
+    return factory(path, **options)
