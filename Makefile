@@ -1,0 +1,25 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
+VENV       ?= .venv
+PYTHON     ?= python3
+# The CPU wheel keeps CI and laptops light; override e.g. TORCH_SPEC='torch==2.11.*' on a GPU box.
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/vimdeploy demo
+
+test: setup
+	$(PY) -m pytest -ra
+
+clean:
+	rm -rf $(VENV) vimdeploy-demo .pytest_cache

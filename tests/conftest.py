@@ -1,0 +1,67 @@
+"""Shared fixtures: where the golden lives, small models, the CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> Path | None:
+    candidates = [os.environ.get("VIMDEPLOY_GOLDEN"), REPO.parent / "shared" / "golden", REPO / "shared" / "golden"]
+    for c in candidates:
+        if c and (Path(c) / "vim_t_p16_seed30.pth").is_file():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """The official-code golden: checkpoint path and expected input/logits/features."""
+    d = golden_dir()
+    if d is None:
+        if os.environ.get("CI"):
+            pytest.fail("the golden fixture (../shared/golden) is missing in CI")
+        pytest.skip("golden fixture not found: set VIMDEPLOY_GOLDEN or put shared/ beside the repo")
+    expected = np.load(d / "vim_t_p16_seed30.expected.npz")
+    return {"dir": d, "checkpoint": d / "vim_t_p16_seed30.pth", **{k: expected[k] for k in expected.files}}
+
+
+@pytest.fixture(scope="session")
+def golden_model(golden):
+    from vimdeploy.model import load_model
+
+    model, _ = load_model(golden["checkpoint"])
+    return model
+
+
+@pytest.fixture
+def cli():
+    """Invoke the click CLI in-process; returns click's Result."""
+    from click.testing import CliRunner
+
+    from vimdeploy.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def small_model(seed: int = 0, **cfg):
+    """A randomly initialised, shallow Vim (fast to build and run) with noisy weights."""
+    from vimdeploy.model import VimConfig, VisionMamba
+
+    torch.manual_seed(seed)
+    model = VisionMamba(VimConfig(**{"depth": 2, **cfg}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()

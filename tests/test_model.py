@@ -1,0 +1,112 @@
+"""Model structure: parameter counts, official key names, resolution changes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vimdeploy.model import VARIANTS, VimConfig, VisionMamba, resample_pos_embed
+
+from .conftest import small_model
+
+
+def expected_parameters(embed_dim, depth=24, d_state=16, d_conv=4, patch=16, grid=14, classes=1000):
+    """Counted from the architecture (hustvl/Vim + mamba-1p1p1 bimamba v2), not from our modules."""
+    D, E, N, K = embed_dim, 2 * embed_dim, d_state, d_conv
+    R = math.ceil(D / 16)
+    per_layer = (
+        D * 2 * E                      # in_proj (no bias)
+        + 2 * (E * K + E)              # conv1d, conv1d_b (depthwise, bias)
+        + 2 * E * (R + 2 * N)          # x_proj, x_proj_b (no bias)
+        + 2 * (R * E + E)              # dt_proj, dt_proj_b
+        + 2 * E * N                    # A_log, A_b_log
+        + 2 * E                        # D, D_b
+        + E * D                        # out_proj (no bias)
+        + D                            # RMSNorm weight
+    )
+    top = 3 * patch * patch * D + D + D + (grid * grid + 1) * D + D + D * classes + classes
+    return depth * per_layer + top
+
+
+@pytest.mark.parametrize("variant,embed_dim,grid", [
+    ("tiny", 192, 14), ("small", 384, 14), ("base", 768, 14), ("tiny-s8", 192, 27), ("small-s8", 384, 27)])
+def test_parameter_counts(variant, embed_dim, grid):
+    with torch.device("meta"):
+        model = VisionMamba(VARIANTS[variant])
+    count = sum(p.numel() for p in model.parameters())
+    assert count == expected_parameters(embed_dim, grid=grid)
+
+
+def test_vim_tiny_has_the_published_parameter_count():
+    with torch.device("meta"):
+        model = VisionMamba(VARIANTS["tiny"])
+    assert sum(p.numel() for p in model.parameters()) == 7_148_008
+
+
+def test_state_dict_keys_are_the_official_ones():
+    with torch.device("meta"):
+        sd = VisionMamba(VimConfig(depth=1)).state_dict()
+    mixer = {"A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+             "dt_proj.bias", "A_b_log", "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_proj_b.weight",
+             "dt_proj_b.bias", "D_b", "out_proj.weight"}
+    expected = {"patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed", "norm_f.weight",
+                "head.weight", "head.bias", "layers.0.norm.weight"} | {f"layers.0.mixer.{k}" for k in mixer}
+    assert set(sd) == expected
+    assert sd["layers.0.mixer.A_log"].shape == (384, 16) and sd["layers.0.mixer.conv1d.weight"].shape == (384, 1, 4)
+
+
+def test_token_counts():
+    assert VARIANTS["tiny"].tokens() == 197
+    assert VARIANTS["tiny"].tokens(1248) == 6085
+    assert VARIANTS["tiny-s8"].tokens() == 730
+
+
+def test_resample_is_identity_at_the_native_grid():
+    pe = torch.randn(1, 197, 8)
+    assert resample_pos_embed(pe, 14, 14) is pe
+    model = small_model()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        a = model(x)
+        b = model.head(model.forward_features(x))
+    torch.testing.assert_close(a, b)
+
+
+def test_resample_keeps_the_class_token_apart_and_interpolates_the_grid():
+    grid, c = 14, 4
+    yy, xx = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    patches = torch.stack([torch.ones_like(yy)] * c, -1).reshape(1, grid * grid, c).float() * 3.0
+    cls = torch.full((1, 1, c), -7.0)
+    mid = grid * grid // 2
+    pe = torch.cat([patches[:, :mid], cls, patches[:, mid:]], dim=1)
+    out = resample_pos_embed(pe, grid, 78)
+    assert out.shape == (1, 78 * 78 + 1, c)
+    new_mid = 78 * 78 // 2
+    torch.testing.assert_close(out[:, new_mid], cls[:, 0])  # class token untouched, at the new middle
+    rest = torch.cat([out[:, :new_mid], out[:, new_mid + 1:]], dim=1)
+    torch.testing.assert_close(rest, torch.full_like(rest, 3.0))  # a constant field stays constant
+
+
+def test_bad_input_size_is_a_clear_error():
+    from vimdeploy.errors import InputError
+
+    model = small_model()
+    with pytest.raises(InputError, match="patch grid"):
+        model(torch.randn(1, 3, 225, 225))
+    with pytest.raises(InputError, match="patch grid"):
+        model(torch.randn(1, 3, 224, 240))
+
+
+def test_high_resolution_1248_is_finite_and_sensible(golden_model):
+    """6,085 tokens. The same picture at 224 and at 1248 should be read alike (cosine of logits)."""
+    torch.manual_seed(0)
+    small = torch.nn.functional.interpolate(torch.randn(1, 3, 28, 28), size=224, mode="bilinear")
+    large = torch.nn.functional.interpolate(small, size=1248, mode="bilinear")
+    with torch.inference_mode():
+        a = golden_model(small)
+        b = golden_model(large)
+    assert torch.isfinite(b).all()
+    assert b.std() < 10 * a.std()
+    cos = torch.nn.functional.cosine_similarity(a, b).item()
+    assert cos > 0.5, cos
