@@ -1,0 +1,464 @@
+/*
+ * vimdeploy: BiSelectiveScan forward kernel (see export/op_contract.md).
+ *
+ * Design (measured on an H100, numbers in docs/kernel.md):
+ *
+ * - One thread per (batch, channel, direction) runs the recurrence sequentially with its
+ *   16 states in registers (as TensorRT-LLM's Mamba kernel). The scan is bound by the
+ *   16 exps per state step (MUFU ex2), not by memory: a block-parallel scan over (a, b)
+ *   pairs (mamba_ssm) does the same exps plus the combine work, so the sequential form
+ *   with enough threads in flight is the cheapest.
+ * - A block = 2 warps: warp 0 scans channels [32*bx, 32*bx+32) forward, warp 1 the same
+ *   channels backward. They meet in the middle: in the first half of the sweep each
+ *   direction writes its (ungated) partial output into y, then __syncthreads(), then in
+ *   the second half each direction reads the other's partial at the tokens it reaches,
+ *   adds its own, applies silu(z) * out_scale and writes the final value. So z is read
+ *   once, y written once (plus one partial store/load per element), nothing is flipped.
+ *   For fp16 the partial is rounded to fp16 once (the official pattern rounds each gated
+ *   direction to fp16 too); for fp32 it is exact.
+ * - B_t and C_t are shared by all channels of a batch row: each warp stages kTC steps of
+ *   them (32 values a step = one per lane, coalesced) through registers into shared memory,
+ *   one chunk ahead, and every lane reads them back as float4 broadcasts. x, dt, z and the
+ *   partial are per-thread, coalesced across the warp, also prefetched one chunk ahead.
+ * - When batch * channels cannot fill the GPU (batch 1 at long L), L is split into chunks:
+ *   a first launch computes each chunk's final state from zero and the sum of its deltas
+ *   (its total decay is exp(A * sum(delta))), the second launch starts each chunk from the
+ *   carried state of the chunks before it (in scan order) and runs the sweep above inside
+ *   the chunk. That doubles the exps, so it is only used when the GPU would idle otherwise.
+ * - Optionally part of the 16 exps run as a degree-5 polynomial exp2 on the FMA pipe
+ *   (Cody-Waite split + integer add into the exponent, as FlashAttention-4 does) to unload
+ *   the MUFU unit (kernel variant 3).
+ */
+#include "vimdeploy/bi_selective_scan.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+namespace
+{
+
+constexpr int kN = 16;      // d_state (Vim); other values are rejected
+constexpr int kWarp = 32;   // channels per block (one warp per direction)
+constexpr int kMinChunkL = 64; // shortest chunk worth splitting L into
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Params
+{
+    void const* z;
+    void const* x[2];
+    void const* dt[2];
+    void const* B[2];
+    void const* C[2];
+    float const* A[2];
+    float const* D[2];
+    float const* bias[2];
+    void* y;
+    float* ws; // chunk states [2][batch][chunks][kN + 1][E] (kN states + sum of deltas)
+    int64_t L, E;
+    int chunks, chunk_len, batch;
+    int softplus;
+    float scale;
+};
+
+__device__ __forceinline__ float toF(float v) { return v; }
+__device__ __forceinline__ float toF(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T fromF(float v);
+template <>
+__device__ __forceinline__ float fromF<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half fromF<__half>(float v) { return __float2half_rn(v); }
+
+// 2^x on the special-function unit (max rel. error ~2 ulp; ftz: results below 2^-126 are 0).
+__device__ __forceinline__ float ex2Mufu(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// 2^x on the FMA pipe: x = j + f, j integer, f in [-0.5, 0.5]; 2^f by a degree-5 polynomial
+// (Chebyshev fit, rel. error 2.4e-7 in fp32 Horner), 2^j by adding j to the exponent bits.
+__device__ __forceinline__ float ex2Poly(float x)
+{
+    x = fminf(fmaxf(x, -127.f), 127.f);
+    float const r = x + 12582912.f;             // 1.5 * 2^23: rounds x to an integer in the low bits
+    float const j = r - 12582912.f;
+    float const f = x - j;
+    float p = 1.3390863e-3f;
+    p = fmaf(p, f, 9.6760318e-3f);
+    p = fmaf(p, f, 5.5503570e-2f);
+    p = fmaf(p, f, 2.4022107e-1f);
+    p = fmaf(p, f, 6.9314718e-1f);
+    p = fmaf(p, f, 1.0000001f);
+    int const ji = __float_as_int(r) - 0x4B400000; // the integer j
+    float const y = __int_as_float(__float_as_int(p) + (ji << 23));
+    return x <= -127.f ? 0.f : y; // 2^-127 would be a denormal: flush like ex2.approx.ftz
+}
+
+// mamba_ssm's rule: softplus(v) = v if v > 20 else log1p(exp(v)).
+__device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+
+__device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+
+enum Mode
+{
+    kStates = 0, // chunk-local final state + sum of deltas -> workspace (split pass 1)
+    kFirst = 1,  // first half: store the ungated partial output into y
+    kSecond = 2  // second half: combine with the other direction's partial, gate, store
+};
+
+// Everything one thread needs for its (batch, channel, direction).
+template <typename T>
+struct Lane
+{
+    T const* x;
+    T const* dt;
+    T const* bc; // B (lanes 0..15) or C (lanes 16..31) for the staging loads
+    T const* z;
+    T* y;
+    int64_t stride;   // +E or -E: one step in scan order, activations
+    int64_t bcStride; // +kN or -kN: one step in scan order, B/C
+    float A2[kN];     // A * log2(e)
+    float D, bias;
+    bool active;      // channel < E (inactive lanes compute on a clamped channel, never store)
+};
+
+// Sweeps steps [s0, s1) (in scan order, step 0 = the chunk's first token in this direction).
+template <typename T, int kTC, int kPoly, Mode kMode>
+__device__ __forceinline__ void sweep(Lane<T> const& ln, Params const& p, float (&h)[kN], float& dsum,
+    int s0, int s1, float4* bcSmem, int lane)
+{
+    constexpr bool kOut = kMode != kStates;
+    T px[kTC], pdt[kTC], pbc[kTC], pz[kTC], pp[kTC]; // prefetched next chunk
+    auto prefetch = [&](int s) {
+#pragma unroll
+        for (int i = 0; i < kTC; ++i)
+        {
+            if (s + i < s1)
+            {
+                int64_t const o = (s + i) * ln.stride;
+                px[i] = ln.x[o];
+                pdt[i] = ln.dt[o];
+                if (kOut || lane < kN)
+                    pbc[i] = ln.bc[(s + i) * ln.bcStride];
+                if (kMode == kSecond)
+                {
+                    pz[i] = ln.z[o];
+                    pp[i] = ln.y[o]; // the other direction's partial (written before the barrier)
+                }
+            }
+        }
+    };
+    if (s0 < s1)
+        prefetch(s0);
+    for (int s = s0; s < s1; s += kTC)
+    {
+        T cx[kTC], cdt[kTC], cz[kTC], cp[kTC];
+#pragma unroll
+        for (int i = 0; i < kTC; ++i)
+        {
+            cx[i] = px[i];
+            cdt[i] = pdt[i];
+            cz[i] = pz[i];
+            cp[i] = pp[i];
+        }
+        __syncwarp();
+        float* bcs = reinterpret_cast<float*>(bcSmem);
+#pragma unroll
+        for (int i = 0; i < kTC; ++i)
+            bcs[i * kWarp + lane] = toF(pbc[i]);
+        __syncwarp();
+        if (s + kTC < s1)
+            prefetch(s + kTC);
+
+#pragma unroll
+        for (int i = 0; i < kTC; ++i)
+        {
+            if (s + i >= s1) // warp-uniform
+                break;
+            float delta = toF(cdt[i]) + ln.bias;
+            if (p.softplus)
+                delta = softplus(delta);
+            float const x = toF(cx[i]);
+            float const dx = delta * x;
+            float y0 = 0.f, y1 = 0.f;
+            float4 const* bc = bcSmem + i * (kWarp / 4);
+#pragma unroll
+            for (int q = 0; q < kN / 4; ++q)
+            {
+                float4 const b = bc[q];
+                float const bq[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                {
+                    int const n = 4 * q + k;
+                    float const arg = delta * ln.A2[n];
+                    float const a = n < kPoly ? ex2Poly(arg) : ex2Mufu(arg);
+                    h[n] = fmaf(a, h[n], dx * bq[k]);
+                }
+                if (kOut)
+                {
+                    float4 const c = bc[kN / 4 + q];
+                    y0 = fmaf(h[4 * q], c.x, y0);
+                    y1 = fmaf(h[4 * q + 1], c.y, y1);
+                    y0 = fmaf(h[4 * q + 2], c.z, y0);
+                    y1 = fmaf(h[4 * q + 3], c.w, y1);
+                }
+            }
+            if constexpr (kMode == kStates)
+                dsum += delta;
+            if (kOut)
+            {
+                float y = fmaf(ln.D, x, y0 + y1);
+                int64_t const o = (s + i) * ln.stride;
+                if (kMode == kSecond)
+                    y = (y + toF(cp[i])) * silu(toF(cz[i])) * p.scale;
+                if (ln.active)
+                    ln.y[o] = fromF<T>(y);
+            }
+        }
+    }
+}
+
+// grid (ceil(E/32), batch, chunks), block 64: warp 0 forward, warp 1 backward.
+template <typename T, int kTC, int kPoly, bool kStatesPass>
+__global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
+{
+    __shared__ float4 bcSmem[2][kTC * kWarp / 4];
+    int const dir = threadIdx.x / kWarp;
+    int const lane = threadIdx.x % kWarp;
+    int64_t const e = int64_t(blockIdx.x) * kWarp + lane;
+    int const bi = blockIdx.y;
+    int const c = blockIdx.z;
+    int64_t const t0 = int64_t(c) * p.chunk_len;
+    int64_t const t1 = t0 + p.chunk_len < p.L ? t0 + p.chunk_len : p.L;
+    int const n = int(t1 - t0);
+
+    // The last chunk's final state (in scan order) is never needed.
+    if (kStatesPass && c == (dir == 0 ? p.chunks - 1 : 0))
+        return;
+
+    Lane<T> ln;
+    ln.active = e < p.E;
+    int64_t const ec = ln.active ? e : p.E - 1;
+    int64_t const tStart = dir == 0 ? t0 : t1 - 1; // first token in scan order
+    int64_t const row = (int64_t(bi) * p.L + tStart);
+    ln.x = static_cast<T const*>(dir == 0 ? p.x[0] : p.x[1]) + row * p.E + ec;
+    ln.dt = static_cast<T const*>(dir == 0 ? p.dt[0] : p.dt[1]) + row * p.E + ec;
+    ln.z = static_cast<T const*>(p.z) + row * p.E + ec;
+    ln.y = static_cast<T*>(p.y) + row * p.E + ec;
+    ln.bc = static_cast<T const*>(lane < kN ? (dir == 0 ? p.B[0] : p.B[1]) : (dir == 0 ? p.C[0] : p.C[1]))
+        + row * kN + (lane % kN);
+    ln.stride = dir == 0 ? p.E : -p.E;
+    ln.bcStride = dir == 0 ? kN : -kN;
+    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN;
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+        ln.A2[i] = A[i] * kLog2e;
+    ln.D = (dir == 0 ? p.D[0] : p.D[1])[ec];
+    ln.bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+
+    float h[kN];
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+        h[i] = 0.f;
+    float dsum = 0.f;
+    int64_t const wsDir = (int64_t(dir) * p.batch + bi) * p.chunks;
+
+    if constexpr (kStatesPass)
+    {
+        sweep<T, kTC, kPoly, kStates>(ln, p, h, dsum, 0, n, bcSmem[dir], lane);
+        if (ln.active)
+        {
+            float* w = p.ws + (wsDir + c) * (kN + 1) * p.E + e;
+#pragma unroll
+            for (int i = 0; i < kN; ++i)
+                w[i * p.E] = h[i];
+            w[kN * p.E] = dsum;
+        }
+    }
+    else
+    {
+    // Carry in the states of the chunks before this one (in scan order).
+    for (int k = 0; k < p.chunks - 1; ++k)
+    {
+        int const cc = dir == 0 ? k : p.chunks - 1 - k;
+        if (dir == 0 ? cc >= c : cc <= c)
+            break;
+        float const* w = p.ws + (wsDir + cc) * (kN + 1) * p.E + ec;
+        float const S = w[kN * p.E];
+#pragma unroll
+        for (int i = 0; i < kN; ++i)
+            h[i] = fmaf(ex2Mufu(ln.A2[i] * S), h[i], w[i * p.E]);
+    }
+
+    // Meet in the middle: forward covers tokens [t0, t0+half) first, backward [t0+half, t1).
+    int const half = n / 2;
+    int const split = dir == 0 ? half : n - half;
+    sweep<T, kTC, kPoly, kFirst>(ln, p, h, dsum, 0, split, bcSmem[dir], lane);
+    __syncthreads(); // partials of the first half are visible to the other warp
+    sweep<T, kTC, kPoly, kSecond>(ln, p, h, dsum, split, n, bcSmem[dir], lane);
+    }
+}
+
+int smCount()
+{
+    static std::atomic<int> cache[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
+        return 132;
+    int v = cache[dev].load(std::memory_order_relaxed);
+    if (v == 0)
+    {
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0)
+            v = 132;
+        cache[dev].store(v, std::memory_order_relaxed);
+    }
+    return v;
+}
+
+int64_t tilesOf(int64_t E) { return (E + kWarp - 1) / kWarp; }
+
+// Split L only when the unsplit grid has fewer than 2 blocks (4 warps) per SM; then aim
+// for ~4 blocks per SM. Bounded so that batch*chunks <= 6*SMs/tiles + 2 (workspace size).
+int autoChunks(int64_t batch, int64_t L, int64_t E)
+{
+    int64_t const sms = smCount();
+    int64_t const blocks = tilesOf(E) * batch;
+    if (blocks >= 2 * sms || L < 2 * kMinChunkL)
+        return 1;
+    int64_t ch = (4 * sms + blocks - 1) / blocks;
+    ch = std::min<int64_t>(ch, L / kMinChunkL);
+    return int(std::max<int64_t>(ch, 1));
+}
+
+size_t wsBytes(int64_t batch, int64_t chunks, int64_t E)
+{
+    return size_t(2) * batch * chunks * (kN + 1) * E * sizeof(float);
+}
+
+template <typename T, int kTC, int kPoly>
+cudaError_t launch(Params const& p, cudaStream_t stream)
+{
+    dim3 const grid(unsigned(tilesOf(p.E)), unsigned(p.batch), unsigned(p.chunks));
+    if (p.chunks > 1)
+    {
+        biScanKernel<T, kTC, kPoly, true><<<grid, 2 * kWarp, 0, stream>>>(p);
+        cudaError_t const err = cudaGetLastError();
+        if (err != cudaSuccess)
+            return err;
+    }
+    biScanKernel<T, kTC, kPoly, false><<<grid, 2 * kWarp, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t dispatch(Params const& p, int variant, cudaStream_t stream)
+{
+    switch (variant)
+    {
+    case 1: return launch<T, 4, 0>(p, stream);
+    case 3: return launch<T, 8, 4>(p, stream);
+    case 4: return launch<T, 8, 2>(p, stream);
+    case 2:
+    default: return launch<T, 8, 0>(p, stream);
+    }
+}
+
+} // namespace
+
+extern "C" {
+
+size_t vimdeploy_bi_selective_scan_workspace_size(int64_t E, int64_t N)
+{
+    if (E <= 0 || N != kN)
+        return 0;
+    int64_t const sms = smCount();
+    // autoChunks: split only if batch < 2*sms/tiles, and chunks <= 4*sms/(tiles*batch) + 1.
+    int64_t const batchTimesChunks = 6 * sms / tilesOf(E) + 2;
+    return wsBytes(1, batchTimesChunks, E);
+}
+
+int vimdeploy_bi_selective_scan_ex(void const* z, void const* x_fwd, void const* dt_fwd, void const* B_fwd,
+    void const* C_fwd, void const* x_bwd, void const* dt_bwd, void const* B_bwd, void const* C_bwd,
+    float const* A_fwd, float const* A_bwd, float const* D_fwd, float const* D_bwd, float const* dt_bias_fwd,
+    float const* dt_bias_bwd, void* y, int64_t batch, int64_t L, int64_t E, int64_t N, int dtype,
+    int delta_softplus, float out_scale, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+    int num_chunks, int variant)
+{
+    if (N != kN || (dtype != VIMDEPLOY_DTYPE_FLOAT32 && dtype != VIMDEPLOY_DTYPE_FLOAT16))
+        return VIMDEPLOY_ERROR_UNSUPPORTED;
+    if (batch < 0 || L < 0 || E < 0 || num_chunks < 0 || batch > 65535 || L > (int64_t(1) << 31) - 1)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (batch == 0 || L == 0 || E == 0)
+        return VIMDEPLOY_SUCCESS;
+    if (!z || !x_fwd || !dt_fwd || !B_fwd || !C_fwd || !x_bwd || !dt_bwd || !B_bwd || !C_bwd || !A_fwd || !A_bwd
+        || !D_fwd || !D_bwd || !dt_bias_fwd || !dt_bias_bwd || !y)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+
+    int64_t chunks = num_chunks == 0 ? autoChunks(batch, L, E) : std::min<int64_t>(num_chunks, L);
+    chunks = std::min<int64_t>(chunks, 65535);
+    if (chunks > 1 && (workspace == nullptr || workspace_bytes < wsBytes(batch, chunks, E)))
+        chunks = 1; // not enough scratch: unsplit is equally correct
+    int64_t const chunkLen = (L + chunks - 1) / chunks;
+    chunks = (L + chunkLen - 1) / chunkLen;
+
+    Params p;
+    p.z = z;
+    p.x[0] = x_fwd;
+    p.x[1] = x_bwd;
+    p.dt[0] = dt_fwd;
+    p.dt[1] = dt_bwd;
+    p.B[0] = B_fwd;
+    p.B[1] = B_bwd;
+    p.C[0] = C_fwd;
+    p.C[1] = C_bwd;
+    p.A[0] = A_fwd;
+    p.A[1] = A_bwd;
+    p.D[0] = D_fwd;
+    p.D[1] = D_bwd;
+    p.bias[0] = dt_bias_fwd;
+    p.bias[1] = dt_bias_bwd;
+    p.y = y;
+    p.ws = static_cast<float*>(workspace);
+    p.L = L;
+    p.E = E;
+    p.batch = int(batch);
+    p.chunks = int(chunks);
+    p.chunk_len = int(chunkLen);
+    p.softplus = delta_softplus != 0;
+    p.scale = out_scale;
+
+    cudaError_t const err = dtype == VIMDEPLOY_DTYPE_FLOAT16 ? dispatch<__half>(p, variant, stream)
+                                                             : dispatch<float>(p, variant, stream);
+    return err == cudaSuccess ? VIMDEPLOY_SUCCESS : int(err);
+}
+
+int vimdeploy_bi_selective_scan(void const* z, void const* x_fwd, void const* dt_fwd, void const* B_fwd,
+    void const* C_fwd, void const* x_bwd, void const* dt_bwd, void const* B_bwd, void const* C_bwd,
+    float const* A_fwd, float const* A_bwd, float const* D_fwd, float const* D_bwd, float const* dt_bias_fwd,
+    float const* dt_bias_bwd, void* y, int64_t batch, int64_t L, int64_t E, int64_t N, int dtype,
+    int delta_softplus, float out_scale, void* workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    return vimdeploy_bi_selective_scan_ex(z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd, A_fwd, A_bwd,
+        D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd, y, batch, L, E, N, dtype, delta_softplus, out_scale, workspace,
+        workspace_bytes, stream, 0, 0);
+}
+
+char const* vimdeploy_error_string(int code)
+{
+    switch (code)
+    {
+    case VIMDEPLOY_SUCCESS: return "success";
+    case VIMDEPLOY_ERROR_INVALID_ARGUMENT: return "invalid argument (null pointer, negative size, batch > 65535)";
+    case VIMDEPLOY_ERROR_UNSUPPORTED: return "unsupported (d_state must be 16, dtype float32 or float16)";
+    default: return code > 0 ? cudaGetErrorString(static_cast<cudaError_t>(code)) : "unknown error";
+    }
+}
+
+} // extern "C"
