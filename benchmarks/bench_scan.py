@@ -196,7 +196,7 @@ def main():
 
                 row["cuda"] = summary(time_graph([ours(i) for i in range(sets)]))
                 if args.variants:
-                    for v in (1, 2, 3, 4):
+                    for v in (1, 2, 3, 4, 5, 6):
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
                     for ch in (1, 2, 4, 8, 16, 32, 64):
                         if ch <= L // 32:

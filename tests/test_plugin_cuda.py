@@ -9,13 +9,15 @@ Tolerances. Ground truth is the literal recurrence in fp64 on the GPU, from the 
 (fp32 or fp16) input values.
 * fp32: the kernel does the same operations in fp32 with ex2.approx (~2 ulp) for the
   decays; the rounding errors of a decaying recurrence do not grow with L. Measured on an
-  H100 the max error is ~1e-6 of max|ref|, the same order as the fp32 reference itself; we
-  assert |out - ref| <= 2e-5 * (|ref| + max|ref| / 10) elementwise (and check the fp32
-  PyTorch reference passes the same bound, so the bound is fp32-level, not loose).
+  H100 the error is a few 1e-7 of the size of the summed terms, the same as the fp32
+  reference itself. We assert |out - ref| <= 1e-5 * (|ref| + mag) + 1e-7 * max|ref|, where
+  mag = |silu(z) * out_scale| * (sum_n |h_n * C_n| + |D * x|) over both directions: when
+  the terms cancel, fp32 error is relative to the terms, not to the (small) sum. The fp32
+  PyTorch reference is checked against the same bound (so it is fp32-level, not loose).
 * fp16: the output is rounded to fp16 (2^-11 relative) and so is the partial output of the
   direction that reaches a token first (it is parked in y in fp16, as the official pattern
   parks each gated direction in fp16). Bound per element:
-  2^-11 * (|ref| + (|y_fwd| + |y_bwd|) * |silu(z) * out_scale|) * 1.1 + 2e-5 * max|ref|.
+  2^-11 * (|ref| + (|y_fwd| + |y_bwd|) * |silu(z) * out_scale|) * 1.1 + the fp32 bound.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def make_inputs(b, L, E, dtype, seed=0, device="cuda", large_dt_fraction=0.02):
 
 def ground_truth(args, delta_softplus=True, out_scale=0.5):
     """The contract's recurrence in fp64, step by step (memory O(b*E*N), any L).
-    Returns (out, y_fwd, y_bwd, gate) in fp64."""
+    Returns (out, y_fwd, y_bwd, gate, mag) in fp64; mag = |gate| * (sum_n |h_n C_n| + |D x|)
+    summed over both directions: the size of the terms whose sum is out (for the bound)."""
     z, xf, dtf, Bf, Cf, xb, dtb, Bb, Cb, Af, Ab, Df, Db, bf, bb = [a.double() for a in args]
 
     def one(x, dt, A, B, C, D, bias, reverse):
@@ -118,32 +121,41 @@ def ground_truth(args, delta_softplus=True, out_scale=0.5):
         bsz, L, E = x.shape
         h = x.new_zeros(bsz, E, N)
         y = torch.empty_like(x)
+        m = torch.empty_like(x)
         for t in (range(L - 1, -1, -1) if reverse else range(L)):
             dtt = delta[:, t].unsqueeze(-1)
             h = torch.exp(dtt * A) * h + (dtt * x[:, t].unsqueeze(-1)) * B[:, t].unsqueeze(1)
             y[:, t] = torch.einsum("ben,bn->be", h, C[:, t])
-        return y + x * D
+            m[:, t] = torch.einsum("ben,bn->be", h.abs(), C[:, t].abs())
+        return y + x * D, m + (x * D).abs()
 
-    yf = one(xf, dtf, Af, Bf, Cf, Df, bf, False)
-    yb = one(xb, dtb, Ab, Bb, Cb, Db, bb, True)
+    yf, mf = one(xf, dtf, Af, Bf, Cf, Df, bf, False)
+    yb, mb = one(xb, dtb, Ab, Bb, Cb, Db, bb, True)
     gate = F.silu(z) * out_scale
-    return (yf + yb) * gate, yf, yb, gate
+    return (yf + yb) * gate, yf, yb, gate, (mf + mb) * gate.abs()
 
 
-def check(out, args, delta_softplus=True, out_scale=0.5):
-    ref, yf, yb, gate = ground_truth(args, delta_softplus, out_scale)
+def check(out, args, delta_softplus=True, out_scale=0.5, what=""):
+    """Elementwise bound (see the module docstring); returns the worst err/bound ratio."""
+    ref, yf, yb, gate, mag = ground_truth(args, delta_softplus, out_scale)
     assert out.dtype == args[1].dtype and out.shape == ref.shape
     o = out.double()
-    assert torch.isfinite(o).all(), "non-finite output (unwritten element or overflow)"
+    assert torch.isfinite(o).all(), f"{what}: non-finite output (unwritten element or overflow)"
     err = (o - ref).abs()
     scale = ref.abs().max().item()
+    fp32_level = 1e-5 * (ref.abs() + mag) + 1e-7 * scale
     if out.dtype == torch.float32:
-        bound = 2e-5 * (ref.abs() + scale / 10)
+        bound = fp32_level
     else:
-        bound = 2.0**-11 * (ref.abs() + (yf.abs() + yb.abs()) * gate.abs()) * 1.1 + 2e-5 * scale
+        bound = 2.0**-11 * (ref.abs() + (yf.abs() + yb.abs()) * gate.abs()) * 1.1 + fp32_level
     worst = (err / bound).max().item()
-    assert worst <= 1.0, f"max err {err.max().item():.3e} (max|ref| {scale:.3e}), {worst:.2f}x the bound"
-    return err.max().item() / max(scale, 1e-30)
+    report = os.environ.get("VIMDEPLOY_TEST_REPORT")
+    if report:
+        with open(report, "a") as f:
+            f.write(f"{what} {tuple(out.shape)} {out.dtype}: max err {err.max().item():.3e}, max|ref| {scale:.3e}, "
+                    f"rel-to-max {err.max().item() / max(scale, 1e-30):.2e}, err/bound {worst:.3f}\n")
+    assert worst <= 1.0, f"{what}: max err {err.max().item():.3e} (max|ref| {scale:.3e}), {worst:.2f}x the bound"
+    return worst
 
 
 # --------------------------------------------------------------------------- GPU tests
@@ -181,7 +193,7 @@ def test_kernel_matches_fp64(kernel_lib, L, b, E, dtype, scale):
 
     args = make_inputs(b, L, E, dtype, seed=L * 7 + b * 3 + E)
     out = bi_selective_scan_cuda(*args, delta_softplus=True, out_scale=scale)
-    check(out, args, True, scale)
+    check(out, args, True, scale, what=f"L={L} b={b} E={E} scale={scale}")
 
 
 @cuda
@@ -193,7 +205,7 @@ def test_reference_meets_the_fp32_bound(kernel_lib):
 
     args = make_inputs(3, 197, 384, torch.float32, seed=11)
     ref32 = bi_selective_scan_reference(*args, delta_softplus=True, out_scale=0.5)
-    check(ref32, args)
+    check(ref32, args, what="fp32 PyTorch reference")
     out = bi_selective_scan_cuda(*args, delta_softplus=True, out_scale=0.5)
     torch.testing.assert_close(out, ref32, rtol=2e-5, atol=2e-5 * ref32.abs().max().item())
 
@@ -204,10 +216,10 @@ def test_no_softplus(kernel_lib):
     from vimdeploy.plugin import bi_selective_scan_cuda
 
     args = make_inputs(2, 300, 96, torch.float32, seed=5)
-    for i in (2, 6):  # delta = dt + bias must stay positive without softplus
-        args[i] = F.softplus(args[i] + 2.0)
+    for i, bias in ((2, 13), (6, 14)):  # delta = dt + bias must stay positive without softplus
+        args[i] = F.softplus(args[i]) - args[bias].unsqueeze(0).unsqueeze(0)
     out = bi_selective_scan_cuda(*args, delta_softplus=False, out_scale=1.0)
-    check(out, args, False, 1.0)
+    check(out, args, False, 1.0, what="no softplus")
 
 
 @cuda
@@ -220,16 +232,11 @@ def test_variants_and_chunking_write_everything(kernel_lib, dtype):
 
     b, L, E = 2, 1001, 200
     args = make_inputs(b, L, E, dtype, seed=3)
-    outs = []
-    for variant in (1, 2, 3, 4):
+    for variant in (1, 2, 3, 4, 5, 6):
         for chunks in (1, 3, 16):
             out = torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda")
             launch(out, *args, delta_softplus=True, out_scale=0.5, num_chunks=chunks, variant=variant)
-            check(out, args)
-            outs.append(out)
-    tol = 1e-5 if dtype == torch.float32 else 2e-3
-    for o in outs[1:]:
-        torch.testing.assert_close(o, outs[0], rtol=tol, atol=tol * outs[0].abs().max().item())
+            check(out, args, what=f"variant {variant} chunks {chunks}")
 
 
 @cuda
@@ -261,7 +268,7 @@ def test_op_noncontiguous_inputs_cuda_graph_and_compile(kernel_lib):
         dst.copy_(src)
     graph.replay()
     torch.cuda.synchronize()
-    check(g_out, new)
+    check(g_out, new, what="cuda graph replay")
 
     # torch.compile treats the op as opaque (fake impl gives the shape).
     compiled = torch.compile(bi_selective_scan_cuda, fullgraph=True)

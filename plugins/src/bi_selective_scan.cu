@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 namespace
 {
@@ -100,10 +101,27 @@ __device__ __forceinline__ float ex2Poly(float x)
     return x <= -127.f ? 0.f : y; // 2^-127 would be a denormal: flush like ex2.approx.ftz
 }
 
-// mamba_ssm's rule: softplus(v) = v if v > 20 else log1p(exp(v)).
-__device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+// mamba_ssm's rule softplus(v) = v if v > 20 else log1p(exp(v)), computed as
+// max(v, 0) + log1p(w), w = exp(-|v|) in (0, 1], with log1p(w) = w * q(w), q a degree-8
+// Chebyshev fit of log1p(w)/w on [0, 1] (rel. error 2.5e-7 in fp32): one MUFU op instead
+// of the ~40 instructions of log1pf(expf(v)), same result at fp32 level.
+__device__ __forceinline__ float softplus(float v)
+{
+    float const w = ex2Mufu(-fabsf(v) * kLog2e);
+    float q = 5.1261024e-3f;
+    q = fmaf(q, w, -2.9074065e-2f);
+    q = fmaf(q, w, 7.7516086e-2f);
+    q = fmaf(q, w, -1.3602248e-1f);
+    q = fmaf(q, w, 1.9076881e-1f);
+    q = fmaf(q, w, -2.4835399e-1f);
+    q = fmaf(q, w, 3.3318120e-1f);
+    q = fmaf(q, w, -4.9999446e-1f);
+    q = fmaf(q, w, 9.9999994e-1f);
+    return v > 20.f ? v : fmaxf(v, 0.f) + w * q;
+}
 
-__device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
+// silu(v) = v / (1 + exp(-v)); for v < -88 the denominator is inf and the result 0.
+__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + ex2Mufu(-v * kLog2e)); }
 
 enum Mode
 {
@@ -112,10 +130,11 @@ enum Mode
     kSecond = 2  // second half: combine with the other direction's partial, gate, store
 };
 
-// Everything one thread needs for its (batch, channel, direction).
-template <typename T>
+// Everything one thread needs. kTPC threads share a channel, each holding kN / kTPC states.
+template <typename T, int kTPC>
 struct Lane
 {
+    static constexpr int kS = kN / kTPC;
     T const* x;
     T const* dt;
     T const* bc; // B (lanes 0..15) or C (lanes 16..31) for the staging loads
@@ -123,16 +142,18 @@ struct Lane
     T* y;
     int64_t stride;   // +E or -E: one step in scan order, activations
     int64_t bcStride; // +kN or -kN: one step in scan order, B/C
-    float A2[kN];     // A * log2(e)
+    float A2[kS];     // A * log2(e) of this thread's states
     float D, bias;
-    bool active;      // channel < E (inactive lanes compute on a clamped channel, never store)
+    int part;         // which kS states of the channel (0..kTPC-1)
+    bool store;       // channel < E and part 0 (inactive lanes compute on a clamped channel)
 };
 
 // Sweeps steps [s0, s1) (in scan order, step 0 = the chunk's first token in this direction).
-template <typename T, int kTC, int kPoly, Mode kMode>
-__device__ __forceinline__ void sweep(Lane<T> const& ln, Params const& p, float (&h)[kN], float& dsum,
-    int s0, int s1, float4* bcSmem, int lane)
+template <typename T, int kTC, int kTPC, int kPoly, Mode kMode>
+__device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, float (&h)[kN / kTPC],
+    float& dsum, int s0, int s1, float4* bcSmem, int lane)
 {
+    constexpr int kS = kN / kTPC;
     constexpr bool kOut = kMode != kStates;
     T px[kTC], pdt[kTC], pbc[kTC], pz[kTC], pp[kTC]; // prefetched next chunk
     auto prefetch = [&](int s) {
@@ -154,18 +175,26 @@ __device__ __forceinline__ void sweep(Lane<T> const& ln, Params const& p, float 
             }
         }
     };
-    if (s0 < s1)
-        prefetch(s0);
-    for (int s = s0; s < s1; s += kTC)
-    {
-        T cx[kTC], cdt[kTC], cz[kTC], cp[kTC];
+
+    // One chunk of kTC steps; kGuard only for the last, partial chunk.
+    auto chunk = [&](int s, auto guard) {
+        constexpr bool kGuard = decltype(guard)::value;
+        // Deltas first: independent across steps, so their latency overlaps.
+        float dl[kTC], dx[kTC];
 #pragma unroll
         for (int i = 0; i < kTC; ++i)
         {
-            cx[i] = px[i];
-            cdt[i] = pdt[i];
+            float d = toF(pdt[i]) + ln.bias;
+            dl[i] = p.softplus ? softplus(d) : d;
+            dx[i] = dl[i] * toF(px[i]);
+        }
+        T cz[kTC], cp[kTC], cx[kTC];
+#pragma unroll
+        for (int i = 0; i < kTC; ++i)
+        {
             cz[i] = pz[i];
             cp[i] = pp[i];
+            cx[i] = px[i];
         }
         __syncwarp();
         float* bcs = reinterpret_cast<float*>(bcSmem);
@@ -179,17 +208,13 @@ __device__ __forceinline__ void sweep(Lane<T> const& ln, Params const& p, float 
 #pragma unroll
         for (int i = 0; i < kTC; ++i)
         {
-            if (s + i >= s1) // warp-uniform
+            if (kGuard && s + i >= s1) // warp-uniform
                 break;
-            float delta = toF(cdt[i]) + ln.bias;
-            if (p.softplus)
-                delta = softplus(delta);
-            float const x = toF(cx[i]);
-            float const dx = delta * x;
             float y0 = 0.f, y1 = 0.f;
-            float4 const* bc = bcSmem + i * (kWarp / 4);
+            // this thread's B at [part*kS, part*kS + kS), its C 16 floats further
+            float4 const* bc = bcSmem + i * (kWarp / 4) + ln.part * (kS / 4);
 #pragma unroll
-            for (int q = 0; q < kN / 4; ++q)
+            for (int q = 0; q < kS / 4; ++q)
             {
                 float4 const b = bc[q];
                 float const bq[4] = {b.x, b.y, b.z, b.w};
@@ -197,9 +222,9 @@ __device__ __forceinline__ void sweep(Lane<T> const& ln, Params const& p, float 
                 for (int k = 0; k < 4; ++k)
                 {
                     int const n = 4 * q + k;
-                    float const arg = delta * ln.A2[n];
+                    float const arg = dl[i] * ln.A2[n];
                     float const a = n < kPoly ? ex2Poly(arg) : ex2Mufu(arg);
-                    h[n] = fmaf(a, h[n], dx * bq[k]);
+                    h[n] = fmaf(a, h[n], dx[i] * bq[k]);
                 }
                 if (kOut)
                 {
@@ -211,28 +236,43 @@ __device__ __forceinline__ void sweep(Lane<T> const& ln, Params const& p, float 
                 }
             }
             if constexpr (kMode == kStates)
-                dsum += delta;
-            if (kOut)
+                dsum += dl[i];
+            if constexpr (kOut)
             {
-                float y = fmaf(ln.D, x, y0 + y1);
-                int64_t const o = (s + i) * ln.stride;
+                float y = y0 + y1;
+                if (kTPC == 2)
+                    y += __shfl_xor_sync(0xffffffffu, y, 1);
+                y = fmaf(ln.D, toF(cx[i]), y);
                 if (kMode == kSecond)
                     y = (y + toF(cp[i])) * silu(toF(cz[i])) * p.scale;
-                if (ln.active)
-                    ln.y[o] = fromF<T>(y);
+                if (ln.store)
+                    ln.y[(s + i) * ln.stride] = fromF<T>(y);
             }
         }
+    };
+
+    if (s0 < s1)
+        prefetch(s0);
+    for (int s = s0; s < s1; s += kTC)
+    {
+        if (s + kTC <= s1)
+            chunk(s, std::false_type{});
+        else
+            chunk(s, std::true_type{});
     }
 }
 
-// grid (ceil(E/32), batch, chunks), block 64: warp 0 forward, warp 1 backward.
-template <typename T, int kTC, int kPoly, bool kStatesPass>
+// grid (ceil(E / channels per warp), batch, chunks), block 64: warp 0 forward, warp 1 backward
+// over the same channels.
+template <typename T, int kTC, int kTPC, int kPoly, bool kStatesPass>
 __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 {
+    constexpr int kS = kN / kTPC;
+    constexpr int kCh = kWarp / kTPC; // channels per warp
     __shared__ float4 bcSmem[2][kTC * kWarp / 4];
     int const dir = threadIdx.x / kWarp;
     int const lane = threadIdx.x % kWarp;
-    int64_t const e = int64_t(blockIdx.x) * kWarp + lane;
+    int64_t const e = int64_t(blockIdx.x) * kCh + lane / kTPC;
     int const bi = blockIdx.y;
     int const c = blockIdx.z;
     int64_t const t0 = int64_t(c) * p.chunk_len;
@@ -243,9 +283,11 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     if (kStatesPass && c == (dir == 0 ? p.chunks - 1 : 0))
         return;
 
-    Lane<T> ln;
-    ln.active = e < p.E;
-    int64_t const ec = ln.active ? e : p.E - 1;
+    Lane<T, kTPC> ln;
+    ln.part = lane % kTPC;
+    bool const active = e < p.E;
+    ln.store = active && ln.part == 0;
+    int64_t const ec = active ? e : p.E - 1;
     int64_t const tStart = dir == 0 ? t0 : t1 - 1; // first token in scan order
     int64_t const row = (int64_t(bi) * p.L + tStart);
     ln.x = static_cast<T const*>(dir == 0 ? p.x[0] : p.x[1]) + row * p.E + ec;
@@ -256,53 +298,54 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         + row * kN + (lane % kN);
     ln.stride = dir == 0 ? p.E : -p.E;
     ln.bcStride = dir == 0 ? kN : -kN;
-    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN;
+    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + ln.part * kS;
 #pragma unroll
-    for (int i = 0; i < kN; ++i)
+    for (int i = 0; i < kS; ++i)
         ln.A2[i] = A[i] * kLog2e;
     ln.D = (dir == 0 ? p.D[0] : p.D[1])[ec];
     ln.bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
 
-    float h[kN];
+    float h[kS];
 #pragma unroll
-    for (int i = 0; i < kN; ++i)
+    for (int i = 0; i < kS; ++i)
         h[i] = 0.f;
     float dsum = 0.f;
     int64_t const wsDir = (int64_t(dir) * p.batch + bi) * p.chunks;
 
     if constexpr (kStatesPass)
     {
-        sweep<T, kTC, kPoly, kStates>(ln, p, h, dsum, 0, n, bcSmem[dir], lane);
-        if (ln.active)
+        sweep<T, kTC, kTPC, kPoly, kStates>(ln, p, h, dsum, 0, n, bcSmem[dir], lane);
+        if (active)
         {
             float* w = p.ws + (wsDir + c) * (kN + 1) * p.E + e;
 #pragma unroll
-            for (int i = 0; i < kN; ++i)
-                w[i * p.E] = h[i];
-            w[kN * p.E] = dsum;
+            for (int i = 0; i < kS; ++i)
+                w[(ln.part * kS + i) * p.E] = h[i];
+            if (ln.part == 0)
+                w[kN * p.E] = dsum;
         }
     }
     else
     {
-    // Carry in the states of the chunks before this one (in scan order).
-    for (int k = 0; k < p.chunks - 1; ++k)
-    {
-        int const cc = dir == 0 ? k : p.chunks - 1 - k;
-        if (dir == 0 ? cc >= c : cc <= c)
-            break;
-        float const* w = p.ws + (wsDir + cc) * (kN + 1) * p.E + ec;
-        float const S = w[kN * p.E];
+        // Carry in the states of the chunks before this one (in scan order).
+        for (int k = 0; k < p.chunks - 1; ++k)
+        {
+            int const cc = dir == 0 ? k : p.chunks - 1 - k;
+            if (dir == 0 ? cc >= c : cc <= c)
+                break;
+            float const* w = p.ws + (wsDir + cc) * (kN + 1) * p.E + ec;
+            float const S = w[kN * p.E];
 #pragma unroll
-        for (int i = 0; i < kN; ++i)
-            h[i] = fmaf(ex2Mufu(ln.A2[i] * S), h[i], w[i * p.E]);
-    }
+            for (int i = 0; i < kS; ++i)
+                h[i] = fmaf(ex2Mufu(ln.A2[i] * S), h[i], w[(ln.part * kS + i) * p.E]);
+        }
 
-    // Meet in the middle: forward covers tokens [t0, t0+half) first, backward [t0+half, t1).
-    int const half = n / 2;
-    int const split = dir == 0 ? half : n - half;
-    sweep<T, kTC, kPoly, kFirst>(ln, p, h, dsum, 0, split, bcSmem[dir], lane);
-    __syncthreads(); // partials of the first half are visible to the other warp
-    sweep<T, kTC, kPoly, kSecond>(ln, p, h, dsum, split, n, bcSmem[dir], lane);
+        // Meet in the middle: forward covers tokens [t0, t0+half) first, backward [t0+half, t1).
+        int const half = n / 2;
+        int const split = dir == 0 ? half : n - half;
+        sweep<T, kTC, kTPC, kPoly, kFirst>(ln, p, h, dsum, 0, split, bcSmem[dir], lane);
+        __syncthreads(); // partials of the first half are visible to the other warp
+        sweep<T, kTC, kTPC, kPoly, kSecond>(ln, p, h, dsum, split, n, bcSmem[dir], lane);
     }
 }
 
@@ -322,14 +365,14 @@ int smCount()
     return v;
 }
 
-int64_t tilesOf(int64_t E) { return (E + kWarp - 1) / kWarp; }
+int64_t tilesOf(int64_t E, int channelsPerBlock) { return (E + channelsPerBlock - 1) / channelsPerBlock; }
 
 // Split L only when the unsplit grid has fewer than 2 blocks (4 warps) per SM; then aim
 // for ~4 blocks per SM. Bounded so that batch*chunks <= 6*SMs/tiles + 2 (workspace size).
-int autoChunks(int64_t batch, int64_t L, int64_t E)
+int autoChunks(int64_t batch, int64_t L, int64_t tiles)
 {
     int64_t const sms = smCount();
-    int64_t const blocks = tilesOf(E) * batch;
+    int64_t const blocks = tiles * batch;
     if (blocks >= 2 * sms || L < 2 * kMinChunkL)
         return 1;
     int64_t ch = (4 * sms + blocks - 1) / blocks;
@@ -342,31 +385,47 @@ size_t wsBytes(int64_t batch, int64_t chunks, int64_t E)
     return size_t(2) * batch * chunks * (kN + 1) * E * sizeof(float);
 }
 
-template <typename T, int kTC, int kPoly>
-cudaError_t launch(Params const& p, cudaStream_t stream)
+// num_chunks: 0 = automatic. Falls back to one chunk when the workspace is too small.
+template <typename T, int kTC, int kTPC, int kPoly>
+cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
-    dim3 const grid(unsigned(tilesOf(p.E)), unsigned(p.batch), unsigned(p.chunks));
+    int64_t const tiles = tilesOf(p.E, kWarp / kTPC);
+    int64_t chunks = numChunks == 0 ? autoChunks(p.batch, p.L, tiles) : std::min<int64_t>(numChunks, p.L);
+    chunks = std::min<int64_t>(chunks, 65535);
+    if (chunks > 1 && (p.ws == nullptr || wsAvail < wsBytes(p.batch, chunks, p.E)))
+        chunks = 1; // not enough scratch: unsplit is equally correct
+    int64_t const chunkLen = (p.L + chunks - 1) / chunks;
+    p.chunks = int((p.L + chunkLen - 1) / chunkLen);
+    p.chunk_len = int(chunkLen);
+
+    dim3 const grid(unsigned(tiles), unsigned(p.batch), unsigned(p.chunks));
     if (p.chunks > 1)
     {
-        biScanKernel<T, kTC, kPoly, true><<<grid, 2 * kWarp, 0, stream>>>(p);
+        biScanKernel<T, kTC, kTPC, kPoly, true><<<grid, 2 * kWarp, 0, stream>>>(p);
         cudaError_t const err = cudaGetLastError();
         if (err != cudaSuccess)
             return err;
     }
-    biScanKernel<T, kTC, kPoly, false><<<grid, 2 * kWarp, 0, stream>>>(p);
+    biScanKernel<T, kTC, kTPC, kPoly, false><<<grid, 2 * kWarp, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
+// Variants (tuned on an H100, docs/kernel.md): time steps staged per chunk, threads per
+// channel, states per thread on the polynomial exp2.
+constexpr int kDefaultVariant = 4;
+
 template <typename T>
-cudaError_t dispatch(Params const& p, int variant, cudaStream_t stream)
+cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
-    switch (variant)
+    switch (variant == 0 ? kDefaultVariant : variant)
     {
-    case 1: return launch<T, 4, 0>(p, stream);
-    case 3: return launch<T, 8, 4>(p, stream);
-    case 4: return launch<T, 8, 2>(p, stream);
-    case 2:
-    default: return launch<T, 8, 0>(p, stream);
+    case 1: return launch<T, 4, 1, 0>(p, numChunks, wsAvail, stream);
+    case 2: return launch<T, 8, 1, 0>(p, numChunks, wsAvail, stream);
+    case 3: return launch<T, 4, 2, 0>(p, numChunks, wsAvail, stream);
+    case 5: return launch<T, 8, 2, 2>(p, numChunks, wsAvail, stream);
+    case 6: return launch<T, 4, 2, 2>(p, numChunks, wsAvail, stream);
+    case 4:
+    default: return launch<T, 8, 2, 0>(p, numChunks, wsAvail, stream);
     }
 }
 
@@ -380,7 +439,7 @@ size_t vimdeploy_bi_selective_scan_workspace_size(int64_t E, int64_t N)
         return 0;
     int64_t const sms = smCount();
     // autoChunks: split only if batch < 2*sms/tiles, and chunks <= 4*sms/(tiles*batch) + 1.
-    int64_t const batchTimesChunks = 6 * sms / tilesOf(E) + 2;
+    int64_t const batchTimesChunks = 6 * sms / tilesOf(E, kWarp) + 2; // the largest tile gives the bound
     return wsBytes(1, batchTimesChunks, E);
 }
 
@@ -400,13 +459,6 @@ int vimdeploy_bi_selective_scan_ex(void const* z, void const* x_fwd, void const*
     if (!z || !x_fwd || !dt_fwd || !B_fwd || !C_fwd || !x_bwd || !dt_bwd || !B_bwd || !C_bwd || !A_fwd || !A_bwd
         || !D_fwd || !D_bwd || !dt_bias_fwd || !dt_bias_bwd || !y)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-
-    int64_t chunks = num_chunks == 0 ? autoChunks(batch, L, E) : std::min<int64_t>(num_chunks, L);
-    chunks = std::min<int64_t>(chunks, 65535);
-    if (chunks > 1 && (workspace == nullptr || workspace_bytes < wsBytes(batch, chunks, E)))
-        chunks = 1; // not enough scratch: unsplit is equally correct
-    int64_t const chunkLen = (L + chunks - 1) / chunks;
-    chunks = (L + chunkLen - 1) / chunkLen;
 
     Params p;
     p.z = z;
@@ -429,13 +481,13 @@ int vimdeploy_bi_selective_scan_ex(void const* z, void const* x_fwd, void const*
     p.L = L;
     p.E = E;
     p.batch = int(batch);
-    p.chunks = int(chunks);
-    p.chunk_len = int(chunkLen);
+    p.chunks = 1;
+    p.chunk_len = int(L);
     p.softplus = delta_softplus != 0;
     p.scale = out_scale;
 
-    cudaError_t const err = dtype == VIMDEPLOY_DTYPE_FLOAT16 ? dispatch<__half>(p, variant, stream)
-                                                             : dispatch<float>(p, variant, stream);
+    cudaError_t const err = dtype == VIMDEPLOY_DTYPE_FLOAT16 ? dispatch<__half>(p, variant, num_chunks, workspace_bytes, stream)
+        : dispatch<float>(p, variant, num_chunks, workspace_bytes, stream);
     return err == cudaSuccess ? VIMDEPLOY_SUCCESS : int(err);
 }
 
