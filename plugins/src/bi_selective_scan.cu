@@ -86,7 +86,7 @@ __device__ __forceinline__ float ex2Mufu(float x)
 // (Chebyshev fit, rel. error 2.4e-7 in fp32 Horner), 2^j by adding j to the exponent bits.
 __device__ __forceinline__ float ex2Poly(float x)
 {
-    x = fminf(fmaxf(x, -127.f), 127.f);
+    x = fminf(fmaxf(x, -125.f), 127.f); // keeps 2^j a normal number (below: flushed to 0)
     float const r = x + 12582912.f;             // 1.5 * 2^23: rounds x to an integer in the low bits
     float const j = r - 12582912.f;
     float const f = x - j;
@@ -98,7 +98,7 @@ __device__ __forceinline__ float ex2Poly(float x)
     p = fmaf(p, f, 1.0000001f);
     int const ji = __float_as_int(r) - 0x4B400000; // the integer j
     float const y = __int_as_float(__float_as_int(p) + (ji << 23));
-    return x <= -127.f ? 0.f : y; // 2^-127 would be a denormal: flush like ex2.approx.ftz
+    return x <= -125.f ? 0.f : y; // like ex2.approx.ftz, tiny results are 0
 }
 
 // mamba_ssm's rule softplus(v) = v if v > 20 else log1p(exp(v)), computed as
