@@ -184,5 +184,40 @@ def demo(checkpoint, out_dir, as_json):
         click.echo(json.dumps(report, indent=2))
 
 
+@main.group()
+def plugin():
+    """The BiSelectiveScan CUDA kernel and TensorRT plugin (plugins/, built with CMake + nvcc)."""
+
+
+@plugin.command("build")
+@click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="CMake build folder. Default: $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build.")
+@click.option("--cuda-archs", default=None, help='CUDA architectures, e.g. "87" for Jetson Orin. Default: 80;86;87;89;90.')
+@click.option("--tensorrt-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A TensorRT install (include/, lib/). Without it only the kernel library is built.")
+@click.option("-j", "--jobs", type=int, default=None, help="Parallel compile jobs.")
+@json_option
+def plugin_build(build_dir, cuda_archs, tensorrt_root, jobs, as_json):
+    """Configure and build plugins/ and print the library paths."""
+    from .plugin import build
+
+    paths = build(build_dir=build_dir, cuda_archs=cuda_archs, tensorrt_root=tensorrt_root, jobs=jobs)
+    emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])
+
+
+@plugin.command("path")
+@click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@json_option
+def plugin_path(build_dir, as_json):
+    """Print the paths of the built libraries (kernel, TensorRT plugin); exit 1 if none is built."""
+    from .errors import ArtifactError
+    from .plugin import library_paths
+
+    paths = library_paths(build_dir)
+    if not paths:
+        raise ArtifactError("no plugin library is built yet: run `vimdeploy plugin build`.")
+    emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
