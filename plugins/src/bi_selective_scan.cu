@@ -25,9 +25,14 @@
  *   (its total decay is exp(A * sum(delta))), the second launch starts each chunk from the
  *   carried state of the chunks before it (in scan order) and runs the sweep above inside
  *   the chunk. That doubles the exps, so it is only used when the GPU would idle otherwise.
- * - Optionally part of the 16 exps run as a degree-5 polynomial exp2 on the FMA pipe
- *   (Cody-Waite split + integer add into the exponent, as FlashAttention-4 does) to unload
- *   the MUFU unit (kernel variant 3).
+ * - Instruction issue, not memory, is the other limit: per step a thread does ~5
+ *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
+ *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
+ *   threads of a channel (kTPC = 2: 8 states each, twice the warps, which balances the
+ *   warps over the 4 schedulers of an SM) split the softplus and the silu gate of a pair
+ *   of steps and swap them with a shuffle, loads of full chunks are unguarded.
+ * - A polynomial exp2 on the FMA pipe (FlashAttention-4's trick) to unload MUFU was
+ *   tried and was slower: the kernel is as much issue-bound as MUFU-bound (docs/kernel.md).
  */
 #include "vimdeploy/bi_selective_scan.h"
 
@@ -82,25 +87,6 @@ __device__ __forceinline__ float ex2Mufu(float x)
     return y;
 }
 
-// 2^x on the FMA pipe: x = j + f, j integer, f in [-0.5, 0.5]; 2^f by a degree-5 polynomial
-// (Chebyshev fit, rel. error 2.4e-7 in fp32 Horner), 2^j by adding j to the exponent bits.
-__device__ __forceinline__ float ex2Poly(float x)
-{
-    x = fminf(fmaxf(x, -125.f), 127.f); // keeps 2^j a normal number (below: flushed to 0)
-    float const r = x + 12582912.f;             // 1.5 * 2^23: rounds x to an integer in the low bits
-    float const j = r - 12582912.f;
-    float const f = x - j;
-    float p = 1.3390863e-3f;
-    p = fmaf(p, f, 9.6760318e-3f);
-    p = fmaf(p, f, 5.5503570e-2f);
-    p = fmaf(p, f, 2.4022107e-1f);
-    p = fmaf(p, f, 6.9314718e-1f);
-    p = fmaf(p, f, 1.0000001f);
-    int const ji = __float_as_int(r) - 0x4B400000; // the integer j
-    float const y = __int_as_float(__float_as_int(p) + (ji << 23));
-    return x <= -125.f ? 0.f : y; // like ex2.approx.ftz, tiny results are 0
-}
-
 // mamba_ssm's rule softplus(v) = v if v > 20 else log1p(exp(v)), computed as
 // max(v, 0) + log1p(w), w = exp(-|v|) in (0, 1], with log1p(w) = w * q(w), q a degree-8
 // Chebyshev fit of log1p(w)/w on [0, 1] (rel. error 2.5e-7 in fp32): one MUFU op instead
@@ -134,67 +120,107 @@ enum Mode
 template <typename T, int kTPC>
 struct Lane
 {
-    static constexpr int kS = kN / kTPC;
-    T const* x;
+    T const* x; // x, dt, z, y at the thread's first token in scan order
     T const* dt;
-    T const* bc; // B (lanes 0..15) or C (lanes 16..31) for the staging loads
     T const* z;
     T* y;
-    int64_t stride;   // +E or -E: one step in scan order, activations
-    int64_t bcStride; // +kN or -kN: one step in scan order, B/C
-    float A2[kS];     // A * log2(e) of this thread's states
+    T const* bc; // B (lanes 0..15) or C (lanes 16..31) at the first token, for the staging loads
+    float A2[kN / kTPC]; // A * log2(e) of this thread's states
     float D, bias;
-    int part;         // which kS states of the channel (0..kTPC-1)
-    bool store;       // channel < E and part 0 (inactive lanes compute on a clamped channel)
+    int part;   // which kN / kTPC states of the channel (0..kTPC-1)
+    bool store; // channel < E and part 0 (inactive lanes compute on a clamped channel)
 };
 
-// Sweeps steps [s0, s1) (in scan order, step 0 = the chunk's first token in this direction).
-template <typename T, int kTC, int kTPC, int kPoly, Mode kMode>
+// Sweeps steps [s0, s1) in scan order (step 0 = the chunk's first token in this direction;
+// kRev: the backward direction, tokens descending).
+template <typename T, int kTC, int kTPC, Mode kMode, bool kRev>
 __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, float (&h)[kN / kTPC],
     float& dsum, int s0, int s1, float4* bcSmem, int lane)
 {
     constexpr int kS = kN / kTPC;
     constexpr bool kOut = kMode != kStates;
-    T px[kTC], pdt[kTC], pbc[kTC], pz[kTC], pp[kTC]; // prefetched next chunk
-    auto prefetch = [&](int s) {
+    constexpr int64_t kBcStep = kRev ? -kN : kN;
+    static_assert(kTPC == 1 || kTC % 2 == 0, "pairs of steps are shared between the 2 threads of a channel");
+    int64_t const step = kRev ? -p.E : p.E; // one token in scan order
+    T px[kTC], pdt[kTC], pbc[kTC], pz[kTC], pp[kTC]; // the next chunk, loaded one chunk ahead
+
+    auto prefetch = [&](int s, auto guard) {
+        constexpr bool kGuard = decltype(guard)::value;
+        int64_t const o = s * step;
+        T const* qx = ln.x + o;
+        T const* qdt = ln.dt + o;
+        T const* qz = ln.z + o;
+        T const* qp = ln.y + o;
+        T const* qbc = ln.bc + s * kBcStep;
 #pragma unroll
         for (int i = 0; i < kTC; ++i)
         {
-            if (s + i < s1)
+            if (!kGuard || s + i < s1)
             {
-                int64_t const o = (s + i) * ln.stride;
-                px[i] = ln.x[o];
-                pdt[i] = ln.dt[o];
+                px[i] = *qx;
+                pdt[i] = *qdt;
                 if (kOut || lane < kN)
-                    pbc[i] = ln.bc[(s + i) * ln.bcStride];
+                    pbc[i] = *qbc;
                 if (kMode == kSecond)
                 {
-                    pz[i] = ln.z[o];
-                    pp[i] = ln.y[o]; // the other direction's partial (written before the barrier)
+                    pz[i] = *qz;
+                    pp[i] = *qp; // the other direction's partial (written before the barrier)
                 }
             }
+            qx += step;
+            qdt += step;
+            qz += step;
+            qp += step;
+            qbc += kBcStep;
         }
+    };
+    auto prefetchFrom = [&](int s) {
+        if (s + kTC <= s1)
+            prefetch(s, std::false_type{});
+        else if (s < s1)
+            prefetch(s, std::true_type{});
     };
 
     // One chunk of kTC steps; kGuard only for the last, partial chunk.
     auto chunk = [&](int s, auto guard) {
         constexpr bool kGuard = decltype(guard)::value;
-        // Deltas first: independent across steps, so their latency overlaps.
-        float dl[kTC], dx[kTC];
+        // Deltas and gates first (independent across steps). The kTPC == 2 threads of a
+        // channel split them: even steps on part 0, odd on part 1, then swap.
+        float dl[kTC], g[kTC];
 #pragma unroll
-        for (int i = 0; i < kTC; ++i)
+        for (int i = 0; i < kTC; i += kTPC)
         {
-            float d = toF(pdt[i]) + ln.bias;
-            dl[i] = p.softplus ? softplus(d) : d;
-            dx[i] = dl[i] * toF(px[i]);
+            int const j = kTPC == 2 && ln.part ? i + 1 : i;
+            float const v = toF(kTPC == 2 && ln.part ? pdt[i + 1] : pdt[i]) + ln.bias;
+            float const d = p.softplus ? softplus(v) : v;
+            float gz = 0.f;
+            if (kMode == kSecond)
+                gz = silu(toF(kTPC == 2 && ln.part ? pz[i + 1] : pz[i])) * p.scale;
+            if (kTPC == 1)
+            {
+                dl[i] = d;
+                g[i] = gz;
+            }
+            else
+            {
+                float const dOther = __shfl_xor_sync(0xffffffffu, d, 1);
+                dl[i] = ln.part ? dOther : d;
+                dl[i + 1] = ln.part ? d : dOther;
+                if (kMode == kSecond)
+                {
+                    float const gOther = __shfl_xor_sync(0xffffffffu, gz, 1);
+                    g[i] = ln.part ? gOther : gz;
+                    g[i + 1] = ln.part ? gz : gOther;
+                }
+            }
+            (void) j;
         }
-        T cz[kTC], cp[kTC], cx[kTC];
+        T cx[kTC], cp[kTC];
 #pragma unroll
         for (int i = 0; i < kTC; ++i)
         {
-            cz[i] = pz[i];
-            cp[i] = pp[i];
             cx[i] = px[i];
+            cp[i] = pp[i];
         }
         __syncwarp();
         float* bcs = reinterpret_cast<float*>(bcSmem);
@@ -202,14 +228,16 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         for (int i = 0; i < kTC; ++i)
             bcs[i * kWarp + lane] = toF(pbc[i]);
         __syncwarp();
-        if (s + kTC < s1)
-            prefetch(s + kTC);
+        prefetchFrom(s + kTC);
 
+        T* qy = ln.y + s * step;
 #pragma unroll
-        for (int i = 0; i < kTC; ++i)
+        for (int i = 0; i < kTC; ++i, qy += step)
         {
             if (kGuard && s + i >= s1) // warp-uniform
                 break;
+            float const xv = toF(cx[i]);
+            float const dx = dl[i] * xv;
             float y0 = 0.f, y1 = 0.f;
             // this thread's B at [part*kS, part*kS + kS), its C 16 floats further
             float4 const* bc = bcSmem + i * (kWarp / 4) + ln.part * (kS / 4);
@@ -222,9 +250,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
                 for (int k = 0; k < 4; ++k)
                 {
                     int const n = 4 * q + k;
-                    float const arg = dl[i] * ln.A2[n];
-                    float const a = n < kPoly ? ex2Poly(arg) : ex2Mufu(arg);
-                    h[n] = fmaf(a, h[n], dx[i] * bq[k]);
+                    h[n] = fmaf(ex2Mufu(dl[i] * ln.A2[n]), h[n], dx * bq[k]);
                 }
                 if (kOut)
                 {
@@ -242,17 +268,16 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
                 float y = y0 + y1;
                 if (kTPC == 2)
                     y += __shfl_xor_sync(0xffffffffu, y, 1);
-                y = fmaf(ln.D, toF(cx[i]), y);
+                y = fmaf(ln.D, xv, y);
                 if (kMode == kSecond)
-                    y = (y + toF(cp[i])) * silu(toF(cz[i])) * p.scale;
+                    y = (y + toF(cp[i])) * g[i];
                 if (ln.store)
-                    ln.y[(s + i) * ln.stride] = fromF<T>(y);
+                    *qy = fromF<T>(y);
             }
         }
     };
 
-    if (s0 < s1)
-        prefetch(s0);
+    prefetchFrom(s0);
     for (int s = s0; s < s1; s += kTC)
     {
         if (s + kTC <= s1)
@@ -264,7 +289,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
 
 // grid (ceil(E / channels per warp), batch, chunks), block 64: warp 0 forward, warp 1 backward
 // over the same channels.
-template <typename T, int kTC, int kTPC, int kPoly, bool kStatesPass>
+template <typename T, int kTC, int kTPC, bool kStatesPass>
 __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 {
     constexpr int kS = kN / kTPC;
@@ -296,8 +321,6 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     ln.y = static_cast<T*>(p.y) + row * p.E + ec;
     ln.bc = static_cast<T const*>(lane < kN ? (dir == 0 ? p.B[0] : p.B[1]) : (dir == 0 ? p.C[0] : p.C[1]))
         + row * kN + (lane % kN);
-    ln.stride = dir == 0 ? p.E : -p.E;
-    ln.bcStride = dir == 0 ? kN : -kN;
     float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + ln.part * kS;
 #pragma unroll
     for (int i = 0; i < kS; ++i)
@@ -311,10 +334,14 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         h[i] = 0.f;
     float dsum = 0.f;
     int64_t const wsDir = (int64_t(dir) * p.batch + bi) * p.chunks;
+    float4* smem = bcSmem[dir];
 
     if constexpr (kStatesPass)
     {
-        sweep<T, kTC, kTPC, kPoly, kStates>(ln, p, h, dsum, 0, n, bcSmem[dir], lane);
+        if (dir == 0)
+            sweep<T, kTC, kTPC, kStates, false>(ln, p, h, dsum, 0, n, smem, lane);
+        else
+            sweep<T, kTC, kTPC, kStates, true>(ln, p, h, dsum, 0, n, smem, lane);
         if (active)
         {
             float* w = p.ws + (wsDir + c) * (kN + 1) * p.E + e;
@@ -343,9 +370,15 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         // Meet in the middle: forward covers tokens [t0, t0+half) first, backward [t0+half, t1).
         int const half = n / 2;
         int const split = dir == 0 ? half : n - half;
-        sweep<T, kTC, kTPC, kPoly, kFirst>(ln, p, h, dsum, 0, split, bcSmem[dir], lane);
+        if (dir == 0)
+            sweep<T, kTC, kTPC, kFirst, false>(ln, p, h, dsum, 0, split, smem, lane);
+        else
+            sweep<T, kTC, kTPC, kFirst, true>(ln, p, h, dsum, 0, split, smem, lane);
         __syncthreads(); // partials of the first half are visible to the other warp
-        sweep<T, kTC, kTPC, kPoly, kSecond>(ln, p, h, dsum, split, n, bcSmem[dir], lane);
+        if (dir == 0)
+            sweep<T, kTC, kTPC, kSecond, false>(ln, p, h, dsum, split, n, smem, lane);
+        else
+            sweep<T, kTC, kTPC, kSecond, true>(ln, p, h, dsum, split, n, smem, lane);
     }
 }
 
@@ -386,7 +419,7 @@ size_t wsBytes(int64_t batch, int64_t chunks, int64_t E)
 }
 
 // num_chunks: 0 = automatic. Falls back to one chunk when the workspace is too small.
-template <typename T, int kTC, int kTPC, int kPoly>
+template <typename T, int kTC, int kTPC>
 cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
     int64_t const tiles = tilesOf(p.E, kWarp / kTPC);
@@ -401,17 +434,16 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     dim3 const grid(unsigned(tiles), unsigned(p.batch), unsigned(p.chunks));
     if (p.chunks > 1)
     {
-        biScanKernel<T, kTC, kTPC, kPoly, true><<<grid, 2 * kWarp, 0, stream>>>(p);
+        biScanKernel<T, kTC, kTPC, true><<<grid, 2 * kWarp, 0, stream>>>(p);
         cudaError_t const err = cudaGetLastError();
         if (err != cudaSuccess)
             return err;
     }
-    biScanKernel<T, kTC, kTPC, kPoly, false><<<grid, 2 * kWarp, 0, stream>>>(p);
+    biScanKernel<T, kTC, kTPC, false><<<grid, 2 * kWarp, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
-// Variants (tuned on an H100, docs/kernel.md): time steps staged per chunk, threads per
-// channel, states per thread on the polynomial exp2.
+// Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.
 constexpr int kDefaultVariant = 4;
 
 template <typename T>
@@ -419,13 +451,11 @@ cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail
 {
     switch (variant == 0 ? kDefaultVariant : variant)
     {
-    case 1: return launch<T, 4, 1, 0>(p, numChunks, wsAvail, stream);
-    case 2: return launch<T, 8, 1, 0>(p, numChunks, wsAvail, stream);
-    case 3: return launch<T, 4, 2, 0>(p, numChunks, wsAvail, stream);
-    case 5: return launch<T, 8, 2, 2>(p, numChunks, wsAvail, stream);
-    case 6: return launch<T, 4, 2, 2>(p, numChunks, wsAvail, stream);
+    case 1: return launch<T, 4, 1>(p, numChunks, wsAvail, stream);
+    case 2: return launch<T, 8, 1>(p, numChunks, wsAvail, stream);
+    case 3: return launch<T, 4, 2>(p, numChunks, wsAvail, stream);
     case 4:
-    default: return launch<T, 8, 2, 0>(p, numChunks, wsAvail, stream);
+    default: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
     }
 }
 
