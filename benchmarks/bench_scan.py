@@ -198,7 +198,7 @@ def main():
                 if args.variants:
                     for v in (1, 2, 3, 4):
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
-                    for ch in (1, 2, 4, 8, 16, 32, 64):
+                    for ch in ((1, 2, 4, 8, 16, 32, 64) if b == 1 else (1, 2)):
                         if ch <= L // 32:
                             row[f"cuda_chunks{ch}"] = summary(time_graph([ours(i, ch) for i in range(sets)], reps=10))
                 if not args.no_fast and b * L * E <= 32 * 6085 * 384:

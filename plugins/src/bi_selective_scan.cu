@@ -144,6 +144,9 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
     int64_t const step = kRev ? -p.E : p.E; // one token in scan order
     T px[kTC], pdt[kTC], pbc[kTC], pz[kTC], pp[kTC]; // the next chunk, loaded one chunk ahead
 
+    // Chunk base pointers in 64 bits, the steps inside a chunk as 32-bit offsets shared by
+    // x, dt, z and y (same layout): one IMAD.WIDE per load instead of 64-bit pointer bumps.
+    int const step32 = int(step);
     auto prefetch = [&](int s, auto guard) {
         constexpr bool kGuard = decltype(guard)::value;
         int64_t const o = s * step;
@@ -157,21 +160,17 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         {
             if (!kGuard || s + i < s1)
             {
-                px[i] = *qx;
-                pdt[i] = *qdt;
+                int const oi = i * step32;
+                px[i] = qx[oi];
+                pdt[i] = qdt[oi];
                 if (kOut || lane < kN)
-                    pbc[i] = *qbc;
+                    pbc[i] = qbc[i * int(kBcStep)];
                 if (kMode == kSecond)
                 {
-                    pz[i] = *qz;
-                    pp[i] = *qp; // the other direction's partial (written before the barrier)
+                    pz[i] = qz[oi];
+                    pp[i] = qp[oi]; // the other direction's partial (written before the barrier)
                 }
             }
-            qx += step;
-            qdt += step;
-            qz += step;
-            qp += step;
-            qbc += kBcStep;
         }
     };
     auto prefetchFrom = [&](int s) {
@@ -230,9 +229,9 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         __syncwarp();
         prefetchFrom(s + kTC);
 
-        T* qy = ln.y + s * step;
+        T* const qy = ln.y + s * step;
 #pragma unroll
-        for (int i = 0; i < kTC; ++i, qy += step)
+        for (int i = 0; i < kTC; ++i)
         {
             if (kGuard && s + i >= s1) // warp-uniform
                 break;
@@ -272,7 +271,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
                 if (kMode == kSecond)
                     y = (y + toF(cp[i])) * g[i];
                 if (ln.store)
-                    *qy = fromF<T>(y);
+                    qy[i * step32] = fromF<T>(y);
             }
         }
     };
@@ -444,12 +443,18 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 }
 
 // Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.
-constexpr int kDefaultVariant = 4;
+// With few channels in flight (batch * E small, e.g. Vim-Ti at batch 32) two threads per
+// channel (more warps, better spread over the schedulers) win; with many, the duplicated
+// per-step work of the channel's two threads costs more than it gains.
+int autoVariant(int64_t batch, int64_t E)
+{
+    return tilesOf(E, kWarp) * batch >= 8 * smCount() ? 1 : 4;
+}
 
 template <typename T>
 cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
-    switch (variant == 0 ? kDefaultVariant : variant)
+    switch (variant == 0 ? autoVariant(p.batch, p.E) : variant)
     {
     case 1: return launch<T, 4, 1>(p, numChunks, wsAvail, stream);
     case 2: return launch<T, 8, 1>(p, numChunks, wsAvail, stream);
