@@ -443,18 +443,24 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 }
 
 // Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.
-// With few channels in flight (batch * E small, e.g. Vim-Ti at batch 32) two threads per
-// channel (more warps, better spread over the schedulers) win; with many, the duplicated
-// per-step work of the channel's two threads costs more than it gains.
-int autoVariant(int64_t batch, int64_t E)
+// Measured on an H100 (docs/kernel.md): one thread per channel (variant 1) wins when the
+// grid has >= 4 blocks per SM, and when a long sequence is split into chunks (batch 1);
+// two threads per channel (variant 4: twice the warps, spread evenly over an SM's 4
+// schedulers) wins when few channels are in flight and L is not split (Vim-Ti at batch 32)
+// and for short sequences at batch 1.
+int autoVariant(int64_t batch, int64_t L, int64_t E)
 {
-    return tilesOf(E, kWarp) * batch >= 8 * smCount() ? 1 : 4;
+    int64_t const blocks = tilesOf(E, kWarp) * batch;
+    bool const split = autoChunks(batch, L, tilesOf(E, kWarp)) > 1;
+    if (split)
+        return L >= 2048 ? 1 : 4;
+    return blocks >= 4 * smCount() ? 1 : 4;
 }
 
 template <typename T>
 cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
-    switch (variant == 0 ? autoVariant(p.batch, p.E) : variant)
+    switch (variant == 0 ? autoVariant(p.batch, p.L, p.E) : variant)
     {
     case 1: return launch<T, 4, 1>(p, numChunks, wsAvail, stream);
     case 2: return launch<T, 8, 1>(p, numChunks, wsAvail, stream);
