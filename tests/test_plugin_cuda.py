@@ -298,9 +298,11 @@ def _golden_dir() -> Path | None:
     return None
 
 
-# fp16 model (weights and activations fp16, scan parameters and residual as the model
-# keeps them): measured max |logits - golden| on an H100, with margin; see docs/kernel.md.
-FP16_LOGITS_TOL = 2e-2
+# fp16 (torch.autocast: matmuls, convs and the scan's activations in fp16; A, D, dt bias,
+# the scan state and the residual stream stay fp32): measured max |logits - golden| on an
+# H100 is 7.5e-4 (features 3.1e-3); the bound leaves ~6x margin and stays far below the
+# 0.4 that wrong semantics cost (golden README). See docs/kernel.md.
+FP16_LOGITS_TOL = 5e-3
 
 
 @cuda
