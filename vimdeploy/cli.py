@@ -166,6 +166,89 @@ def infer(model, input_path, output, features, ema, as_json):
         f"wrote {s['output']}: " + ", ".join(f"{k} {tuple(outputs[k].shape)}" for k in outputs)))
 
 
+class _BatchType(click.ParamType):
+    name = "N|dynamic"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == "dynamic":
+            return value if isinstance(value, int) else "dynamic"
+        try:
+            if int(value) >= 1:
+                return int(value)
+        except ValueError:
+            pass
+        self.fail(f"{value!r} is neither a positive integer nor 'dynamic'", param, ctx)
+
+
+def _progress(as_json: bool):
+    """Progress lines with elapsed time, on stderr so that stdout stays clean for --json."""
+    import time
+
+    start = time.perf_counter()
+    return lambda msg: click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .onnx file to write (atomically; an existing file is kept unless --force).")
+@click.option("--img-size", type=int, default=None,
+              help="Input resolution (square; patch + k*stride, e.g. 224, 448, 1248). Default: the checkpoint's.")
+@click.option("--batch", type=_BatchType(), default="1", show_default=True,
+              help="Fixed batch size, or 'dynamic' for any batch.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (18-23). Default: 20.")
+@click.option("--scan", type=click.Choice(["plugin", "onnx"]), default="plugin", show_default=True,
+              help="plugin: one trt.plugins::BiSelectiveScan node per layer (TensorRT plugin / vimdeploy's ORT op); "
+                   "onnx: standard ONNX ops only (Scan loops), runs anywhere.")
+@click.option("--no-simplify", is_flag=True, help="Skip graph simplification (onnxscript optimizer).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@ema_option
+@arch_options
+@json_option
+def export_cmd(checkpoint, output, img_size, batch, opset, scan, no_simplify, force, ema, overrides, as_json):
+    """Export a Vim CHECKPOINT to ONNX (validated with onnx.checker and shape inference)."""
+    from .export import DEFAULT_OPSET, export_onnx
+
+    summary = export_onnx(checkpoint, output, img_size=img_size, batch=batch, opset=opset or DEFAULT_OPSET,
+                          scan=scan, simplify=not no_simplify, force=force, ema=ema,
+                          progress=_progress(as_json), overrides=overrides)
+
+    def human(s):
+        t = s["timings"]
+        top = ", ".join(f"{k} {v}" for k, v in list(s["op_counts"].items())[:6])
+        click.echo(f"wrote {s['output']}  ({s['size_mb']:.1f} MB, {s['nodes']} nodes: {top}, ...)")
+        click.echo(f"  Vim {s['variant']} at {s['img_size']}px ({s['tokens']} tokens), {s['flavor']} flavor, "
+                   f"batch {s['batch']}, opset {s['opset']}; export {t['export_s']:.1f}s, total {t['total_s']:.1f}s")
+
+    emit(summary, as_json, human)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ref", "ref", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The PyTorch checkpoint the artifact was made from (the reference).")
+@click.option("--images", "images", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Image files or folders to compare on (repeatable). Default: scikit-image's sample photos.")
+@click.option("--batch", type=int, default=2, show_default=True, help="How many seeded random inputs to add.")
+@click.option("--atol", type=float, default=None, help="Max abs error allowed on logits. Default: per precision (fp32: 1e-4).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@ema_option
+@json_option
+def validate(artifact, ref, images, batch, atol, seed, ema, as_json):
+    """Compare ARTIFACT with the PyTorch reference on the same inputs; exit 1 beyond tolerance.
+
+    Inputs: seeded random tensors and real photographs. Reports max abs / relative error,
+    cosine similarity, top-1 / top-5 agreement, for logits and features.
+    """
+    from .validation import format_report, validate_artifact
+
+    report = validate_artifact(artifact, ref, images=images, random_batch=batch, atol=atol, seed=seed, ema=ema,
+                               progress=None if as_json else _progress(as_json))
+    emit(report, as_json, lambda r: click.echo(format_report(r)))
+    if not report["passed"]:
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("vimdeploy-demo"),

@@ -33,6 +33,15 @@ def _torch_engine(path, **options):
 register_backend([".pth", ".pt", ".bin", ".ckpt", ".tar"], _torch_engine)
 
 
+def _onnx_engine(path, **options):
+    from .onnx_backend import OnnxEngine
+
+    return OnnxEngine(path, **options)
+
+
+register_backend([".onnx"], _onnx_engine)
+
+
 def open_engine(path: str | Path, **options) -> Engine:
     """Open a checkpoint / model / engine file for inference, by its suffix."""
     path = Path(path)

@@ -1,0 +1,83 @@
+"""ONNX backend: a vimdeploy ONNX export run by ONNX Runtime on CPU.
+
+Both flavors: graphs with `trt.plugins::BiSelectiveScan` get vimdeploy's CPU implementation
+of it (vimdeploy/export/ort_op.py); portable graphs need nothing extra. A fixed-batch
+export given another batch size is run in chunks of its batch (the last one zero-padded,
+its padding dropped): Vim treats every image independently, so this is exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from .base import Engine
+
+META_PREFIX = "vimdeploy."
+
+
+class OnnxEngine(Engine):
+    def __init__(self, path, threads: int | None = None, **_ignored):
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        try:
+            # Structure only (no weights) to read metadata and find custom nodes.
+            proto = onnx.load(self.path, load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf raises several types on bad bytes
+            raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
+        self.metadata = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props
+                         if p.key.startswith(META_PREFIX)}
+        self.custom_op = any(n.domain == "trt.plugins" for n in proto.graph.node)
+        if self.custom_op:
+            from ..export.ort_op import session_options
+
+            options = session_options(threads)
+        else:
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+        # Measured: with the Python custom op, ORT's spinning worker threads starve PyTorch's
+        # (3.5 s vs 100 s for Vim-Ti on 2 cores); without spinning nothing is lost elsewhere.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001
+            raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        n, _c, h, w = inp.shape
+        self.fixed_batch = n if isinstance(n, int) else None
+        self.input_size = h if isinstance(h, int) and h == w else None
+        if self.input_size:
+            self.default_input_size = self.input_size
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if "logits" not in self.outputs:
+            raise ArtifactError(f"{path} has no `logits` output (outputs: {', '.join(self.outputs)}); "
+                                "is it a vimdeploy export?")
+        self.num_classes = self.session.get_outputs()[self.outputs.index("logits")].shape[-1]
+
+    def run(self, images: np.ndarray, features: bool = False) -> dict[str, np.ndarray]:
+        images = self.check_batch(images, self.input_size)
+        if features and "features" not in self.outputs:
+            raise InputError(f"{self.path.name} has no `features` output.")
+        names = ["logits", "features"] if features else ["logits"]
+        step = self.fixed_batch or len(images)
+        parts = []
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            real = len(chunk)
+            if real < step:
+                chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), chunk.dtype)])
+            out = self.session.run(names, {self.input_name: chunk})
+            parts.append([o[:real] for o in out])
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+    def describe(self) -> dict:
+        return {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "path": str(self.path),
+                "batch": self.fixed_batch or "dynamic", "input_size": self.input_size,
+                "custom_op": self.custom_op, **{k: v for k, v in self.metadata.items() if k != "checkpoint_sha256"}}
