@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--variants", action="store_true", help="also time kernel variants 1..4 and forced L splits")
     ap.add_argument("--quick", action="store_true", help="Vim-Ti only")
     ap.add_argument("--no-fast", action="store_true", help="skip the PyTorch fast scan")
+    ap.add_argument("--no-official", action="store_true", help="skip mamba_ssm even if it imports")
     args = ap.parse_args()
 
     from tests.test_plugin_cuda import make_inputs
@@ -167,7 +168,7 @@ def main():
     mufu_measured = mufu_rate(sms)
     mufu_computed = 16 * sms * clock_mhz * 1e6
     mufu = mufu_measured or mufu_computed
-    official = load_official()
+    official = None if args.no_official else load_official()
     env = {
         "gpu": torch.cuda.get_device_name(0), "driver": smi("driver_version"), "cuda": torch.version.cuda,
         "torch": torch.__version__, "sms": sms, "max_sm_clock_mhz": clock_mhz,

@@ -132,16 +132,18 @@ struct Lane
 };
 
 // Sweeps steps [s0, s1) in scan order (step 0 = the chunk's first token in this direction;
-// kRev: the backward direction, tokens descending).
-template <typename T, int kTC, int kTPC, Mode kMode, bool kRev>
+// rev: the backward direction, tokens descending. A run-time flag, not a template
+// parameter: the two warps of a block then run the same code, which halves the hot
+// instruction footprint; measured faster than two specialised copies).
+template <typename T, int kTC, int kTPC, Mode kMode>
 __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, float (&h)[kN / kTPC],
-    float& dsum, int s0, int s1, float4* bcSmem, int lane)
+    float& dsum, int s0, int s1, float4* bcSmem, int lane, bool rev)
 {
     constexpr int kS = kN / kTPC;
     constexpr bool kOut = kMode != kStates;
-    constexpr int64_t kBcStep = kRev ? -kN : kN;
+    int const bcStep = rev ? -kN : kN;
     static_assert(kTPC == 1 || kTC % 2 == 0, "pairs of steps are shared between the 2 threads of a channel");
-    int64_t const step = kRev ? -p.E : p.E; // one token in scan order
+    int64_t const step = rev ? -p.E : p.E; // one token in scan order
     T px[kTC], pdt[kTC], pbc[kTC], pz[kTC], pp[kTC]; // the next chunk, loaded one chunk ahead
 
     // Chunk base pointers in 64 bits, the steps inside a chunk as 32-bit offsets shared by
@@ -154,7 +156,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         T const* qdt = ln.dt + o;
         T const* qz = ln.z + o;
         T const* qp = ln.y + o;
-        T const* qbc = ln.bc + s * kBcStep;
+        T const* qbc = ln.bc + int64_t(s) * bcStep;
 #pragma unroll
         for (int i = 0; i < kTC; ++i)
         {
@@ -164,7 +166,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
                 px[i] = qx[oi];
                 pdt[i] = qdt[oi];
                 if (kOut || lane < kN)
-                    pbc[i] = qbc[i * int(kBcStep)];
+                    pbc[i] = qbc[i * bcStep];
                 if (kMode == kSecond)
                 {
                     pz[i] = qz[oi];
@@ -337,10 +339,7 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 
     if constexpr (kStatesPass)
     {
-        if (dir == 0)
-            sweep<T, kTC, kTPC, kStates, false>(ln, p, h, dsum, 0, n, smem, lane);
-        else
-            sweep<T, kTC, kTPC, kStates, true>(ln, p, h, dsum, 0, n, smem, lane);
+        sweep<T, kTC, kTPC, kStates>(ln, p, h, dsum, 0, n, smem, lane, dir == 1);
         if (active)
         {
             float* w = p.ws + (wsDir + c) * (kN + 1) * p.E + e;
@@ -369,15 +368,9 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         // Meet in the middle: forward covers tokens [t0, t0+half) first, backward [t0+half, t1).
         int const half = n / 2;
         int const split = dir == 0 ? half : n - half;
-        if (dir == 0)
-            sweep<T, kTC, kTPC, kFirst, false>(ln, p, h, dsum, 0, split, smem, lane);
-        else
-            sweep<T, kTC, kTPC, kFirst, true>(ln, p, h, dsum, 0, split, smem, lane);
+        sweep<T, kTC, kTPC, kFirst>(ln, p, h, dsum, 0, split, smem, lane, dir == 1);
         __syncthreads(); // partials of the first half are visible to the other warp
-        if (dir == 0)
-            sweep<T, kTC, kTPC, kSecond, false>(ln, p, h, dsum, split, n, smem, lane);
-        else
-            sweep<T, kTC, kTPC, kSecond, true>(ln, p, h, dsum, split, n, smem, lane);
+        sweep<T, kTC, kTPC, kSecond>(ln, p, h, dsum, split, n, smem, lane, dir == 1);
     }
 }
 
@@ -443,8 +436,8 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 }
 
 // Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.
-// Measured on an H100 (docs/kernel.md): one thread per channel (variant 1) wins when the
-// grid has >= 4 blocks per SM, and when a long sequence is split into chunks (batch 1);
+// Measured on an H100 (docs/kernel.md): one thread per channel (variants 1, 2) wins when
+// the grid has >= 4 blocks per SM, and when a long sequence is split into chunks (batch 1);
 // two threads per channel (variant 4: twice the warps, spread evenly over an SM's 4
 // schedulers) wins when few channels are in flight and L is not split (Vim-Ti at batch 32)
 // and for short sequences at batch 1.
@@ -453,7 +446,7 @@ int autoVariant(int64_t batch, int64_t L, int64_t E)
     int64_t const blocks = tilesOf(E, kWarp) * batch;
     bool const split = autoChunks(batch, L, tilesOf(E, kWarp)) > 1;
     if (split)
-        return L >= 2048 ? 1 : 4;
+        return L >= 2048 ? 2 : 4;
     return blocks >= 4 * smCount() ? 1 : 4;
 }
 
