@@ -58,7 +58,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, echo=None) -> dict:
     t = time.perf_counter()
     info = checkpoint_info(checkpoint)
     m = info["model"]
-    say(f"[1/3] info     Vim {m['variant']}, {m['parameters']:,} parameters, {m['img_size']}px, {m['tokens']} tokens")
+    say(f"[1/6] info     Vim {m['variant']}, {m['parameters']:,} parameters, {m['img_size']}px, {m['tokens']} tokens")
     report["stages"]["info"] = {"seconds": time.perf_counter() - t, **info["model"]}
 
     t = time.perf_counter()
@@ -67,7 +67,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, echo=None) -> dict:
     demo_image().save(image_path)
     batch = preprocess(demo_image(), m["img_size"])[None]
     top = topk(engine.run(batch)["logits"], 5)[0]
-    say(f"[2/3] predict  {image_path}: " + ", ".join(f"{t['name']} {t['probability']:.1%}" for t in top[:3]))
+    say(f"[2/6] predict  {image_path}: " + ", ".join(f"{t['name']} {t['probability']:.1%}" for t in top[:3]))
     report["stages"]["predict"] = {"seconds": time.perf_counter() - t, "top5": top}
 
     t = time.perf_counter()
@@ -79,6 +79,28 @@ def run_demo(checkpoint: Path | None, out_dir: Path, echo=None) -> dict:
     diff = float(np.abs(fast["logits"] - reference["logits"]).max())
     with atomic_path(out_dir / "demo_outputs.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, input=images, **fast)
-    say(f"[3/3] infer    batch of 2 -> {out_dir / 'demo_outputs.npz'}; fast vs sequential scan: max |diff| {diff:.2e}")
+    say(f"[3/6] infer    batch of 2 -> {out_dir / 'demo_outputs.npz'}; fast vs sequential scan: max |diff| {diff:.2e}")
     report["stages"]["infer"] = {"seconds": time.perf_counter() - t, "fast_vs_reference_max_abs": diff}
+
+    # Export both ONNX flavors (dynamic batch) and validate each against the checkpoint.
+    from .export import export_onnx
+    from .validation import validate_artifact
+
+    for step, flavor in ((4, "plugin"), (5, "onnx")):
+        t = time.perf_counter()
+        path = out_dir / f"model_{flavor}.onnx"
+        summary = export_onnx(checkpoint, path, batch="dynamic", scan=flavor, force=True)
+        check = validate_artifact(path, checkpoint, random_batch=1, images=[image_path])
+        o = check["overall"]
+        say(f"[{step}/6] export   {path} ({flavor} flavor, {summary['nodes']} nodes, {summary['size_mb']:.1f} MB, "
+            f"{summary['timings']['export_s']:.0f}s); validate: max |diff| {o['max_abs']:.1e}, "
+            f"top-1 {o['top1']:.0%} -> {'PASS' if check['passed'] else 'FAIL'}")
+        report["stages"][f"export_{flavor}"] = {"seconds": time.perf_counter() - t, "export": summary,
+                                               "validate": {k: check[k] for k in ("overall", "passed", "failures")}}
+
+    t = time.perf_counter()
+    onnx_out = open_engine(out_dir / "model_onnx.onnx").run(images, features=True)
+    diff = float(np.abs(onnx_out["logits"] - fast["logits"]).max())
+    say(f"[6/6] infer    the same batch of 2 through ONNX Runtime (portable flavor): max |diff| vs PyTorch {diff:.1e}")
+    report["stages"]["infer_onnx"] = {"seconds": time.perf_counter() - t, "max_abs_vs_pytorch": diff}
     return report
