@@ -3,13 +3,13 @@
  *
  * Design (measured on an H100, numbers in docs/kernel.md):
  *
- * - One thread per (batch, channel, direction) runs the recurrence sequentially with its
- *   16 states in registers (as TensorRT-LLM's Mamba kernel). The scan is bound by the
- *   16 exps per state step (MUFU ex2), not by memory: a block-parallel scan over (a, b)
- *   pairs (mamba_ssm) does the same exps plus the combine work, so the sequential form
- *   with enough threads in flight is the cheapest.
- * - A block = 2 warps: warp 0 scans channels [32*bx, 32*bx+32) forward, warp 1 the same
- *   channels backward. They meet in the middle: in the first half of the sweep each
+ * - One thread (or two, kTPC) per (batch, channel, direction) runs the recurrence
+ *   sequentially with the 16 states in registers (as TensorRT-LLM's Mamba kernel). The
+ *   op is bound by the 16 exps per state step (MUFU ex2) more than by memory; a
+ *   block-parallel scan over (a, b) pairs (mamba_ssm) needs the same exps plus the
+ *   combine work, so the sequential form is used wherever enough threads are in flight.
+ * - A block = 2 warps: warp 0 scans 32 / kTPC channels forward, warp 1 the same
+ *   channels backward (same code, direction at run time: one hot loop in the i-cache). They meet in the middle: in the first half of the sweep each
  *   direction writes its (ungated) partial output into y, then __syncthreads(), then in
  *   the second half each direction reads the other's partial at the tokens it reaches,
  *   adds its own, applies silu(z) * out_scale and writes the final value. So z is read
