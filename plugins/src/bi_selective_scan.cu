@@ -231,7 +231,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         __syncwarp();
         prefetchFrom(s + kTC);
 
-        T* const qy = ln.y + s * step;
+        [[maybe_unused]] T* const qy = ln.y + s * step; // unused when kMode == kStates
 #pragma unroll
         for (int i = 0; i < kTC; ++i)
         {
