@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -144,14 +146,34 @@ def _make_scan_activations_fp16(model: onnx.ModelProto) -> None:
     del g.value_info[:]
 
 
+def _separate_consumed_outputs(model: onnx.ModelProto) -> None:
+    """Give a graph output that other nodes also read (`features`, read by the head) its own
+    Identity. With keep_io_types the converter retypes the producer but not the internal
+    readers of an output name, which leaves the head with mixed fp32/fp16 inputs."""
+    g = model.graph
+    users = _consumers(g)
+    for out in g.output:
+        if users.get(out.name):
+            inner = out.name + "_value"
+            for n in g.node:
+                n.output[:] = [inner if o == out.name else o for o in n.output]
+                n.input[:] = [inner if i == out.name else i for i in n.input]
+            g.node.append(helper.make_node("Identity", [inner], [out.name], name=out.name + "_output"))
+
+
 def to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = ("norm", "residual")) -> onnx.ModelProto:
     from onnxconverter_common import float16
 
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # never edit the caller's
+    _separate_consumed_outputs(model)
     blocked = sensitive_nodes(model, keep_fp32)
     op_block = list(float16.DEFAULT_OP_BLOCK_LIST) + [OP_TYPE]
-    converted = float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=op_block, node_block_list=blocked,
-    )
+    with warnings.catch_warnings():
+        # "the float32 number 1e-08 will be truncated to 1e-07": tiny weights clamp to fp16's range.
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=op_block, node_block_list=blocked,
+        )
     _make_scan_activations_fp16(converted)
     return onnx.shape_inference.infer_shapes(converted, strict_mode=True)
 
@@ -172,6 +194,19 @@ def read_calibration_images(folder: str | Path, img_size: int, limit: int | None
     if not files:
         raise InputError(f"no .jpg/.jpeg/.png images in {folder}.")
     return load_images(files, img_size)
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    """What a node came from: its name plus the module path and parameter names that the
+    torch exporter records in its metadata (MatMul weights lose their names in the graph)."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    return " ".join([node.name, meta.get("namespace", ""), meta.get("pkg.torch.onnx.fx_node", "")])
+
+
+def _matches(node: onnx.NodeProto, patterns: Iterable[str]) -> bool:
+    """`x_proj`, `layers.0.` or `head` match a node by module path (dots) or parameter name (underscores)."""
+    label = _node_label(node)
+    return any(p and (p in label or p.replace(".", "_") in label) for p in patterns)
 
 
 class _Batches:
@@ -219,19 +254,29 @@ def _sessions_with_scan_op():
         ort.SessionOptions = original
 
 
-def _range_cache_key(model_bytes: bytes, images: np.ndarray, method: str, percentile: float) -> str:
-    h = hashlib.sha256(model_bytes)
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vimdeploy" / "calibration"
+
+
+def _range_cache_file(cache_dir: Path, model: onnx.ModelProto, images: np.ndarray, method: str,
+                      percentile: float) -> Path:
+    """Activation ranges depend on the graph, the images and the method: that is the key."""
+    h = hashlib.sha256(model.SerializeToString())
     h.update(np.ascontiguousarray(images).tobytes())
-    h.update(f"{method}:{percentile}".encode())
-    return h.hexdigest()[:16]
+    h.update(f"{method}:{percentile if method == 'percentile' else ''}".encode())
+    return cache_dir / f"ranges-{h.hexdigest()[:20]}.json"
 
 
 def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", percentile: float = 99.99,
-            exclude: Iterable[str] = (), batch: int = 8,
+            exclude: Iterable[str] = (), batch: int = 8, cache_dir: str | Path | None = None,
             progress: Callable[[int, int], None] | None = None) -> tuple[onnx.ModelProto, dict]:
     """INT8 Q/DQ for MatMul/Conv/Gemm (per-channel symmetric weights, per-tensor symmetric
-    activations). `exclude`: substrings of node names (or of their weight names) to leave
-    in fp32, e.g. "x_proj", "dt_proj", "layers.0.", "head". Returns (model, info)."""
+    activations). `exclude`: module paths or parameter names whose layers stay in fp32,
+    e.g. "x_proj", "dt_proj", "layers.0.", "head". With `cache_dir`, activation ranges are
+    saved there (ONNX Runtime's calibration cache) and reused by any later conversion of the
+    same graph with the same images and method. Returns (model, info)."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -240,15 +285,20 @@ def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", per
         raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}; got {method!r}.")
     calib = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}[method]
-    exclude = [e for e in exclude if e]
-    excluded_nodes = [n.name for n in model.graph.node
-                      if any(e in n.name or any(e in i for i in n.input) for e in exclude)]
+    excluded_nodes = [n.name for n in model.graph.node if _matches(n, exclude)]
     input_name = model.graph.input[0].name
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile}
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
         info = {"method": method, "images": int(len(images)), "excluded_nodes": excluded_nodes}
+        cache = None
+        # ONNX Runtime's calibration cache (`calibration_cache_path`) is recent (1.31 has it).
+        if cache_dir is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+            cache = _range_cache_file(Path(cache_dir), model, images, method, percentile)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            info["calibration_cache"] = str(cache)
+            info["calibration_cache_hit"] = cache.is_file()
         if method == "percentile":
             info["percentile"] = percentile
         with _sessions_with_scan_op():
@@ -257,6 +307,7 @@ def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", per
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Conv", "Gemm"],
                 per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=calib, nodes_to_exclude=excluded_nodes, extra_options=extra,
+                **({"calibration_cache_path": str(cache)} if cache else {}),
             )
         quantized = onnx.load(dst)
     info["qdq_pairs"] = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
@@ -281,7 +332,7 @@ def model_precision(model: onnx.ModelProto) -> str:
 def convert_precision(source: str | Path, output: str | Path, precision: str, calib: str | Path | None = None,
                       method: str = "max", percentile: float = 99.99, exclude: Iterable[str] = (),
                       keep_fp32: Iterable[str] = ("norm", "residual"), calib_limit: int | None = None,
-                      force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+                      cache_dir: str | Path | None = "default", force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """fp32 ONNX (from `vimdeploy export`) -> fp16 or int8 ONNX, written atomically."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
@@ -302,6 +353,7 @@ def convert_precision(source: str | Path, output: str | Path, precision: str, ca
         size = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
         images = read_calibration_images(calib, size, calib_limit)
         model, qinfo = to_int8(model, images, method=method, percentile=percentile, exclude=exclude,
+                               cache_dir=default_cache_dir() if cache_dir == "default" else cache_dir,
                                progress=progress)
         info.update(qinfo, calibration_dir=str(calib))
     _set_meta(model, {META_PRECISION: precision, "vimdeploy.precision_info": info})
@@ -309,3 +361,32 @@ def convert_precision(source: str | Path, output: str | Path, precision: str, ca
     with atomic_path(output, force=force) as tmp:
         onnx.save(model, tmp)
     return {"output": str(output), **info, "size_mb": output.stat().st_size / 1e6}
+
+
+def with_fp32_scan_nodes(model: onnx.ModelProto) -> bool:
+    """Make fp16 BiSelectiveScan nodes runnable by the fp32-only ONNX Runtime op, in place.
+
+    Casts fp16 activations to fp32 before the node and its output back to fp16 after it.
+    That is exact emulation of the fp16 plugin, which widens fp16 to fp32 on load, computes
+    in fp32 and rounds the result to fp16 on store. Returns whether anything changed.
+    """
+    g = model.graph
+    typed = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
+    typed.update({t.name: t.data_type for t in g.initializer})
+    nodes, changed = [], False
+    for node in g.node:
+        if node.op_type != OP_TYPE or typed.get(node.input[0]) != TensorProto.FLOAT16:
+            nodes.append(node)
+            continue
+        changed = True
+        for i in SCAN_ACTIVATION_INPUTS:
+            wide = f"{node.name}_in{i}_fp32"
+            nodes.append(helper.make_node("Cast", [node.input[i]], [wide], to=TensorProto.FLOAT))
+            node.input[i] = wide
+        out = node.output[0]
+        node.output[0] = f"{node.name}_out_fp32"
+        nodes += [node, helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT16)]
+    if changed:
+        del g.node[:]
+        g.node.extend(nodes)
+    return changed

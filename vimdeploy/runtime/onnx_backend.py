@@ -44,8 +44,16 @@ class OnnxEngine(Engine):
         # (3.5 s vs 100 s for Vim-Ti on 2 cores); without spinning nothing is lost elsewhere.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        source = str(self.path)
+        if self.custom_op and self.metadata.get("precision", "fp32") != "fp32":
+            # fp16 scan nodes: ORT's op is fp32-only; wrap them in exact casts (precision.py).
+            from ..export.precision import with_fp32_scan_nodes
+
+            full = onnx.load(self.path)
+            if with_fp32_scan_nodes(full):
+                source = full.SerializeToString()
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
             raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
         inp = self.session.get_inputs()[0]
