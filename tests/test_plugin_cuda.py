@@ -44,22 +44,31 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an N
 # --------------------------------------------------------------------------- build (CI)
 
 def test_kernel_library_builds_with_nvcc(tmp_path):
-    """CI (nvcc, no GPU) compiles the kernel library on every run."""
-    from vimdeploy.plugin import build, find_nvcc, load_library
+    """CI (nvcc, no GPU) compiles the kernel library on every run: through CMake as
+    `vimdeploy plugin build` does, or with nvcc alone where CMake is missing. One
+    architecture ($VIMDEPLOY_TEST_CUDA_ARCHS, default 80) keeps it to ~20-40 s on 2 cores."""
+    from vimdeploy.plugin import PLUGIN_SRC, build, find_nvcc, load_library
 
-    if find_nvcc() is None:
+    nvcc = find_nvcc()
+    if nvcc is None:
         pytest.skip("nvcc not found (PATH, $CUDACXX, /usr/local/cuda/bin): cannot compile the CUDA kernels")
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake not found")
     archs = os.environ.get("VIMDEPLOY_TEST_CUDA_ARCHS", "80")
-    paths = build(tmp_path / "build", cuda_archs=archs, jobs=2)
-    assert paths["kernels"].is_file()
-    lib = load_library(paths["kernels"])  # loads without a GPU: only cudart is needed
+    if shutil.which("cmake") is not None:
+        lib_path = build(tmp_path / "build", cuda_archs=archs, jobs=2)["kernels"]
+    else:
+        lib_path = tmp_path / "libvimdeploy_kernels.so"
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs.split(";")]
+        r = subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *gencode,
+                            "-I", str(PLUGIN_SRC / "include"), str(PLUGIN_SRC / "src" / "bi_selective_scan.cu"),
+                            "-o", str(lib_path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-4000:]
+    assert lib_path.is_file()
+    lib = load_library(lib_path)  # loads without a GPU: only cudart is needed
     assert lib.vimdeploy_error_string(-2).decode().startswith("unsupported")
     # The architecture asked for is in the fatbinary.
-    cuobjdump = Path(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc").parent / "cuobjdump"
+    cuobjdump = Path(nvcc).parent / "cuobjdump"
     if cuobjdump.is_file():
-        listing = subprocess.run([str(cuobjdump), "--list-elf", str(paths["kernels"])], capture_output=True, text=True).stdout
+        listing = subprocess.run([str(cuobjdump), "--list-elf", str(lib_path)], capture_output=True, text=True).stdout
         assert f"sm_{archs.split(';')[0].split('-')[0]}" in listing
 
 
