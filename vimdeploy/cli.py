@@ -302,5 +302,71 @@ def plugin_path(build_dir, as_json):
     emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])
 
 
+@main.command("build")
+@click.argument("model", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The engine to write (.plan), plus OUTPUT.json (versions, GPU, profile, plugin): both atomically.")
+@click.option("--fp16", "precision", flag_value="fp16", default=None,
+              help="FP16 engine: an fp32 ONNX is converted first (as `vimdeploy convert --precision fp16`).")
+@click.option("--int8", "precision", flag_value="int8", help="INT8 (Q/DQ) engine from an fp32 ONNX; needs --calib.")
+@click.option("--calib", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="INT8: a folder of calibration images.")
+@click.option("--calib-limit", type=int, default=None, help="INT8: use at most this many calibration images.")
+@click.option("--plugin", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="TensorRT plugin library. Default: libvimdeploy_trt_plugin.so from `vimdeploy plugin build`.")
+@click.option("--batch", default=None, help="Batch profile MIN:OPT:MAX (dynamic-batch ONNX). Default: 1:8:32.")
+@click.option("--img-size", default=None, help="Resolution profile MIN:OPT:MAX, only for an ONNX with dynamic H/W.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Tactic timing cache file: read if present, updated after the build (faster rebuilds).")
+@click.option("--workspace-mb", type=int, default=None, help="Builder workspace limit in MiB. Default: TensorRT's.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=None,
+              help="builder_optimization_level 0-5 (TensorRT's default 3; higher builds longer, may run faster).")
+@click.option("--tf32", is_flag=True, help="Allow TF32 for fp32 matmuls (faster on Ampere+, ~1e-3 less exact).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT (and its .json) if they exist.")
+@click.option("--verbose", is_flag=True, help="Print TensorRT's verbose log.")
+@json_option
+def build_cmd(model, output, precision, calib, calib_limit, plugin, batch, img_size, timing_cache, workspace_mb,
+              opt_level, tf32, force, verbose, as_json):
+    """Build a TensorRT engine from a vimdeploy ONNX (strongly typed: the precision is the ONNX's).
+
+    \b
+    Examples:
+      vimdeploy build vim_t.onnx -o vim_t.plan --batch 1:8:32 --timing-cache trt.cache
+      vimdeploy build vim_t.onnx --fp16 -o vim_t_fp16.plan
+    """
+    from .engine_build import build_engine
+
+    summary = build_engine(model, output, precision=precision,
+                           convert_options={"calib": calib, "calib_limit": calib_limit},
+                           plugin=plugin, batch=batch, img_size=img_size, timing_cache=timing_cache,
+                           workspace_mb=workspace_mb, opt_level=opt_level, tf32=tf32, force=force,
+                           progress=not as_json, verbose=verbose, echo=None if as_json else _progress(as_json))
+    emit(summary, as_json, lambda s: click.echo(
+        f"wrote {s['output']} ({s['size_mb']:.1f} MB, {s['precision']}, TensorRT {s['tensorrt']}, {s['gpu']}) "
+        f"and {s['sidecar']}"))
+
+
+@main.command("triton-repo")
+@click.argument("engine", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", "repo", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The model repository folder (created if missing).")
+@click.option("--name", default="vim", show_default=True, help="Model name (its folder in the repository).")
+@click.option("--max-batch", type=int, default=None, help="Triton max_batch_size. Default: the engine's max batch.")
+@click.option("--queue-delay-us", type=int, default=100, show_default=True,
+              help="dynamic_batching max_queue_delay_microseconds.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Engine instances per GPU.")
+@click.option("--force", is_flag=True, help="Replace the model folder if it exists.")
+@json_option
+def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, force, as_json):
+    """Write a Triton Inference Server model repository for ENGINE (needs its .json sidecar)."""
+    from .triton import write_triton_repo
+
+    info = write_triton_repo(engine, repo, name=name, max_batch=max_batch, queue_delay_us=queue_delay_us,
+                             instances=instances, force=force)
+    emit(info, as_json, lambda i: click.echo(
+        f"wrote {i['model']} (max_batch_size {i['max_batch_size']}); see {i['repository']}/README.md "
+        "for loading the plugin library in tritonserver"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

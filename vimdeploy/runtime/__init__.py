@@ -42,6 +42,15 @@ def _onnx_engine(path, **options):
 register_backend([".onnx"], _onnx_engine)
 
 
+def _tensorrt_engine(path, **options):
+    from .tensorrt_backend import TensorRTEngine
+
+    return TensorRTEngine(path, **options)
+
+
+register_backend([".plan", ".engine"], _tensorrt_engine)
+
+
 def open_engine(path: str | Path, **options) -> Engine:
     """Open a checkpoint / model / engine file for inference, by its suffix."""
     path = Path(path)
