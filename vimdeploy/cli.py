@@ -188,6 +188,47 @@ def _progress(as_json: bool):
     return lambda msg: click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
 
 
+def precision_options(fn):
+    """--precision and the FP16/INT8 knobs, shared by `export` and `convert`."""
+
+    @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+                  help="fp16: fp16 casts (RMSNorm/residual kept fp32 unless --keep-fp32 none); int8: Q/DQ, needs --calib.")
+    @click.option("--calib", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+                  help="INT8: a folder of .jpg/.png calibration images (preprocessed like `predict`).")
+    @click.option("--calib-method", type=click.Choice(["max", "entropy", "percentile"]), default="max",
+                  show_default=True, help="INT8: how activation ranges are chosen from the calibration data.")
+    @click.option("--percentile", type=float, default=99.99, show_default=True, help="INT8 percentile method's cut.")
+    @click.option("--calib-limit", type=int, default=None, help="INT8: use at most this many calibration images.")
+    @click.option("--exclude", multiple=True,
+                  help="INT8: keep matching layers in fp32 (repeatable), e.g. x_proj, dt_proj, layers.0., head.")
+    @click.option("--keep-fp32", default="norm,residual", show_default=True,
+                  help="FP16: parts kept in fp32: 'norm', 'residual', both, or 'none'.")
+    @functools.wraps(fn)
+    def wrapper(*args, precision, calib, calib_method, percentile, calib_limit, exclude, keep_fp32, **kwargs):
+        keep = () if keep_fp32.strip() in ("", "none") else tuple(k.strip() for k in keep_fp32.split(","))
+        options = {"calib": calib, "method": calib_method, "percentile": percentile, "exclude": exclude,
+                   "keep_fp32": keep, "calib_limit": calib_limit, "progress": _bar("calibrating")}
+        return fn(*args, precision=precision, convert_options=options, **kwargs)
+
+    return wrapper
+
+
+def _bar(label: str):
+    """A tqdm progress bar driven by (done, total) callbacks, on stderr."""
+    state = {}
+
+    def update(done: int, total: int):
+        from tqdm import tqdm
+
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=label, unit="batch", file=sys.stderr, leave=False)
+        state["bar"].update(done - state["bar"].n)
+        if done >= total:
+            state["bar"].close()
+
+    return update
+
+
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -202,16 +243,24 @@ def _progress(as_json: bool):
                    "onnx: standard ONNX ops only (Scan loops), runs anywhere.")
 @click.option("--no-simplify", is_flag=True, help="Skip graph simplification (onnxscript optimizer).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@precision_options
 @ema_option
 @arch_options
 @json_option
-def export_cmd(checkpoint, output, img_size, batch, opset, scan, no_simplify, force, ema, overrides, as_json):
-    """Export a Vim CHECKPOINT to ONNX (validated with onnx.checker and shape inference)."""
-    from .export import DEFAULT_OPSET, export_onnx
+def export_cmd(checkpoint, output, img_size, batch, opset, scan, no_simplify, force, precision, convert_options,
+               ema, overrides, as_json):
+    """Export a Vim CHECKPOINT to ONNX (validated with onnx.checker and shape inference).
 
-    summary = export_onnx(checkpoint, output, img_size=img_size, batch=batch, opset=opset or DEFAULT_OPSET,
-                          scan=scan, simplify=not no_simplify, force=force, ema=ema,
-                          progress=_progress(as_json), overrides=overrides)
+    --precision fp16 / int8 writes the precision into the ONNX (fp16 casts, Q/DQ pairs), as
+    TensorRT 11's strongly typed builder needs; ONNX Runtime runs every variant.
+    """
+    from .export import DEFAULT_OPSET
+    from .export.precision import export_at_precision
+
+    summary = export_at_precision(checkpoint, output, precision=precision, force=force,
+                                  progress=_progress(as_json), convert_options=convert_options,
+                                  img_size=img_size, batch=batch, opset=opset or DEFAULT_OPSET,
+                                  scan=scan, simplify=not no_simplify, ema=ema, overrides=overrides)
 
     def human(s):
         t = s["timings"]
@@ -221,6 +270,21 @@ def export_cmd(checkpoint, output, img_size, batch, opset, scan, no_simplify, fo
                    f"batch {s['batch']}, opset {s['opset']}; export {t['export_s']:.1f}s, total {t['total_s']:.1f}s")
 
     emit(summary, as_json, human)
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .onnx to write (atomically; an existing file is kept unless --force).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@precision_options
+@json_option
+def convert(source, output, force, precision, convert_options, as_json):
+    """Convert an fp32 ONNX from `vimdeploy export` to fp16 or int8."""
+    from .export.precision import convert_precision
+
+    info = convert_precision(source, output, precision, force=force, **convert_options)
+    emit(info, as_json, lambda i: click.echo(f"wrote {i['output']} ({i['precision']}, {i['size_mb']:.1f} MB)"))
 
 
 @main.command()

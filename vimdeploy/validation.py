@@ -34,8 +34,10 @@ class Tolerance:
 # ~1e-6, while real mistakes (a missing branch, the divide-by-2) are ~0.4 (golden README).
 TOLERANCES: dict[str, Tolerance | None] = {
     "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0),
-    "fp16": None,  # set by the fp16 issue
-    "int8": None,  # set by the int8 issue
+    # The engines issue's bars: fp16 rounds every activation (cosine 0.999999 measured on the
+    # golden, docs/precision.md); int8 also rounds weights and activations to 8 bits.
+    "fp16": Tolerance(min_cosine=0.9999, min_top1=1.0),
+    "int8": Tolerance(min_cosine=0.99),
 }
 
 

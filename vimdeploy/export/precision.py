@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import io
+import logging
 import json
 import warnings
 from pathlib import Path
@@ -229,6 +231,17 @@ class _Batches:
 
 
 @contextlib.contextmanager
+def _root_log_level(level):
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+
+
+@contextlib.contextmanager
 def _sessions_with_scan_op():
     """Let ONNX Runtime's calibrator open sessions that know BiSelectiveScan.
 
@@ -301,7 +314,10 @@ def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", per
             info["calibration_cache_hit"] = cache.is_file()
         if method == "percentile":
             info["percentile"] = percentile
-        with _sessions_with_scan_op():
+        # ORT's calibrators print progress to stdout and log advice at WARNING: keep stdout
+        # clean for --json and let our own progress callback speak.
+        quiet = contextlib.redirect_stdout(io.StringIO())
+        with _sessions_with_scan_op(), quiet, _root_log_level(logging.ERROR):
             quantize_static(
                 str(src), str(dst), _Batches(images, input_name, batch, progress),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Conv", "Gemm"],
@@ -390,3 +406,27 @@ def with_fp32_scan_nodes(model: onnx.ModelProto) -> bool:
         del g.node[:]
         g.node.extend(nodes)
     return changed
+
+
+def export_at_precision(checkpoint, output, precision: str = "fp32", force: bool = False, progress=None,
+                        convert_options: dict | None = None, **export_options) -> dict:
+    """`vimdeploy export --precision`: the fp32 export, then the precision pass, one output file."""
+    import tempfile
+
+    from .exporter import export_onnx
+
+    output = Path(output)
+    if precision == "fp32":
+        return export_onnx(checkpoint, output, force=force, progress=progress, **export_options)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    if output.exists() and not force:
+        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        summary = export_onnx(checkpoint, fp32, progress=progress, **export_options)
+        if progress:
+            progress(f"converting to {precision}")
+        converted = convert_precision(fp32, output, precision, force=force, **(convert_options or {}))
+    summary.update(output=str(output), size_mb=converted["size_mb"], precision_info=converted)
+    return summary
