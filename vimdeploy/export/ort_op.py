@@ -2,9 +2,12 @@
 
 A Python custom op of onnxruntime-extensions: ORT calls back into Python with numpy
 arrays, and the op runs vimdeploy's fast PyTorch scan on them (torch.from_numpy shares
-the memory, no copy). Measured in docs/export.md: the callback costs a fraction of a
-millisecond per node next to the scan itself, so a compiled custom-op library would not
-make CPU validation meaningfully faster; the speed path is the TensorRT plugin.
+the memory, no copy). Measured (docs/export.md, benchmarks/bench_ort_op_overhead.py): a
+Vim-Ti layer's scan costs ~36 ms in PyTorch and ~50 ms through this op, so ~14 ms per node
+of callback overhead. A compiled custom-op library would need ONNX Runtime's C headers
+(not in the wheel) and a C++ scan of its own, a second implementation to keep equal to
+the contract; for CPU *validation* the Python op is good enough, the speed path is the
+TensorRT plugin, and on CPU the portable flavor is already faster.
 
 Limits (FINDINGS): float32 only (the Python ops of onnxruntime-extensions do not take
 float16; cast around the node to validate fp16 graphs), and every declared attribute must
