@@ -125,3 +125,14 @@ def test_refusals(digits_onnx, tmp_path):
     convert_precision(d / "fp32.onnx", tmp_path / "h.onnx", "fp16")
     with pytest.raises(InputError, match="already fp16"):
         convert_precision(tmp_path / "h.onnx", tmp_path / "hh.onnx", "fp16")
+
+
+def test_export_preset_sets_defaults_and_command_line_wins(cli, tmp_path):
+    out = tmp_path / "p.onnx"
+    result = cli("export", digits.WEIGHTS, "-o", out, "--preset", "tensorrt-fp16", "--batch", "3", "--json")
+    assert result.exit_code == 0, result.output
+    m = onnx.load(out)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["vimdeploy.precision"] == "fp16"  # from the preset
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3  # the command line won over "dynamic"
+    assert any(n.op_type == "BiSelectiveScan" for n in m.graph.node)

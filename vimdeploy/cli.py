@@ -188,6 +188,30 @@ def _progress(as_json: bool):
     return lambda msg: click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "export" / "presets"
+
+
+def _load_preset(ctx, _param, value):
+    """Eager: turn a preset's keys (option names, '_about' ignored) into this command's defaults."""
+    if not value:
+        return
+    path = Path(value)
+    if not path.is_file():
+        path = PRESETS_DIR / f"{value}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.json"))) or "none found"
+        raise click.BadParameter(f"no preset file or name {value!r} (presets: {known}).")
+    try:
+        preset = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"{path} is not valid JSON: {e}") from None
+    names = {p.name for p in ctx.command.params}
+    unknown = sorted(set(preset) - names)
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown option(s) {', '.join(unknown)}.")
+    ctx.default_map = {**(ctx.default_map or {}), **preset}
+
+
 def precision_options(fn):
     """--precision and the FP16/INT8 knobs, shared by `export` and `convert`."""
 
@@ -244,6 +268,9 @@ def _bar(label: str):
 @click.option("--no-simplify", is_flag=True, help="Skip graph simplification (onnxscript optimizer).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @precision_options
+@click.option("--preset", callback=_load_preset, is_eager=True, expose_value=False,
+              help="Defaults from a JSON preset: a file, or a name from export/presets (tensorrt-fp16, "
+                   "tensorrt-int8, portable-fp32). Options given on the command line win.")
 @ema_option
 @arch_options
 @json_option
