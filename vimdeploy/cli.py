@@ -459,5 +459,55 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, force,
         "for loading the plugin library in tritonserver"))
 
 
+
+@main.command("bench")
+@click.argument("model", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--model", "model_name", type=click.Choice(["vim_tiny", "vim_small", "vim_base"]), default=None,
+              help="An untrained Vim built from VARIANTS (no file needed) instead of MODEL.")
+@click.option("--scan", type=click.Choice(["fast", "cuda"]), default=None,
+              help="Scan backend for a checkpoint or --model. Default: cuda on the GPU, fast on the CPU.")
+@click.option("--sizes", default="224,512,1024", show_default=True,
+              help="Resolutions; a size off the 16-px patch grid (738) is snapped to the nearest one (736).")
+@click.option("--batch", "batches", default="1", show_default=True, help="Fixed batch sizes, comma-separated.")
+@click.option("--max-batch", type=int, default=None,
+              help="Also run the largest batch that fits, trying N, N/2, ... on CUDA out-of-memory.")
+@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default=None,
+              help="Default: fp16 on the GPU, fp32 on the CPU. fp16 Vim keeps the scan parameters and residual in fp32.")
+@click.option("--cuda-graphs", is_flag=True, help="Replay MODEL as a CUDA graph (not the --compare models).")
+@click.option("--compare", multiple=True, type=click.Choice(["deit_tiny", "deit_tiny_eager", "deit_tiny_sdpa"]),
+              help="Also run timm's DeiT-Ti (untrained) at each size: deit_tiny = eager and SDPA attention. Needs timm.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cpu only for CPU-capable models (--scan fast, .onnx); timed by the wall clock there.")
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--iters", type=int, default=50, show_default=True, help="Timed calls per configuration (at most).")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Time budget per configuration.")
+@click.option("--max-forward-s", type=float, default=10.0, show_default=True,
+              help="A call slower than this is recorded as too slow and larger sizes of that model are skipped.")
+@click.option("--profile", "profile_size", type=int, default=None,
+              help="Also break MODEL's GPU time down by kernel category (torch.profiler) at this size, batch 1 and max.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write all results as JSON.")
+@click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write bench_throughput.png and bench_memory.png (needs matplotlib).")
+@json_option
+def bench_cmd(model, model_name, scan, sizes, batches, max_batch, dtype, cuda_graphs, compare, device, warmup, iters,
+              seconds, max_forward_s, profile_size, json_out, plot_dir, as_json):
+    """Throughput, batch-1 latency and peak GPU memory over resolutions and batch sizes.
+
+    \b
+    Examples:
+      vimdeploy bench --model vim_tiny --cuda-graphs --sizes 224,512,1024 --batch 1 --max-batch 128
+      vimdeploy bench vim_t.pth --scan fast --compare deit_tiny --json-out bench.json --plot-dir plots/
+      vimdeploy bench vim_t.onnx --device cpu --sizes 224
+    """
+    from .bench import main_bench
+
+    result = main_bench(model=model, model_name=model_name, scan=scan, sizes=sizes, batches=batches,
+                        max_batch=max_batch, dtype=dtype, cuda_graphs=cuda_graphs, compare=compare, device=device,
+                        warmup=warmup, iters=iters, seconds=seconds, max_forward_s=max_forward_s,
+                        profile_size=profile_size, json_out=json_out, plot_dir=plot_dir, progress=not as_json)
+    from .bench import format_table
+
+    emit(result, as_json, lambda r: click.echo(format_table(r)))
+
 if __name__ == "__main__":  # pragma: no cover
     main()

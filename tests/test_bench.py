@@ -1,0 +1,129 @@
+"""`vimdeploy bench` logic on the CPU: batch search, rows/JSON/table shape, CLI errors."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from vimdeploy import bench
+
+
+class FakeRunner(bench.Runner):
+    """CPU runner whose calls 'run out of memory' above `fits` images and sleep `delay` s."""
+
+    def __init__(self, name="fake", fits=8, delay=0.0, oom_exc=torch.cuda.OutOfMemoryError):
+        super().__init__(name=name, device="cpu", timer="wall")
+        self.fits, self.delay, self.oom_exc = fits, delay, oom_exc
+        self.prepared = []
+
+    def prepare(self, size, batch):
+        self.prepared.append((size, batch))
+        if batch > self.fits:
+            raise self.oom_exc("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return lambda: time.sleep(self.delay)
+
+
+def test_snap_size_to_the_patch_grid():
+    assert bench.snap_size(738) == 736
+    assert [bench.snap_size(s) for s in (224, 512, 1024, 1248)] == [224, 512, 1024, 1248]
+    assert bench.snap_size(8) == 16
+    assert bench.snap_size(740, patch=16, stride=8) == 744  # ties go up
+
+
+def test_find_max_batch_halves_on_oom():
+    seen = []
+
+    def try_batch(b):
+        seen.append(b)
+        if b > 20:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return {"batch": b}
+
+    oom_calls = []
+    b, row, tried = bench.find_max_batch(try_batch, 128, on_oom=lambda: oom_calls.append(1))
+    assert (b, row) == (16, {"batch": 16})
+    assert seen == [128, 64, 32, 16]
+    assert tried == [(128, "oom"), (64, "oom"), (32, "oom"), (16, "ok")]
+    assert len(oom_calls) == 3
+
+
+def test_find_max_batch_nothing_fits_and_other_errors_propagate():
+    def oom(b):
+        raise RuntimeError("CUDA error: out of memory")
+
+    assert bench.find_max_batch(oom, 4)[:2] == (None, None)
+
+    def broken(b):
+        raise ValueError("not an OOM")
+
+    with pytest.raises(ValueError):
+        bench.find_max_batch(broken, 4)
+
+
+def test_run_bench_rows_json_and_table():
+    r = FakeRunner(fits=8)
+    res = bench.run_bench([r], [224, 738], batches=[1, 16], max_batch=32, warmup=1, iters=3, seconds=0.0,
+                          progress=False)
+    rows = res["rows"]
+    assert len(rows) == 2 * 3
+    json.loads(json.dumps(res))  # JSON-ready
+    first = rows[0]
+    assert first["status"] == "ok" and first["batch"] == 1 and first["batch_mode"] == "fixed"
+    for key in ("throughput_img_s", "p50_ms", "p99_ms", "median_ms", "iters", "tokens", "size", "requested_size"):
+        assert key in first
+    assert first["tokens"] == 197
+    assert rows[1]["status"] == "oom" and rows[1]["batch"] == 16
+    mx = rows[2]
+    assert mx["batch_mode"] == "max" and mx["status"] == "ok" and mx["batch"] == 8
+    assert mx["tried"] == [(32, "oom"), (16, "oom"), (8, "ok")]
+    assert rows[3]["size"] == 736 and rows[3]["requested_size"] == 738 and "patch grid" in rows[3]["note"]
+    table = bench.format_table(res)
+    assert len(table.splitlines()) == 2 + len(rows)
+    assert "736 (asked 738)" in table and "8 (max)" in table
+
+
+def test_too_slow_skips_larger_sizes():
+    r = FakeRunner(delay=0.05)
+    res = bench.run_bench([r], [224, 512], batches=[1], warmup=1, iters=2, seconds=0.0, max_forward_s=0.01,
+                          progress=False)
+    assert [row["status"] for row in res["rows"]] == ["too_slow", "skipped"]
+    assert res["rows"][0]["est_ms"] >= 40
+    assert "too slow" in bench.format_table(res)
+
+
+def test_plot_writes_both_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = bench.run_bench([FakeRunner(name="a"), FakeRunner(name="b", fits=2)], [224, 512], batches=[1],
+                          max_batch=4, warmup=1, iters=2, seconds=0.0, progress=False)
+    for row in res["rows"]:  # pretend GPU memory was measured
+        row.setdefault("peak_mem_mib", 100.0 * row["size"] / 224)
+    paths = bench.plot(res, tmp_path)
+    assert [p.name for p in paths] == ["bench_throughput.png", "bench_memory.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_cli_errors_without_cuda(cli, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = cli("bench", "--model", "vim_tiny", "--sizes", "224")
+    assert res.exit_code == 1
+    assert "no CUDA GPU" in res.output and "--device cpu" in res.output
+    res = cli("bench", "--model", "vim_tiny", "--scan", "cuda", "--device", "cpu")
+    assert res.exit_code == 1 and "does not run on the CPU" in res.output
+    res = cli("bench", "--device", "cpu")
+    assert res.exit_code == 1 and "--model vim_tiny" in res.output
+
+
+def test_cli_cpu_run_writes_json(cli, tmp_path, monkeypatch):
+    from vimdeploy.model import VARIANTS
+
+    monkeypatch.setitem(VARIANTS, "tiny", VARIANTS["tiny"].replace(depth=2))  # same code path, CI-fast
+    out = tmp_path / "b.json"
+    res = cli("bench", "--model", "vim_tiny", "--device", "cpu", "--sizes", "32", "--batch", "1", "--warmup", "1",
+              "--iters", "1", "--seconds", "0", "--json-out", out)
+    assert res.exit_code == 0, res.output
+    assert "| Vim-Ti (fast scan) | 32 (5) | 1 | ok |" in res.output
+    data = json.loads(out.read_text())
+    assert set(data) >= {"env", "settings", "runners", "rows"}
+    assert data["rows"][0]["status"] == "ok" and data["runners"][0]["scan"] == "fast"
+    assert data["runners"][0]["dtype"] == "fp32"
