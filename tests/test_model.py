@@ -110,3 +110,17 @@ def test_high_resolution_1248_is_finite_and_sensible(golden_model):
     assert b.std() < 10 * a.std()
     cos = torch.nn.functional.cosine_similarity(a, b).item()
     assert cos > 0.5, cos
+
+
+@pytest.mark.parametrize("anti_causal", [False, True])
+def test_token_major_conv_matches_the_transposing_conv(anti_causal):
+    """The GPU path's shifted multiply-adds compute the same depthwise conv (both directions)."""
+    from vimdeploy.model.vim import _depthwise_conv, _depthwise_conv_token_major
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(16, 16, 4, groups=16, padding=3)
+    for L in (1, 2, 5, 33):
+        x = torch.randn(3, L, 16)
+        padded = torch.nn.functional.pad(x, (0, 0, 3, 3))
+        torch.testing.assert_close(_depthwise_conv_token_major(padded, conv, anti_causal, L),
+                                   _depthwise_conv(x, conv, anti_causal), rtol=1e-6, atol=1e-6)

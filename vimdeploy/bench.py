@@ -246,7 +246,7 @@ def _vim_fp16(model):
 
 
 def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda_graphs=False, ema=False,
-               name=None) -> TorchRunner:
+               name=None, compile=False) -> TorchRunner:
     """Vim from a checkpoint path, or untrained from VARIANTS ("vim_tiny", "vim_small", "vim_base")."""
     import torch
 
@@ -271,8 +271,15 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
         label = f"Vim {model.cfg.variant}"
     if dtype == "fp16":
         _vim_fp16(model)
-    label = name or f"{label} ({scan} scan{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})"
-    return TorchRunner(label, model, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
+    label = name or (f"{label} ({scan} scan{', torch.compile' if compile else ''}"
+                     f"{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})")
+    module = model
+    if compile:
+        # Inductor fuses the element-wise work around the scan (norms, SiLU, conv taps,
+        # casts; half of Vim-Ti's GPU time without it, docs/bench.md); the scan stays our
+        # opaque custom op. One compilation per input shape.
+        module = torch.compile(model.to(device), dynamic=False)
+    return TorchRunner(label, module, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
                        cuda_graphs=cuda_graphs, patch=model.cfg.patch_size, stride=model.cfg.stride,
                        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)})
 
@@ -679,7 +686,7 @@ def check_device(device: str, cpu_capable: bool):
 
 
 def main_bench(model=None, model_name=None, scan=None, sizes="224,512,1024", batches="1", max_batch=None, dtype=None,
-               cuda_graphs=False, compare=(), device="cuda", warmup=3, iters=50, seconds=2.0, max_forward_s=10.0,
+               cuda_graphs=False, compile=False, compare=(), device="cuda", warmup=3, iters=50, seconds=2.0, max_forward_s=10.0,
                profile_size=None, json_out=None, plot_dir=None, progress=True, extra_runners=()) -> dict:
     """What `vimdeploy bench` does; returns the result dict (see run_bench)."""
     import json
@@ -705,7 +712,8 @@ def main_bench(model=None, model_name=None, scan=None, sizes="224,512,1024", bat
         opts = {"cuda_graph": True} if (suffix != ".onnx" and cuda_graphs) else {}
         runners = [engine_runner(model, device=device, **opts)]
     else:
-        runners = [vim_runner(model_name or model, scan=scan, dtype=dtype, device=device, cuda_graphs=cuda_graphs)]
+        runners = [vim_runner(model_name or model, scan=scan, dtype=dtype, device=device, cuda_graphs=cuda_graphs,
+                              compile=compile)]
     runners += list(extra_runners)
     for name in dict.fromkeys(compare):
         for mode in DEIT_MODES[name]:

@@ -474,6 +474,8 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, force,
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default=None,
               help="Default: fp16 on the GPU, fp32 on the CPU. fp16 Vim keeps the scan parameters and residual in fp32.")
 @click.option("--cuda-graphs", is_flag=True, help="Replay MODEL as a CUDA graph (not the --compare models).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile a checkpoint MODEL (fuses the element-wise work around the scan; compiles per shape).")
 @click.option("--compare", multiple=True, type=click.Choice(["deit_tiny", "deit_tiny_eager", "deit_tiny_sdpa"]),
               help="Also run timm's DeiT-Ti (untrained) at each size: deit_tiny = eager and SDPA attention. Needs timm.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
@@ -489,8 +491,8 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, force,
 @click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write bench_throughput.png and bench_memory.png (needs matplotlib).")
 @json_option
-def bench_cmd(model, model_name, scan, sizes, batches, max_batch, dtype, cuda_graphs, compare, device, warmup, iters,
-              seconds, max_forward_s, profile_size, json_out, plot_dir, as_json):
+def bench_cmd(model, model_name, scan, sizes, batches, max_batch, dtype, cuda_graphs, compile_, compare, device, warmup,
+              iters, seconds, max_forward_s, profile_size, json_out, plot_dir, as_json):
     """Throughput, batch-1 latency and peak GPU memory over resolutions and batch sizes.
 
     \b
@@ -502,7 +504,8 @@ def bench_cmd(model, model_name, scan, sizes, batches, max_batch, dtype, cuda_gr
     from .bench import main_bench
 
     result = main_bench(model=model, model_name=model_name, scan=scan, sizes=sizes, batches=batches,
-                        max_batch=max_batch, dtype=dtype, cuda_graphs=cuda_graphs, compare=compare, device=device,
+                        max_batch=max_batch, dtype=dtype, cuda_graphs=cuda_graphs, compile=compile_, compare=compare,
+                        device=device,
                         warmup=warmup, iters=iters, seconds=seconds, max_forward_s=max_forward_s,
                         profile_size=profile_size, json_out=json_out, plot_dir=plot_dir, progress=not as_json)
     from .bench import format_table

@@ -73,6 +73,29 @@ def _depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, anti_causal: bool) -> torc
     return out.transpose(1, 2)
 
 
+# The GPU layout of the mixer's front (two in_proj GEMMs, shifted multiply-adds for the
+# convs); False restores the transposing path, for side-by-side measurement.
+TOKEN_MAJOR_ON_GPU = True
+
+
+def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_causal: bool, length: int):
+    """`_depthwise_conv` as k multiply-adds of shifted views, with no transpose.
+
+    `x_padded` is x (B, L, E) padded by k-1 tokens on BOTH sides, so that one copy serves
+    both directions: causal y_t = b + sum_j w_j x_{t-(k-1)+j} reads x_padded[t + j];
+    anti-causal y_t = b + sum_j w_j x_{t+(k-1)-j} reads x_padded[t + 2(k-1) - j].
+    Used on GPUs, where it replaced two transposes and cuDNN's generic depthwise kernel
+    (measured in docs/bench.md: those copies and that kernel were 60-70% of Vim-Ti's time).
+    """
+    w = conv.weight[:, 0, :].to(x_padded.dtype)  # (E, k)
+    k = w.shape[-1]
+    out = conv.bias.to(x_padded.dtype).expand(x_padded.shape[0], length, -1)
+    for j in range(k):
+        start = 2 * (k - 1) - j if anti_causal else j
+        out = torch.addcmul(out, x_padded[:, start : start + length], w[:, j])
+    return out
+
+
 class Mamba(nn.Module):
     """The bimamba-v2 mixer (inference only)."""
 
@@ -95,14 +118,24 @@ class Mamba(nn.Module):
 
     def scan_inputs(self, hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything the BiSelectiveScan op consumes, named as in the op contract."""
-        xz = self.in_proj(hidden_states)
-        x, z = xz.chunk(2, dim=-1)
+        token_major = hidden_states.is_cuda and TOKEN_MAJOR_ON_GPU  # see _depthwise_conv_token_major
+        if token_major:
+            # Two GEMMs give contiguous x and z (the scan kernel wants z contiguous; a chunk
+            # of one GEMM's output would be copied).
+            x, z = (F.linear(hidden_states, w) for w in self.in_proj.weight.chunk(2, dim=0))
+            k = self.conv1d.weight.shape[-1]
+            x_padded = F.pad(x, (0, 0, k - 1, k - 1))
+        else:
+            x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
         inputs = {"z": z}
         for direction, suffix in (("fwd", ""), ("bwd", "_b")):
             conv = getattr(self, "conv1d" + suffix)
             x_proj = getattr(self, "x_proj" + suffix)
             dt_proj = getattr(self, "dt_proj" + suffix)
-            xc = F.silu(_depthwise_conv(x, conv, anti_causal=direction == "bwd"))
+            if token_major:
+                xc = F.silu(_depthwise_conv_token_major(x_padded, conv, direction == "bwd", x.shape[1]))
+            else:
+                xc = F.silu(_depthwise_conv(x, conv, anti_causal=direction == "bwd"))
             dt, B, C = x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
             inputs[f"x_{direction}"] = xc
             inputs[f"dt_{direction}"] = F.linear(dt, dt_proj.weight)  # bias goes in the scan, in fp32

@@ -1,0 +1,66 @@
+"""The mixer's GPU layout, measured side by side in one run: transposing path vs token-major.
+
+    python benchmarks/bench_layout.py [--json out.json]
+
+Vim-Ti, fp16, the CUDA scan kernel, whole forward as a CUDA graph (vimdeploy.bench's
+runner), at 224/batch 128 and 1248/batch 32, with DeiT-Ti (timm, eager and SDPA attention)
+in the same run for the ratios of docs/bench.md. Needs a GPU, the kernel library and timm.
+"""
+
+import argparse
+import json
+
+from vimdeploy import bench
+from vimdeploy.model import vim
+
+CONFIGS = [(224, 128), (1248, 32), (1248, 128), (1248, 1)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--compile", action="store_true", help="also Vim with torch.compile (Inductor)")
+    parser.add_argument("--only-compile", action="store_true", help="skip the layout comparison")
+    parser.add_argument("--skip-deit", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for label, flag in (() if args.only_compile else (("transposing", False), ("token-major", True))):
+        vim.TOKEN_MAJOR_ON_GPU = flag
+        runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, name=f"Vim-Ti cuda+graphs, {label}")
+        for size, batch in CONFIGS:
+            rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
+            print(json.dumps(rows[-1]), flush=True)
+        if flag:
+            for size, batch in CONFIGS[:2]:  # where the time goes: 224/128 and 1248/32
+                rows.append({"model": runner.name, "size": size, "profile": bench.profile_breakdown(runner, size, batch)})
+                print(json.dumps(rows[-1]), flush=True)
+        del runner
+    if args.compile:
+        # The element-wise work around the scan (norms, SiLU, conv taps, casts), fused by
+        # Inductor; the scan stays our opaque custom op; then replayed as a CUDA graph.
+        vim.TOKEN_MAJOR_ON_GPU = True
+        runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=True,
+                                  name="Vim-Ti cuda+graphs, token-major, torch.compile")
+        for size, batch in CONFIGS:
+            try:
+                rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
+            except Exception as e:  # noqa: BLE001 - record what failed, keep the rest of the run
+                rows.append({"model": runner.name, "size": size, "batch": batch, "status": f"failed: {e!r}"[:300]})
+            print(json.dumps(rows[-1]), flush=True)
+        del runner
+    if args.skip_deit:
+        CONFIGS.clear()
+    for mode in ("eager", "sdpa"):
+        runner = bench.deit_runner(mode=mode)
+        for size, batch in CONFIGS:
+            rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
+            print(json.dumps(rows[-1]), flush=True)
+        del runner
+    result = {"environment": bench.environment(), "rows": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
