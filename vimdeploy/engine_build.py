@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ArtifactError, InputError, VimdeployError
-from .fileio import atomic_path
+from .fileio import atomic_path, file_sha256
 
 __all__ = ["build_engine", "import_tensorrt", "parse_range", "resolve_precision", "make_profile",
            "load_plugin", "sidecar_path", "environment", "TENSORRT_MISSING"]
@@ -97,14 +97,6 @@ def _version_tuple(version: str) -> tuple[int, ...]:
         digits = "".join(c for c in p if c.isdigit())
         parts.append(int(digits or 0))
     return tuple(parts)
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -269,7 +261,7 @@ def environment(trt, device: int = 0) -> dict:
 def plugin_record(path: Path | None, versions) -> dict | None:
     if path is None:
         return None
-    return {"path": str(path), "sha256": sha256(path), "plugin_versions": list(versions),
+    return {"path": str(path), "sha256": file_sha256(path), "plugin_versions": list(versions),
             "name": PLUGIN_OP}
 
 
@@ -392,7 +384,7 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
         "builder": {"optimization_level": opt_level, "workspace_mb": workspace_mb,
                     "timing_cache": str(timing_cache) if timing_cache else None, "build_s": round(timings, 1)},
         "plugin": plugin_record(plugin_path, info["plugin_versions"]),
-        "onnx": {"path": str(onnx_path), "sha256": sha256(onnx_path), **{
+        "onnx": {"path": str(onnx_path), "sha256": file_sha256(onnx_path), **{
             k: v for k, v in info["metadata"].items() if k in ("variant", "img_size", "scan", "batch", "checkpoint_sha256")}},
         "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
     }

@@ -15,7 +15,6 @@ as one). A pickle that would import or call anything else is refused before it r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 import warnings
 import zipfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..fileio import file_sha256
 from .config import VimConfig, config_from_state_dict
 from .vim import VisionMamba
 
@@ -56,14 +56,6 @@ class Checkpoint:
             "training_model_name": (self.args or {}).get("model"),
             "training_input_size": (self.args or {}).get("input_size"),
         }
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _torch_load(path: Path):

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from ..engine_build import (cuda_call, environment, find_plugin, import_cudart, import_tensorrt, load_plugin,
-                            sha256, sidecar_path)
+                            sidecar_path)
+from ..fileio import file_sha256
 from ..errors import ArtifactError, InputError
 from .base import Engine
 
@@ -100,7 +101,7 @@ class TensorRTEngine(Engine):
 
         if check and self.sidecar:
             current = environment(trt, device)
-            errors, warns = check_sidecar(self.sidecar, current, sha256(self.plugin_path) if self.plugin_path else None)
+            errors, warns = check_sidecar(self.sidecar, current, file_sha256(self.plugin_path) if self.plugin_path else None)
             for w in warns:
                 warnings.warn(w, stacklevel=2)
             if errors:
