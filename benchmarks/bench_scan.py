@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vimdeploy.bench import time_calls  # noqa: E402
 from vimdeploy.model.scan import bi_selective_scan_fast  # noqa: E402
 
 N = 16
@@ -76,15 +77,7 @@ def time_graph(fn_list, reps=20, warmup=3):
 def time_eager(fn, reps=5, warmup=1):
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b))
-    return samples
+    return time_calls(fn, reps, "cuda")
 
 
 def summary(samples):

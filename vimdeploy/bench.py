@@ -372,7 +372,8 @@ def _cleanup(device):
         torch.cuda.empty_cache()
 
 
-def _time_calls(fn, n, timer):
+def time_calls(fn, n, timer):
+    """n timings (ms) of fn: CUDA events around each call ("cuda") or the wall clock."""
     import torch
 
     samples = []
@@ -432,7 +433,7 @@ def measure(runner: Runner, size: int, batch: int, warmup: int = 3, iters: int =
         fn()
     _sync(runner.timer)
     n = int(max(min_iters, min(iters, seconds / max(first_s, 1e-6))))
-    samples = _time_calls(fn, n, runner.timer)
+    samples = time_calls(fn, n, runner.timer)
     med = statistics.median(samples)
     row.update(status="ok", iters=n, median_ms=med, p50_ms=_percentile(samples, 0.5), p99_ms=_percentile(samples, 0.99),
                min_ms=min(samples), max_ms=max(samples), throughput_img_s=batch * 1e3 / med)
