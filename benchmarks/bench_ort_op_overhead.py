@@ -1,7 +1,7 @@
 """python benchmarks/bench_ort_op_overhead.py
 
 Per-node cost of the ORT Python op vs calling the PyTorch scan directly (Vim-Ti layer, L=197, b=1)."""
-import time, statistics, numpy as np, torch, onnx, onnxruntime as ort
+import time, statistics, numpy as np, torch, onnxruntime as ort
 from onnx import helper, TensorProto as T
 import vimdeploy.export.op as o
 from vimdeploy.export.ort_op import session_options

@@ -139,7 +139,6 @@ def test_one_node_network(trt, plugin_paths, dtype):
 
 
 def _one_node_onnx(args, out_scale=0.5):
-    import onnx
     from onnx import TensorProto, helper
 
     ttype = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
