@@ -28,7 +28,7 @@ from torch import nn
 from .. import __version__
 from ..errors import InputError, VimdeployError
 from ..fileio import atomic_path
-from ..model import load_model
+from ..model import DYNAMIC, format_img_size, load_model, output_names, parse_img_size
 from ..model.checkpoint import file_sha256
 from . import op as _op  # noqa: F401  registers the scan backend "op" and the ONNX schema
 from . import portable as _portable  # noqa: F401  registers the scan backend "onnx-scan"
@@ -37,34 +37,64 @@ __all__ = ["export_onnx", "FLAVORS", "INPUT_NAME", "OUTPUT_NAMES", "DEFAULT_OPSE
 
 FLAVORS = {"plugin": "op", "onnx": "onnx-scan"}  # flavor -> scan backend used for tracing
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "features")
+OUTPUT_NAMES = ("logits", "features")  # always there; --feature-map / --out-indices add more
 DEFAULT_OPSET = 20  # what torch 2.13's exporter writes natively; TensorRT 10+ parses it
 MIN_OPSET = 18  # the dynamo exporter's floor
 MAX_IR_VERSION = 13  # onnxruntime 1.31 refuses newer IR versions
 EXAMPLE_BATCH_FOR_DYNAMIC = 2  # torch.export specialises a size-1 dimension, so trace with 2
+MIN_GRID_FOR_DYNAMIC = 2  # smallest patch grid side of a --img-size dynamic export (1 would be specialised)
 META_PREFIX = "vimdeploy."
 
 
 class _ExportModule(nn.Module):
-    """images -> (logits, features): both are graph outputs so `infer --features` works."""
+    """images -> the named outputs, in order (logits and features always, so `infer --features` works)."""
 
-    def __init__(self, model):
+    def __init__(self, model, names):
         super().__init__()
-        self.model = model
+        self.model, self.names = model, list(names)
 
     def forward(self, images):
-        features = self.model.forward_features(images)
-        return self.model.head(features), features
+        out = self.model.forward_outputs(images, self.names)
+        return tuple(out[n] for n in self.names)
 
 
-def _at_resolution(model, img_size: int):
-    """Bake the position embedding for `img_size` into the model, so the graph has no resize."""
-    grid = model.grid_for(img_size, img_size)  # InputError for a size off the patch grid
-    if img_size != model.cfg.img_size:
-        with torch.no_grad():
-            model.pos_embed = nn.Parameter(model.pos_embed_for(grid))
-        model.cfg = model.cfg.replace(img_size=img_size)
+def _at_resolution(model, size):
+    """Bake the position embedding for a fixed (height, width) into the model, so the graph has
+    no resize. With DYNAMIC the trained embedding stays and is resampled inside the graph."""
+    if size == DYNAMIC:
+        return model
+    grid = model.grid_for(*size)  # InputError for a size off the patch grid
+    with torch.no_grad():
+        model.pos_embed = nn.Parameter(model.pos_embed_for(grid))
+    model.pos_grid = grid
     return model
+
+
+def _dynamic_shapes(cfg, fixed_batch, size):
+    """torch.export dims of `images`: the batch, and with DYNAMIC height and width on the patch grid
+    (patch + k*stride pixels, a derived dim of the grid side), so the graph needs no runtime check."""
+    dims = {} if fixed_batch else {0: torch.export.Dim("batch")}
+    if size == DYNAMIC:
+        for axis, name in ((2, "grid_h"), (3, "grid_w")):
+            grid = torch.export.Dim(name, min=MIN_GRID_FOR_DYNAMIC)
+            dims[axis] = cfg.stride * grid + (cfg.patch_size - cfg.stride)
+    return (dims,) if dims else None
+
+
+def _parse_out_indices(out_indices, depth: int) -> tuple[int, ...]:
+    """"5,11,17,23" or [5, 11] -> sorted unique block indices, each in 0..depth-1."""
+    if isinstance(out_indices, str):
+        parts = [p.strip() for p in out_indices.split(",") if p.strip()]
+        try:
+            out_indices = [int(p) for p in parts]
+        except ValueError:
+            raise InputError(f"--out-indices takes block numbers separated by commas (e.g. 5,11,17,23); "
+                             f"got {out_indices!r}.") from None
+    indices = sorted(set(int(i) for i in (out_indices or ())))
+    bad = [i for i in indices if not 0 <= i < depth]
+    if bad:
+        raise InputError(f"--out-indices {bad}: this model has blocks 0..{depth - 1}.")
+    return tuple(indices)
 
 
 @contextlib.contextmanager
@@ -100,7 +130,7 @@ def _parse_batch(batch) -> int | None:
 def export_onnx(
     checkpoint: str | Path,
     output: str | Path,
-    img_size: int | None = None,
+    img_size: int | str | tuple | None = None,
     batch: int | str = 1,
     opset: int = DEFAULT_OPSET,
     scan: str = "plugin",
@@ -109,19 +139,25 @@ def export_onnx(
     ema: bool = False,
     progress: Callable[[str], None] | None = None,
     overrides: dict | None = None,
+    feature_map: bool = False,
+    out_indices=(),
 ) -> dict:
     """Export a Vim checkpoint to ONNX. Returns a summary (path, flavor, nodes, size, timings).
 
     Everything that can be checked before the (long) export is checked first, and the
     output is written atomically: on any error nothing is created or replaced.
     `overrides` (stride, img_size = the TRAINED resolution) go to `load_model` for what a
-    checkpoint's shapes cannot tell; `img_size` is the resolution to export at.
+    checkpoint's shapes cannot tell; `img_size` is the resolution to export at: N, "HxW",
+    (H, W), or "dynamic" (any size on the patch grid, the position embedding resampled in
+    the graph). `feature_map` adds the output `feature_map` (N, C, H/p, W/p); `out_indices`
+    adds `feature_map_<i>` for those blocks (docs/backbone.md).
     """
     say = progress or (lambda _msg: None)
     output = Path(output)
     if scan not in FLAVORS:
         raise InputError(f"--scan must be one of {', '.join(FLAVORS)}; got {scan!r}.")
     fixed_batch = _parse_batch(batch)
+    size = parse_img_size(img_size)
     if not MIN_OPSET <= int(opset) <= 23:
         raise InputError(f"--opset must be between {MIN_OPSET} and 23 for the dynamo exporter; got {opset}.")
     if output.exists() and not force:
@@ -133,24 +169,28 @@ def export_onnx(
     t0 = time.perf_counter()
     say(f"loading {checkpoint}")
     model, _ckpt = load_model(checkpoint, ema=ema, scan=FLAVORS[scan], **(overrides or {}))
-    img_size = int(img_size or model.cfg.img_size)
-    model = _at_resolution(model, img_size)
+    size = size or (model.cfg.img_size,) * 2
+    indices = _parse_out_indices(out_indices, model.cfg.depth)
+    names = output_names(features=True, feature_map=feature_map, out_indices=indices)
+    model = _at_resolution(model, size)
     cfg = model.cfg
+    example_hw = (cfg.img_size,) * 2 if size == DYNAMIC else size
+    tokens = "dynamic" if size == DYNAMIC else str(cfg.grid(size[0]) * cfg.grid(size[1]) + 1)
     sha = file_sha256(checkpoint)
     timings["load_s"] = time.perf_counter() - t0
 
     example_batch = fixed_batch or EXAMPLE_BATCH_FOR_DYNAMIC
-    example = torch.randn(example_batch, cfg.in_chans, img_size, img_size)
-    dynamic_shapes = None if fixed_batch else ({0: torch.export.Dim("batch")},)
-    say(f"exporting Vim {cfg.variant} at {img_size}px ({cfg.tokens()} tokens), {scan} flavor, "
+    example = torch.randn(example_batch, cfg.in_chans, *example_hw)
+    dynamic_shapes = _dynamic_shapes(cfg, fixed_batch, size)
+    say(f"exporting Vim {cfg.variant} at {format_img_size(size)} px ({tokens} tokens), {scan} flavor, "
         f"batch {fixed_batch or 'dynamic'} (torch.export + onnxscript; about a minute per 24 layers "
         + ("for the onnx flavor)" if scan == "onnx" else "or less)"))
     t = time.perf_counter()
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                _ExportModule(model), (example,), dynamo=True, opset_version=int(opset),
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic_shapes,
+                _ExportModule(model, names), (example,), dynamo=True, opset_version=int(opset),
+                input_names=[INPUT_NAME], output_names=names, dynamic_shapes=dynamic_shapes,
                 custom_translation_table=_op.custom_translation_table() if scan == "plugin" else None,
                 optimize=False, external_data=False,
             )
@@ -172,7 +212,9 @@ def export_onnx(
     t = time.perf_counter()
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     meta = {
-        "variant": cfg.variant, "resolution": str(img_size), "tokens": str(cfg.tokens()),
+        "variant": cfg.variant, "resolution": format_img_size(size), "tokens": tokens,
+        "patch_size": str(cfg.patch_size), "stride": str(cfg.stride), "trained_resolution": str(cfg.img_size),
+        "outputs": ",".join(names),
         "scan": scan, "batch": str(fixed_batch or "dynamic"), "precision": "fp32",
         "version": __version__, "checkpoint_sha256": sha,
         "checkpoint_weights": "model_ema" if ema else "model",
@@ -194,8 +236,9 @@ def export_onnx(
     timings["total_s"] = time.perf_counter() - t0
     say(f"wrote {output}")
     return {
-        "output": str(output), "flavor": scan, "variant": cfg.variant, "img_size": img_size,
-        "tokens": cfg.tokens(), "batch": fixed_batch or "dynamic", "opset": int(opset),
+        "output": str(output), "flavor": scan, "variant": cfg.variant, "img_size": format_img_size(size),
+        "tokens": int(tokens) if tokens.isdigit() else tokens, "outputs": names,
+        "batch": fixed_batch or "dynamic", "opset": int(opset),
         "nodes": len(proto.graph.node), "op_counts": op_counts(proto),
         "size_mb": output.stat().st_size / 1e6, "checkpoint_sha256": sha, "timings": timings,
     }

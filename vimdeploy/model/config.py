@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import CheckpointError
 
-__all__ = ["VimConfig", "VARIANTS", "config_from_state_dict"]
+__all__ = ["VimConfig", "VARIANTS", "config_from_state_dict", "parse_img_size", "format_img_size", "DYNAMIC"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class VimConfig:
         return self.expand * self.embed_dim
 
     def grid(self, img_size: int | None = None) -> int:
-        """Patches per side for a square input of `img_size` (default: the trained one)."""
+        """Patches along a side of `img_size` pixels (default: the trained resolution)."""
         img = self.img_size if img_size is None else img_size
         return (img - self.patch_size) // self.stride + 1
 
@@ -71,6 +71,44 @@ VARIANTS: dict[str, VimConfig] = {
     "small-s8": VimConfig(embed_dim=384, stride=8),
     "base-s8": VimConfig(embed_dim=768, stride=8),
 }
+
+DYNAMIC = "dynamic"  # an export that takes any resolution on the patch grid
+
+
+def parse_img_size(value) -> tuple[int, int] | str | None:
+    """An input size as users write it: None -> None (the model's own); 224 or "224" ->
+    (224, 224); "224x320" -> (224, 320), height x width; "dynamic" -> DYNAMIC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        h, w = value
+    elif isinstance(value, int):
+        h = w = value
+    else:
+        text = str(value).strip().lower()
+        if text == DYNAMIC:
+            return DYNAMIC
+        parts = text.split("x")
+        try:
+            h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        except ValueError:
+            h = w = None
+        if len(parts) > 2:
+            h = None
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        from ..errors import InputError
+
+        raise InputError(f"an image size is N, HxW (e.g. 224x320) or 'dynamic'; got {value!r}.")
+    return int(h), int(w)
+
+
+def format_img_size(size) -> str:
+    """(224, 224) -> "224"; (224, 320) -> "224x320"; DYNAMIC -> "dynamic"."""
+    if size == DYNAMIC:
+        return DYNAMIC
+    h, w = size
+    return str(h) if h == w else f"{h}x{w}"
+
 
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 

@@ -25,7 +25,8 @@ from torch import nn
 from .config import VimConfig
 from .scan import get_scan_backend
 
-__all__ = ["VisionMamba", "RMSNorm", "Mamba", "Block", "PatchEmbed", "resample_pos_embed"]
+__all__ = ["VisionMamba", "RMSNorm", "Mamba", "Block", "PatchEmbed", "resample_pos_embed", "output_names",
+           "parse_output_name", "feature_map_name", "LOGITS", "FEATURES", "FEATURE_MAP"]
 
 
 class RMSNorm(nn.Module):
@@ -171,25 +172,61 @@ class Block(nn.Module):
         return self.mixer(hidden_states), residual
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, old_grid: int, new_grid: int) -> torch.Tensor:
-    """Resample a middle-class-token position embedding (1, old_grid**2 + 1, C) to a new grid.
+def _pair(grid) -> tuple:
+    return tuple(grid) if isinstance(grid, (tuple, list)) else (grid, grid)
 
-    The patch positions are interpolated bicubically over the 2-D grid, as the official
-    repo does when it changes resolution (main.py: F.interpolate, bicubic,
-    align_corners=False); the class token's own embedding is kept apart and re-inserted at
-    the new middle. (The official main.py keeps index 0 apart, which is the class token only
-    for head-class-token models; for the middle-token models it is the one at M // 2.)
+
+def resample_pos_embed(pos_embed: torch.Tensor, old_grid, new_grid) -> torch.Tensor:
+    """Resample a middle-class-token position embedding (1, gh*gw + 1, C) to a new patch grid.
+
+    Grids are (rows, cols) or one int for a square. The patch positions are interpolated
+    bicubically over the 2-D grid, as the official repo does when it changes resolution
+    (main.py: F.interpolate, bicubic, align_corners=False); the class token's own embedding
+    is kept apart and re-inserted at the new middle. (The official main.py keeps index 0
+    apart, which is the class token only for head-class-token models; for the middle-token
+    models it is the one at M // 2.)
+
+    `new_grid` may be symbolic (torch.export with a dynamic resolution): then the resize is
+    always in the graph (ONNX Resize, cubic); at the trained size it is the identity.
     """
-    if old_grid == new_grid:
+    (oh, ow), (nh, nw) = _pair(old_grid), _pair(new_grid)
+    if all(isinstance(g, int) for g in (nh, nw)) and (oh, ow) == (nh, nw):
         return pos_embed
-    old_mid, new_mid = old_grid * old_grid // 2, new_grid * new_grid // 2
+    old_mid = oh * ow // 2
     cls = pos_embed[:, old_mid : old_mid + 1]
     patches = torch.cat([pos_embed[:, :old_mid], pos_embed[:, old_mid + 1 :]], dim=1)
     c = patches.shape[-1]
-    patches = patches.reshape(1, old_grid, old_grid, c).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False)
-    patches = patches.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, c).to(pos_embed.dtype)
+    patches = patches.reshape(1, oh, ow, c).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=(nh, nw), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, nh * nw, c).to(pos_embed.dtype)
+    new_mid = nh * nw // 2
     return torch.cat([patches[:, :new_mid], cls, patches[:, new_mid:]], dim=1)
+
+
+# Graph outputs a model can give (`VisionMamba.forward_outputs`), by name.
+LOGITS, FEATURES, FEATURE_MAP = "logits", "features", "feature_map"
+
+
+def feature_map_name(block: int) -> str:
+    return f"{FEATURE_MAP}_{block}"
+
+
+def parse_output_name(name: str) -> tuple[str, int | None]:
+    """"logits" -> ("logits", None); "feature_map_11" -> ("feature_map", 11)."""
+    if name in (LOGITS, FEATURES, FEATURE_MAP):
+        return name, None
+    prefix = FEATURE_MAP + "_"
+    if name.startswith(prefix) and name[len(prefix):].isdigit():
+        return FEATURE_MAP, int(name[len(prefix):])
+    from ..errors import InputError
+
+    raise InputError(f"unknown output {name!r}: expected logits, features, feature_map or feature_map_<block>.")
+
+
+def output_names(features: bool = True, feature_map: bool = False, out_indices=()) -> list[str]:
+    """The ordered output list of an export: logits, features, feature_map, feature_map_<i>..."""
+    names = [LOGITS] + ([FEATURES] if features else []) + ([FEATURE_MAP] if feature_map else [])
+    return names + [feature_map_name(i) for i in out_indices]
 
 
 class VisionMamba(nn.Module):
@@ -205,6 +242,9 @@ class VisionMamba(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, scan) for _ in range(cfg.depth))
         self.norm_f = RMSNorm(cfg.embed_dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        # The patch grid `pos_embed` is laid out for: the trained one, unless an exporter baked
+        # the embedding for its fixed resolution (then other grids resample from that one).
+        self.pos_grid = (cfg.grid(), cfg.grid())
 
     @property
     def scan(self) -> str:
@@ -216,35 +256,81 @@ class VisionMamba(nn.Module):
         for layer in self.layers:
             layer.mixer.scan = name
 
-    def grid_for(self, height: int, width: int) -> int:
+    def grid_for(self, height, width) -> tuple:
+        """(rows, cols) of the patch grid for an input of height x width pixels.
+
+        Any size whose sides are patch + k*stride pixels; symbolic sizes (torch.export with a
+        dynamic resolution, constrained to the grid by the exporter) pass unchecked.
+        """
         cfg = self.cfg
-        ok = height == width and height >= cfg.patch_size and (height - cfg.patch_size) % cfg.stride == 0
-        if not ok:
-            from ..errors import InputError
+        if isinstance(height, int) and isinstance(width, int):
+            ok = all(side >= cfg.patch_size and (side - cfg.patch_size) % cfg.stride == 0 for side in (height, width))
+            if not ok:
+                from ..errors import InputError
 
-            raise InputError(
-                f"input {height}x{width} does not fit the patch grid: Vim takes square images whose side "
-                f"is {cfg.patch_size} + k*{cfg.stride} pixels (e.g. {cfg.img_size}, "
-                f"{cfg.img_size + 2 * cfg.stride * 4})."
-            )
-        return cfg.grid(height)
+                raise InputError(
+                    f"input {height}x{width} does not fit the patch grid: each side of a Vim input must be "
+                    f"{cfg.patch_size} + k*{cfg.stride} pixels (e.g. {cfg.img_size}, "
+                    f"{cfg.img_size + 2 * cfg.stride * 4})."
+                )
+        return cfg.grid(height), cfg.grid(width)
 
-    def pos_embed_for(self, grid: int) -> torch.Tensor:
-        """The position embedding for a patch grid, resampled when it is not the trained one."""
-        return resample_pos_embed(self.pos_embed, self.cfg.grid(), grid)
+    def pos_embed_for(self, grid) -> torch.Tensor:
+        """The position embedding for a patch grid (rows, cols), resampled when it is not the trained one."""
+        return resample_pos_embed(self.pos_embed, self.pos_grid, grid)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor, out_indices=()) -> tuple[torch.Tensor, dict, tuple]:
+        """The token sequence after the final add + norm (B, gh*gw + 1, C), the class token at
+        index gh*gw // 2; the outputs of the blocks in `out_indices` (the mixer outputs, before
+        they join the residual stream: what hustvl/Vim's segmentation backbone takes, see
+        docs/backbone.md); and the grid (gh, gw)."""
         grid = self.grid_for(x.shape[-2], x.shape[-1])
         x = self.patch_embed(x)
         b, m, _ = x.shape
         mid = m // 2
         x = torch.cat([x[:, :mid], self.cls_token.expand(b, -1, -1).to(x.dtype), x[:, mid:]], dim=1)
         x = x + self.pos_embed_for(grid).to(x.dtype)
-        hidden, residual = x, None
-        for layer in self.layers:
+        hidden, residual, taken = x, None, {}
+        wanted = set(out_indices)
+        for i, layer in enumerate(self.layers):
             hidden, residual = layer(hidden, residual)
+            if i in wanted:
+                taken[i] = hidden
         hidden, _ = self.norm_f.add_norm(hidden, residual)
-        return hidden[:, mid]
+        return hidden, taken, grid
+
+    @staticmethod
+    def to_feature_map(tokens: torch.Tensor, grid) -> torch.Tensor:
+        """(B, gh*gw + 1, C) with the middle class token -> (B, C, gh, gw), patches in image order."""
+        gh, gw = grid
+        mid = gh * gw // 2
+        patches = torch.cat([tokens[:, :mid], tokens[:, mid + 1:]], dim=1)
+        return patches.reshape(tokens.shape[0], gh, gw, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, _, (gh, gw) = self.forward_tokens(x)
+        return hidden[:, gh * gw // 2]
+
+    def forward_outputs(self, x: torch.Tensor, names=(LOGITS,)) -> dict[str, torch.Tensor]:
+        """The named outputs (see `output_names`) from one pass over the blocks."""
+        parsed = {name: parse_output_name(name) for name in names}
+        blocks = sorted({i for kind, i in parsed.values() if i is not None})
+        bad = [i for i in blocks if not 0 <= i < self.cfg.depth]
+        if bad:
+            from ..errors import InputError
+
+            raise InputError(f"out indices {bad} outside this model's blocks 0..{self.cfg.depth - 1}.")
+        hidden, taken, grid = self.forward_tokens(x, blocks)
+        features = hidden[:, grid[0] * grid[1] // 2]
+        out = {}
+        for name, (kind, i) in parsed.items():
+            if kind == LOGITS:
+                out[name] = self.head(features)
+            elif kind == FEATURES:
+                out[name] = features
+            else:
+                out[name] = self.to_feature_map(hidden if i is None else taken[i], grid)
+        return out
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         features = self.forward_features(x)
