@@ -103,7 +103,7 @@ def info(checkpoint, ema, overrides, as_json):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--img-size", type=int, default=None, help="Input resolution. Default: the model's own.")
+@click.option("--img-size", default=None, help="Input resolution, N or HxW. Default: the model's own.")
 @click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
 @ema_option
 @json_option
@@ -114,10 +114,14 @@ def predict(model, images, img_size, k, ema, as_json):
     bicubic resampling, center crop, ImageNet mean/std).
     """
     from .data import load_images, topk
+    from .model import DYNAMIC, parse_img_size
     from .runtime import open_engine
 
     engine = open_engine(model, ema=ema)
-    size = img_size or engine.input_size or engine.default_input_size
+    size = parse_img_size(img_size)
+    if size == DYNAMIC:
+        raise click.BadParameter("predict runs at one size (N or HxW).", param_hint="--img-size")
+    size = size or engine.input_hw or engine.default_input_size
     logits = engine.run(load_images(images, size))["logits"]
     results = [{"image": str(p), "top": row} for p, row in zip(images, topk(logits, k))]
 
@@ -135,14 +139,20 @@ def predict(model, images, img_size, k, ema, as_json):
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A .npy file holding an NCHW float32 batch (already normalised).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The .npz to write: `logits` (N, classes) and, with --features, `features` (N, C).")
-@click.option("--features", is_flag=True, help="Also write the features (middle class token after the final norm).")
+              help="The .npz to write: every output of an .onnx/.plan (logits, features, feature_map...); "
+                   "logits and features of a checkpoint.")
+@click.option("--features", is_flag=True, help="Make sure `features` is written (it is by default).")
+@click.option("--outputs", "output_names", default=None,
+              help="Comma-separated outputs to write instead, e.g. logits,feature_map,feature_map_11 (a checkpoint "
+                   "gives any of them).")
 @ema_option
 @json_option
-def infer(model, input_path, output, features, ema, as_json):
+def infer(model, input_path, output, features, output_names, ema, as_json):
     """Run MODEL on a saved batch and write its outputs (the scriptable way to run any artifact).
 
-    OUT is written atomically (a temporary file renamed into place).
+    The batch may have any height and width the model takes (one size for a fixed export, any
+    size on the patch grid for a checkpoint or an `--img-size dynamic` export). OUT is
+    written atomically (a temporary file renamed into place).
     """
     import numpy as np
 
@@ -155,7 +165,8 @@ def infer(model, input_path, output, features, ema, as_json):
     except (ValueError, OSError) as e:
         raise InputError(f"cannot read {input_path} as a .npy array: {e}") from None
     engine = open_engine(model, ema=ema)
-    outputs = engine.run(images, features=features)
+    names = [n.strip() for n in output_names.split(",") if n.strip()] if output_names else engine.default_outputs()
+    outputs = engine.run(images, outputs=names)
     with atomic_path(output) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **outputs)
@@ -257,8 +268,14 @@ def _bar(label: str):
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The .onnx file to write (atomically; an existing file is kept unless --force).")
-@click.option("--img-size", type=int, default=None,
-              help="Input resolution (square; patch + k*stride, e.g. 224, 448, 1248). Default: the checkpoint's.")
+@click.option("--img-size", default=None,
+              help="Input resolution: N (square), HxW (e.g. 224x320), each side patch + k*stride pixels; or "
+                   "'dynamic': any size, the position embedding resampled in the graph. Default: the checkpoint's.")
+@click.option("--feature-map", is_flag=True,
+              help="Add the output feature_map (N, C, H/p, W/p): patch tokens after the final norm, image order.")
+@click.option("--out-indices", default=None,
+              help="Add feature_map_<i> for these blocks (e.g. 5,11,17,23): each block's output as hustvl/Vim's "
+                   "segmentation backbone takes it (docs/backbone.md).")
 @click.option("--batch", type=_BatchType(), default="1", show_default=True,
               help="Fixed batch size, or 'dynamic' for any batch.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (18-23). Default: 20.")
@@ -274,8 +291,8 @@ def _bar(label: str):
 @ema_option
 @arch_options
 @json_option
-def export_cmd(checkpoint, output, img_size, batch, opset, scan, no_simplify, force, precision, convert_options,
-               ema, overrides, as_json):
+def export_cmd(checkpoint, output, img_size, feature_map, out_indices, batch, opset, scan, no_simplify, force,
+               precision, convert_options, ema, overrides, as_json):
     """Export a Vim CHECKPOINT to ONNX (validated with onnx.checker and shape inference).
 
     --precision fp16 / int8 writes the precision into the ONNX (fp16 casts, Q/DQ pairs), as
@@ -286,15 +303,17 @@ def export_cmd(checkpoint, output, img_size, batch, opset, scan, no_simplify, fo
 
     summary = export_at_precision(checkpoint, output, precision=precision, force=force,
                                   progress=_progress(as_json), convert_options=convert_options,
-                                  img_size=img_size, batch=batch, opset=opset or DEFAULT_OPSET,
+                                  img_size=img_size, feature_map=feature_map, out_indices=out_indices or (),
+                                  batch=batch, opset=opset or DEFAULT_OPSET,
                                   scan=scan, simplify=not no_simplify, ema=ema, overrides=overrides)
 
     def human(s):
         t = s["timings"]
         top = ", ".join(f"{k} {v}" for k, v in list(s["op_counts"].items())[:6])
         click.echo(f"wrote {s['output']}  ({s['size_mb']:.1f} MB, {s['nodes']} nodes: {top}, ...)")
-        click.echo(f"  Vim {s['variant']} at {s['img_size']}px ({s['tokens']} tokens), {s['flavor']} flavor, "
+        click.echo(f"  Vim {s['variant']} at {s['img_size']} px ({s['tokens']} tokens), {s['flavor']} flavor, "
                    f"batch {s['batch']}, opset {s['opset']}; export {t['export_s']:.1f}s, total {t['total_s']:.1f}s")
+        click.echo(f"  outputs: {', '.join(s['outputs'])}")
 
     emit(summary, as_json, human)
 
@@ -323,17 +342,21 @@ def convert(source, output, force, precision, convert_options, as_json):
 @click.option("--batch", type=int, default=2, show_default=True, help="How many seeded random inputs to add.")
 @click.option("--atol", type=float, default=None, help="Max abs error allowed on logits. Default: per precision (fp32: 1e-4).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--img-size", default=None,
+              help="Size to compare at (N or HxW) for an artifact that takes several. Default: the artifact's, "
+                   "else the checkpoint's.")
 @ema_option
 @json_option
-def validate(artifact, ref, images, batch, atol, seed, ema, as_json):
+def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
     """Compare ARTIFACT with the PyTorch reference on the same inputs; exit 1 beyond tolerance.
 
     Inputs: seeded random tensors and real photographs. Reports max abs / relative error,
-    cosine similarity, top-1 / top-5 agreement, for logits and features.
+    cosine similarity, top-1 / top-5 agreement, for every output of the artifact.
     """
     from .validation import format_report, validate_artifact
 
     report = validate_artifact(artifact, ref, images=images, random_batch=batch, atol=atol, seed=seed, ema=ema,
+                               img_size=img_size,
                                progress=None if as_json else _progress(as_json))
     emit(report, as_json, lambda r: click.echo(format_report(r)))
     if not report["passed"]:

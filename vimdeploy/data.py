@@ -13,31 +13,34 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 CROP_PCT = 0.875  # DeiT / timm default: resize to size / 0.875 (256 for 224), then center-crop
 
 
-def preprocess(image, img_size: int = 224) -> np.ndarray:
-    """A PIL image (any mode) -> (3, img_size, img_size) float32, normalised.
+def preprocess(image, img_size=224) -> np.ndarray:
+    """A PIL image (any mode) -> (3, H, W) float32, normalised; `img_size` is a side or (H, W).
 
-    Shorter side to int(img_size / 0.875) with bicubic resampling, center crop, ImageNet
-    mean/std: timm's `transforms_imagenet_eval` as DeiT and Vim evaluate.
+    Square: shorter side to int(img_size / 0.875) with bicubic resampling, center crop,
+    ImageNet mean/std: timm's `transforms_imagenet_eval` as DeiT and Vim evaluate.
+    (H, W): the image keeps its aspect ratio and is scaled to cover int(H / 0.875) x
+    int(W / 0.875), then center-cropped to H x W (the same as above when H = W).
     """
     from PIL import Image
 
     image = image.convert("RGB")
-    scale_size = int(img_size / CROP_PCT)
+    out_h, out_w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    cover_h, cover_w = int(out_h / CROP_PCT), int(out_w / CROP_PCT)
     w, h = image.size
-    if w <= h:
-        new_w, new_h = scale_size, int(scale_size * h / w)
+    if cover_w * h <= cover_h * w:  # height is the binding side
+        new_h, new_w = cover_h, max(cover_w, int(cover_h * w / h))
     else:
-        new_w, new_h = int(scale_size * w / h), scale_size
+        new_w, new_h = cover_w, max(cover_h, int(cover_w * h / w))
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left = int(round((new_w - img_size) / 2.0))
-    top = int(round((new_h - img_size) / 2.0))
-    image = image.crop((left, top, left + img_size, top + img_size))
+    left = int(round((new_w - out_w) / 2.0))
+    top = int(round((new_h - out_h) / 2.0))
+    image = image.crop((left, top, left + out_w, top + out_h))
     array = np.asarray(image, dtype=np.float32) / 255.0
     return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
 
 
-def load_images(paths, img_size: int = 224) -> np.ndarray:
-    """Files -> (N, 3, img_size, img_size) float32 batch, with a clear error for a bad file."""
+def load_images(paths, img_size=224) -> np.ndarray:
+    """Files -> (N, 3, H, W) float32 batch (`img_size`: a side or (H, W)), with a clear error for a bad file."""
     from PIL import Image, UnidentifiedImageError
 
     batch = []

@@ -41,7 +41,7 @@ TOLERANCES: dict[str, Tolerance | None] = {
 }
 
 
-def _photos(img_size: int, paths) -> tuple[list[str], np.ndarray | None, str | None]:
+def _photos(img_size, paths) -> tuple[list[str], np.ndarray | None, str | None]:
     from .data import load_images, preprocess
 
     if paths:
@@ -61,8 +61,9 @@ def _photos(img_size: int, paths) -> tuple[list[str], np.ndarray | None, str | N
 
 
 def compare(ref: np.ndarray, out: np.ndarray) -> dict:
-    """Error statistics of `out` against `ref`, rows = samples."""
+    """Error statistics of `out` against `ref`, one row per sample (feature maps flattened)."""
     ref, out = ref.astype(np.float64), out.astype(np.float64)
+    ref, out = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
     diff = np.abs(out - ref)
     cos = (ref * out).sum(-1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(out, axis=-1), 1e-30)
     return {
@@ -83,7 +84,12 @@ def _topk_agreement(ref: np.ndarray, out: np.ndarray) -> dict:
 
 
 def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: float | None = None,
-                      seed: int = 0, ema: bool = False, precision: str | None = None, progress=None) -> dict:
+                      seed: int = 0, ema: bool = False, precision: str | None = None, progress=None,
+                      img_size=None) -> dict:
+    """Every output of `artifact` against the PyTorch reference `ref`, at the artifact's
+    resolution (or `img_size`, N or "HxW", for one that takes several). Pass/fail: the
+    precision's tolerance on the logits, and its cosine bound on every other output."""
+    from .model import DYNAMIC, format_img_size, parse_img_size
     from .runtime import open_engine
 
     say = progress or (lambda _msg: None)
@@ -99,32 +105,40 @@ def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: flo
         tol = Tolerance(max_abs=atol, min_cosine=tol.min_cosine if tol else None, min_top1=tol.min_top1 if tol else None)
     if tol is None:
         raise InputError(f"no default tolerance for {precision} artifacts yet: pass --atol.")
-    img_size = engine.input_size or reference.model.cfg.img_size
+    wanted = parse_img_size(img_size)
+    if wanted == DYNAMIC:
+        raise InputError("--img-size for validate is one size (N or HxW), not 'dynamic'.")
+    hw = tuple(engine.input_hw or wanted or (reference.model.cfg.img_size,) * 2)
+    if engine.input_hw and wanted and tuple(wanted) != hw:
+        raise InputError(f"{artifact} takes {format_img_size(hw)} inputs only; got --img-size {format_img_size(wanted)}.")
+    reference.model.grid_for(*hw)  # a clear error for a size off the patch grid
+    outputs = list(engine.outputs)
 
     sets: dict[str, np.ndarray] = {}
     if random_batch > 0:
         rng = np.random.default_rng(seed)
-        sets["random"] = rng.standard_normal((random_batch, 3, img_size, img_size), dtype=np.float32)
-    names, photos, note = _photos(img_size, images)
+        sets["random"] = rng.standard_normal((random_batch, 3, *hw), dtype=np.float32)
+    names, photos, note = _photos(hw, images)
     if photos is not None:
         sets["photos"] = photos
     if not sets:
         raise InputError("nothing to compare on: --batch 0 and no images.")
 
-    results, logits_ref, logits_out = {}, [], []
+    results, ref_out, art_out = {}, {n: [] for n in outputs}, {n: [] for n in outputs}
     for name, x in sets.items():
-        say(f"running {name} ({len(x)} inputs at {img_size}px) through both")
-        r = reference.run(x, features=True)
-        o = engine.run(x, features="features" in getattr(engine, "outputs", ["features"]))
-        results[name] = {"inputs": len(x), "logits": compare(r["logits"], o["logits"]),
+        say(f"running {name} ({len(x)} inputs at {format_img_size(hw)} px) through both")
+        r = reference.run(x, outputs=outputs)
+        o = engine.run(x, outputs=outputs)
+        results[name] = {"inputs": len(x), **{n: compare(r[n], o[n]) for n in outputs},
                          **_topk_agreement(r["logits"], o["logits"])}
-        if "features" in o:
-            results[name]["features"] = compare(r["features"], o["features"])
-        logits_ref.append(r["logits"])
-        logits_out.append(o["logits"])
+        for n in outputs:
+            ref_out[n].append(r[n])
+            art_out[n].append(o[n])
 
-    overall = {**compare(np.concatenate(logits_ref), np.concatenate(logits_out)),
-               **_topk_agreement(np.concatenate(logits_ref), np.concatenate(logits_out))}
+    ref_all = {n: np.concatenate(v) for n, v in ref_out.items()}
+    art_all = {n: np.concatenate(v) for n, v in art_out.items()}
+    overall = {**compare(ref_all["logits"], art_all["logits"]), **_topk_agreement(ref_all["logits"], art_all["logits"])}
+    per_output = {n: compare(ref_all[n], art_all[n]) for n in outputs}
     failures = []
     if tol.max_abs is not None and overall["max_abs"] > tol.max_abs:
         failures.append(f"logits max abs {overall['max_abs']:.3g} > {tol.max_abs:.3g}")
@@ -132,28 +146,34 @@ def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: flo
         failures.append(f"logits cosine {overall['min_cosine']:.6f} < {tol.min_cosine}")
     if tol.min_top1 is not None and overall["top1"] < tol.min_top1:
         failures.append(f"top-1 agreement {overall['top1']:.0%} < {tol.min_top1:.0%}")
+    for n in outputs:
+        if n != "logits" and tol.min_cosine is not None and per_output[n]["min_cosine"] < tol.min_cosine:
+            failures.append(f"{n} cosine {per_output[n]['min_cosine']:.6f} < {tol.min_cosine}")
     return {
         "artifact": str(artifact), "reference": str(ref), "engine": engine.describe(), "precision": precision,
-        "img_size": img_size, "photos": names, "note": note, "tolerance": asdict(tol), "sets": results,
-        "overall": overall, "passed": not failures, "failures": failures,
+        "img_size": format_img_size(hw), "outputs": outputs, "photos": names, "note": note,
+        "tolerance": asdict(tol), "sets": results, "overall": overall, "per_output": per_output,
+        "passed": not failures, "failures": failures,
     }
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['artifact']} vs {r['reference']} ({r['precision']}, {r['img_size']}px)"]
+    lines = [f"{r['artifact']} vs {r['reference']} ({r['precision']}, {r['img_size']} px)"]
     if r.get("note"):
         lines.append(f"note: {r['note']}")
-    header = f"  {'inputs':<10}{'n':>3}  {'output':<9}{'max abs':>10}{'max rel':>10}{'cosine':>11}{'top-1':>7}{'top-5':>7}"
+    width = max(9, *(len(o) + 1 for o in r.get("outputs", ["logits"])))
+    header = (f"  {'inputs':<10}{'n':>3}  {'output':<{width}}{'max abs':>10}{'max rel':>10}{'cosine':>11}"
+              f"{'top-1':>7}{'top-5':>7}")
     lines.append(header)
     for name, s in r["sets"].items():
-        for output in ("logits", "features"):
+        for output in r.get("outputs", ["logits", "features"]):
             if output not in s:
                 continue
             m = s[output]
             agree = f"{s['top1']:>7.0%}{s['top5']:>7.0%}" if output == "logits" else ""
-            lines.append(f"  {name:<10}{s['inputs']:>3}  {output:<9}{m['max_abs']:>10.2e}{m['max_rel']:>10.2e}"
+            lines.append(f"  {name:<10}{s['inputs']:>3}  {output:<{width}}{m['max_abs']:>10.2e}{m['max_rel']:>10.2e}"
                          f"{m['min_cosine']:>11.7f}{agree}")
     tol = ", ".join(f"{k} {v}" for k, v in r["tolerance"].items() if v is not None)
     verdict = "PASS" if r["passed"] else "FAIL: " + "; ".join(r["failures"])
-    lines.append(f"{verdict}  (tolerance on logits: {tol})")
+    lines.append(f"{verdict}  (tolerance on logits: {tol}; cosine bound on every other output)")
     return "\n".join(lines)

@@ -366,7 +366,11 @@ def convert_precision(source: str | Path, output: str | Path, precision: str, ca
     elif precision == "int8":
         if calib is None:
             raise InputError("INT8 needs calibration images: pass --calib DIR (jpg/png files).")
-        size = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        size = (dims[2].dim_value, dims[3].dim_value)
+        if not all(size):  # a dynamic-resolution export: calibrate at the trained resolution
+            meta = {p.key: p.value for p in model.metadata_props}
+            size = (int(meta.get("vimdeploy.trained_resolution", 224)),) * 2
         images = read_calibration_images(calib, size, calib_limit)
         model, qinfo = to_int8(model, images, method=method, percentile=percentile, exclude=exclude,
                                cache_dir=default_cache_dir() if cache_dir == "default" else cache_dir,

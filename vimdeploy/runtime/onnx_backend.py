@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError
+from ..errors import ArtifactError
 from .base import Engine
 
 META_PREFIX = "vimdeploy."
@@ -60,20 +60,25 @@ class OnnxEngine(Engine):
         self.input_name = inp.name
         n, _c, h, w = inp.shape
         self.fixed_batch = n if isinstance(n, int) else None
-        self.input_size = h if isinstance(h, int) and h == w else None
+        self.input_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+        self.input_size = h if self.input_hw and h == w else None
         if self.input_size:
             self.default_input_size = self.input_size
+        elif self.metadata.get("trained_resolution", "").isdigit():
+            self.default_input_size = int(self.metadata["trained_resolution"])
+        # A dynamic-resolution export takes any size on its patch grid (checked before ORT sees it).
+        meta = self.metadata
+        self.grid = ((int(meta["patch_size"]), int(meta["stride"]))
+                     if meta.get("patch_size", "").isdigit() and meta.get("stride", "").isdigit() else None)
         self.outputs = [o.name for o in self.session.get_outputs()]
         if "logits" not in self.outputs:
             raise ArtifactError(f"{path} has no `logits` output (outputs: {', '.join(self.outputs)}); "
                                 "is it a vimdeploy export?")
         self.num_classes = self.session.get_outputs()[self.outputs.index("logits")].shape[-1]
 
-    def run(self, images: np.ndarray, features: bool = False) -> dict[str, np.ndarray]:
-        images = self.check_batch(images, self.input_size)
-        if features and "features" not in self.outputs:
-            raise InputError(f"{self.path.name} has no `features` output.")
-        names = ["logits", "features"] if features else ["logits"]
+    def run(self, images: np.ndarray, features: bool = False, outputs=None) -> dict[str, np.ndarray]:
+        images = self.check_batch(images, self.input_hw, self.grid)
+        names = self.select_outputs(features, outputs)
         step = self.fixed_batch or len(images)
         parts = []
         for start in range(0, len(images), step):
@@ -87,5 +92,6 @@ class OnnxEngine(Engine):
 
     def describe(self) -> dict:
         return {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "path": str(self.path),
-                "batch": self.fixed_batch or "dynamic", "input_size": self.input_size,
+                "batch": self.fixed_batch or "dynamic",
+                "input_size": list(self.input_hw) if self.input_hw else "dynamic", "outputs": self.outputs,
                 "custom_op": self.custom_op, **{k: v for k, v in self.metadata.items() if k != "checkpoint_sha256"}}

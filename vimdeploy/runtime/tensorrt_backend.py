@@ -124,7 +124,8 @@ class TensorRTEngine(Engine):
         self.input_name = self.inputs[0]
         self.min_shape, self.opt_shape, self.max_shape = (
             tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
-        self.input_size = self.max_shape[2] if self.min_shape[2:] == self.max_shape[2:] else None
+        self.input_hw = tuple(self.max_shape[2:]) if self.min_shape[2:] == self.max_shape[2:] else None
+        self.input_size = self.input_hw[0] if self.input_hw and self.input_hw[0] == self.input_hw[1] else None
         if self.input_size:
             self.default_input_size = self.input_size
         self.num_classes = int(self.engine.get_tensor_shape("logits")[-1])
@@ -186,13 +187,11 @@ class TensorRTEngine(Engine):
 
     # ---------------------------------------------------------------------------- run
 
-    def run(self, images, features: bool = False):
+    def run(self, images, features: bool = False, outputs=None):
         if type(images).__module__.startswith("torch"):
-            return self._run_torch(images, features)
-        images = self.check_batch(images, self.input_size)
-        names = ["logits", "features"] if features else ["logits"]
-        if features and "features" not in self.outputs:
-            raise InputError(f"{self.path.name} has no `features` output.")
+            return self._run_torch(images, features, outputs)
+        images = self.check_batch(images, self.input_hw)
+        names = self.select_outputs(features, outputs)
         cudart, h2d, d2h = self.cudart, *self._copy_kinds()
         results = {n: [] for n in names}
         for start, stop, padded in self._chunks(len(images)):
@@ -222,7 +221,7 @@ class TensorRTEngine(Engine):
         kind = self.cudart.cudaMemcpyKind
         return kind.cudaMemcpyHostToDevice, kind.cudaMemcpyDeviceToHost
 
-    def _run_torch(self, images, features: bool):
+    def _run_torch(self, images, features: bool, outputs=None):
         """torch in/out: CUDA tensors are bound by data_ptr, on torch's current stream."""
         import torch
 
@@ -232,7 +231,7 @@ class TensorRTEngine(Engine):
         device = images.device if images.is_cuda else torch.device("cuda", torch.cuda.current_device())
         x = images.to(device=device, dtype=dtype[self.dtypes[self.input_name]]).contiguous()
         stream = torch.cuda.current_stream(device).cuda_stream
-        names = ["logits", "features"] if features else ["logits"]
+        names = self.select_outputs(features, outputs)
         results = {n: [] for n in names}
         for start, stop, padded in self._chunks(len(x)):
             chunk = x[start:stop]

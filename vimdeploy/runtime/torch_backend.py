@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model import load_model
+from ..model import load_model, parse_output_name
 from .base import Engine
 
 
@@ -21,17 +21,22 @@ class TorchEngine(Engine):
             self.model.to(dtype)
         self.default_input_size = self.model.cfg.img_size
         self.num_classes = self.model.cfg.num_classes
+        self.outputs = ["logits", "features", "feature_map"]  # and feature_map_<block> for any block
+
+    def default_outputs(self) -> list[str]:
+        return ["logits", "features"]  # a checkpoint has no fixed list; feature maps on request
+
+    def has_output(self, name: str) -> bool:
+        kind, block = parse_output_name(name)  # InputError for a name no model has
+        return block is None or 0 <= block < self.model.cfg.depth
 
     @torch.inference_mode()
-    def run(self, images: np.ndarray, features: bool = False) -> dict[str, np.ndarray]:
+    def run(self, images: np.ndarray, features: bool = False, outputs=None) -> dict[str, np.ndarray]:
         images = self.check_batch(images)
+        names = self.select_outputs(features, outputs)
         self.model.grid_for(images.shape[2], images.shape[3])  # clear error for a bad size
         x = torch.from_numpy(images).to(self.device, self.dtype)
-        feats = self.model(x, return_features=True)
-        out = {"logits": self.model.head(feats).float().cpu().numpy()}
-        if features:
-            out["features"] = feats.float().cpu().numpy()
-        return out
+        return {k: v.float().cpu().numpy() for k, v in self.model.forward_outputs(x, names).items()}
 
     def describe(self) -> dict:
         cfg = self.model.cfg
