@@ -364,6 +364,39 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
 
 
 @main.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Images: one subfolder per class (sorted names = class indices), or any folder with --labels.")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A text file of 'relative/path.jpg label' lines, for a --data folder without class subfolders.")
+@click.option("--limit", type=int, default=None, help="Use only the first N images (in the dataset's sorted order).")
+@click.option("--batch", "batch_size", type=int, default=32, show_default=True, help="Images per run call.")
+@click.option("--img-size", default=None,
+              help="Size (N or HxW) for artifacts that take several (checkpoints, dynamic exports). Default: "
+                   "each artifact's own, else its trained resolution.")
+@ema_option
+@json_option
+def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, as_json):
+    """Top-1 / top-5 accuracy of each ARTIFACT (checkpoint, .onnx, .plan) on labelled images.
+
+    \b
+    With several artifacts, also the share of images where each one's top-1 class is the first's:
+      vimdeploy evaluate vim.pth vim.onnx vim_fp16.onnx vim_int8.onnx --data imagenet/val --limit 5000
+    """
+    from .evaluate import evaluate as run_evaluation, format_results
+
+    def progress(label, total):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=False, disable=as_json)
+        return lambda n: (bar.update(n), bar.n >= total and bar.close())
+
+    results = run_evaluation(artifacts, data, labels_file=labels_file, limit=limit, batch_size=batch_size,
+                             img_size=img_size, ema=ema, progress=progress)
+    emit(results, as_json, lambda r: click.echo(format_results(r)))
+
+
+@main.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("vimdeploy-demo"),
               show_default=True, help="Where the demo writes its files.")

@@ -67,6 +67,16 @@ def write_calibration_images(folder: Path, count: int = 128) -> list[Path]:
     return paths
 
 
+def write_image_folder(folder: Path, split: str = "test") -> int:
+    """The split as an ImageFolder (folder/<label>/digit_NNNN.png, lossless) for `vimdeploy evaluate`:
+    the PNGs read back through the predict preprocessing give exactly `digit_batch(split)`."""
+    images, labels = digit_images(split)
+    for i, (im, y) in enumerate(zip(images, labels)):
+        (folder / str(y)).mkdir(parents=True, exist_ok=True)
+        im.save(folder / str(y) / f"digit_{i:04d}.png")
+    return len(images)
+
+
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(-1) == labels).mean() * 100.0)
 
