@@ -462,7 +462,9 @@ def plugin_path(build_dir, as_json):
 @click.option("--plugin", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="TensorRT plugin library. Default: libvimdeploy_trt_plugin.so from `vimdeploy plugin build`.")
 @click.option("--batch", default=None, help="Batch profile MIN:OPT:MAX (dynamic-batch ONNX). Default: 1:8:32.")
-@click.option("--img-size", default=None, help="Resolution profile MIN:OPT:MAX, only for an ONNX with dynamic H/W.")
+@click.option("--img-size", default=None,
+              help="Resolution profile for an `--img-size dynamic` ONNX: MIN:OPT:MAX, each N or HxW "
+                   "(e.g. 224:384:1248 or 224x224:384x640:1248x1248).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Tactic timing cache file: read if present, updated after the build (faster rebuilds).")
 @click.option("--workspace-mb", type=int, default=None, help="Builder workspace limit in MiB. Default: TensorRT's.")

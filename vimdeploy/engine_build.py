@@ -34,7 +34,8 @@ from . import __version__
 from .errors import ArtifactError, InputError, VimdeployError
 from .fileio import atomic_path, file_sha256
 
-__all__ = ["build_engine", "import_tensorrt", "parse_range", "resolve_precision", "make_profile",
+__all__ = ["build_engine", "import_tensorrt", "parse_range", "parse_size_range", "check_profile_grid",
+           "resolve_precision", "make_profile",
            "load_plugin", "sidecar_path", "environment", "TENSORRT_MISSING"]
 
 MIN_TENSORRT = (10, 0)  # IPluginV3, execute_async_v3 / set_input_shape, strongly typed networks
@@ -122,6 +123,40 @@ def parse_range(text: str | None, what: str = "--batch") -> tuple[int, int, int]
     return tuple(values)
 
 
+def parse_size_range(text: str | None) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """--img-size of `build` for a dynamic-resolution ONNX -> (heights, widths), each (min, opt, max).
+
+    "224:384:1248" -> the same range for both sides; each of MIN, OPT, MAX may also be HxW,
+    e.g. "224x224:384x640:1248x1248". None -> None.
+    """
+    if text is None:
+        return None
+    steps = str(text).lower().split(":")
+    if len(steps) == 1:
+        steps *= 3
+    try:
+        pairs = [tuple(int(v) for v in step.split("x")) for step in steps]
+        pairs = [p * 2 if len(p) == 1 else p for p in pairs]
+    except ValueError:
+        pairs = []
+    if len(steps) != 3 or len(pairs) != 3 or any(len(p) != 2 for p in pairs):
+        raise InputError(f"--img-size takes MIN:OPT:MAX, each N or HxW (e.g. 224:384:1248 or "
+                         f"224x224:384x640:1248x1248); got {text!r}.")
+    hs, ws = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    for side in (hs, ws):
+        if not 1 <= side[0] <= side[1] <= side[2]:
+            raise InputError(f"--img-size needs 1 <= MIN <= OPT <= MAX for height and width; got {text!r}.")
+    return hs, ws
+
+
+def check_profile_grid(profile: dict, patch: int, stride: int) -> None:
+    """Every H and W of the profile on the model's patch grid (patch + k*stride pixels)."""
+    bad = sorted({s for shape in profile.values() for s in shape[2:] if s < patch or (s - patch) % stride})
+    if bad:
+        raise InputError(f"--img-size {', '.join(map(str, bad))}: each side must be {patch} + k*{stride} pixels "
+                         "for this model.")
+
+
 def resolve_precision(onnx_precision: str, requested: str | None) -> str | None:
     """What to do with an ONNX of `onnx_precision` when `requested` is asked for.
 
@@ -141,7 +176,12 @@ def make_profile(input_shape, batch: tuple | None, size: tuple | None) -> dict[s
     """min/opt/max NCHW shapes for an ONNX input shape such as [None, 3, 224, 224].
 
     Dimensions given as None (symbolic) take the ranges; fixed ones must agree with them.
+    `size`: one (min, opt, max) for both sides, or (heights, widths) from `parse_size_range`.
     """
+    if size is not None and isinstance(size[0], tuple):
+        size_h, size_w = size
+    else:
+        size_h = size_w = size
     n, c, h, w = input_shape
     if not isinstance(c, int):
         raise ArtifactError(f"the ONNX input has a symbolic channel dimension ({c}); expected 3.")
@@ -153,14 +193,15 @@ def make_profile(input_shape, batch: tuple | None, size: tuple | None) -> dict[s
     elif batch is None:
         batch = (1, 8, 32)
     if isinstance(h, int) and isinstance(w, int):
-        if size and size != (h, h, h):
+        if size and (size_h, size_w) != ((h, h, h), (w, w, w)):
             raise InputError(f"this ONNX has a fixed {h}x{w} input; --img-size cannot change it (re-export instead).")
         hs, ws = (h, h, h), (w, w, w)
     else:
         if size is None:
-            raise InputError("this ONNX has a dynamic resolution: pass --img-size MIN:OPT:MAX (e.g. 224:224:448).")
-        hs = (h,) * 3 if isinstance(h, int) else size
-        ws = (w,) * 3 if isinstance(w, int) else size
+            raise InputError("this ONNX has a dynamic resolution: pass --img-size MIN:OPT:MAX (e.g. 224:384:1248, "
+                             "or per side 224x224:384x640:1248x1248).")
+        hs = (h,) * 3 if isinstance(h, int) else size_h
+        ws = (w,) * 3 if isinstance(w, int) else size_w
     return {k: [batch[i], c, hs[i], ws[i]] for i, k in enumerate(("min", "opt", "max"))}
 
 
@@ -334,7 +375,7 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
     echo = echo or (lambda msg: None)
     onnx_path, output = Path(onnx_path), Path(output)
     batch_range = parse_range(batch, "--batch")
-    size_range = parse_range(img_size, "--img-size")
+    size_range = parse_size_range(img_size)
     for p in (output, sidecar_path(output)):
         if p.exists() and not force:
             raise VimdeployError(f"{p} already exists; pass --force to replace it.")
@@ -345,6 +386,9 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
 
     info = onnx_summary(onnx_path)
     profile = make_profile(info["shape"], batch_range, size_range)
+    meta = info["metadata"]
+    if str(meta.get("patch_size", "")).isdigit() and str(meta.get("stride", "")).isdigit():
+        check_profile_grid(profile, int(meta["patch_size"]), int(meta["stride"]))
     convert_to = resolve_precision(info["precision"], precision)
     plugin_path = None
     if info["plugin_versions"]:
