@@ -199,7 +199,7 @@ def _progress(as_json: bool):
     return lambda msg: click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
 
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "export" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent / "export" / "presets"  # package data
 
 
 def _load_preset(ctx, _param, value):
@@ -223,13 +223,25 @@ def _load_preset(ctx, _param, value):
     ctx.default_map = {**(ctx.default_map or {}), **preset}
 
 
+def _calibration_dir(_ctx, _param, value):
+    """--calib: a folder, or the name of a calibration set shipped as package data."""
+    if value is None or Path(value).is_dir():
+        return value
+    from .digits import CALIBRATION_DIR
+
+    if str(value) == CALIBRATION_DIR.name:
+        return CALIBRATION_DIR
+    raise click.BadParameter(f"{value} is not a folder (nor 'digits', the built-in set).")
+
+
 def precision_options(fn):
     """--precision and the FP16/INT8 knobs, shared by `export` and `convert`."""
 
     @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
                   help="fp16: fp16 casts (RMSNorm/residual kept fp32 unless --keep-fp32 none); int8: Q/DQ, needs --calib.")
-    @click.option("--calib", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-                  help="INT8: a folder of .jpg/.png calibration images (preprocessed like `predict`).")
+    @click.option("--calib", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_calibration_dir,
+                  help="INT8: a folder of .jpg/.png calibration images (preprocessed like `predict`), or 'digits' "
+                       "for the set shipped with the package (the trained digits model's).")
     @click.option("--calib-method", type=click.Choice(["max", "entropy", "percentile"]), default="max",
                   show_default=True, help="INT8: how activation ranges are chosen from the calibration data.")
     @click.option("--percentile", type=float, default=99.99, show_default=True, help="INT8 percentile method's cut.")
@@ -286,7 +298,7 @@ def _bar(label: str):
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @precision_options
 @click.option("--preset", callback=_load_preset, is_eager=True, expose_value=False,
-              help="Defaults from a JSON preset: a file, or a name from export/presets (tensorrt-fp16, "
+              help="Defaults from a JSON preset: a file, or a name from vimdeploy/export/presets (tensorrt-fp16, "
                    "tensorrt-int8, portable-fp32). Options given on the command line win.")
 @ema_option
 @arch_options

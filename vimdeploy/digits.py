@@ -30,6 +30,8 @@ from .model import VimConfig, VisionMamba
 
 CONFIG = VimConfig(embed_dim=64, depth=4, patch_size=8, stride=8, img_size=32, num_classes=10)
 WEIGHTS = Path(__file__).parent / "assets" / "vim_digits.pth"
+# 128 training-split digits as PNG (`write_calibration_images`), shipped for `--calib digits`.
+CALIBRATION_DIR = Path(__file__).parent / "assets" / "calibration" / "digits"
 SEED = 0
 
 
