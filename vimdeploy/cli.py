@@ -323,7 +323,8 @@ def export_cmd(checkpoint, output, img_size, feature_map, out_indices, batch, op
         t = s["timings"]
         top = ", ".join(f"{k} {v}" for k, v in list(s["op_counts"].items())[:6])
         click.echo(f"wrote {s['output']}  ({s['size_mb']:.1f} MB, {s['nodes']} nodes: {top}, ...)")
-        click.echo(f"  Vim {s['variant']} at {s['img_size']} px ({s['tokens']} tokens), {s['flavor']} flavor, "
+        at = "any size on the patch grid" if s["img_size"] == "dynamic" else f"{s['img_size']} px ({s['tokens']} tokens)"
+        click.echo(f"  Vim {s['variant']} at {at}, {s['flavor']} flavor, "
                    f"batch {s['batch']}, opset {s['opset']}; export {t['export_s']:.1f}s, total {t['total_s']:.1f}s")
         click.echo(f"  outputs: {', '.join(s['outputs'])}")
 
