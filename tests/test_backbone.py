@@ -303,3 +303,15 @@ def test_build_profiles_over_height_and_width():
     assert make_profile([1, 3, 224, 320], None, parse_size_range("224x320"))["opt"] == [1, 3, 224, 320]
     with pytest.raises(InputError, match="fixed 224x320"):
         make_profile([1, 3, 224, 320], None, parse_size_range("224"))
+
+
+def test_public_api_is_lazy_and_complete():
+    """`import vimdeploy` imports no torch / onnx; every public name resolves when used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vimdeploy; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt') if m in sys.modules];"
+            "print(heavy); names = [n for n in vimdeploy.__all__ if n != '__version__'];"
+            "print(all(callable(getattr(vimdeploy, n)) for n in names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "True"]

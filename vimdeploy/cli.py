@@ -396,7 +396,7 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, as_
     With several artifacts, also the share of images where each one's top-1 class is the first's:
       vimdeploy evaluate vim.pth vim.onnx vim_fp16.onnx vim_int8.onnx --data imagenet/val --limit 5000
     """
-    from .evaluate import evaluate as run_evaluation, format_results
+    from .evaluation import evaluate as run_evaluation, format_results
 
     def progress(label, total):
         from tqdm import tqdm
