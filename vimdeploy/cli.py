@@ -166,6 +166,8 @@ def infer(model, input_path, output, features, output_names, ema, as_json):
         raise InputError(f"cannot read {input_path} as a .npy array: {e}") from None
     engine = open_engine(model, ema=ema)
     names = [n.strip() for n in output_names.split(",") if n.strip()] if output_names else engine.default_outputs()
+    if features and "features" not in names:
+        names.append("features")
     outputs = engine.run(images, outputs=names)
     with atomic_path(output) as tmp:
         with open(tmp, "wb") as f:
