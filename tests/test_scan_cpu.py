@@ -150,3 +150,10 @@ def test_installs_without_a_compiler(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "vimdeploy/ops/native.py" in names
     assert not [n for n in names if "_scan_cpu" in n]
+
+
+def test_cuda_backend_refuses_cpu_tensors_with_a_reason():
+    from vimdeploy.ops.native import PluginError
+
+    with pytest.raises(PluginError, match="cuda tensors"):
+        get_scan("cuda")(scan_inputs(1, 4, 16))
