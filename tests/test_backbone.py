@@ -315,3 +315,19 @@ def test_public_api_is_lazy_and_complete():
             "print(all(callable(getattr(vimdeploy, n)) for n in names))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "True"]
+
+
+def test_plugin_build_dir_outside_a_checkout_is_a_user_cache(tmp_path, monkeypatch):
+    """Installed from a wheel, plugins/ is a plain folder in site-packages: build into ~/.cache."""
+    from vimdeploy import __version__
+    from vimdeploy.ops import native
+
+    monkeypatch.delenv("VIMDEPLOY_PLUGIN_BUILD_DIR", raising=False)
+    assert native.PLUGIN_SRC.is_symlink() and native.default_build_dir() == native.PLUGIN_SRC.resolve() / "build"
+    installed = tmp_path / "site-packages" / "vimdeploy" / "plugins"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(native, "PLUGIN_SRC", installed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert native.default_build_dir() == tmp_path / "cache" / "vimdeploy" / f"plugins-{__version__}"
+    monkeypatch.setenv("VIMDEPLOY_PLUGIN_BUILD_DIR", str(tmp_path / "mine"))
+    assert native.default_build_dir() == tmp_path / "mine"

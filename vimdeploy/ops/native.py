@@ -9,7 +9,8 @@ Two libraries implement `export/op_contract.md` behind one C struct
 * the CUDA kernel (`libvimdeploy_kernels.so`) and the TensorRT plugins: built by CMake +
   nvcc with `vimdeploy plugin build` (`build()` here).
 
-Build directory of `build()`: build_dir, else $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build.
+Build directory of `build()`: build_dir, else $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build
+in a checkout, else ~/.cache/vimdeploy/plugins-<version> (`default_build_dir`).
 $VIMDEPLOY_KERNEL_LIBRARY / $VIMDEPLOY_CPU_LIBRARY may point straight at a library.
 """
 
@@ -31,8 +32,9 @@ __all__ = [
     "find_nvcc",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-PLUGIN_SRC = REPO / "plugins"
+# The CMake project ships inside the package (package data); in a checkout vimdeploy/plugins
+# is a symlink to the repository's plugins/, so both read the same files.
+PLUGIN_SRC = Path(__file__).resolve().parent.parent / "plugins"
 DTYPES = {"float32": 0, "float16": 1}  # VIMDEPLOY_DTYPE_*
 _LIB_NAMES = {
     "kernels": "libvimdeploy_kernels.so",
@@ -76,7 +78,17 @@ def _declare(lib: ctypes.CDLL, name: str, argtypes, restype) -> None:
 # ---- locating ---------------------------------------------------------------------------
 
 def default_build_dir() -> Path:
-    return Path(os.environ.get("VIMDEPLOY_PLUGIN_BUILD_DIR") or PLUGIN_SRC / "build")
+    """$VIMDEPLOY_PLUGIN_BUILD_DIR; else plugins/build in a checkout (where vimdeploy/plugins is
+    the symlink); else, installed from a wheel (site-packages may be read-only, and is shared by
+    users), a per-user cache folder keyed by vimdeploy's version."""
+    if os.environ.get("VIMDEPLOY_PLUGIN_BUILD_DIR"):
+        return Path(os.environ["VIMDEPLOY_PLUGIN_BUILD_DIR"])
+    if PLUGIN_SRC.is_symlink():
+        return PLUGIN_SRC.resolve() / "build"
+    from .. import __version__
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "vimdeploy" / f"plugins-{__version__}"
 
 
 def library_paths(build_dir: str | Path | None = None) -> dict[str, Path]:
@@ -126,8 +138,8 @@ def build(build_dir=None, cuda_archs=None, tensorrt_root=None, jobs=None) -> dic
     if nvcc is None:
         raise PluginError("nvcc not found (PATH, $CUDACXX, /usr/local/cuda/bin): install the CUDA toolkit 12.x or 13.x")
     if not (PLUGIN_SRC / "CMakeLists.txt").is_file():
-        raise PluginError(f"plugin sources not found at {PLUGIN_SRC} (build from a source checkout)")
-    cfg = [cmake, "-S", str(PLUGIN_SRC), "-B", str(d), f"-DCMAKE_CUDA_COMPILER={nvcc}", "-DCMAKE_BUILD_TYPE=Release"]
+        raise PluginError(f"plugin sources not found at {PLUGIN_SRC} (reinstall vimdeploy, or build from a checkout)")
+    cfg = [cmake, "-S", str(PLUGIN_SRC.resolve()), "-B", str(d), f"-DCMAKE_CUDA_COMPILER={nvcc}", "-DCMAKE_BUILD_TYPE=Release"]
     if cuda_archs:
         archs = cuda_archs if isinstance(cuda_archs, str) else ";".join(str(a) for a in cuda_archs)
         cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
