@@ -182,7 +182,8 @@ def export_onnx(
     example_batch = fixed_batch or EXAMPLE_BATCH_FOR_DYNAMIC
     example = torch.randn(example_batch, cfg.in_chans, *example_hw)
     dynamic_shapes = _dynamic_shapes(cfg, fixed_batch, size)
-    say(f"exporting Vim {cfg.variant} at {format_img_size(size)} px ({tokens} tokens), {scan} flavor, "
+    at = "any resolution" if size == DYNAMIC else f"{format_img_size(size)} px ({tokens} tokens)"
+    say(f"exporting Vim {cfg.variant} at {at}, {scan} flavor, "
         f"batch {fixed_batch or 'dynamic'} (torch.export + onnxscript; about a minute per 24 layers "
         + ("for the onnx flavor)" if scan == "onnx" else "or less)"))
     t = time.perf_counter()
