@@ -160,9 +160,10 @@ def test_calibration_batches_fit_a_fixed_batch():
 
 
 @pytest.mark.parametrize("batch", ["1", "3"])
-def test_int8_export_with_a_fixed_batch_and_few_images(cli, tmp_path, batch):
+def test_int8_export_with_a_fixed_batch_and_few_images(cli, tmp_path, monkeypatch, batch):
     """Any number of calibration images with any export batch; no DequantizeLinear over INT32 (a
     quantized bias TensorRT cannot parse); the result passes `vimdeploy inspect`."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # calibrate here, not from a cached run
     calib = tmp_path / "calib"
     digits.write_calibration_images(calib, 7)
     out = tmp_path / "int8.onnx"
