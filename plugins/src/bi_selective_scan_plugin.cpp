@@ -4,8 +4,10 @@
  * IPluginV3 (IPluginV3OneCore / IPluginV3OneBuild / IPluginV3OneRuntime) with an
  * IPluginCreatorV3One, as TensorRT's samples/python/onnx_custom_plugin (customHardmaxPlugin).
  * Name "BiSelectiveScan", version "1", namespace "". Fields: delta_softplus (kINT32),
- * out_scale (kFLOAT32); the ONNX parser may also pass plugin_version / plugin_namespace
- * strings, which are accepted and ignored. enqueue calls the C API of the kernel library.
+ * out_scale (kFLOAT32). TensorRT's ONNX parser selects the creator by the node's op_type,
+ * `plugin_version` (default "1") and `plugin_namespace` (default "") by exact match, then
+ * passes only the fields getFieldNames() names (onnx-tensorrt loadFields): a node of
+ * another version never reaches this creator ("Plugin not found").
  *
  * Registration (see README.md), one source compiled twice:
  *  - VIMDEPLOY_STATIC_REGISTRATION=1 (libvimdeploy_trt_plugin.so): a static initializer
@@ -277,13 +279,7 @@ public:
                     else
                         return fail("out_scale must be a float");
                 }
-                else if (std::strcmp(f.name, "plugin_version") == 0 && f.type == PluginFieldType::kCHAR)
-                {
-                    std::string const v(static_cast<char const*>(f.data), strnlen(static_cast<char const*>(f.data), f.length));
-                    if (!v.empty() && v != kPluginVersion)
-                        return fail("plugin_version " + v + " requested, this library implements " + kPluginVersion);
-                }
-                // plugin_namespace and unknown fields: ignored.
+                // Other fields: ignored (the parser sends only the names above).
             }
             return new BiSelectiveScanPlugin(deltaSoftplus, outScale);
         }
