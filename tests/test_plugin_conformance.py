@@ -210,15 +210,21 @@ def test_plugin_is_one_file(build, library):
     assert not [n for n in needed(build[library]) if "vimdeploy" in n]
 
 
+@pytest.fixture(scope="module")
+def gpu_cases(exported_node, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """The node and the cases with data (inputs, fp64 reference, bounds): written once."""
+    d = tmp_path_factory.mktemp("cases")
+    return write_node(exported_node, d / "node.txt"), [write_case(d / f"c{i}", *c, data=True, seed=i)
+                                                       for i, c in enumerate(CASES)]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason="enqueue needs an NVIDIA GPU (torch.cuda.is_available() is false)")
 @pytest.mark.parametrize("library", ["static", "dynamic"])
-def test_enqueue_matches_the_reference(build, exported_node, tmp_path_factory, library):
+def test_enqueue_matches_the_reference(build, gpu_cases, library):
     """enqueue and CUDA graph replay against the fp64 reference, built on 114 SMs and run on
     132, inside exactly the workspace it asked for."""
-    d = tmp_path_factory.mktemp(f"cases-{library}")
-    node = write_node(exported_node, d / "node.txt")
-    cases = [write_case(d / f"c{i}", *c, data=True, seed=i) for i, c in enumerate(CASES)]
+    node, cases = gpu_cases
     sanitizer = os.environ.get("VIMDEPLOY_SANITIZER") == "1"
     r = run_harness(build, library, node, cases, "--build-sms", str(BUILD_SMS), "--run-sms", str(RUN_SMS),
                     sanitizer=sanitizer)

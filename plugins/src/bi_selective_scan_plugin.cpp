@@ -126,7 +126,7 @@ public:
     // IPluginV3OneBuild
     int32_t getNbOutputs() const noexcept override { return kNbOutputs; }
 
-    int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out,
+    int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/,
         int32_t nbOutputs) noexcept override
     {
         if (nbInputs != kNbInputs || nbOutputs != kNbOutputs)
@@ -179,7 +179,9 @@ public:
     {
         if (nbInputs != kNbInputs)
             return 0;
-        // Independent of batch and L; lets the kernel split L when batch * E is small.
+        // A function of E alone (not of batch, L or the GPU): enqueue, maybe on another GPU
+        // after deserialization, computes the same number from the same E and passes it to
+        // the kernel, which never uses more. Lets the kernel split L when batch * E is small.
         return vimdeploy_bi_selective_scan_workspace_size(inputs[kXFwd].max.d[2], kDState);
     }
 
@@ -198,6 +200,7 @@ public:
         int64_t const N = inputDesc[kBFwd].dims.d[2];
         int const dtype
             = inputDesc[kXFwd].type == DataType::kHALF ? VIMDEPLOY_DTYPE_FLOAT16 : VIMDEPLOY_DTYPE_FLOAT32;
+        // What getWorkspaceSize returned at build time (same E; device-independent).
         size_t const wsBytes = workspace ? vimdeploy_bi_selective_scan_workspace_size(E, N) : 0;
         auto f = [&](int32_t i) { return static_cast<float const*>(inputs[i]); };
         int const rc = vimdeploy_bi_selective_scan(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5],
