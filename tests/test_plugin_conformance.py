@@ -113,7 +113,7 @@ def exported_node(tmp_path_factory) -> onnx.NodeProto:
 
 
 def write_case(d: Path, batch: int, L: int, E: int, dtype: torch.dtype, max_batch: int, max_L: int,
-               data: bool, seed: int = 0, out_scale: float = 0.5) -> Path:
+               data: bool, seed: int = 0, node: onnx.NodeProto | None = None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "case.txt").write_text(f"dtype {'fp16' if dtype == torch.float16 else 'fp32'}\nbatch {batch}\nL {L}\nE {E}\n"
                                 f"max_batch {max_batch}\nmax_L {max_L}\n")
@@ -123,7 +123,8 @@ def write_case(d: Path, batch: int, L: int, E: int, dtype: torch.dtype, max_batc
         args = make_inputs(batch, L, E, dtype, seed=seed, device="cpu")
         for i, a in enumerate(args):
             (d / f"in{i}.bin").write_bytes(a.contiguous().numpy().tobytes())
-        ref, yf, yb, gate, mag = ground_truth(args, True, out_scale)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}  # what the plugin gets
+        ref, yf, yb, gate, mag = ground_truth(args, bool(attrs["delta_softplus"]), float(attrs["out_scale"]))
         # The bounds of tests/test_plugin_cuda.check: fp32-level, plus the fp16 roundings.
         bound = 1e-5 * (ref.abs() + mag) + 1e-7 * ref.abs().max()
         if dtype == torch.float16:
@@ -214,8 +215,8 @@ def test_plugin_is_one_file(build, library):
 def gpu_cases(exported_node, tmp_path_factory) -> tuple[Path, list[Path]]:
     """The node and the cases with data (inputs, fp64 reference, bounds): written once."""
     d = tmp_path_factory.mktemp("cases")
-    return write_node(exported_node, d / "node.txt"), [write_case(d / f"c{i}", *c, data=True, seed=i)
-                                                       for i, c in enumerate(CASES)]
+    return write_node(exported_node, d / "node.txt"), [
+        write_case(d / f"c{i}", *c, data=True, seed=i, node=exported_node) for i, c in enumerate(CASES)]
 
 
 @pytest.mark.cuda
