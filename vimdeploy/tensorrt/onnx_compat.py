@@ -28,10 +28,22 @@ from .plugin import PLUGIN_OP
 
 __all__ = ["Finding", "check_onnx", "PLUGIN_CONTRACT"]
 
-# BiSelectiveScan: the attributes TensorRT passes to the creator, with their ONNX types.
-PLUGIN_CONTRACT = {"inputs": 15, "outputs": 1, "activations": range(9), "fp32_inputs": range(9, 15),
-                   "attributes": {"delta_softplus": onnx.AttributeProto.INT, "out_scale": onnx.AttributeProto.FLOAT},
-                   "selectors": {"plugin_version": "1", "plugin_namespace": ""}}
+@dataclass(frozen=True)
+class PluginContract:
+    """BiSelectiveScan as TensorRT sees it (export/op_contract.md, the plugin's creator)."""
+
+    inputs: int = 15
+    outputs: int = 1
+    activations: range = range(9)  # z, x/dt/B/C of both directions: all fp32 or all fp16
+    fp32_inputs: range = range(9, 15)  # A, D, dt biases
+    # the creator's fields (getFieldNames) with the ONNX attribute types loadFields maps to them
+    attributes: tuple[tuple[str, int], ...] = (("delta_softplus", onnx.AttributeProto.INT),
+                                               ("out_scale", onnx.AttributeProto.FLOAT))
+    # the attributes that select the creator, with the values it is registered under
+    selectors: tuple[tuple[str, str], ...] = (("plugin_version", "1"), ("plugin_namespace", ""))
+
+
+PLUGIN_CONTRACT = PluginContract()
 
 # IDequantizeLayer inputs (TensorRT 10.x/11.x): INT8, FP8 E4M3, INT4, FP4 E2M1.
 DQ_INPUT_TYPES = {TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4,
@@ -125,32 +137,32 @@ def _resize(node: onnx.NodeProto) -> Iterator[Finding]:
 
 def _scan_node(g: _Graph, node: onnx.NodeProto) -> Iterator[Finding]:
     name, c = _name(node), PLUGIN_CONTRACT
-    if len(node.input) != c["inputs"] or len(node.output) != c["outputs"]:
-        yield Finding("error", name, f"{PLUGIN_OP} takes {c['inputs']} inputs and gives {c['outputs']} output; "
+    if len(node.input) != c.inputs or len(node.output) != c.outputs:
+        yield Finding("error", name, f"{PLUGIN_OP} takes {c.inputs} inputs and gives {c.outputs} output; "
                       f"this node has {len(node.input)} and {len(node.output)}")
         return
     attrs = {a.name: a for a in node.attribute}
-    for key, kind in c["attributes"].items():
+    for key, kind in c.attributes:
         if key not in attrs:
             yield Finding("error", name, f"attribute {key} missing (the op contract has no default for it)")
         elif attrs[key].type != kind:
             yield Finding("error", name, f"attribute {key} is {onnx.AttributeProto.AttributeType.Name(attrs[key].type)}, "
                           f"the plugin field expects {onnx.AttributeProto.AttributeType.Name(kind)}")
-    for key, expected in c["selectors"].items():
+    for key, expected in c.selectors:
         if key in attrs:
             a = attrs[key]
             value = a.s.decode() if a.type == onnx.AttributeProto.STRING else None
             if value != expected:
                 yield Finding("error", name, f"{key} {value!r}: TensorRT looks the creator up by exact match and the "
                               f"plugin is registered as {expected!r} (\"Plugin not found\" otherwise)")
-    for key in sorted(set(attrs) - set(c["attributes"]) - set(c["selectors"])):
+    for key in sorted(set(attrs) - {k for k, _ in c.attributes} - {k for k, _ in c.selectors}):
         yield Finding("warning", name, f"attribute {key} is not a plugin field: TensorRT ignores it")
     types = [g.types.get(i, 0) for i in node.input]
-    act = {types[i] for i in c["activations"] if types[i]}
+    act = {types[i] for i in c.activations if types[i]}
     if len(act) > 1 or act - {TensorProto.FLOAT, TensorProto.FLOAT16}:
         yield Finding("error", name, "activations (inputs 0-8) must all be FLOAT or all FLOAT16; they are "
                       + ", ".join(sorted(_type_name(t) for t in act)))
-    for i in c["fp32_inputs"]:
+    for i in c.fp32_inputs:
         if types[i] and types[i] != TensorProto.FLOAT:
             yield Finding("error", name, f"input {i} ({node.input[i]}) is {_type_name(types[i])}; A, D and the dt "
                           "biases are FLOAT by the op contract")
