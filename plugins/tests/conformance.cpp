@@ -25,6 +25,10 @@
  *
  * --host-only stops before enqueue (no GPU needed). Exit status 0 when every check passed.
  */
+#include "cases.h"
+#include "onnx_node.h"
+#include "standins.h"
+
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
 
@@ -35,19 +39,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
 using namespace nvinfer1;
+using namespace conformance;
 
-namespace
+namespace conformance
 {
-
 int gChecks = 0;
 int gFailures = 0;
 
@@ -61,266 +62,10 @@ bool check(bool ok, std::string const& what)
     }
     return ok;
 }
+} // namespace conformance
 
-// ---------------------------------------------------------------------------- TensorRT stand-ins
-
-class Logger final : public ILogger
+namespace
 {
-public:
-    void log(Severity severity, AsciiChar const* msg) noexcept override
-    {
-        std::printf("[plugin log %d] %s\n", static_cast<int>(severity), msg);
-    }
-};
-
-class LoggerFinder final : public ILoggerFinder
-{
-public:
-    ILogger* findLogger() override { return &logger; }
-    Logger logger;
-};
-
-class ResourceContext final : public IPluginResourceContext
-{
-public:
-    IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
-    IErrorRecorder* getErrorRecorder() const noexcept override { return nullptr; }
-};
-
-// A working IExprBuilder: constants fold, anything involving a symbol is a new symbol.
-class ExprImpl final : public apiv::VDimensionExpr
-{
-public:
-    ExprImpl(bool constant, int64_t value) : mConstant(constant), mValue(value) {}
-    bool isConstant() const override { return mConstant; }
-    int64_t getConstantValue() const override { return mConstant ? mValue : -1; }
-    bool isSizeTensor() const override { return false; }
-
-private:
-    bool mConstant;
-    int64_t mValue;
-};
-
-class Expr final : public IDimensionExpr
-{
-public:
-    explicit Expr(apiv::VDimensionExpr* impl) { mImpl = impl; }
-    ~Expr() override = default;
-};
-
-class ExprBuilderImpl final : public apiv::VExprBuilder
-{
-public:
-    IDimensionExpr const* constant(int64_t value) override { return make(true, value); }
-    IDimensionExpr const* symbol() { return make(false, 0); }
-    IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
-    {
-        if (!a.isConstant() || !b.isConstant())
-            return make(false, 0);
-        int64_t const x = a.getConstantValue(), y = b.getConstantValue();
-        switch (op)
-        {
-        case DimensionOperation::kSUM: return constant(x + y);
-        case DimensionOperation::kPROD: return constant(x * y);
-        case DimensionOperation::kMAX: return constant(x > y ? x : y);
-        case DimensionOperation::kMIN: return constant(x < y ? x : y);
-        case DimensionOperation::kSUB: return constant(x - y);
-        case DimensionOperation::kEQUAL: return constant(x == y);
-        case DimensionOperation::kLESS: return constant(x < y);
-        case DimensionOperation::kFLOOR_DIV: return y ? constant(x / y) : nullptr;
-        case DimensionOperation::kCEIL_DIV: return y ? constant((x + y - 1) / y) : nullptr;
-        }
-        return nullptr;
-    }
-    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
-    {
-        return nullptr; // our plugin declares no size tensors
-    }
-
-private:
-    IDimensionExpr const* make(bool constant, int64_t value)
-    {
-        mImpls.emplace_back(constant, value);
-        mExprs.emplace_back(&mImpls.back());
-        return &mExprs.back();
-    }
-    std::deque<ExprImpl> mImpls;
-    std::deque<Expr> mExprs;
-};
-
-class ExprBuilder final : public IExprBuilder
-{
-public:
-    ExprBuilder() { mImpl = &impl; }
-    ~ExprBuilder() override = default;
-    ExprBuilderImpl impl;
-};
-
-// ---------------------------------------------------------------------------- inputs
-
-struct Attr
-{
-    std::string type; // INT, FLOAT, STRING (ONNX attribute types)
-    std::string value;
-};
-
-struct Node
-{
-    std::string opType, name;
-    std::map<std::string, Attr> attrs;
-};
-
-Node readNode(std::string const& path)
-{
-    Node node;
-    std::ifstream f(path);
-    std::string line;
-    while (std::getline(f, line))
-    {
-        std::istringstream ss(line);
-        std::string key;
-        ss >> key;
-        if (key == "op_type")
-            ss >> node.opType;
-        else if (key == "name")
-            ss >> node.name;
-        else if (key == "attr")
-        {
-            std::string name, type, value;
-            ss >> name >> type;
-            std::getline(ss >> std::ws, value);
-            node.attrs[name] = {type, value};
-        }
-    }
-    return node;
-}
-
-std::map<std::string, std::string> readKeyValues(std::string const& path)
-{
-    std::map<std::string, std::string> kv;
-    std::ifstream f(path);
-    std::string key, value;
-    while (f >> key >> value)
-        kv[key] = value;
-    return kv;
-}
-
-std::vector<char> readBytes(std::string const& path)
-{
-    std::ifstream f(path, std::ios::binary);
-    return std::vector<char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-// onnx-tensorrt's loadFields: the creator's field names, filled from the node's attributes.
-struct Fields
-{
-    std::vector<PluginField> fields;
-    std::deque<std::vector<char>> storage;
-    PluginFieldCollection fc{};
-};
-
-void loadFields(Fields& out, Node const& node, PluginFieldCollection const* names)
-{
-    for (int32_t i = 0; names && i < names->nbFields; ++i)
-    {
-        char const* name = names->fields[i].name;
-        auto it = node.attrs.find(name);
-        if (it == node.attrs.end())
-        {
-            std::printf("note: attribute %s not on the node (the creator's default applies)\n", name);
-            continue;
-        }
-        Attr const& a = it->second;
-        std::vector<char> bytes;
-        PluginFieldType type{};
-        int32_t length = 1;
-        if (a.type == "INT")
-        {
-            int32_t const v = static_cast<int32_t>(std::stoll(a.value)); // the parser narrows to int32
-            bytes.assign(reinterpret_cast<char const*>(&v), reinterpret_cast<char const*>(&v) + sizeof v);
-            type = PluginFieldType::kINT32;
-        }
-        else if (a.type == "FLOAT")
-        {
-            float const v = std::stof(a.value);
-            bytes.assign(reinterpret_cast<char const*>(&v), reinterpret_cast<char const*>(&v) + sizeof v);
-            type = PluginFieldType::kFLOAT32;
-        }
-        else if (a.type == "STRING")
-        {
-            bytes.assign(a.value.begin(), a.value.end());
-            bytes.push_back('\0');
-            type = PluginFieldType::kCHAR;
-            length = static_cast<int32_t>(bytes.size());
-        }
-        else
-        {
-            check(false, std::string("attribute ") + name + " has type " + a.type + ", which loadFields cannot pass");
-            continue;
-        }
-        out.storage.push_back(std::move(bytes));
-        out.fields.emplace_back(name, out.storage.back().data(), type, length);
-    }
-    out.fc.nbFields = static_cast<int32_t>(out.fields.size());
-    out.fc.fields = out.fields.data();
-}
-
-// What serialization does to getFieldsToSerialize(): copy every field's bytes.
-void copyFields(Fields& out, PluginFieldCollection const* fc)
-{
-    static const std::map<PluginFieldType, size_t> kSize{{PluginFieldType::kFLOAT16, 2}, {PluginFieldType::kFLOAT32, 4},
-        {PluginFieldType::kFLOAT64, 8}, {PluginFieldType::kINT8, 1}, {PluginFieldType::kINT16, 2},
-        {PluginFieldType::kINT32, 4}, {PluginFieldType::kCHAR, 1}, {PluginFieldType::kINT64, 8}};
-    for (int32_t i = 0; fc && i < fc->nbFields; ++i)
-    {
-        PluginField const& f = fc->fields[i];
-        auto const size = kSize.find(f.type);
-        if (!check(size != kSize.end() && f.data != nullptr && f.length >= 1,
-                std::string("serialized field ") + (f.name ? f.name : "?") + " has a plain type, data and length"))
-            continue;
-        auto const* p = static_cast<char const*>(f.data);
-        out.storage.emplace_back(p, p + size->second * f.length);
-        out.storage.emplace_back(f.name, f.name + std::strlen(f.name) + 1);
-        out.fields.emplace_back(out.storage.back().data(), out.storage[out.storage.size() - 2].data(), f.type, f.length);
-    }
-    out.fc.nbFields = static_cast<int32_t>(out.fields.size());
-    out.fc.fields = out.fields.data();
-}
-
-// ---------------------------------------------------------------------------- shapes
-
-constexpr int32_t kIn = 15;
-constexpr int32_t kN = 16;
-
-struct Shape
-{
-    int64_t batch, L, E;
-};
-
-Dims dims(std::initializer_list<int64_t> v)
-{
-    Dims d{};
-    d.nbDims = static_cast<int32_t>(v.size());
-    int i = 0;
-    for (int64_t x : v)
-        d.d[i++] = x;
-    return d;
-}
-
-Dims inputDims(int32_t i, Shape s)
-{
-    if (i < 9)
-        return (i == 3 || i == 4 || i == 7 || i == 8) ? dims({s.batch, s.L, kN}) : dims({s.batch, s.L, s.E});
-    return (i == 9 || i == 10) ? dims({s.E, kN}) : dims({s.E});
-}
-
-DataType inputType(int32_t i, DataType act) { return i < 9 ? act : DataType::kFLOAT; }
-
-void setEnvSms(int sms)
-{
-    if (sms > 0)
-        setenv("VIMDEPLOY_SM_COUNT", std::to_string(sms).c_str(), 1);
-}
 
 // ---------------------------------------------------------------------------- the checks
 
@@ -378,54 +123,6 @@ void checkFormats(IPluginV3OneBuild* b, DataType act)
     rejects(kIn, act == DataType::kFLOAT ? DataType::kHALF : DataType::kFLOAT, TensorFormat::kLINEAR,
         "an output of another type than the activations");
     rejects(0, act, TensorFormat::kCHW32, "a vectorized format");
-}
-
-struct Case
-{
-    std::string dir;
-    DataType act = DataType::kFLOAT;
-    Shape shape{}, maxShape{};
-};
-
-Case readCase(std::string const& dir)
-{
-    auto kv = readKeyValues(dir + "/case.txt");
-    Case c;
-    c.dir = dir;
-    c.act = kv["dtype"] == "fp16" ? DataType::kHALF : DataType::kFLOAT;
-    c.shape = {std::stoll(kv["batch"]), std::stoll(kv["L"]), std::stoll(kv["E"])};
-    c.maxShape = {std::stoll(kv["max_batch"]), std::stoll(kv["max_L"]), c.shape.E};
-    return c;
-}
-
-float halfToFloat(uint16_t h)
-{
-    uint32_t const sign = uint32_t(h & 0x8000) << 16;
-    int32_t exp = (h >> 10) & 0x1f;
-    uint32_t mant = h & 0x3ff;
-    uint32_t bits;
-    if (exp == 0x1f)
-        bits = sign | 0x7f800000 | (mant << 13);
-    else if (exp == 0)
-    {
-        if (mant == 0)
-            bits = sign;
-        else
-        {
-            exp = 1;
-            while (!(mant & 0x400))
-            {
-                mant <<= 1;
-                --exp;
-            }
-            bits = sign | uint32_t(exp + 112) << 23 | (mant & 0x3ff) << 13;
-        }
-    }
-    else
-        bits = sign | uint32_t(exp + 112) << 23 | mant << 13;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
 }
 
 #define CUDA_OK(call) check((call) == cudaSuccess, std::string(#call) + ": " + cudaGetErrorString(cudaGetLastError()))
