@@ -380,7 +380,7 @@ def demo(checkpoint, out_dir, as_json):
 
 @main.group()
 def plugin():
-    """The BiSelectiveScan CUDA kernel and TensorRT plugin (plugins/, built with CMake + nvcc)."""
+    """The native BiSelectiveScan libraries: CUDA kernel and TensorRT plugin (plugins/, CMake + nvcc), CPU kernel."""
 
 
 @plugin.command("build")
@@ -403,11 +403,13 @@ def plugin_build(build_dir, cuda_archs, tensorrt_root, jobs, as_json):
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @json_option
 def plugin_path(build_dir, as_json):
-    """Print the paths of the built libraries (kernel, TensorRT plugin); exit 1 if none is built."""
+    """Print the paths of the built libraries (CUDA kernel, TensorRT plugins, CPU kernel); exit 1 if none is built."""
     from .errors import ArtifactError
-    from .ops.native import library_paths
+    from .ops.native import cpu_library_path, library_paths
 
     paths = library_paths(build_dir)
+    if "cpu" not in paths and cpu_library_path() is not None:
+        paths["cpu"] = cpu_library_path()
     if not paths:
         raise ArtifactError("no plugin library is built yet: run `vimdeploy plugin build`.")
     emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])

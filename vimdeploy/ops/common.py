@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .inputs import D_STATE, ScanInputs
+from .inputs import D_STATE, INPUT_NAMES, PARAMETERS, ScanInputs
 from .native import PluginError, ScanParams
 
 KERNEL_DTYPES = {torch.float32: "float32", torch.float16: "float16"}
@@ -19,14 +19,9 @@ def prepare(inputs: ScanInputs, device_type: str) -> tuple[ScanInputs, torch.dty
     if x.dim() != 3 or inputs.A_fwd.dim() != 2 or inputs.A_fwd.shape[-1] != D_STATE:
         raise PluginError(f"expected x (b, L, E) and A (E, {D_STATE}); got x {tuple(x.shape)}, A {tuple(inputs.A_fwd.shape)}")
     act = x.dtype if x.dtype in KERNEL_DTYPES else torch.float32
-    b, L, E = x.shape
-    shapes = {"x": (b, L, E), "d": (b, L, E), "z": (b, L, E), "B": (b, L, D_STATE), "C": (b, L, D_STATE),
-              "A": (E, D_STATE), "D": (E,)}
     tensors = []
-    for name, t in zip(inputs._fields, inputs):
-        param = name.startswith(("A_", "D_", "dt_bias"))
-        t = t.to(torch.float32 if param else act).contiguous()
-        want = (E,) if name.startswith("dt_bias") else shapes[name[0]]
+    for name, t, want in zip(INPUT_NAMES, inputs, ScanInputs.shapes(*x.shape)):
+        t = t.to(torch.float32 if name in PARAMETERS else act).contiguous()
         if tuple(t.shape) != want or t.device != x.device:
             raise PluginError(f"{name}: expected shape {want} on {x.device}, got {tuple(t.shape)} on {t.device}")
         tensors.append(t)

@@ -36,7 +36,8 @@ def _kernel(inputs, *, delta_softplus, out_scale):
     return y.to(inputs.x_fwd.dtype)
 
 
-_op = define_scan_op("bi_selective_scan_cpu", {"CPU": _kernel})
+# Registered for CUDA tensors too, so that they get a PluginError that says why, not a dispatcher error.
+_op = define_scan_op("bi_selective_scan_cpu", {"CPU": _kernel, "CUDA": _kernel})
 
 
 def bi_selective_scan_cpu(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):

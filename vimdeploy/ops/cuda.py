@@ -48,7 +48,8 @@ def _kernel(inputs, *, delta_softplus, out_scale):
     return y.to(inputs.x_fwd.dtype)
 
 
-_op = define_scan_op("bi_selective_scan_cuda", {"CUDA": _kernel})
+# Registered for CPU tensors too, so that they get a PluginError that says why, not a dispatcher error.
+_op = define_scan_op("bi_selective_scan_cuda", {"CUDA": _kernel, "CPU": _kernel})
 
 
 def bi_selective_scan_cuda(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):

@@ -56,6 +56,13 @@ def _cuda(inputs, *, delta_softplus, out_scale):
 _op = define_scan_op("bi_selective_scan", {"CPU": _cpu, "CUDA": _cuda})
 
 
+def resolve(device_type: str) -> str:
+    """The backend "auto" runs on a device ("cpu" or "cuda"), for reports."""
+    if device_type == "cuda":
+        return "cuda" if "kernels" in library_paths() else "fast"
+    return "cpu" if cpu_available() else "fast"
+
+
 def bi_selective_scan(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):
     """Scan backend "auto": the native kernel of the inputs' device where built, else "fast"."""
     return call(_op, inputs, delta_softplus, out_scale)

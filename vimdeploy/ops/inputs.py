@@ -45,6 +45,12 @@ class ScanInputs(NamedTuple):
     def map(self, fn) -> "ScanInputs":
         return ScanInputs(*(fn(t) for t in self))
 
+    @staticmethod
+    def shapes(b: int, L: int, E: int, N: int = D_STATE) -> "ScanInputs":
+        """The contract's shape of every input."""
+        act, bc = (b, L, E), (b, L, N)
+        return ScanInputs(act, act, act, bc, bc, act, act, bc, bc, (E, N), (E, N), (E,), (E,), (E,), (E,))
+
 
 INPUT_NAMES: tuple[str, ...] = ScanInputs._fields
 ACTIVATIONS = INPUT_NAMES[:9]  # dtype T of the contract (fp32 or fp16)

@@ -35,5 +35,10 @@ class TorchEngine(Engine):
 
     def describe(self) -> dict:
         cfg = self.model.cfg
-        return {"backend": "pytorch", "scan": getattr(self.model.scan, "__name__", self.model.scan), "device": str(self.device),
+        scan = getattr(self.model.scan, "__name__", self.model.scan)
+        if scan == "auto":
+            from ..ops.dispatch import resolve
+
+            scan = f"auto ({resolve(self.device.type)})"
+        return {"backend": "pytorch", "scan": scan, "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "variant": cfg.variant}
