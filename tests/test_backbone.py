@@ -284,7 +284,8 @@ def test_evaluate_with_a_labels_file_and_bad_data(cli, tmp_path):
 # ------------------------------------------------------------------- TensorRT profiles (pure helpers)
 
 def test_build_profiles_over_height_and_width():
-    from vimdeploy.engine_build import check_profile_grid, make_profile, parse_size_range
+    from vimdeploy.tensorrt.builder import make_profile
+    from vimdeploy.tensorrt.profiles import check_profile_grid, parse_size_range
     from vimdeploy.errors import InputError
 
     assert parse_size_range(None) is None
@@ -296,9 +297,11 @@ def test_build_profiles_over_height_and_width():
             parse_size_range(bad)
     profile = make_profile([None, 3, None, None], (1, 4, 8), parse_size_range("224x320:384x640:1248x1248"))
     assert profile == {"min": [1, 3, 224, 320], "opt": [4, 3, 384, 640], "max": [8, 3, 1248, 1248]}
-    check_profile_grid(profile, 16, 16)
+    check_profile_grid(profile, {"patch_size": "16", "stride": "16"})
+    check_profile_grid(profile, {})  # an ONNX without the metadata: nothing to check
     with pytest.raises(InputError, match="230"):
-        check_profile_grid(make_profile([None, 3, None, None], None, parse_size_range("224:230:1248")), 16, 16)
+        check_profile_grid(make_profile([None, 3, None, None], None, parse_size_range("224:230:1248")),
+                           {"patch_size": "16", "stride": "16"})
     # A fixed non-square export: its own size is accepted, another is refused.
     assert make_profile([1, 3, 224, 320], None, parse_size_range("224x320"))["opt"] == [1, 3, 224, 320]
     with pytest.raises(InputError, match="fixed 224x320"):

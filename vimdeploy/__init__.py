@@ -26,7 +26,7 @@ _API = {
     "validate_artifact": ("vimdeploy.validation",),
     "evaluate": ("vimdeploy.evaluation",),
     "open_engine": ("vimdeploy.runtime",),
-    "build_engine": ("vimdeploy.tensorrt", "vimdeploy.engine_build"),
+    "build_engine": ("vimdeploy.tensorrt.builder",),
 }
 
 __all__ = ["__version__", *_API]
