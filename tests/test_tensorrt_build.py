@@ -110,7 +110,7 @@ def test_build_precision_uses_the_tensorrt_preset_recipe(cli, monkeypatch, tmp_p
     (tmp_path / "m.onnx").write_bytes(b"x")
     result = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.plan", flag, "--calib", tmp_path)
     assert result.exit_code == 0, result.output
-    preset = json.loads((REPO / "export" / "presets" / f"tensorrt-{flag[2:]}.json").read_text())
+    preset = json.loads((REPO / "vimdeploy" / "export" / "presets" / f"tensorrt-{flag[2:]}.json").read_text())
     options = seen["convert_options"]
     assert options["calib"] == tmp_path
     if flag == "--int8":
