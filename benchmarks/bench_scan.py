@@ -143,7 +143,7 @@ def load_official():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--variants", action="store_true", help="also time kernel variants 1..4 and forced L splits")
+    ap.add_argument("--variants", action="store_true", help="also time kernel variants 1..6 and forced L splits")
     ap.add_argument("--quick", action="store_true", help="Vim-Ti only")
     ap.add_argument("--no-fast", action="store_true", help="skip the PyTorch fast scan")
     ap.add_argument("--no-official", action="store_true", help="skip mamba_ssm even if it imports")
@@ -191,7 +191,7 @@ def main():
 
                 row["cuda"] = summary(time_graph([ours(i) for i in range(sets)]))
                 if args.variants:
-                    for v in (1, 2, 3, 4):
+                    for v in (1, 2, 3, 4, 5, 6):
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
                     for ch in ((1, 2, 4, 8, 16, 32, 64) if b == 1 else (1, 2)):
                         if ch <= L // 32:

@@ -103,11 +103,38 @@ __device__ __forceinline__ float softplus(float v)
     q = fmaf(q, w, 3.3318120e-1f);
     q = fmaf(q, w, -4.9999446e-1f);
     q = fmaf(q, w, 9.9999994e-1f);
-    return v > 20.f ? v : fmaxf(v, 0.f) + w * q;
+    // No branch for the v > 20 rule: there w * q < 2.1e-9 is below half an ulp of v (9.5e-7),
+    // so max(v, 0) + w * q rounds to v exactly. A branch here split the hot loop into basic
+    // blocks (with divergence bookkeeping around every shuffle) and cost more than the FMAs.
+    return fmaf(w, q, fmaxf(v, 0.f));
 }
+
+// Keeps v in a register here: stops the compiler from sinking its computation into a branch
+// on a run-time flag (a uniform select is 1 instruction; a branch splits the hot loop).
+__device__ __forceinline__ float materialize(float v)
+{
+    asm volatile("" : "+f"(v));
+    return v;
+}
+
 
 // silu(v) = v / (1 + exp(-v)); for v < -88 the denominator is inf and the result 0.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + ex2Mufu(-v * kLog2e)); }
+
+// Predicated store (st.global.cg: the other warp reads the partials back from L2). Written in
+// PTX so that it stays one predicated instruction: as `if (ok) store`, the compiler made a
+// branch per step in the 2-threads-per-channel variants, and each step became its own basic
+// block (no overlap of one step's exps with the previous step's tail).
+__device__ __forceinline__ void storeIf(bool ok, float* q, float v)
+{
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %0, 0;\n\t@p st.global.cg.f32 [%1], %2;\n\t}" ::"r"(int(ok)),
+        "l"(q), "f"(v) : "memory");
+}
+__device__ __forceinline__ void storeIf(bool ok, __half* q, __half v)
+{
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %0, 0;\n\t@p st.global.cg.b16 [%1], %2;\n\t}" ::"r"(int(ok)),
+        "l"(q), "h"(__half_as_ushort(v)) : "memory");
+}
 
 enum Mode
 {
@@ -163,14 +190,16 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
             if (!kGuard || s + i < s1)
             {
                 int const oi = i * step32;
-                px[i] = qx[oi];
-                pdt[i] = qdt[oi];
+                px[i] = __ldg(qx + (oi));
+                pdt[i] = __ldg(qdt + (oi));
                 if (kOut || lane < kN)
-                    pbc[i] = qbc[i * bcStep];
+                    pbc[i] = __ldg(qbc + (i * bcStep));
                 if (kMode == kSecond)
                 {
-                    pz[i] = qz[oi];
-                    pp[i] = qp[oi]; // the other direction's partial (written before the barrier)
+                    pz[i] = __ldg(qz + (oi));
+                    // the other direction's partial, written in this launch before the barrier:
+                    // an L2 load, not the non-coherent read-only path
+                    pp[i] = __ldcg(qp + (oi));
                 }
             }
         }
@@ -193,7 +222,8 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         {
             int const j = kTPC == 2 && ln.part ? i + 1 : i;
             float const v = toF(kTPC == 2 && ln.part ? pdt[i + 1] : pdt[i]) + ln.bias;
-            float const d = p.softplus ? softplus(v) : v;
+            float const sp = materialize(softplus(v)); // computed even when unused: no branch
+            float const d = p.softplus ? sp : v;
             float gz = 0.f;
             if (kMode == kSecond)
                 gz = silu(toF(kTPC == 2 && ln.part ? pz[i + 1] : pz[i])) * p.scale;
@@ -272,8 +302,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
                 y = fmaf(ln.D, xv, y);
                 if (kMode == kSecond)
                     y = (y + toF(cp[i])) * g[i];
-                if (ln.store)
-                    qy[i * step32] = fromF<T>(y);
+                storeIf(ln.store, qy + i * step32, fromF<T>(y));
             }
         }
     };
@@ -458,6 +487,8 @@ cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail
     case 1: return launch<T, 4, 1>(p, numChunks, wsAvail, stream);
     case 2: return launch<T, 8, 1>(p, numChunks, wsAvail, stream);
     case 3: return launch<T, 4, 2>(p, numChunks, wsAvail, stream);
+    case 5: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
+    case 6: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
     case 4:
     default: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
     }
