@@ -489,12 +489,14 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 }
 
 // Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.
-// Measured on an H100 (docs/kernel.md): one thread per channel (variants 1, 2) wins when
-// the grid has >= 4 blocks per SM, and when a long sequence is split into chunks (batch 1);
-// two threads per channel (variant 4: twice the warps, spread evenly over an SM's 4
-// schedulers) wins in fp16 when few channels are in flight and L is not split (Vim-Ti at
-// batch 32) and for short sequences at batch 1; in fp32 that case goes to variant 2 (Vim-Ti
-// L=6085 batch 32: 1.34 vs 1.45 ms; fp32 loads cost more per step than the states saved).
+// Measured on an H100 (bench_scan.py --variants, docs/kernel.md):
+// - the grid has >= 4 blocks per SM (L=197 batch 128, Vim-S/B at batch 32): one thread per
+//   channel; 8 steps per chunk for long sequences (variant 2: L=6085 batch 32 3-8% faster
+//   than variant 1), 4 for short ones (variant 1: L=197 batch 128 1-4% faster than 2);
+// - L split into chunks (batch 1): variant 2 for L >= 2048, else variant 4;
+// - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel (variant
+//   4: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms for
+//   variant 2), fp32 variant 2 (1.28 vs 1.40 ms for variant 4).
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
@@ -502,7 +504,7 @@ int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
     if (split)
         return L >= 2048 ? 2 : 4;
     if (blocks >= 4 * smCount())
-        return 1;
+        return L >= 2048 ? 2 : 1;
     return fp32 ? 2 : 4;
 }
 
