@@ -29,8 +29,11 @@
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
  *   threads of a channel (kTPC = 2: 8 states each, twice the warps, which balances the
- *   warps over the 4 schedulers of an SM) split the softplus and the silu gate of a pair
- *   of steps and swap them with a shuffle, loads of full chunks are unguarded.
+ *   warps over the 4 schedulers of an SM) split the per-step work by parity: each loads
+ *   x, dt, z and the partial, computes softplus, delta * x and the gate, and stores y only
+ *   for its own (even or odd) steps, and the pair swaps deltas and half-sums of y with
+ *   shuffles; loads of full chunks are unguarded; the hot loop has no branches (a branch
+ *   splits a chunk into basic blocks, and the compiler then cannot overlap steps).
  * - A polynomial exp2 on the FMA pipe (FlashAttention-4's trick) to unload MUFU was
  *   tried and was slower: the kernel is as much issue-bound as MUFU-bound (docs/kernel.md).
  */
