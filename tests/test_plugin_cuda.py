@@ -239,7 +239,7 @@ def test_variants_and_chunking_write_everything(kernel_lib, dtype):
 
     b, L, E = 2, 1001, 200
     args = make_inputs(b, L, E, dtype, seed=3)
-    for variant in (1, 2, 3, 4):
+    for variant in (1, 2, 3, 4, 5, 6):
         for chunks in (1, 3, 16):
             out = torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda")
             launch(out, args, delta_softplus=True, out_scale=0.5, num_chunks=chunks, variant=variant)
