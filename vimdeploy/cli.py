@@ -446,14 +446,23 @@ def build_cmd(model, output, precision, calib, calib_limit, plugin, batch, img_s
 @click.option("--queue-delay-us", type=int, default=100, show_default=True,
               help="dynamic_batching max_queue_delay_microseconds.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Engine instances per GPU.")
+@click.option("--gpus", default=None, help="GPU ids the instances go on, e.g. 0,1. Default: every GPU.")
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Class names for `logits`, one per line. Default: ImageNet-1k's for a 1000-class engine.")
+@click.option("--no-warmup", is_flag=True, help="Leave out model_warmup (random batches of 1 and the max batch).")
 @click.option("--force", is_flag=True, help="Replace the model folder if it exists.")
 @json_option
-def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, force, as_json):
+def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, labels, no_warmup, force, as_json):
     """Write a Triton Inference Server model repository for ENGINE (needs its .json sidecar)."""
+    from .errors import InputError
     from .triton import write_triton_repo
 
+    try:
+        gpu_ids = [int(g) for g in gpus.split(",")] if gpus else None
+    except ValueError:
+        raise InputError(f"--gpus takes comma-separated GPU ids, e.g. 0,1; got {gpus!r}.") from None
     info = write_triton_repo(engine, repo, name=name, max_batch=max_batch, queue_delay_us=queue_delay_us,
-                             instances=instances, force=force)
+                             instances=instances, force=force, gpus=gpu_ids, labels=labels, warmup=not no_warmup)
     emit(info, as_json, lambda i: click.echo(
         f"wrote {i['model']} (max_batch_size {i['max_batch_size']}); see {i['repository']}/README.md "
         "for loading the plugin library in tritonserver"))

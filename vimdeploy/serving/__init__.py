@@ -26,6 +26,8 @@ from .server import TritonServer, prepare_backends, server_env, triton_distribut
 
 __all__ = ["serve", "ModelSpec"]
 
+SERVER_EXIT_TIMEOUT_S = 3
+
 
 def _check_options(name, ports, max_batch, queue_delay_us, instances):
     if not name or "/" in name or name.startswith("."):
@@ -83,13 +85,16 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
                 f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}",
                 f"--grpc-port={grpc_port}", "--allow-metrics=true", f"--metrics-address={host}",
                 f"--metrics-port={metrics_port}", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
-                "--disable-auto-complete-config", "--strict-readiness=true", f"--exit-timeout-secs={exit_timeout_s}",
+                "--disable-auto-complete-config", "--strict-readiness=true", f"--load-model={name}",
+                # The drain (unload) answers what is in flight before SIGTERM; this is only how long
+                # Triton then waits for clients to close idle keep-alive connections.
+                f"--exit-timeout-secs={SERVER_EXIT_TIMEOUT_S}",
                 "--pinned-memory-pool-byte-size=0", "--log-verbose=0",
                 # Shared-memory names are global to the machine: unique per server, or two collide.
                 f"--backend-config=python,shm-region-prefix-name=vimdeploy{os.getpid()}_{os.urandom(4).hex()}_",
                 # A stub imports torch/onnxruntime and opens the engine before it answers: give it time.
                 "--backend-config=python,stub-timeout-seconds=300"]
-        server = TritonServer(args, server_env(dist), f"http://{probe_host}:{http_port}/v2/health/ready", echo)
+        server = TritonServer(args, server_env(dist), f"http://{probe_host}:{http_port}", echo)
         server.start()
         ready = server.wait_ready(startup_timeout_s, stop)
         info = {"model": name, "artifact": str(artifact), "engine": description, "spec": spec.to_dict(),
@@ -102,12 +107,13 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
             if not server.alive():
                 raise VimdeployError(f"tritonserver exited unexpectedly (status {server.process.returncode}):\n"
                                      + server.log_tail())
-        code = server.stop(exit_timeout_s + 15)
+        drained = ready and server.drain(name, exit_timeout_s)
+        code = server.stop(SERVER_EXIT_TIMEOUT_S + 15)
         server = None
-        return {**info, "stopped_by": "signal", "server_exit_code": code}
+        return {**info, "stopped_by": "signal", "drained": drained, "server_exit_code": code}
     finally:
         if server is not None:
-            server.stop(exit_timeout_s + 15)
+            server.stop(SERVER_EXIT_TIMEOUT_S + 15)
         for s, handler in previous.items():
             signal.signal(s, handler)
         shutil.rmtree(workspace, ignore_errors=True)

@@ -17,6 +17,7 @@ import collections
 import ctypes
 import ctypes.util
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from ..errors import VimdeployError
 
+#: header that unlocks the model-repository API, which only `vimdeploy serve` itself may use
+ADMIN_HEADER = "vimdeploy-admin"
 INSTALL_HINT = "pip install 'vimdeploy[serve]'  (nvidia-pytriton: Triton Inference Server for Linux x86-64/arm64)"
 
 
@@ -84,8 +87,12 @@ def _die_with_parent():  # pragma: no cover - runs in the child between fork and
 class TritonServer:
     """One tritonserver process; its output is kept (last lines) and optionally echoed."""
 
-    def __init__(self, args: list[str], env: dict[str, str], ready_url: str, echo=None):
-        self.args, self.env, self.ready_url, self.echo = args, env, ready_url, echo
+    def __init__(self, args: list[str], env: dict[str, str], url: str, echo=None):
+        self.token = os.urandom(16).hex()
+        # explicit model control, its API locked to us: the drain on shutdown unloads the model
+        self.args = [*args, "--model-control-mode=explicit", f"--http-restricted-api=model-repository:{ADMIN_HEADER}="
+                     f"{self.token}", f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={self.token}"]
+        self.env, self.url, self.echo = env, url, echo
         self.process: subprocess.Popen | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
         self._reader: threading.Thread | None = None
@@ -106,12 +113,37 @@ class TritonServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def _call(self, path: str, body: dict | None = None, timeout: float = 5.0):
+        request = urllib.request.Request(self.url + path, data=None if body is None else json.dumps(body).encode(),
+                                         headers={ADMIN_HEADER: self.token})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read()
+            return response.status, json.loads(data) if data else None
+
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.ready_url, timeout=2) as response:
-                return response.status == 200
+            return self._call("/v2/health/ready", timeout=2)[0] == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def drain(self, model: str, timeout_s: float) -> bool:
+        """Unload `model`: Triton rejects new requests to it and answers those in flight.
+
+        True once it is unloaded, False after timeout_s. A plain SIGTERM is no drain: Triton
+        first waits for clients to close their keep-alive connections, serving them meanwhile,
+        and cuts whatever is in flight when its exit timeout runs out (measured with 2.51).
+        """
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._call(f"/v2/repository/models/{model}/unload", {})
+            while time.monotonic() < deadline and self.alive():
+                _, index = self._call("/v2/repository/index", {})
+                if not any(m.get("name") == model and m.get("state") in ("READY", "UNLOADING") for m in index or []):
+                    return True
+                time.sleep(0.1)
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        return False
 
     def wait_ready(self, timeout_s: float, stop: threading.Event) -> bool:
         """True once ready; False if `stop` was set first. Raises if the server dies or times out."""
@@ -128,7 +160,7 @@ class TritonServer:
         return False
 
     def stop(self, grace_s: float) -> int:
-        """SIGTERM (Triton then answers in-flight requests and unloads), SIGKILL after grace_s."""
+        """SIGTERM, SIGKILL after grace_s. Drain first: SIGTERM alone does not end in-flight requests well."""
         if self.process is None:
             return 0
         if self.alive():
