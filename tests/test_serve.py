@@ -14,10 +14,8 @@ import importlib.util
 import io
 import json
 import os
-import queue
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,10 +25,10 @@ import numpy as np
 import pytest
 
 from vimdeploy import digits
-from vimdeploy.errors import InputError
+from vimdeploy.errors import InputError, VimdeployError
 from vimdeploy.serving.handler import Handler, ModelSpec, decode_image, probe
+from vimdeploy.serving.process import ServeProcess
 
-REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-4  # fp32 artifacts: server answers vs the in-process PyTorch reference
 STARTUP_S = 240  # a cold start imports torch in two processes; generous for a loaded 2-core machine
 
@@ -65,12 +63,14 @@ def serve_stack():
 @pytest.fixture(scope="module")
 def reference():
     """The held-out digits, their PNG bytes, and the PyTorch engine's logits and features for them."""
+    from vimdeploy.data import preprocess
     from vimdeploy.runtime import open_engine
 
-    x, labels = digits.digit_batch("test")
+    images, labels = digits.digit_images("test")
+    images, labels = images[:64], labels[:64]  # as digits.digit_batch, for the 64 the tests use
+    x = np.stack([preprocess(im, digits.CONFIG.img_size) for im in images])
     engine = open_engine(digits.WEIGHTS)
     out = engine.run(x, features=True)
-    images, _ = digits.digit_images("test")
     pngs = []
     for im in images[:16]:
         buf = io.BytesIO()
@@ -124,84 +124,12 @@ def test_handler_refusals(reference):
 # A real server
 
 
-def free_ports(n: int) -> list[int]:
-    """n ports the kernel calls free right now (bound to port 0 together, then released)."""
-    socks = []
+def Server(artifact, *options, log: Path) -> ServeProcess:
+    """The server under test, with Triton's own log kept for failure messages."""
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Server:
-    """`python -m vimdeploy serve ARTIFACT --json ...` on free loopback ports."""
-
-    def __init__(self, artifact, *options, log: Path):
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        cmd = [sys.executable, "-m", "vimdeploy", "serve", str(artifact), "--host", "127.0.0.1",
-               "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-               "--metrics-port", str(self.metrics_port), "--json", "--verbose", *map(str, options)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-        self.log = log
-        self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
-        self._lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.info = self._next_line(STARTUP_S)
-        assert self.info.get("event") == "ready", self.info
-        self.http = f"127.0.0.1:{self.http_port}"
-        self.grpc = f"127.0.0.1:{self.grpc_port}"
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def _next_line(self, timeout: float) -> dict:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            self.stop(signal.SIGKILL)
-            pytest.fail(f"vimdeploy serve printed nothing for {timeout} s; log:\n{self.log_tail()}")
-        if line is None:
-            self.proc.wait(10)
-            pytest.fail(f"vimdeploy serve exited ({self.proc.returncode}); log:\n{self.log_tail()}")
-        # --json prints the ready event on one line, the final summary indented over several
-        text = line
-        while True:
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                more = self._lines.get(timeout=timeout)
-                if more is None:
-                    raise
-                text += more
-
-    def log_tail(self, n: int = 40) -> str:
-        self._log_file.flush()
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 90) -> tuple[int, dict | None]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log_file.close()
-        summary = None
-        if sig != signal.SIGKILL:
-            try:
-                summary = self._next_line(5)
-            except BaseException:  # noqa: BLE001 - no summary is reported by the caller's assert
-                summary = None
-        return self.proc.returncode, summary
+        return ServeProcess(artifact, "--verbose", *options, log=log, startup_timeout_s=STARTUP_S)
+    except VimdeployError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +214,7 @@ def test_health_metadata_and_metrics(server):
     config = http_client(server).get_model_config("vim")
     assert config["max_batch_size"] == 8 and config["instance_group"][0]["count"] == 2
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
-    status, metrics = get(f"http://127.0.0.1:{server.metrics_port}/metrics")
+    status, metrics = get(server.metrics)
     assert status == 200 and 'nv_inference_request_success{model="vim",version="1"}' in metrics
 
 
@@ -445,7 +373,7 @@ def test_load_8_clients_mixed_batches(server, reference):
     [t.join(deadline_s + 30) for t in threads]
     wall = time.monotonic() - start
     lat = np.array(stats["latency"]) * 1000
-    _, metrics = get(f"http://127.0.0.1:{server.metrics_port}/metrics")
+    _, metrics = get(server.metrics)
     executions = _metric(metrics, "nv_inference_exec_count")
     summary = (f"load: {len(lat)} requests ({stats['images']} images) from {n_clients} clients in {wall:.1f} s: "
                f"{len(lat) / wall:.1f} req/s, {stats['images'] / wall:.1f} images/s, latency p50 "
