@@ -22,11 +22,10 @@ from pathlib import Path
 from ..errors import InputError, VimdeployError
 from .handler import ModelSpec, probe
 from .repository import write_model
-from .server import TritonServer, prepare_backends, server_env, triton_distribution
+from .server import (SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, server_env, triton_distribution,
+                     tritonserver_args)
 
 __all__ = ["serve", "ModelSpec"]
-
-SERVER_EXIT_TIMEOUT_S = 3
 
 
 def _check_options(name, ports, max_batch, queue_delay_us, instances):
@@ -81,19 +80,7 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
         write_model(workspace / "models", name, spec, settings, max_batch, queue_delay_us, instances)
         backends = prepare_backends(workspace, dist)
         probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        args = [str(dist["binary"]), f"--model-repository={workspace / 'models'}", f"--backend-directory={backends}",
-                f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}",
-                f"--grpc-port={grpc_port}", "--allow-metrics=true", f"--metrics-address={host}",
-                f"--metrics-port={metrics_port}", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
-                "--disable-auto-complete-config", "--strict-readiness=true", f"--load-model={name}",
-                # The drain (unload) answers what is in flight before SIGTERM; this is only how long
-                # Triton then waits for clients to close idle keep-alive connections.
-                f"--exit-timeout-secs={SERVER_EXIT_TIMEOUT_S}",
-                "--pinned-memory-pool-byte-size=0", "--log-verbose=0",
-                # Shared-memory names are global to the machine: unique per server, or two collide.
-                f"--backend-config=python,shm-region-prefix-name=vimdeploy{os.getpid()}_{os.urandom(4).hex()}_",
-                # A stub imports torch/onnxruntime and opens the engine before it answers: give it time.
-                "--backend-config=python,stub-timeout-seconds=300"]
+        args = tritonserver_args(dist, workspace / "models", backends, name, host, ports)
         server = TritonServer(args, server_env(dist), f"http://{probe_host}:{http_port}", echo)
         server.start()
         ready = server.wait_ready(startup_timeout_s, stop)

@@ -69,6 +69,25 @@ def prepare_backends(workspace: Path, dist: dict[str, Path]) -> Path:
     return python.parent
 
 
+#: how long tritonserver waits after SIGTERM for clients to close keep-alive connections; the
+#: drain before it (TritonServer.drain) has already answered what was in flight
+SERVER_EXIT_TIMEOUT_S = 3
+
+
+def tritonserver_args(dist: dict[str, Path], repo: Path, backends: Path, model: str, host: str,
+                      ports: dict[str, int]) -> list[str]:
+    return [str(dist["binary"]), f"--model-repository={repo}", f"--backend-directory={backends}",
+            f"--load-model={model}", f"--http-address={host}", f"--http-port={ports['http']}",
+            f"--grpc-address={host}", f"--grpc-port={ports['grpc']}", "--allow-metrics=true",
+            f"--metrics-address={host}", f"--metrics-port={ports['metrics']}", "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=true", "--disable-auto-complete-config", "--strict-readiness=true",
+            f"--exit-timeout-secs={SERVER_EXIT_TIMEOUT_S}", "--pinned-memory-pool-byte-size=0", "--log-verbose=0",
+            # Shared-memory names are global to the machine: unique per server, or two collide.
+            f"--backend-config=python,shm-region-prefix-name=vimdeploy{os.getpid()}_{os.urandom(4).hex()}_",
+            # A stub imports torch/onnxruntime and opens the engine before it answers: give it time.
+            "--backend-config=python,stub-timeout-seconds=300"]
+
+
 def server_env(dist: dict[str, Path]) -> dict[str, str]:
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
