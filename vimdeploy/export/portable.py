@@ -7,8 +7,9 @@ TensorRT without our plugin) runs it. The per-step body is the recurrence of the
 everything that does not depend on the carried state (softplus, exp(dt*A), dt*B*x) is
 computed for all steps at once outside the loop.
 
-Registered as the scan backend "onnx-scan" (same signature as
-`bi_selective_scan_reference`), so `VisionMamba(scan="onnx-scan")` runs it in PyTorch too.
+`bi_selective_scan_onnx` is a scan backend (`fn(inputs: ScanInputs, *, delta_softplus,
+out_scale)`): the exporter traces the model with it, and `VisionMamba(scan=bi_selective_scan_onnx)`
+runs it in PyTorch too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch._higher_order_ops.scan import scan  # prototype API (torch>=2.6); FINDINGS: exports to ONNX Scan
 
-from ..model.scan import register_scan_backend
+from ..ops import ScanInputs
 
 
 def _step(h, xs):
@@ -41,20 +42,13 @@ def _direction(x, dt, A, B, C, D, dt_bias, delta_softplus, reverse):
     return y + xf * D.to(f)
 
 
-def bi_selective_scan_onnx(
-    z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd,
-    A_fwd, A_bwd, D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd,
-    delta_softplus: bool = True, out_scale: float = 0.5,
-):
+def bi_selective_scan_onnx(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):
     """The op contract with two `scan` loops (forward and reverse) of standard ops.
 
     (One loop over both directions stacked was tried: 24 instead of 48 `Scan` nodes for
     Vim-Ti exported 15% faster but ran 40% slower in ONNX Runtime because of the stacking
     copies, so each direction keeps its own loop.)
     """
-    y_f = _direction(x_fwd, dt_fwd, A_fwd, B_fwd, C_fwd, D_fwd, dt_bias_fwd, delta_softplus, False)
-    y_b = _direction(x_bwd, dt_bwd, A_bwd, B_bwd, C_bwd, D_bwd, dt_bias_bwd, delta_softplus, True)
-    return ((y_f + y_b) * F.silu(z.to(y_f.dtype)) * out_scale).to(x_fwd.dtype)
-
-
-register_scan_backend("onnx-scan", bi_selective_scan_onnx)
+    y_f = _direction(*inputs.direction("fwd"), delta_softplus, False)
+    y_b = _direction(*inputs.direction("bwd"), delta_softplus, True)
+    return ((y_f + y_b) * F.silu(inputs.z.to(y_f.dtype)) * out_scale).to(inputs.x_fwd.dtype)
