@@ -9,7 +9,8 @@ PY         := $(VENV)/bin/python
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The native CPU scan is compiled by the install: rebuild it when its sources change.
+$(VENV)/.installed: pyproject.toml plugins/src/bi_selective_scan_cpu.cpp $(wildcard plugins/include/vimdeploy/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -157,3 +157,18 @@ def test_cuda_backend_refuses_cpu_tensors_with_a_reason():
 
     with pytest.raises(PluginError, match="cuda tensors"):
         get_scan("cuda")(scan_inputs(1, 4, 16))
+
+
+@pytest.mark.parametrize("L,b,E,dtype,scale", [
+    (1, 3, 384, torch.float32, 0.5), (7, 3, 384, torch.float16, 0.5), (197, 2, 768, torch.float32, 0.5),
+    (197, 1, 1536, torch.float16, 1.0), (730, 1, 384, torch.float16, 1.0), (2048, 1, 384, torch.float32, 1.0),
+    (197, 2, 100, torch.float32, 0.5), (61, 5, 37, torch.float16, 0.5), (6085, 1, 384, torch.float32, 0.5),
+], ids=str)
+def test_cpu_kernel_meets_the_cuda_tests_bound(L, b, E, dtype, scale):
+    """The CUDA kernel's elementwise bound (tests/test_plugin_cuda.py `check`: fp32 error
+    relative to the summed terms, fp16 rounding of the output) on its Vim-like inputs
+    (dt mostly 0.001..0.1 with some up to 25, exercising softplus's > 20 rule)."""
+    from .test_plugin_cuda import check, make_inputs
+
+    args = make_inputs(b, L, E, dtype, seed=L * 7 + b * 3 + E, device="cpu")
+    check(cpu_scan(args, delta_softplus=True, out_scale=scale), args, True, scale, what=f"cpu L={L} b={b} E={E}")

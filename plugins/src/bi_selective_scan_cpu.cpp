@@ -76,13 +76,13 @@ VIMDEPLOY_INLINE To bitcast(From const& v)
 VIMDEPLOY_INLINE V vmax(V a, V b) { return a > b ? a : b; }
 VIMDEPLOY_INLINE V vabs(V a) { return bitcast<V>(bitcast<VU>(a) & 0x7fffffffu); }
 
-// 2^t for t >= -126 (smaller t is clamped: results below 2^-126 come out as 2^-126, an
-// absolute error under 1.2e-38): t = n + f, |f| <= 1/2, 2^f = 1 + f P(f) (Cephes exp2f,
-// rel. error ~2e-7), 2^n added to the exponent bits.
+// 2^t: t = n + f, |f| <= 1/2, 2^f = 1 + f P(f) (Cephes exp2f, rel. error ~2e-7), 2^n
+// added to the exponent bits. n is clamped to [-126, 127] on the integer side (one integer
+// min and max instead of float compare-and-blend pairs): results below 2^-126 come out
+// as about 2^-126 (an absolute error under 2e-38, for the scan's strongest decays), above
+// 2^127 as about 2^127 (not inf; only outside the contract, A > 0).
 VIMDEPLOY_INLINE V exp2v(V t)
 {
-    t = vmax(t, splat(-126.f));
-    t = t < splat(127.f) ? t : splat(127.f);
     V const n = (t + 12582912.f) - 12582912.f; // round to nearest (1.5 * 2^23)
     V const f = t - n;
     V p = splat(1.535336188319500e-4f);
@@ -92,8 +92,10 @@ VIMDEPLOY_INLINE V exp2v(V t)
     p = p * f + 2.402264791363012e-1f;
     p = p * f + 6.931472028550421e-1f;
     p = p * f + 1.f;
-    VI const e = __builtin_convertvector(n, VI) << 23;
-    return bitcast<V>(bitcast<VI>(p) + e);
+    VI e = __builtin_convertvector(n, VI);
+    e = e > -126 ? e : VI{} - 126;
+    e = e < 127 ? e : VI{} + 127;
+    return bitcast<V>(bitcast<VI>(p) + (e << 23));
 }
 
 constexpr float kLog2e = 1.4426950408889634f;
