@@ -22,8 +22,8 @@ from pathlib import Path
 from ..errors import InputError, VimdeployError
 from .handler import ModelSpec, probe
 from .repository import write_model
-from .server import (SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, server_env, triton_distribution,
-                     tritonserver_args)
+from .server import (SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, remove_shm, server_env, shm_prefix,
+                     triton_distribution, tritonserver_args)
 
 __all__ = ["serve", "ModelSpec"]
 
@@ -73,6 +73,7 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
                 "labels": labels}
 
     workspace = Path(tempfile.mkdtemp(prefix="vimdeploy-serve-"))
+    shm = shm_prefix()
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     server = None
@@ -80,7 +81,7 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
         write_model(workspace / "models", name, spec, settings, max_batch, queue_delay_us, instances)
         backends = prepare_backends(workspace, dist)
         probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        args = tritonserver_args(dist, workspace / "models", backends, name, host, ports)
+        args = tritonserver_args(dist, workspace / "models", backends, name, host, ports, shm)
         server = TritonServer(args, server_env(dist), f"http://{probe_host}:{http_port}", echo)
         server.start()
         ready = server.wait_ready(startup_timeout_s, stop)
@@ -104,4 +105,5 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
         for s, handler in previous.items():
             signal.signal(s, handler)
         shutil.rmtree(workspace, ignore_errors=True)
+        remove_shm(shm)
 

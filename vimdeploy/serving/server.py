@@ -14,6 +14,7 @@ server. Two things make the stub run this environment (measured, nvidia-pytriton
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.util
@@ -74,16 +75,27 @@ def prepare_backends(workspace: Path, dist: dict[str, Path]) -> Path:
 SERVER_EXIT_TIMEOUT_S = 3
 
 
+def shm_prefix() -> str:
+    """A name prefix for the Python backend's shared-memory regions, unique to one server:
+    the names are global to the machine, so two servers with the default prefix collide."""
+    return f"vimdeploy{os.getpid()}_{os.urandom(4).hex()}_"
+
+
+def remove_shm(prefix: str) -> None:
+    """Regions a server that did not exit cleanly left in /dev/shm (Triton unlinks them otherwise)."""
+    for leftover in Path("/dev/shm").glob(prefix + "*"):
+        leftover.unlink(missing_ok=True)
+
+
 def tritonserver_args(dist: dict[str, Path], repo: Path, backends: Path, model: str, host: str,
-                      ports: dict[str, int]) -> list[str]:
+                      ports: dict[str, int], shm: str) -> list[str]:
     return [str(dist["binary"]), f"--model-repository={repo}", f"--backend-directory={backends}",
             f"--load-model={model}", f"--http-address={host}", f"--http-port={ports['http']}",
             f"--grpc-address={host}", f"--grpc-port={ports['grpc']}", "--allow-metrics=true",
             f"--metrics-address={host}", f"--metrics-port={ports['metrics']}", "--allow-gpu-metrics=false",
             "--allow-cpu-metrics=true", "--disable-auto-complete-config", "--strict-readiness=true",
             f"--exit-timeout-secs={SERVER_EXIT_TIMEOUT_S}", "--pinned-memory-pool-byte-size=0", "--log-verbose=0",
-            # Shared-memory names are global to the machine: unique per server, or two collide.
-            f"--backend-config=python,shm-region-prefix-name=vimdeploy{os.getpid()}_{os.urandom(4).hex()}_",
+            f"--backend-config=python,shm-region-prefix-name={shm}",
             # A stub imports torch/onnxruntime and opens the engine before it answers: give it time.
             "--backend-config=python,stub-timeout-seconds=300"]
 
@@ -189,6 +201,11 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # A backend stub whose server died uncleanly lives on (measured: for the rest of the
+        # session, after Triton crashed at its exit timeout). The stubs stay in the server's
+        # process group, which _die_with_parent made for it alone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         if self._reader is not None:
             self._reader.join(5)
         return self.process.returncode
