@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the stub; not an installable package
 
 from ..errors import VimdeployError
@@ -39,7 +40,8 @@ class TritonPythonModel:
         labels = class_names(spec.num_classes, settings.get("labels"))
         self.handler = Handler(engine, spec, labels)
         # One call before the model reports ready, so that no client pays for lazy setup.
-        self.handler.answer([self.handler.prepare(*_warmup_inputs(spec))], features=spec.feature_dim is not None)
+        zeros = np.zeros((1, 3, spec.img_size, spec.img_size), np.float32)
+        self.handler.answer([self.handler.prepare(zeros, None)], features=spec.feature_dim is not None)
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -74,8 +76,3 @@ class TritonPythonModel:
         if close is not None:
             close()
 
-
-def _warmup_inputs(spec: ModelSpec):
-    import numpy as np
-
-    return np.zeros((1, 3, spec.img_size, spec.img_size), np.float32), None
