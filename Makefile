@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml plugins/src/bi_selective_scan_cpu.cpp $(wildc
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'tensorrt-stubs==10.13.0.35.1'
 	touch $@
 
 demo: setup

@@ -30,10 +30,12 @@ from vimdeploy.ops import INPUT_NAMES as NAMES  # noqa: E402
 
 @pytest.fixture(scope="module")
 def trt():
-    try:
-        import tensorrt
-    except ImportError as e:
-        pytest.skip(f"TensorRT's Python package is not importable ({e})")
+    from vimdeploy.tensorrt import TensorRTMissing, import_tensorrt
+
+    try:  # not `import tensorrt`: tensorrt-stubs alone makes that import succeed
+        tensorrt = import_tensorrt()
+    except TensorRTMissing as e:
+        pytest.skip(f"TensorRT's Python package is not importable ({str(e).splitlines()[-1].strip()})")
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
     return tensorrt

@@ -11,6 +11,13 @@ from vimdeploy import digits  # noqa: E402
 from vimdeploy.export import export_onnx  # noqa: E402
 from vimdeploy.export.precision import convert_precision, sensitive_nodes  # noqa: E402
 from vimdeploy.runtime import open_engine  # noqa: E402
+from vimdeploy.tensorrt.onnx_compat import check_onnx  # noqa: E402
+
+
+def assert_tensorrt_compatible(path):
+    """What `vimdeploy inspect` checks: every ONNX we write must pass it."""
+    found = [str(f) for f in check_onnx(onnx.load(path)) if f.level == "error"]
+    assert found == [], found[:5]
 
 
 def cosine(a, b):
@@ -55,6 +62,7 @@ def test_accuracy_per_precision_on_the_trained_model(digits_onnx, digits_test, t
         out = convert_precision(d / "fp32.onnx", tmp_path / f"{precision}.onnx", precision, calib=calib,
                                 cache_dir=tmp_path / "cache")
         acc[precision] = digits.accuracy(open_engine(out["output"]).run(x)["logits"], y)
+        assert_tensorrt_compatible(out["output"])
     assert acc["fp32"] >= 95.0, acc
     assert acc["fp32"] - acc["fp16"] <= 0.1, acc
     assert acc["fp32"] - acc["int8"] <= 1.0, acc
@@ -88,6 +96,7 @@ def test_int8_excludes_named_layers_and_reuses_the_calibration_cache(digits_onnx
                                  exclude=["x_proj", "layers.0."])
     assert not first["calibration_cache_hit"] and excluded["calibration_cache_hit"]
     assert excluded["qdq_pairs"] < first["qdq_pairs"]
+    assert_tensorrt_compatible(tmp_path / "b.onnx")
     m = onnx.load(tmp_path / "b.onnx")
     q_inputs = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
     for n in m.graph.node:
@@ -101,6 +110,7 @@ def test_golden_fidelity_through_infer(golden, golden_onnx, cli, tmp_path, preci
     d, calib = golden_onnx
     out = tmp_path / f"{precision}.onnx"
     convert_precision(d / "fp32.onnx", out, precision, calib=calib, cache_dir=tmp_path)
+    assert_tensorrt_compatible(out)
     np.save(tmp_path / "x.npy", golden["input"])
     result = cli("infer", out, "--input", tmp_path / "x.npy", "-o", tmp_path / "o.npz")
     assert result.exit_code == 0, result.output
@@ -136,3 +146,34 @@ def test_export_preset_sets_defaults_and_command_line_wins(cli, tmp_path):
     assert meta["vimdeploy.precision"] == "fp16"  # from the preset
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3  # the command line won over "dynamic"
     assert any(n.op_type == "BiSelectiveScan" for n in m.graph.node)
+
+
+def test_calibration_batches_fit_a_fixed_batch():
+    from vimdeploy.export.precision import calibration_batches
+
+    images = np.arange(7)[:, None, None, None] * np.ones((1, 3, 2, 2), np.float32)
+    assert [len(b) for b in calibration_batches(images, 8)] == [7]
+    fixed = calibration_batches(images, 8, fixed_batch=3)
+    assert [len(b) for b in fixed] == [3, 3, 3]
+    assert [int(b[i, 0, 0, 0]) for b in fixed for i in range(3)] == [0, 1, 2, 3, 4, 5, 6, 0, 1]  # filled by repeats
+    assert [len(b) for b in calibration_batches(images[:2], 8, fixed_batch=4)] == [4]
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_int8_export_with_a_fixed_batch_and_few_images(cli, tmp_path, monkeypatch, batch):
+    """Any number of calibration images with any export batch; no DequantizeLinear over INT32 (a
+    quantized bias TensorRT cannot parse); the result passes `vimdeploy inspect`."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # calibrate here, not from a cached run
+    calib = tmp_path / "calib"
+    digits.write_calibration_images(calib, 7)
+    out = tmp_path / "int8.onnx"
+    result = cli("export", digits.WEIGHTS, "-o", out, "--precision", "int8", "--calib", calib, "--batch", batch)
+    assert result.exit_code == 0, result.output
+    m = onnx.load(out)
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == int(batch)
+    int32 = {t.name for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    assert not [n.name for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int32]
+    assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) > 0
+    assert_tensorrt_compatible(out)
+    result = cli("inspect", out)
+    assert result.exit_code == 0 and "TensorRT: compatible" in result.output

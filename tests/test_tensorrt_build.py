@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vimdeploy.engine_build import TENSORRT_MISSING, make_profile, parse_range, resolve_precision
 from vimdeploy.errors import ArtifactError, InputError
-from vimdeploy.runtime.tensorrt_backend import check_sidecar
+from vimdeploy.tensorrt import TENSORRT_MISSING, check_sidecar
+from vimdeploy.tensorrt.builder import (apply_timing_cache, make_profile, parse_range, resolve_precision,
+                                        save_timing_cache)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "vimdeploy" / "assets" / "vim_digits.pth"
@@ -59,10 +60,12 @@ def test_build_without_tensorrt_message(no_tensorrt, tmp_path, capsys):
 
 def test_build_without_tensorrt_subprocess(tmp_path):
     """The real command line: exit 1, the message on stderr, no traceback, no output."""
-    try:
-        import tensorrt  # noqa: F401
+    from vimdeploy.tensorrt import TensorRTMissing, import_tensorrt
+
+    try:  # not `import tensorrt`: with tensorrt-stubs installed that imports a namespace package
+        import_tensorrt()
         pytest.skip("TensorRT is installed here; the in-process tests cover the failure path")
-    except ImportError:
+    except TensorRTMissing:
         pass
     (tmp_path / "m.onnx").write_bytes(b"x")
     r = subprocess.run([sys.executable, "-m", "vimdeploy", "build", str(tmp_path / "m.onnx"), "-o",
@@ -82,7 +85,7 @@ def test_existing_output_is_kept_without_force(cli, tmp_path):
 
 
 def test_open_engine_plan_without_tensorrt(no_tensorrt, tmp_path):
-    from vimdeploy.engine_build import TensorRTMissing
+    from vimdeploy.tensorrt import TensorRTMissing
     from vimdeploy.runtime import open_engine
 
     (tmp_path / "m.plan").write_bytes(b"x")
@@ -92,6 +95,28 @@ def test_open_engine_plan_without_tensorrt(no_tensorrt, tmp_path):
 
 def test_missing_message_names_alternatives():
     assert "pip install tensorrt" in TENSORRT_MISSING and "vimdeploy infer model.onnx" in TENSORRT_MISSING
+
+
+@pytest.mark.parametrize("flag", ["--int8", "--fp16"])
+def test_build_precision_uses_the_tensorrt_preset_recipe(cli, monkeypatch, tmp_path, flag):
+    """`build --int8` converts with exactly the tensorrt-int8 preset's recipe (x_proj kept fp32),
+    as `export --preset tensorrt-int8` does: one recipe."""
+    from vimdeploy.tensorrt import builder
+
+    seen = {}
+    monkeypatch.setattr(builder, "build_engine", lambda model, output, **kw: seen.update(kw) or {
+        "output": str(output), "size_mb": 0.0, "precision": kw["precision"], "tensorrt": "x", "gpu": "x",
+        "sidecar": "x"})
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    result = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.plan", flag, "--calib", tmp_path)
+    assert result.exit_code == 0, result.output
+    preset = json.loads((REPO / "export" / "presets" / f"tensorrt-{flag[2:]}.json").read_text())
+    options = seen["convert_options"]
+    assert options["calib"] == tmp_path
+    if flag == "--int8":
+        assert options["method"] == preset["calib_method"] and list(options["exclude"]) == preset["exclude"] == ["x_proj"]
+    else:
+        assert ",".join(options["keep_fp32"]) == preset["keep_fp32"]
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -167,7 +192,7 @@ def test_sidecar_mismatch_stops_loading(monkeypatch, tmp_path):
     fake_trt = types.SimpleNamespace(__version__="11.1.0.7")
     monkeypatch.setattr(tb, "import_tensorrt", lambda: fake_trt)
     monkeypatch.setattr(tb, "import_cudart", lambda: types.SimpleNamespace(cudaSetDevice=lambda d: (0,)))
-    monkeypatch.setattr(tb, "environment", lambda trt, device=0: {
+    monkeypatch.setattr(tb, "current_machine", lambda version, device=0: {
         "tensorrt": "11.1.0.7", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine")
@@ -176,11 +201,69 @@ def test_sidecar_mismatch_stops_loading(monkeypatch, tmp_path):
         tb.TensorRTEngine(plan)
 
 
+def test_only_type_stubs_is_tensorrt_missing(monkeypatch, tmp_path):
+    """tensorrt-stubs alone leaves an importable namespace package `tensorrt` without TensorRT."""
+    from vimdeploy.tensorrt import TensorRTMissing, import_tensorrt
+
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("__version__: str\n")
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TensorRTMissing, match="only type stubs"):
+        import_tensorrt()
+
+
+class FakeCache:
+    def serialize(self):
+        return b"learned"
+
+
+class FakeConfig:
+    """The IBuilderConfig calls of the timing-cache steps, as TensorRT answers on a mismatch."""
+
+    def __init__(self, accept=True, keep=True):
+        self.accept, self.keep, self.set_with = accept, keep, None
+
+    def create_timing_cache(self, data):
+        return FakeCache()
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.set_with = ignore_mismatch
+        return self.accept
+
+    def get_timing_cache(self):
+        return FakeCache() if self.keep else None
+
+
+def test_timing_cache_from_another_gpu_is_ignored_not_fatal(tmp_path):
+    cache = tmp_path / "other_gpu.cache"
+    cache.write_bytes(b"from another GPU")
+    config, warned = FakeConfig(), []
+    assert apply_timing_cache(config, cache, warn=warned.append)
+    assert config.set_with is True  # a mismatching cache is ignored, as Polygraphy does
+    refused = FakeConfig(accept=False)
+    assert not apply_timing_cache(refused, cache, warn=warned.append) and "without one" in warned[-1]
+
+
+def test_saving_a_missing_timing_cache_never_raises(tmp_path):
+    """get_timing_cache() may return None after a refused cache: the built engine must not be lost."""
+    warned = []
+    assert not save_timing_cache(FakeConfig(keep=False), tmp_path / "t.cache", warn=warned.append)
+    assert warned and not (tmp_path / "t.cache").exists()
+    assert save_timing_cache(FakeConfig(), tmp_path / "t.cache", warn=warned.append)
+    assert (tmp_path / "t.cache").read_bytes() == b"learned"
+
+
 # ---------------------------------------------------------------------------- with TensorRT
 
 @pytest.fixture(scope="module")
 def trt_env():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT's Python package is not installed (pip install tensorrt)")
+    from vimdeploy.tensorrt import TensorRTMissing, import_tensorrt
+
+    try:  # not importorskip: tensorrt-stubs alone makes `import tensorrt` succeed
+        trt = import_tensorrt()
+    except TensorRTMissing:
+        pytest.skip("TensorRT's Python package is not installed (pip install tensorrt)")
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed (pip install 'cuda-python>=12')")
     import torch
 
@@ -195,7 +278,7 @@ def trt_env():
 
 @pytest.fixture(scope="module")
 def digits_plan(trt_env, tmp_path_factory):
-    from vimdeploy.engine_build import build_engine
+    from vimdeploy.tensorrt.builder import build_engine
     from vimdeploy.export import export_onnx
 
     d = tmp_path_factory.mktemp("trt")

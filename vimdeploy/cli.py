@@ -191,10 +191,8 @@ def _progress(as_json: bool):
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "export" / "presets"
 
 
-def _load_preset(ctx, _param, value):
-    """Eager: turn a preset's keys (option names, '_about' ignored) into this command's defaults."""
-    if not value:
-        return
+def _preset_values(value: str) -> tuple[Path, dict]:
+    """A preset (a file, or a name from PRESETS_DIR): its path and option values ('_about' dropped)."""
     path = Path(value)
     if not path.is_file():
         path = PRESETS_DIR / f"{value}.json"
@@ -202,9 +200,16 @@ def _load_preset(ctx, _param, value):
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.json"))) or "none found"
         raise click.BadParameter(f"no preset file or name {value!r} (presets: {known}).")
     try:
-        preset = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        return path, {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"{path} is not valid JSON: {e}") from None
+
+
+def _load_preset(ctx, _param, value):
+    """Eager: turn a preset's keys (option names, '_about' ignored) into this command's defaults."""
+    if not value:
+        return
+    path, preset = _preset_values(value)
     names = {p.name for p in ctx.command.params}
     unknown = sorted(set(preset) - names)
     if unknown:
@@ -229,12 +234,27 @@ def precision_options(fn):
                   help="FP16: parts kept in fp32: 'norm', 'residual', both, or 'none'.")
     @functools.wraps(fn)
     def wrapper(*args, precision, calib, calib_method, percentile, calib_limit, exclude, keep_fp32, **kwargs):
-        keep = () if keep_fp32.strip() in ("", "none") else tuple(k.strip() for k in keep_fp32.split(","))
-        options = {"calib": calib, "method": calib_method, "percentile": percentile, "exclude": exclude,
-                   "keep_fp32": keep, "calib_limit": calib_limit, "progress": _bar("calibrating")}
+        options = _convert_options(calib=calib, calib_method=calib_method, percentile=percentile,
+                                   calib_limit=calib_limit, exclude=exclude, keep_fp32=keep_fp32)
         return fn(*args, precision=precision, convert_options=options, **kwargs)
 
     return wrapper
+
+
+def _convert_options(calib=None, calib_method="max", percentile=99.99, calib_limit=None, exclude=(),
+                     keep_fp32="norm,residual") -> dict:
+    """Precision option values (as named on the command line and in presets) -> convert_precision's keywords."""
+    keep = () if keep_fp32.strip() in ("", "none") else tuple(k.strip() for k in keep_fp32.split(","))
+    return {"calib": calib, "method": calib_method, "percentile": percentile, "exclude": tuple(exclude),
+            "keep_fp32": keep, "calib_limit": calib_limit, "progress": _bar("calibrating")}
+
+
+def _tensorrt_recipe(precision: str, **given) -> dict:
+    """`build --fp16/--int8`: the convert options of the tensorrt-fp16 / tensorrt-int8 preset (one
+    recipe, whichever command asks for it), with the options given on the command line."""
+    _, preset = _preset_values(f"tensorrt-{precision}")
+    knobs = ("calib_method", "percentile", "exclude", "keep_fp32")
+    return _convert_options(**{k: preset[k] for k in knobs if k in preset}, **given)
 
 
 def _bar(label: str):
@@ -401,7 +421,8 @@ def plugin_path(build_dir, as_json):
               help="The engine to write (.plan), plus OUTPUT.json (versions, GPU, profile, plugin): both atomically.")
 @click.option("--fp16", "precision", flag_value="fp16", default=None,
               help="FP16 engine: an fp32 ONNX is converted first (as `vimdeploy convert --precision fp16`).")
-@click.option("--int8", "precision", flag_value="int8", help="INT8 (Q/DQ) engine from an fp32 ONNX; needs --calib.")
+@click.option("--int8", "precision", flag_value="int8",
+              help="INT8 (Q/DQ) engine from an fp32 ONNX, with the tensorrt-int8 preset's recipe; needs --calib.")
 @click.option("--calib", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="INT8: a folder of calibration images.")
 @click.option("--calib-limit", type=int, default=None, help="INT8: use at most this many calibration images.")
@@ -427,16 +448,35 @@ def build_cmd(model, output, precision, calib, calib_limit, plugin, batch, img_s
       vimdeploy build vim_t.onnx -o vim_t.plan --batch 1:8:32 --timing-cache trt.cache
       vimdeploy build vim_t.onnx --fp16 -o vim_t_fp16.plan
     """
-    from .engine_build import build_engine
+    from .tensorrt.builder import build_engine
 
     summary = build_engine(model, output, precision=precision,
-                           convert_options={"calib": calib, "calib_limit": calib_limit},
+                           convert_options=_tensorrt_recipe(precision, calib=calib, calib_limit=calib_limit)
+                           if precision else None,
                            plugin=plugin, batch=batch, img_size=img_size, timing_cache=timing_cache,
                            workspace_mb=workspace_mb, opt_level=opt_level, tf32=tf32, force=force,
                            progress=not as_json, verbose=verbose, echo=None if as_json else _progress(as_json))
     emit(summary, as_json, lambda s: click.echo(
         f"wrote {s['output']} ({s['size_mb']:.1f} MB, {s['precision']}, TensorRT {s['tensorrt']}, {s['gpu']}) "
         f"and {s['sidecar']}"))
+
+
+@main.command("inspect")
+@click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def inspect_cmd(artifact, as_json):
+    """Describe an ONNX or a TensorRT engine; for an ONNX, say whether TensorRT will take it.
+
+    Inputs/outputs, metadata, precision, node and op counts. The TensorRT verdict checks
+    Q/DQ types, zero points and scales, ops and attributes against onnx-tensorrt's support
+    table, and BiSelectiveScan nodes against the op contract. Exit 1 if incompatible.
+    """
+    from .inspection import format_report, inspect_artifact
+
+    report = inspect_artifact(artifact)
+    emit(report, as_json, lambda r: click.echo(format_report(r)))
+    if report["kind"] == "onnx" and not report["tensorrt"]["compatible"]:
+        sys.exit(1)
 
 
 @main.command("triton-repo")

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from .data import class_names
-from .engine_build import sidecar_path
+from .tensorrt.sidecar import read_sidecar, sidecar_path
 from .errors import ArtifactError, InputError, VimdeployError
 
 __all__ = ["write_triton_repo", "config_pbtxt", "pbtxt", "tensor", "instance_group", "Const"]
@@ -191,15 +191,10 @@ def write_triton_repo(engine: str | Path, repo: str | Path, name: str = "vim", m
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"--name must be a plain folder name; got {name!r}.")
     side = sidecar_path(engine)
-    if not side.is_file():
+    sidecar = read_sidecar(engine)
+    if sidecar is None:
         raise ArtifactError(f"{side} not found: triton-repo reads the engine's shapes from the sidecar that "
                             "`vimdeploy build` writes next to it.")
-    import json
-
-    try:
-        sidecar = json.loads(side.read_text())
-    except ValueError as e:
-        raise ArtifactError(f"{side} is not valid JSON ({e}).") from None
     num_classes = (sidecar.get("io", {}).get("logits", {}).get("shape") or [0])[-1]
     names = class_names(num_classes, labels) if labels is not None or num_classes == 1000 else None
     text = config_pbtxt(sidecar, name, max_batch, queue_delay_us, instances, gpus=gpus, labels=names is not None,

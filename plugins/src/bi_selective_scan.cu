@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 namespace
@@ -374,8 +375,17 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     }
 }
 
+// VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs, for tests of an engine
+// built on one GPU and run on another (tests/test_plugin_conformance.py). Read at every
+// call so that a test can change it between "build" and "run".
 int smCount()
 {
+    if (char const* fake = std::getenv("VIMDEPLOY_SM_COUNT"))
+    {
+        int const v = std::atoi(fake);
+        if (v > 0)
+            return v;
+    }
     static std::atomic<int> cache[64];
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
@@ -389,6 +399,10 @@ int smCount()
     }
     return v;
 }
+
+// The SM count the workspace size assumes (more than any GPU vimdeploy targets: H100 SXM
+// has 132, B200 148); see vimdeploy_bi_selective_scan_workspace_size.
+constexpr int64_t kWorkspaceSms = 160;
 
 int64_t tilesOf(int64_t E, int channelsPerBlock) { return (E + channelsPerBlock - 1) / channelsPerBlock; }
 
@@ -410,15 +424,18 @@ size_t wsBytes(int64_t batch, int64_t chunks, int64_t E)
     return size_t(2) * batch * chunks * (kN + 1) * E * sizeof(float);
 }
 
-// num_chunks: 0 = automatic. Falls back to one chunk when the workspace is too small.
+// num_chunks: 0 = automatic. Capped at the chunks the given workspace holds (down to one).
 template <typename T, int kTC, int kTPC>
 cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
     int64_t const tiles = tilesOf(p.E, kWarp / kTPC);
     int64_t chunks = numChunks == 0 ? autoChunks(p.batch, p.L, tiles) : std::min<int64_t>(numChunks, p.L);
     chunks = std::min<int64_t>(chunks, 65535);
-    if (chunks > 1 && (p.ws == nullptr || wsAvail < wsBytes(p.batch, chunks, p.E)))
-        chunks = 1; // not enough scratch: unsplit is equally correct
+    // Never more chunks than the given workspace holds: it may have been sized at build
+    // time for another GPU. Fewer chunks (down to unsplit) are equally correct.
+    size_t const perChunk = wsBytes(p.batch, 1, p.E);
+    int64_t const fit = p.ws != nullptr && perChunk > 0 ? int64_t(wsAvail / perChunk) : 0;
+    chunks = std::max<int64_t>(std::min(chunks, fit), 1);
     int64_t const chunkLen = (p.L + chunks - 1) / chunks;
     p.chunks = int((p.L + chunkLen - 1) / chunkLen);
     p.chunk_len = int(chunkLen);
@@ -471,10 +488,13 @@ size_t vimdeploy_bi_selective_scan_workspace_size(int64_t E, int64_t N)
 {
     if (E <= 0 || N != kN)
         return 0;
-    int64_t const sms = smCount();
-    // autoChunks: split only if batch < 2*sms/tiles, and chunks <= 4*sms/(tiles*batch) + 1.
-    int64_t const batchTimesChunks = 6 * sms / tilesOf(E, kWarp) + 2; // the largest tile gives the bound
-    return wsBytes(1, batchTimesChunks, E);
+    // autoChunks splits only if batch * tiles < 2 * SMs, into at most 4 * SMs / (tiles * batch)
+    // + 1 chunks: batch * chunks <= 6 * SMs / tiles + 2, and E / tiles <= 32. So
+    // wsBytes(batch, chunks, E) <= 2 * (N + 1) * 4 * (6 * 32 * SMs + 2 * E). With SMs fixed at
+    // kWorkspaceSms, not the current GPU's, the size depends on E alone: TensorRT sizes the
+    // workspace at build time and enqueue (maybe on another GPU) computes the same number.
+    // On a GPU with more SMs, launch() splits into fewer chunks than it would like.
+    return size_t(2) * (kN + 1) * sizeof(float) * size_t(6 * kWarp * kWorkspaceSms + 2 * E);
 }
 
 int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace, size_t workspace_bytes,

@@ -4,8 +4,10 @@
  * IPluginV3 (IPluginV3OneCore / IPluginV3OneBuild / IPluginV3OneRuntime) with an
  * IPluginCreatorV3One, as TensorRT's samples/python/onnx_custom_plugin (customHardmaxPlugin).
  * Name "BiSelectiveScan", version "1", namespace "". Fields: delta_softplus (kINT32),
- * out_scale (kFLOAT32); the ONNX parser may also pass plugin_version / plugin_namespace
- * strings, which are accepted and ignored. enqueue calls the C API of the kernel library.
+ * out_scale (kFLOAT32). TensorRT's ONNX parser selects the creator by the node's op_type,
+ * `plugin_version` (default "1") and `plugin_namespace` (default "") by exact match, then
+ * passes only the fields getFieldNames() names (onnx-tensorrt loadFields): a node of
+ * another version never reaches this creator ("Plugin not found").
  *
  * Registration (see README.md), one source compiled twice:
  *  - VIMDEPLOY_STATIC_REGISTRATION=1 (libvimdeploy_trt_plugin.so): a static initializer
@@ -125,7 +127,7 @@ public:
     // IPluginV3OneBuild
     int32_t getNbOutputs() const noexcept override { return kNbOutputs; }
 
-    int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out,
+    int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/,
         int32_t nbOutputs) noexcept override
     {
         if (nbInputs != kNbInputs || nbOutputs != kNbOutputs)
@@ -178,7 +180,9 @@ public:
     {
         if (nbInputs != kNbInputs)
             return 0;
-        // Independent of batch and L; lets the kernel split L when batch * E is small.
+        // A function of E alone (not of batch, L or the GPU): enqueue, maybe on another GPU
+        // after deserialization, computes the same number from the same E and passes it to
+        // the kernel, which never uses more. Lets the kernel split L when batch * E is small.
         return vimdeploy_bi_selective_scan_workspace_size(inputs[kXFwd].max.d[2], kDState);
     }
 
@@ -197,6 +201,7 @@ public:
         int64_t const N = inputDesc[kBFwd].dims.d[2];
         int const dtype
             = inputDesc[kXFwd].type == DataType::kHALF ? VIMDEPLOY_DTYPE_FLOAT16 : VIMDEPLOY_DTYPE_FLOAT32;
+        // What getWorkspaceSize returned at build time (same E; device-independent).
         size_t const wsBytes = workspace ? vimdeploy_bi_selective_scan_workspace_size(E, N) : 0;
         VimdeployScanParams p{};
         void const** params = &p.z; // the contract's inputs head the struct, in TensorRT's input order
@@ -286,13 +291,7 @@ public:
                     else
                         return fail("out_scale must be a float");
                 }
-                else if (std::strcmp(f.name, "plugin_version") == 0 && f.type == PluginFieldType::kCHAR)
-                {
-                    std::string const v(static_cast<char const*>(f.data), strnlen(static_cast<char const*>(f.data), f.length));
-                    if (!v.empty() && v != kPluginVersion)
-                        return fail("plugin_version " + v + " requested, this library implements " + kPluginVersion);
-                }
-                // plugin_namespace and unknown fields: ignored.
+                // Other fields: ignored (the parser sends only the names above).
             }
             return new BiSelectiveScanPlugin(deltaSoftplus, outScale);
         }

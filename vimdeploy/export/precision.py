@@ -211,11 +211,31 @@ def _matches(node: onnx.NodeProto, patterns: Iterable[str]) -> bool:
     return any(p and (p in label or p.replace(".", "_") in label) for p in patterns)
 
 
-class _Batches:
-    """onnxruntime.quantization.CalibrationDataReader over an in-memory array, with progress."""
+def calibration_batches(images: np.ndarray, batch: int, fixed_batch: int | None = None) -> list[np.ndarray]:
+    """Split calibration images into the batches ONNX Runtime feeds the model.
 
-    def __init__(self, images: np.ndarray, input_name: str, batch: int, progress):
-        self.chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+    A dynamic-batch model takes chunks of `batch`. A fixed-batch model takes exactly
+    `fixed_batch` images per run: the last chunk (or the only one, with fewer images than
+    the batch) is filled by repeating images from the start, which moves no max range and
+    weighs the histogram calibrators by at most `fixed_batch - 1` repeated images.
+    """
+    if fixed_batch:
+        n = max(len(images), fixed_batch)
+        return [np.take(images, np.arange(i, i + fixed_batch), axis=0, mode="wrap") for i in range(0, n, fixed_batch)]
+    return [images[i : i + batch] for i in range(0, len(images), batch)]
+
+
+def fixed_batch_size(model: onnx.ModelProto) -> int | None:
+    """The batch of the model's image input when it is fixed (an int dimension), else None."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+class _Batches:
+    """onnxruntime.quantization.CalibrationDataReader over prepared batches, with progress."""
+
+    def __init__(self, chunks: list[np.ndarray], input_name: str, progress):
+        self.chunks = chunks
         self.input_name, self.progress, self.i = input_name, progress, 0
 
     def get_next(self):
@@ -300,7 +320,11 @@ def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", per
              "percentile": CalibrationMethod.Percentile}[method]
     excluded_nodes = [n.name for n in model.graph.node if _matches(n, exclude)]
     input_name = model.graph.input[0].name
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile}
+    # QuantizeBias False: ONNX Runtime otherwise writes INT32 bias initializers behind a
+    # DequantizeLinear, which TensorRT's IDequantizeLayer cannot take (INT8/FP8/INT4/FP4
+    # only: onnx-tensorrt#850, onnxruntime#17738); the bias Add stays in float.
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile,
+             "QuantizeBias": False}
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
@@ -319,7 +343,7 @@ def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", per
         quiet = contextlib.redirect_stdout(io.StringIO())
         with _sessions_with_scan_op(), quiet, _root_log_level(logging.ERROR):
             quantize_static(
-                str(src), str(dst), _Batches(images, input_name, batch, progress),
+                str(src), str(dst), _Batches(calibration_batches(images, batch, fixed_batch_size(model)), input_name, progress),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Conv", "Gemm"],
                 per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=calib, nodes_to_exclude=excluded_nodes, extra_options=extra,

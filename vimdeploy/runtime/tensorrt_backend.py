@@ -16,8 +16,8 @@ not pycuda. Inference is `execute_async_v3` after `set_input_shape` / `set_tenso
 
 At load, the sidecar (`model.plan.json`) is checked against this machine: TensorRT
 version, compute capability and plugin library; a mismatch is a clear error instead of
-TensorRT's deserialization message (`check_sidecar` is a pure function, tested without
-TensorRT). `check=False` skips it.
+TensorRT's deserialization message (`vimdeploy.tensorrt.sidecar.check_sidecar`, a pure
+function tested without TensorRT). `check=False` skips it.
 """
 
 from __future__ import annotations
@@ -29,49 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine_build import (cuda_call, environment, find_plugin, import_cudart, import_tensorrt, load_plugin,
-                            sidecar_path)
-from ..fileio import file_sha256
 from ..errors import ArtifactError, InputError
+from ..fileio import file_sha256
+from ..tensorrt.imports import cuda_call, import_cudart, import_tensorrt
+from ..tensorrt.plugin import find_plugin, load_plugin
+from ..tensorrt.sidecar import check_sidecar, current_machine, read_sidecar, sidecar_path
 from .base import Engine
-
-
-def read_sidecar(engine_path) -> dict | None:
-    p = sidecar_path(engine_path)
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{p} is not a readable engine sidecar ({e}).") from None
-
-
-def check_sidecar(sidecar: dict, current: dict, plugin_sha256: str | None = None) -> tuple[list[str], list[str]]:
-    """Compare what the engine was built with against this machine. Returns (errors, warnings).
-
-    Errors: another TensorRT version (engines are not portable across versions unless
-    built version-compatible), another compute capability (the kernels are compiled for
-    it), another plugin build (its serialized state and kernels were chosen for that one).
-    Warnings: another GPU model of the same compute capability (runs, may be slower).
-    """
-    errors, warns = [], []
-    built, here = sidecar.get("tensorrt"), current.get("tensorrt")
-    if built and here and built != here:
-        errors.append(f"the engine was built with TensorRT {built}; this machine has TensorRT {here}. "
-                      f"Rebuild it here (vimdeploy build model.onnx -o ...) or install TensorRT {built}.")
-    built, here = sidecar.get("compute_capability"), current.get("compute_capability")
-    if built and here and built != here:
-        errors.append(f"the engine was built for compute capability {built} ({sidecar.get('gpu', '?')}); this GPU "
-                      f"is {current.get('gpu', '?')} with compute capability {here}. Rebuild it on this GPU.")
-    elif sidecar.get("gpu") and current.get("gpu") and sidecar["gpu"] != current["gpu"]:
-        warns.append(f"the engine was built on {sidecar['gpu']} and runs on {current['gpu']} (same compute "
-                     "capability: it works, but its tactics were timed on the other GPU).")
-    plugin = sidecar.get("plugin") or {}
-    if plugin.get("sha256") and plugin_sha256 and plugin["sha256"] != plugin_sha256:
-        errors.append(f"the engine was built with another plugin library (sha256 {plugin['sha256'][:12]}..., "
-                      f"{plugin.get('path')}); the one loaded now is {plugin_sha256[:12]}.... Pass the same "
-                      "library (--plugin / plugin=...) or rebuild the engine.")
-    return errors, warns
 
 
 class TensorRTEngine(Engine):
@@ -94,13 +57,13 @@ class TensorRTEngine(Engine):
             candidate = plugin or (recorded["path"] if recorded and Path(recorded["path"]).is_file() else None)
             try:
                 self.plugin_path = find_plugin(candidate)
-                load_plugin(self.plugin_path, trt)
+                load_plugin(self.plugin_path)
             except ArtifactError:
                 if plugin or recorded:
                     raise  # without a sidecar, try the engine as a plugin-free one
 
         if check and self.sidecar:
-            current = environment(trt, device)
+            current = current_machine(trt.__version__, device)
             errors, warns = check_sidecar(self.sidecar, current, file_sha256(self.plugin_path) if self.plugin_path else None)
             for w in warns:
                 warnings.warn(w, stacklevel=2)

@@ -19,8 +19,10 @@ extern "C" {
 /*
  * Bytes of scratch memory that let the kernel split long sequences into chunks (used when
  * batch * E is too small to fill the GPU, e.g. batch 1 at long L). The size depends only on
- * E, N and the current device's multiprocessor count, never on batch or L. Passing less
- * (or NULL) is allowed: the kernel then runs unsplit, equally correct, slower at small batch.
+ * E and N: never on batch, L or the GPU, so that a size fixed when a TensorRT engine is
+ * built holds on any GPU it runs on. The kernel never uses more than workspace_bytes:
+ * with less (or NULL) it splits into fewer chunks or none, equally correct, slower at small
+ * batch. For tests, VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs.
  */
 VIMDEPLOY_API size_t vimdeploy_bi_selective_scan_workspace_size(int64_t E, int64_t N);
 
