@@ -143,8 +143,9 @@ def load_official():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--variants", action="store_true", help="also time kernel variants 1..4 and forced L splits")
+    ap.add_argument("--variants", action="store_true", help="also time kernel variants 1..6 and forced L splits")
     ap.add_argument("--quick", action="store_true", help="Vim-Ti only")
+    ap.add_argument("--models", default=None, help="comma-separated subset of Ti,S,B (default: all; --quick: Ti)")
     ap.add_argument("--no-fast", action="store_true", help="skip the PyTorch fast scan")
     ap.add_argument("--no-official", action="store_true", help="skip mamba_ssm even if it imports")
     args = ap.parse_args()
@@ -172,7 +173,11 @@ def main():
     }
     print(json.dumps(env, indent=1))
     rows = []
-    models = {"Ti": 384} if args.quick else MODELS
+    names = args.models.split(",") if args.models else (["Ti"] if args.quick else list(MODELS))
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}: choose from {','.join(MODELS)}")
+    models = {m: MODELS[m] for m in names}
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     for dtype in (torch.float16, torch.float32):
         for mname, E in models.items():
@@ -191,7 +196,7 @@ def main():
 
                 row["cuda"] = summary(time_graph([ours(i) for i in range(sets)]))
                 if args.variants:
-                    for v in (1, 2, 3, 4):
+                    for v in (1, 2, 3, 4, 5, 6):
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
                     for ch in ((1, 2, 4, 8, 16, 32, 64) if b == 1 else (1, 2)):
                         if ch <= L // 32:

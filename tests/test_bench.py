@@ -122,8 +122,9 @@ def test_cli_cpu_run_writes_json(cli, tmp_path, monkeypatch):
     res = cli("bench", "--model", "vim_tiny", "--device", "cpu", "--sizes", "32", "--batch", "1", "--warmup", "1",
               "--iters", "1", "--seconds", "0", "--json-out", out)
     assert res.exit_code == 0, res.output
-    assert "| Vim-Ti (fast scan) | 32 (5) | 1 | ok |" in res.output
+    # the CPU default is scan "auto" (the native CPU kernel when built, else the fast scan)
+    assert "| Vim-Ti (auto scan) | 32 (5) | 1 | ok |" in res.output
     data = json.loads(out.read_text())
     assert set(data) >= {"env", "settings", "runners", "rows"}
-    assert data["rows"][0]["status"] == "ok" and data["runners"][0]["scan"] == "fast"
+    assert data["rows"][0]["status"] == "ok" and data["runners"][0]["scan"] == "auto"
     assert data["runners"][0]["dtype"] == "fp32"

@@ -562,18 +562,84 @@ def inspect_cmd(artifact, as_json):
 @click.option("--queue-delay-us", type=int, default=100, show_default=True,
               help="dynamic_batching max_queue_delay_microseconds.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Engine instances per GPU.")
+@click.option("--gpus", default=None, help="GPU ids the instances go on, e.g. 0,1. Default: every GPU.")
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Class names for `logits`, one per line. Default: ImageNet-1k's for a 1000-class engine.")
+@click.option("--no-warmup", is_flag=True, help="Leave out model_warmup (random batches of 1 and the max batch).")
 @click.option("--force", is_flag=True, help="Replace the model folder if it exists.")
 @json_option
-def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, force, as_json):
+def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, labels, no_warmup, force, as_json):
     """Write a Triton Inference Server model repository for ENGINE (needs its .json sidecar)."""
+    from .errors import InputError
     from .triton import write_triton_repo
 
+    try:
+        gpu_ids = [int(g) for g in gpus.split(",")] if gpus else None
+    except ValueError:
+        raise InputError(f"--gpus takes comma-separated GPU ids, e.g. 0,1; got {gpus!r}.") from None
     info = write_triton_repo(engine, repo, name=name, max_batch=max_batch, queue_delay_us=queue_delay_us,
-                             instances=instances, force=force)
+                             instances=instances, force=force, gpus=gpu_ids, labels=labels, warmup=not no_warmup)
     emit(info, as_json, lambda i: click.echo(
         f"wrote {i['model']} (max_batch_size {i['max_batch_size']}); see {i['repository']}/README.md "
         "for loading the plugin library in tritonserver"))
 
+
+
+@main.command("serve")
+@click.argument("artifact", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--name", default="vim", show_default=True, help="Model name in the server's URLs.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the HTTP, gRPC and metrics endpoints listen on (0.0.0.0: every interface).")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics (/metrics).")
+@click.option("--max-batch", type=int, default=8, show_default=True,
+              help="Largest batch the dynamic batcher forms (and the largest a request may send).")
+@click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
+              help="How long a request may wait for others to batch with.")
+@click.option("--instances", type=int, default=1, show_default=True,
+              help="Model instances, each its own process with its own engine.")
+@click.option("--features", is_flag=True, help="Also serve the `features` output.")
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Class names for top5_labels, one per line. Default: ImageNet-1k's for 1000 classes.")
+@click.option("--exit-timeout", type=int, default=30, show_default=True,
+              help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@click.option("--verbose", is_flag=True, help="Print Triton's own log.")
+@ema_option
+@json_option
+def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances,
+              features, labels, exit_timeout, verbose, ema, as_json):
+    """Serve ARTIFACT (checkpoint, .onnx or .plan) with Triton Inference Server until Ctrl-C / SIGTERM.
+
+    \b
+    KServe v2 HTTP and gRPC with dynamic batching. Inputs (one per request): `images`
+    FP32 N x 3 x S x S, normalised; or `image_bytes` BYTES N x 1, encoded JPEG/PNG,
+    preprocessed like `predict`. Outputs: logits, top5_indices, top5_labels,
+    top5_scores (and features with --features). Needs `pip install 'vimdeploy[serve]'`.
+    \b
+    Example:
+      vimdeploy serve vim_t.onnx --max-batch 16 --instances 2
+      curl localhost:8000/v2/health/ready
+      python samples/triton/client.py cat.jpg --url localhost:8000
+    """
+    from .serving import serve
+
+    def ready(info):
+        if as_json:
+            click.echo(json.dumps({"event": "ready", **info}))
+        else:
+            click.echo(f"serving {info['model']} ({Path(info['artifact']).name}, {info['engine']['backend']}, "
+                       f"{info['spec']['img_size']}px, max batch {info['max_batch']}, {info['instances']} "
+                       f"instance(s)): HTTP {info['http']}, gRPC {info['grpc']}, metrics {info['metrics']}. "
+                       "Ctrl-C to stop.")
+        sys.stdout.flush()
+
+    summary = serve(artifact, name=name, host=host, http_port=http_port, grpc_port=grpc_port,
+                    metrics_port=metrics_port, max_batch=max_batch, queue_delay_us=max_queue_delay_us,
+                    instances=instances, features=features, labels=labels, ema=ema, exit_timeout_s=exit_timeout,
+                    on_ready=ready, echo=(lambda line: click.echo(line, err=True)) if verbose else None)
+    emit({"event": "stopped", **summary}, as_json,
+         lambda s: click.echo(f"stopped (tritonserver exit status {s['server_exit_code']})"))
 
 
 @main.command("bench")

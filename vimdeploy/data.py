@@ -62,6 +62,19 @@ def class_name(index: int, num_classes: int = 1000) -> str:
     return f"class {index}"
 
 
+def class_names(num_classes: int, path: str | Path | None = None) -> list[str]:
+    """One name per class index: from a text file (one line per class), else `class_name`'s."""
+    if path is None:
+        return [class_name(i, num_classes) for i in range(num_classes)]
+    try:
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the labels file {path}: {e}") from None
+    if len(names) != num_classes:
+        raise InputError(f"{path} has {len(names)} labels; the model has {num_classes} classes.")
+    return names
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)

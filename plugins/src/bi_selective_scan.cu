@@ -29,8 +29,11 @@
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
  *   threads of a channel (kTPC = 2: 8 states each, twice the warps, which balances the
- *   warps over the 4 schedulers of an SM) split the softplus and the silu gate of a pair
- *   of steps and swap them with a shuffle, loads of full chunks are unguarded.
+ *   warps over the 4 schedulers of an SM) split the per-step work by parity: each loads
+ *   x, dt, z and the partial, computes softplus, delta * x and the gate, and stores y only
+ *   for its own (even or odd) steps, and the pair swaps deltas and half-sums of y with
+ *   shuffles; loads of full chunks are unguarded; the hot loop has no branches (a branch
+ *   splits a chunk into basic blocks, and the compiler then cannot overlap steps).
  * - A polynomial exp2 on the FMA pipe (FlashAttention-4's trick) to unload MUFU was
  *   tried and was slower: the kernel is as much issue-bound as MUFU-bound (docs/kernel.md).
  */
@@ -104,11 +107,38 @@ __device__ __forceinline__ float softplus(float v)
     q = fmaf(q, w, 3.3318120e-1f);
     q = fmaf(q, w, -4.9999446e-1f);
     q = fmaf(q, w, 9.9999994e-1f);
-    return v > 20.f ? v : fmaxf(v, 0.f) + w * q;
+    // No branch for the v > 20 rule: there w * q < 2.1e-9 is below half an ulp of v (9.5e-7),
+    // so max(v, 0) + w * q rounds to v exactly. A branch here split the hot loop into basic
+    // blocks (with divergence bookkeeping around every shuffle) and cost more than the FMAs.
+    return fmaf(w, q, fmaxf(v, 0.f));
 }
+
+// Keeps v in a register here: stops the compiler from sinking its computation into a branch
+// on a run-time flag (a uniform select is 1 instruction; a branch splits the hot loop).
+__device__ __forceinline__ float materialize(float v)
+{
+    asm volatile("" : "+f"(v));
+    return v;
+}
+
 
 // silu(v) = v / (1 + exp(-v)); for v < -88 the denominator is inf and the result 0.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + ex2Mufu(-v * kLog2e)); }
+
+// Predicated store (st.global.cg: the other warp reads the partials back from L2). Written in
+// PTX so that it stays one predicated instruction: as `if (ok) store`, the compiler made a
+// branch per step in the 2-threads-per-channel variants, and each step became its own basic
+// block (no overlap of one step's exps with the previous step's tail).
+__device__ __forceinline__ void storeIf(bool ok, float* q, float v)
+{
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %0, 0;\n\t@p st.global.cg.f32 [%1], %2;\n\t}" ::"r"(int(ok)),
+        "l"(q), "f"(v) : "memory");
+}
+__device__ __forceinline__ void storeIf(bool ok, __half* q, __half v)
+{
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %0, 0;\n\t@p st.global.cg.b16 [%1], %2;\n\t}" ::"r"(int(ok)),
+        "l"(q), "h"(__half_as_ushort(v)) : "memory");
+}
 
 enum Mode
 {
@@ -129,7 +159,7 @@ struct Lane
     float A2[kN / kTPC]; // A * log2(e) of this thread's states
     float D, bias;
     int part;   // which kN / kTPC states of the channel (0..kTPC-1)
-    bool store; // channel < E and part 0 (inactive lanes compute on a clamped channel)
+    bool store; // channel < E (inactive lanes compute on a clamped channel)
 };
 
 // Sweeps steps [s0, s1) in scan order (step 0 = the chunk's first token in this direction;
@@ -145,10 +175,17 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
     int const bcStep = rev ? -kN : kN;
     static_assert(kTPC == 1 || kTC % 2 == 0, "pairs of steps are shared between the 2 threads of a channel");
     int64_t const step = rev ? -p.E : p.E; // one token in scan order
-    T px[kTC], pdt[kTC], pbc[kTC], pz[kTC], pp[kTC]; // the next chunk, loaded one chunk ahead
+    // Per-thread data (x, dt, z, the partial, y) is loaded, gated and stored only for the
+    // thread's OWN steps: all steps when kTPC == 1; with kTPC == 2 part 0 owns the even
+    // steps of a chunk and part 1 the odd ones (its pointers start one token later), and the
+    // pair swaps deltas, delta * x and the half-sums of y with shuffles. So the two threads
+    // of a channel split the per-step overhead instead of both doing all of it.
+    constexpr int kO = kTC / kTPC; // own steps per chunk
+    // the next chunk, loaded one chunk ahead (zeroed: a partial chunk leaves some unloaded)
+    T px[kO] = {}, pdt[kO] = {}, pz[kO] = {}, pp[kO] = {}, pbc[kTC] = {};
 
     // Chunk base pointers in 64 bits, the steps inside a chunk as 32-bit offsets shared by
-    // x, dt, z and y (same layout): one IMAD.WIDE per load instead of 64-bit pointer bumps.
+    // x, dt, z and y (same layout).
     int const step32 = int(step);
     auto prefetch = [&](int s, auto guard) {
         constexpr bool kGuard = decltype(guard)::value;
@@ -159,22 +196,26 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         T const* qp = ln.y + o;
         T const* qbc = ln.bc + int64_t(s) * bcStep;
 #pragma unroll
-        for (int i = 0; i < kTC; ++i)
+        for (int k = 0; k < kO; ++k)
         {
-            if (!kGuard || s + i < s1)
+            if (!kGuard || s + k * kTPC + ln.part < s1)
             {
-                int const oi = i * step32;
-                px[i] = qx[oi];
-                pdt[i] = qdt[oi];
-                if (kOut || lane < kN)
-                    pbc[i] = qbc[i * bcStep];
+                int const oi = k * kTPC * step32;
+                px[k] = __ldg(qx + oi);
+                pdt[k] = __ldg(qdt + oi);
                 if (kMode == kSecond)
                 {
-                    pz[i] = qz[oi];
-                    pp[i] = qp[oi]; // the other direction's partial (written before the barrier)
+                    pz[k] = __ldg(qz + oi);
+                    // the other direction's partial, written in this launch before the barrier:
+                    // an L2 load, not the non-coherent read-only path
+                    pp[k] = __ldcg(qp + oi);
                 }
             }
         }
+#pragma unroll
+        for (int i = 0; i < kTC; ++i)
+            if ((!kGuard || s + i < s1) && (kOut || lane < kN))
+                pbc[i] = __ldg(qbc + i * bcStep);
     };
     auto prefetchFrom = [&](int s) {
         if (s + kTC <= s1)
@@ -186,44 +227,37 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
     // One chunk of kTC steps; kGuard only for the last, partial chunk.
     auto chunk = [&](int s, auto guard) {
         constexpr bool kGuard = decltype(guard)::value;
-        // Deltas and gates first (independent across steps). The kTPC == 2 threads of a
-        // channel split them: even steps on part 0, odd on part 1, then swap.
-        float dl[kTC], g[kTC];
+        // Own steps first (independent across steps): delta, delta * x, gate; then swap.
+        float dl[kTC], dx[kTC], xo[kO], go[kO];
 #pragma unroll
-        for (int i = 0; i < kTC; i += kTPC)
+        for (int k = 0; k < kO; ++k)
         {
-            int const j = kTPC == 2 && ln.part ? i + 1 : i;
-            float const v = toF(kTPC == 2 && ln.part ? pdt[i + 1] : pdt[i]) + ln.bias;
-            float const d = p.softplus ? softplus(v) : v;
-            float gz = 0.f;
-            if (kMode == kSecond)
-                gz = silu(toF(kTPC == 2 && ln.part ? pz[i + 1] : pz[i])) * p.scale;
-            if (kTPC == 1)
+            float const xv = toF(px[k]);
+            float const v = toF(pdt[k]) + ln.bias;
+            float const sp = materialize(softplus(v)); // computed even when unused: no branch
+            float const d = p.softplus ? sp : v;
+            float const dxv = d * xv;
+            xo[k] = xv;
+            go[k] = kMode == kSecond ? silu(toF(pz[k])) * p.scale : 0.f;
+            if constexpr (kTPC == 1)
             {
-                dl[i] = d;
-                g[i] = gz;
+                dl[k] = d;
+                dx[k] = dxv;
             }
             else
             {
-                float const dOther = __shfl_xor_sync(0xffffffffu, d, 1);
-                dl[i] = ln.part ? dOther : d;
-                dl[i + 1] = ln.part ? d : dOther;
-                if (kMode == kSecond)
-                {
-                    float const gOther = __shfl_xor_sync(0xffffffffu, gz, 1);
-                    g[i] = ln.part ? gOther : gz;
-                    g[i + 1] = ln.part ? gz : gOther;
-                }
+                float const dO = __shfl_xor_sync(0xffffffffu, d, 1);
+                float const dxO = __shfl_xor_sync(0xffffffffu, dxv, 1);
+                dl[2 * k] = ln.part ? dO : d;
+                dl[2 * k + 1] = ln.part ? d : dO;
+                dx[2 * k] = ln.part ? dxO : dxv;
+                dx[2 * k + 1] = ln.part ? dxv : dxO;
             }
-            (void) j;
         }
-        T cx[kTC], cp[kTC];
+        T cp[kO];
 #pragma unroll
-        for (int i = 0; i < kTC; ++i)
-        {
-            cx[i] = px[i];
-            cp[i] = pp[i];
-        }
+        for (int k = 0; k < kO; ++k)
+            cp[k] = pp[k];
         __syncwarp();
         float* bcs = reinterpret_cast<float*>(bcSmem);
 #pragma unroll
@@ -234,48 +268,62 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
 
         [[maybe_unused]] T* const qy = ln.y + s * step; // unused when kMode == kStates
 #pragma unroll
-        for (int i = 0; i < kTC; ++i)
+        for (int k = 0; k < kO; ++k)
         {
-            if (kGuard && s + i >= s1) // warp-uniform
-                break;
-            float const xv = toF(cx[i]);
-            float const dx = dl[i] * xv;
-            float y0 = 0.f, y1 = 0.f;
-            // this thread's B at [part*kS, part*kS + kS), its C 16 floats further
-            float4 const* bc = bcSmem + i * (kWarp / 4) + ln.part * (kS / 4);
+            float yp[kTPC]; // this thread's half-sums of y at steps k*kTPC + q
 #pragma unroll
-            for (int q = 0; q < kS / 4; ++q)
+            for (int q = 0; q < kTPC; ++q)
             {
-                float4 const b = bc[q];
-                float const bq[4] = {b.x, b.y, b.z, b.w};
+                int const i = k * kTPC + q;
+                yp[q] = 0.f;
+                if (kGuard && s + i >= s1) // warp-uniform
+                    break;
+                float y0 = 0.f, y1 = 0.f;
+                // this thread's B at [part*kS, part*kS + kS), its C 16 floats further
+                float4 const* bc = bcSmem + i * (kWarp / 4) + ln.part * (kS / 4);
 #pragma unroll
-                for (int k = 0; k < 4; ++k)
+                for (int qq = 0; qq < kS / 4; ++qq)
                 {
-                    int const n = 4 * q + k;
-                    h[n] = fmaf(ex2Mufu(dl[i] * ln.A2[n]), h[n], dx * bq[k]);
+                    float4 const b = bc[qq];
+                    float const bq[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                    {
+                        int const n = 4 * qq + j;
+                        h[n] = fmaf(ex2Mufu(dl[i] * ln.A2[n]), h[n], dx[i] * bq[j]);
+                    }
+                    if (kOut)
+                    {
+                        float4 const c = bc[kN / 4 + qq];
+                        y0 = fmaf(h[4 * qq], c.x, y0);
+                        y1 = fmaf(h[4 * qq + 1], c.y, y1);
+                        y0 = fmaf(h[4 * qq + 2], c.z, y0);
+                        y1 = fmaf(h[4 * qq + 3], c.w, y1);
+                    }
                 }
-                if (kOut)
-                {
-                    float4 const c = bc[kN / 4 + q];
-                    y0 = fmaf(h[4 * q], c.x, y0);
-                    y1 = fmaf(h[4 * q + 1], c.y, y1);
-                    y0 = fmaf(h[4 * q + 2], c.z, y0);
-                    y1 = fmaf(h[4 * q + 3], c.w, y1);
-                }
+                if constexpr (kMode == kStates)
+                    dsum += dl[i];
+                yp[q] = y0 + y1;
             }
-            if constexpr (kMode == kStates)
-                dsum += dl[i];
             if constexpr (kOut)
             {
-                float y = y0 + y1;
-                if (kTPC == 2)
-                    y += __shfl_xor_sync(0xffffffffu, y, 1);
-                y = fmaf(ln.D, xv, y);
+                float y;
+                if constexpr (kTPC == 1)
+                    y = yp[0];
+                else
+                {
+                    // send the partner the half-sum of ITS step, get the other half of mine
+                    float const recv = __shfl_xor_sync(0xffffffffu, ln.part ? yp[0] : yp[1], 1);
+                    y = (ln.part ? yp[1] : yp[0]) + recv;
+                }
+                y = fmaf(ln.D, xo[k], y);
                 if (kMode == kSecond)
-                    y = (y + toF(cp[i])) * g[i];
-                if (ln.store)
-                    qy[i * step32] = fromF<T>(y);
+                    y = (y + toF(cp[k])) * go[k];
+                bool const ok = ln.store && (!kGuard || s + k * kTPC + ln.part < s1);
+                storeIf(ok, qy + k * kTPC * step32, fromF<T>(y));
             }
+            if (kGuard && s + (k + 1) * kTPC >= s1) // warp-uniform
+                break;
         }
     };
 
@@ -313,7 +361,7 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     Lane<T, kTPC> ln;
     ln.part = lane % kTPC;
     bool const active = e < p.E;
-    ln.store = active && ln.part == 0;
+    ln.store = active; // each thread stores its own steps
     int64_t const ec = active ? e : p.E - 1;
     int64_t const tStart = dir == 0 ? t0 : t1 - 1; // first token in scan order
     int64_t const row = (int64_t(bi) * p.L + tStart);
@@ -321,6 +369,14 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     ln.dt = static_cast<T const*>(dir == 0 ? p.dt[0] : p.dt[1]) + row * p.E + ec;
     ln.z = static_cast<T const*>(p.z) + row * p.E + ec;
     ln.y = static_cast<T*>(p.y) + row * p.E + ec;
+    if (kTPC == 2) // part 1 owns the odd steps of each chunk: its pointers start one token later
+    {
+        int64_t const own = (dir == 0 ? p.E : -p.E) * ln.part;
+        ln.x += own;
+        ln.dt += own;
+        ln.z += own;
+        ln.y += own;
+    }
     ln.bc = static_cast<T const*>(lane < kN ? (dir == 0 ? p.B[0] : p.B[1]) : (dir == 0 ? p.C[0] : p.C[1]))
         + row * kN + (lane % kN);
     float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + ln.part * kS;
@@ -453,28 +509,35 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 }
 
 // Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.
-// Measured on an H100 (docs/kernel.md): one thread per channel (variants 1, 2) wins when
-// the grid has >= 4 blocks per SM, and when a long sequence is split into chunks (batch 1);
-// two threads per channel (variant 4: twice the warps, spread evenly over an SM's 4
-// schedulers) wins when few channels are in flight and L is not split (Vim-Ti at batch 32)
-// and for short sequences at batch 1.
-int autoVariant(int64_t batch, int64_t L, int64_t E)
+// Measured on an H100 (bench_scan.py --variants, docs/kernel.md):
+// - the grid has >= 4 blocks per SM (L=197 batch 128, Vim-S/B at batch 32): one thread per
+//   channel; 8 steps per chunk for long sequences (variant 2: L=6085 batch 32 3-8% faster
+//   than variant 1), 4 for short ones (variant 1: L=197 batch 128 1-4% faster than 2);
+// - L split into chunks (batch 1): variant 2 for L >= 2048, else variant 4;
+// - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel (variant
+//   4: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms for
+//   variant 2), fp32 variant 2 (1.28 vs 1.40 ms for variant 4).
+int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
     bool const split = autoChunks(batch, L, tilesOf(E, kWarp)) > 1;
     if (split)
         return L >= 2048 ? 2 : 4;
-    return blocks >= 4 * smCount() ? 1 : 4;
+    if (blocks >= 4 * smCount())
+        return L >= 2048 ? 2 : 1;
+    return fp32 ? 2 : 4;
 }
 
 template <typename T>
 cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
-    switch (variant == 0 ? autoVariant(p.batch, p.L, p.E) : variant)
+    switch (variant == 0 ? autoVariant(p.batch, p.L, p.E, std::is_same<T, float>::value) : variant)
     {
     case 1: return launch<T, 4, 1>(p, numChunks, wsAvail, stream);
     case 2: return launch<T, 8, 1>(p, numChunks, wsAvail, stream);
     case 3: return launch<T, 4, 2>(p, numChunks, wsAvail, stream);
+    case 5: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
+    case 6: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
     case 4:
     default: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
     }

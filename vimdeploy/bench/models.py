@@ -1,0 +1,131 @@
+"""The models `vimdeploy bench` builds: Vim (checkpoint or untrained variant, fp16 as the golden
+test's autocast has it) and timm's DeiT-Ti with eager or SDPA attention."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+from .common import BenchError, _need
+from .runners import TorchRunner
+
+
+DEIT_MODES = {"deit_tiny": ("eager", "sdpa"), "deit_tiny_eager": ("eager",), "deit_tiny_sdpa": ("sdpa",)}
+
+
+def _vim_fp16(model):
+    """fp16 with the numerics of the fp16 golden test's torch.autocast (tests/test_plugin_cuda.py):
+    linear/conv weights in fp16 once (autocast would cast them on every call), while the
+    scan parameters (A_log, D, dt biases), the norm weights and class token/pos embed casts
+    stay as autocast has them: the scan gets fp32 A, D, dt bias; the residual stream is fp32."""
+    import torch
+
+    keep = {n: p.detach().clone() for n, p in model.named_parameters()
+            if n.split(".")[-1] in ("A_log", "A_b_log", "D", "D_b") or n.endswith(("dt_proj.bias", "dt_proj_b.bias"))
+            or (n.endswith(".weight") and ("norm" in n))}
+    model.half()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in keep:
+                p.data = keep[n].float()
+    return model
+
+
+def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda_graphs=False, ema=False,
+               name=None, compile=False) -> TorchRunner:
+    """Vim from a checkpoint path, or untrained from VARIANTS ("vim_tiny", "vim_small", "vim_base")."""
+    import torch
+
+    from ..model import VARIANTS, VisionMamba, load_model
+
+    if scan == "cuda":
+        if device != "cuda":
+            raise BenchError("--scan cuda runs on the GPU; use --scan fast with --device cpu")
+        from ..ops import native
+
+        try:
+            native.load_library()
+        except native.PluginError as e:
+            raise BenchError(f"--scan cuda needs the kernel library ({e}); build it with `vimdeploy plugin build`") from None
+    key = str(source)
+    if key.startswith("vim_") and key[4:] in VARIANTS:
+        model = VisionMamba(VARIANTS[key[4:]], scan=scan)
+        _init_untrained(model)
+        label = "Vim-" + {"tiny": "Ti", "small": "S", "base": "B"}.get(key[4:], key[4:])
+    else:
+        model, _ = load_model(source, ema=ema, scan=scan)
+        label = f"Vim {model.cfg.variant}"
+    if dtype == "fp16":
+        _vim_fp16(model)
+    label = name or (f"{label} ({scan} scan{', torch.compile' if compile else ''}"
+                     f"{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})")
+    module = model
+    if compile:
+        # Inductor fuses the element-wise work around the scan (norms, SiLU, conv taps,
+        # casts; half of Vim-Ti's GPU time without it, docs/bench.md); the scan stays our
+        # opaque custom op. One compilation per input shape.
+        module = torch.compile(model.to(device), dynamic=False)
+    return TorchRunner(label, module, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
+                       cuda_graphs=cuda_graphs, patch=model.cfg.patch_size, stride=model.cfg.stride,
+                       info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)})
+
+
+def _init_untrained(model):
+    """Untrained weights at a trained model's scale (so fp16 neither overflows nor underflows):
+    small normal linear/conv weights, dt bias as mamba_ssm initialises it (softplus^-1 of
+    dt in [1e-3, 1e-1])."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("dt_proj.bias", "dt_proj_b.bias")):
+                dt = torch.exp(torch.rand(p.shape, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+                p.copy_(dt + torch.log(-torch.expm1(-dt)))
+            elif n.endswith("weight") and p.dim() >= 2:
+                p.normal_(0, 0.02, generator=g)
+            elif n == "pos_embed":
+                p.normal_(0, 0.02, generator=g)
+
+
+def _params_m(model) -> float:
+    return round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+
+
+def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False) -> "DeiTRunner":
+    return DeiTRunner(mode, dtype, device, cuda_graphs)
+
+
+class DeiTRunner(TorchRunner):
+    """timm's deit_tiny_patch16_224 (untrained), rebuilt per resolution with img_size=size
+    (pos-embed at that grid, as an interpolated trained one would be); attention eager
+    (`fused_attn=False`: q@k^T, softmax, @v, the Vim paper's setting) or SDPA (FlashAttention
+    where PyTorch picks it). fp16: the model in .half()."""
+
+    def __init__(self, mode="eager", dtype="fp16", device="cuda", cuda_graphs=False):
+        import torch
+
+        self.timm = _need("timm", "--compare deit_tiny")
+        self.mode = mode
+        self.dtype = torch.float16 if dtype == "fp16" else torch.float32
+        self._size = None
+        label = ("eager attention" if mode == "eager" else "SDPA") + (", CUDA graphs" if cuda_graphs else "")
+        super().__init__(f"DeiT-Ti ({label})", self._build(224),
+                         device=device, input_dtype=self.dtype, cuda_graphs=cuda_graphs,
+                         info={"model": "deit_tiny_patch16_224", "attention": mode, "dtype": dtype})
+        self._size = 224
+        self.info["params_m"] = _params_m(self.module)
+
+    def _build(self, size):
+        m = self.timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=size)
+        for blk in m.blocks:
+            blk.attn.fused_attn = self.mode == "sdpa"
+        return m.eval().to(self.dtype)
+
+    def prepare(self, size, batch):
+        if size != self._size:
+            self.module = None
+            gc.collect()
+            self.module = self._build(size).to(self.device)
+            self._size = size
+        return super().prepare(size, batch)
