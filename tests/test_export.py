@@ -13,6 +13,7 @@ import torch
 
 from vimdeploy.export import export_onnx
 from vimdeploy.export.op import ATTRIBUTES, DOMAIN, INPUT_NAMES, OP_TYPE
+from vimdeploy.export.portable import CHUNK, bi_selective_scan_onnx
 from vimdeploy.model import bi_selective_scan_reference, get_scan_backend
 from vimdeploy.model.checkpoint import file_sha256
 from vimdeploy.runtime import open_engine
@@ -62,6 +63,28 @@ def test_export_scan_backends_match_the_reference(backend, softplus, scale):
     inputs64 = scan_inputs(dtype=torch.float64)
     torch.testing.assert_close(get_scan_backend(backend)(*inputs64), bi_selective_scan_reference(*inputs64),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("L", [1, 2, CHUNK - 1, CHUNK, CHUNK + 1, 197, 1031])
+@pytest.mark.parametrize("softplus,scale", [(True, 0.5), (False, 1.0)])
+def test_chunked_portable_scan_matches_the_reference_at_every_length(L, softplus, scale):
+    """Lengths around the chunk size (padding of 1 .. CHUNK identity steps) and long ones."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        inputs = scan_inputs(L=L, seed=L, dtype=dtype)
+        if not softplus:
+            for i in (2, 6, 13, 14):
+                inputs[i] = inputs[i].abs() * 0.3
+        expected = bi_selective_scan_reference(*inputs, delta_softplus=softplus, out_scale=scale)
+        got = bi_selective_scan_onnx(*inputs, delta_softplus=softplus, out_scale=scale)
+        assert got.dtype == dtype and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+def test_chunked_portable_scan_in_fp64_for_other_chunk_sizes():
+    inputs = scan_inputs(L=45, dtype=torch.float64)
+    expected = bi_selective_scan_reference(*inputs)
+    for chunk in (1, 7, 8, 32, 64):
+        torch.testing.assert_close(bi_selective_scan_onnx(*inputs, chunk=chunk), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("flavor", ["plugin", "onnx"])
