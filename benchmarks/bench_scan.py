@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vimdeploy.bench import time_calls  # noqa: E402
-from vimdeploy.model.scan import bi_selective_scan_fast  # noqa: E402
+from vimdeploy.ops.reference import bi_selective_scan_fast  # noqa: E402
 
 N = 16
 MODELS = {"Ti": 384, "S": 768, "B": 1536}
@@ -150,9 +150,10 @@ def main():
     args = ap.parse_args()
 
     from tests.test_plugin_cuda import make_inputs
-    from vimdeploy import plugin
+    from vimdeploy.ops import cuda as plugin
+    from vimdeploy.ops.native import load_library
 
-    lib = plugin.load_library()
+    lib = load_library()
     props = torch.cuda.get_device_properties(0)
     sms = props.multi_processor_count
     clk = smi("clocks.max.sm")
@@ -186,7 +187,7 @@ def main():
                 row["limit_ms"] = max(row["mem_roof_ms"], row["exp_roof_ms"])
 
                 def ours(i, chunks=0, variant=0):
-                    return lambda: plugin.launch(outs[i], *inputs[i], num_chunks=chunks, variant=variant)
+                    return lambda: plugin.launch(outs[i], inputs[i], num_chunks=chunks, variant=variant)
 
                 row["cuda"] = summary(time_graph([ours(i) for i in range(sets)]))
                 if args.variants:
@@ -197,7 +198,7 @@ def main():
                             row[f"cuda_chunks{ch}"] = summary(time_graph([ours(i, ch) for i in range(sets)], reps=10))
                 if not args.no_fast and b * L * E <= 32 * 6085 * 384:
                     try:
-                        row["fast"] = summary(time_eager(lambda: bi_selective_scan_fast(*inputs[0]), reps=3))
+                        row["fast"] = summary(time_eager(lambda: bi_selective_scan_fast(inputs[0]), reps=3))
                     except torch.OutOfMemoryError:
                         row["fast"] = "OOM"
                     torch.cuda.empty_cache()
@@ -224,7 +225,7 @@ def main():
 
                     # check we time the same function
                     got = official_call(0)().transpose(1, 2).float()
-                    ref = plugin.launch(outs[0], *inputs[0]).float()
+                    ref = plugin.launch(outs[0], inputs[0]).float()
                     row["official_vs_ours_maxabs"] = (got - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
                     row["official"] = summary(time_graph([official_call(i) for i in range(sets)], reps=10))
                     del op

@@ -14,7 +14,8 @@ import torch
 from vimdeploy.export import export_onnx
 from vimdeploy.export.op import ATTRIBUTES, DOMAIN, INPUT_NAMES, OP_TYPE
 from vimdeploy.export.portable import CHUNK, bi_selective_scan_onnx
-from vimdeploy.model import bi_selective_scan_reference, get_scan_backend
+from vimdeploy.ops import ScanInputs, get_scan
+from vimdeploy.ops.reference import bi_selective_scan_reference
 from vimdeploy.model.checkpoint import file_sha256
 from vimdeploy.runtime import open_engine
 
@@ -44,24 +45,26 @@ def scan_inputs(b=2, L=37, E=12, N=4, seed=0, dtype=torch.float32):
     acts = [r(b, L, E), r(b, L, E), r(b, L, E), r(b, L, N), r(b, L, N), r(b, L, E), r(b, L, E), r(b, L, N), r(b, L, N)]
     params = [-torch.rand(E, N, generator=g, dtype=dtype) * 2, -torch.rand(E, N, generator=g, dtype=dtype),
               r(E), r(E), r(E) * 0.5, r(E) * 0.5]
-    return acts + params
+    return ScanInputs(*acts, *params)
 
 
-@pytest.mark.parametrize("backend", ["op", "onnx-scan"])
+# The two scans the exporter traces: the op (one node per layer) and the portable scan.
+TRACED = {"op": get_scan("auto"), "portable": bi_selective_scan_onnx}
+
+
+@pytest.mark.parametrize("backend", list(TRACED))
 @pytest.mark.parametrize("softplus,scale", [(True, 0.5), (False, 1.0)])
 def test_export_scan_backends_match_the_reference(backend, softplus, scale):
-    import vimdeploy.export  # noqa: F401  registers the backends
-
     inputs = scan_inputs()
     if not softplus:  # dt must be a positive step size without the softplus, else the scan blows up
-        for i in (2, 6, 13, 14):
-            inputs[i] = inputs[i].abs() * 0.3
-    expected = bi_selective_scan_reference(*inputs, delta_softplus=softplus, out_scale=scale)
-    got = get_scan_backend(backend)(*inputs, delta_softplus=softplus, out_scale=scale)
+        inputs = inputs._replace(**{k: getattr(inputs, k).abs() * 0.3
+                                    for k in ("dt_fwd", "dt_bwd", "dt_bias_fwd", "dt_bias_bwd")})
+    expected = bi_selective_scan_reference(inputs, delta_softplus=softplus, out_scale=scale)
+    got = TRACED[backend](inputs, delta_softplus=softplus, out_scale=scale)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # fp64 in, fp64 math: the portable scan is the same recurrence, to rounding.
     inputs64 = scan_inputs(dtype=torch.float64)
-    torch.testing.assert_close(get_scan_backend(backend)(*inputs64), bi_selective_scan_reference(*inputs64),
+    torch.testing.assert_close(TRACED[backend](inputs64), bi_selective_scan_reference(inputs64),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -72,19 +75,19 @@ def test_chunked_portable_scan_matches_the_reference_at_every_length(L, softplus
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         inputs = scan_inputs(L=L, seed=L, dtype=dtype)
         if not softplus:
-            for i in (2, 6, 13, 14):
-                inputs[i] = inputs[i].abs() * 0.3
-        expected = bi_selective_scan_reference(*inputs, delta_softplus=softplus, out_scale=scale)
-        got = bi_selective_scan_onnx(*inputs, delta_softplus=softplus, out_scale=scale)
+            inputs = inputs._replace(**{k: getattr(inputs, k).abs() * 0.3
+                                        for k in ("dt_fwd", "dt_bwd", "dt_bias_fwd", "dt_bias_bwd")})
+        expected = bi_selective_scan_reference(inputs, delta_softplus=softplus, out_scale=scale)
+        got = bi_selective_scan_onnx(inputs, delta_softplus=softplus, out_scale=scale)
         assert got.dtype == dtype and got.shape == expected.shape
         torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
 def test_chunked_portable_scan_in_fp64_for_other_chunk_sizes():
     inputs = scan_inputs(L=45, dtype=torch.float64)
-    expected = bi_selective_scan_reference(*inputs)
+    expected = bi_selective_scan_reference(inputs)
     for chunk in (1, 7, 8, 32, 64):
-        torch.testing.assert_close(bi_selective_scan_onnx(*inputs, chunk=chunk), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(bi_selective_scan_onnx(inputs, chunk=chunk), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("flavor", ["plugin", "onnx"])

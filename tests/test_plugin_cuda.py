@@ -32,7 +32,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vimdeploy.model.scan import bi_selective_scan_reference
+from vimdeploy.ops import ScanInputs
+from vimdeploy.ops.reference import bi_selective_scan_reference
 
 REPO = Path(__file__).resolve().parents[1]
 N = 16
@@ -47,7 +48,7 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
     """CI (nvcc, no GPU) compiles the kernel library on every run: through CMake as
     `vimdeploy plugin build` does, or with nvcc alone where CMake is missing. One
     architecture ($VIMDEPLOY_TEST_CUDA_ARCHS, default 80) keeps it to ~20-40 s on 2 cores."""
-    from vimdeploy.plugin import PLUGIN_SRC, build, find_nvcc, load_library
+    from vimdeploy.ops.native import PLUGIN_SRC, build, find_nvcc, load_library
 
     nvcc = find_nvcc()
     if nvcc is None:
@@ -78,12 +79,12 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
 def kernel_lib():
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
-    from vimdeploy import plugin
+    from vimdeploy.ops import native
 
-    if "kernels" not in plugin.library_paths():
+    if "kernels" not in native.library_paths():
         major, minor = torch.cuda.get_device_capability()
-        plugin.build(cuda_archs=f"{major}{minor}")
-    return plugin.load_library()
+        native.build(cuda_archs=f"{major}{minor}")
+    return native.load_library()
 
 
 def make_inputs(b, L, E, dtype, seed=0, device="cuda", large_dt_fraction=0.02):
@@ -111,10 +112,7 @@ def make_inputs(b, L, E, dtype, seed=0, device="cuda", large_dt_fraction=0.02):
         par[f"dt_bias_{d}"] = dt0 + torch.log(-torch.expm1(-dt0))  # inverse softplus
     act = {k: v.to(dtype).to(device) for k, v in act.items()}
     par = {k: v.to(device) for k, v in par.items()}
-    order = ["z", "x_fwd", "dt_fwd", "B_fwd", "C_fwd", "x_bwd", "dt_bwd", "B_bwd", "C_bwd",
-             "A_fwd", "A_bwd", "D_fwd", "D_bwd", "dt_bias_fwd", "dt_bias_bwd"]
-    both = {**act, **par}
-    return [both[k] for k in order]
+    return ScanInputs(**act, **par)
 
 
 def ground_truth(args, delta_softplus=True, out_scale=0.5):
@@ -198,10 +196,10 @@ CASES = [
 @needs_gpu
 @pytest.mark.parametrize("L,b,E,dtype,scale", CASES, ids=lambda v: str(v).replace("torch.", ""))
 def test_kernel_matches_fp64(kernel_lib, L, b, E, dtype, scale):
-    from vimdeploy.plugin import bi_selective_scan_cuda
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda
 
     args = make_inputs(b, L, E, dtype, seed=L * 7 + b * 3 + E)
-    out = bi_selective_scan_cuda(*args, delta_softplus=True, out_scale=scale)
+    out = bi_selective_scan_cuda(args, delta_softplus=True, out_scale=scale)
     check(out, args, True, scale, what=f"L={L} b={b} E={E} scale={scale}")
 
 
@@ -210,24 +208,24 @@ def test_kernel_matches_fp64(kernel_lib, L, b, E, dtype, scale):
 def test_reference_meets_the_fp32_bound(kernel_lib):
     """The bound of `check` is fp32-level: the fp32 PyTorch reference passes it too, and
     the kernel agrees with that reference directly."""
-    from vimdeploy.plugin import bi_selective_scan_cuda
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda
 
     args = make_inputs(3, 197, 384, torch.float32, seed=11)
-    ref32 = bi_selective_scan_reference(*args, delta_softplus=True, out_scale=0.5)
+    ref32 = bi_selective_scan_reference(args, delta_softplus=True, out_scale=0.5)
     check(ref32, args, what="fp32 PyTorch reference")
-    out = bi_selective_scan_cuda(*args, delta_softplus=True, out_scale=0.5)
+    out = bi_selective_scan_cuda(args, delta_softplus=True, out_scale=0.5)
     torch.testing.assert_close(out, ref32, rtol=2e-5, atol=2e-5 * ref32.abs().max().item())
 
 
 @cuda
 @needs_gpu
 def test_no_softplus(kernel_lib):
-    from vimdeploy.plugin import bi_selective_scan_cuda
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda
 
     args = make_inputs(2, 300, 96, torch.float32, seed=5)
-    for i, bias in ((2, 13), (6, 14)):  # delta = dt + bias must stay positive without softplus
-        args[i] = F.softplus(args[i]) - args[bias].unsqueeze(0).unsqueeze(0)
-    out = bi_selective_scan_cuda(*args, delta_softplus=False, out_scale=1.0)
+    # delta = dt + bias must stay positive without softplus
+    args = args._replace(dt_fwd=F.softplus(args.dt_fwd) - args.dt_bias_fwd, dt_bwd=F.softplus(args.dt_bwd) - args.dt_bias_bwd)
+    out = bi_selective_scan_cuda(args, delta_softplus=False, out_scale=1.0)
     check(out, args, False, 1.0, what="no softplus")
 
 
@@ -237,14 +235,14 @@ def test_no_softplus(kernel_lib):
 def test_variants_and_chunking_write_everything(kernel_lib, dtype):
     """Every kernel variant and L split gives the same result, and writes every element
     (the output starts as NaN)."""
-    from vimdeploy.plugin import launch
+    from vimdeploy.ops.cuda import launch
 
     b, L, E = 2, 1001, 200
     args = make_inputs(b, L, E, dtype, seed=3)
     for variant in (1, 2, 3, 4):
         for chunks in (1, 3, 16):
             out = torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda")
-            launch(out, *args, delta_softplus=True, out_scale=0.5, num_chunks=chunks, variant=variant)
+            launch(out, args, delta_softplus=True, out_scale=0.5, num_chunks=chunks, variant=variant)
             check(out, args, what=f"variant {variant} chunks {chunks}")
 
 
@@ -252,26 +250,26 @@ def test_variants_and_chunking_write_everything(kernel_lib, dtype):
 @needs_gpu
 def test_op_noncontiguous_inputs_cuda_graph_and_compile(kernel_lib):
     """As the model calls it (z, x, B, C are strided views), captured in a CUDA graph."""
-    from vimdeploy.plugin import bi_selective_scan_cuda
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda
 
     b, L, E = 2, 197, 384
     args = make_inputs(b, L, E, torch.float32, seed=9)
-    zx = torch.cat([args[1], args[0]], dim=-1)  # like in_proj's output: x | z
+    zx = torch.cat([args.x_fwd, args.z], dim=-1)  # like in_proj's output: x | z
     x_view, z_view = zx.chunk(2, dim=-1)
-    args[0], args[1] = z_view, x_view
-    ref = bi_selective_scan_cuda(*[a.contiguous() for a in args])
-    out = bi_selective_scan_cuda(*args)
+    args = args._replace(z=z_view, x_fwd=x_view)
+    ref = bi_selective_scan_cuda(args.map(torch.Tensor.contiguous))
+    out = bi_selective_scan_cuda(args)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
-    static = [a.clone() for a in args]
+    static = args.map(torch.Tensor.clone)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        bi_selective_scan_cuda(*static)  # warm-up outside the capture
+        bi_selective_scan_cuda(static)  # warm-up outside the capture
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        g_out = bi_selective_scan_cuda(*static)
+        g_out = bi_selective_scan_cuda(static)
     new = make_inputs(b, L, E, torch.float32, seed=10)
     for dst, src in zip(static, new):
         dst.copy_(src)
@@ -281,21 +279,21 @@ def test_op_noncontiguous_inputs_cuda_graph_and_compile(kernel_lib):
 
     # torch.compile treats the op as opaque (fake impl gives the shape).
     compiled = torch.compile(bi_selective_scan_cuda, fullgraph=True)
-    torch.testing.assert_close(compiled(*new), g_out, rtol=0, atol=0)
+    torch.testing.assert_close(compiled(new), g_out, rtol=0, atol=0)
 
 
 @cuda
 @needs_gpu
 def test_op_rejects_bad_input(kernel_lib):
-    from vimdeploy.plugin import PluginError, bi_selective_scan_cuda
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda
+    from vimdeploy.ops.native import PluginError
 
     args = make_inputs(1, 8, 32, torch.float32)
     with pytest.raises(PluginError):
-        bi_selective_scan_cuda(*[a.cpu() for a in args])
-    bad = list(args)
-    bad[3] = bad[3][..., :8]  # B with d_state 8
+        bi_selective_scan_cuda(args.map(torch.Tensor.cpu))
+    bad = args._replace(B_fwd=args.B_fwd[..., :8])  # B with d_state 8
     with pytest.raises(PluginError):
-        bi_selective_scan_cuda(*bad)
+        bi_selective_scan_cuda(bad)
 
 
 # --------------------------------------------------------------------------- end to end

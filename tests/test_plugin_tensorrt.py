@@ -1,7 +1,7 @@
 """The BiSelectiveScan TensorRT plugin (plugins/): one-node engines and the full model.
 
 Needs TensorRT's Python package, a GPU, and the plugin built against a TensorRT SDK with
-headers (pip wheels ship none): `vimdeploy.plugin.build(tensorrt_root=...)`, or
+headers (pip wheels ship none): `vimdeploy.ops.native.build(tensorrt_root=...)`, or
 $TENSORRT_ROOT set so the fixture builds it. Everything here skips with a reason otherwise.
 
 Tolerances: the plugin runs the same kernel as the PyTorch op, so the one-node checks
@@ -25,8 +25,7 @@ from tests.test_plugin_cuda import check, make_inputs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.tensorrt]
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ("z", "x_fwd", "dt_fwd", "B_fwd", "C_fwd", "x_bwd", "dt_bwd", "B_bwd", "C_bwd",
-         "A_fwd", "A_bwd", "D_fwd", "D_bwd", "dt_bias_fwd", "dt_bias_bwd")
+from vimdeploy.ops import INPUT_NAMES as NAMES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def trt():
 
 @pytest.fixture(scope="module")
 def plugin_paths(trt):
-    from vimdeploy import plugin
+    from vimdeploy.ops import native as plugin
 
     paths = plugin.library_paths()
     if "trt_plugin" not in paths:

@@ -186,7 +186,7 @@ def trt_env():
 
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU")
-    from vimdeploy import plugin
+    from vimdeploy.ops import native as plugin
 
     if "trt_plugin" not in plugin.library_paths():
         pytest.skip("the TensorRT plugin is not built (vimdeploy plugin build --tensorrt-root ...)")

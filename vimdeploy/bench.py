@@ -255,11 +255,11 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
     if scan == "cuda":
         if device != "cuda":
             raise BenchError("--scan cuda runs on the GPU; use --scan fast with --device cpu")
-        from . import plugin
+        from .ops import native
 
         try:
-            plugin.load_library()
-        except plugin.PluginError as e:
+            native.load_library()
+        except native.PluginError as e:
             raise BenchError(f"--scan cuda needs the kernel library ({e}); build it with `vimdeploy plugin build`") from None
     key = str(source)
     if key.startswith("vim_") and key[4:] in VARIANTS:
@@ -345,7 +345,7 @@ class DeiTRunner(TorchRunner):
         return super().prepare(size, batch)
 
 
-def engine_runner(path, device="cpu", scan="fast", **options) -> EngineRunner:
+def engine_runner(path, device="cpu", scan="auto", **options) -> EngineRunner:
     from pathlib import Path
 
     from .runtime import open_engine
@@ -695,11 +695,11 @@ def main_bench(model=None, model_name=None, scan=None, sizes="224,512,1024", bat
 
     if (model is None) == (model_name is None):
         raise BenchError("give MODEL (a checkpoint, .onnx or engine) or --model vim_tiny, not both or neither")
-    scan = scan or ("cuda" if device == "cuda" else "fast")
+    scan = scan or ("cuda" if device == "cuda" else "auto")
     dtype = dtype or ("fp16" if device == "cuda" else "fp32")
     suffix = Path(model).suffix.lower() if model is not None else ""
     is_engine = suffix in (".onnx", ".plan", ".engine")
-    cpu_capable = (suffix == ".onnx") or (not is_engine and scan == "fast" and not cuda_graphs)
+    cpu_capable = (suffix == ".onnx") or (not is_engine and scan != "cuda" and not cuda_graphs)
     check_device(device, cpu_capable)
     if device == "cpu" and compare:
         raise BenchError("--compare runs on the GPU only (the comparison is about GPU throughput and memory)")

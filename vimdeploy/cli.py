@@ -360,7 +360,7 @@ def demo(checkpoint, out_dir, as_json):
 
 @main.group()
 def plugin():
-    """The BiSelectiveScan CUDA kernel and TensorRT plugin (plugins/, built with CMake + nvcc)."""
+    """The native BiSelectiveScan libraries: CUDA kernel and TensorRT plugin (plugins/, CMake + nvcc), CPU kernel."""
 
 
 @plugin.command("build")
@@ -373,7 +373,7 @@ def plugin():
 @json_option
 def plugin_build(build_dir, cuda_archs, tensorrt_root, jobs, as_json):
     """Configure and build plugins/ and print the library paths."""
-    from .plugin import build
+    from .ops.native import build
 
     paths = build(build_dir=build_dir, cuda_archs=cuda_archs, tensorrt_root=tensorrt_root, jobs=jobs)
     emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])
@@ -383,11 +383,13 @@ def plugin_build(build_dir, cuda_archs, tensorrt_root, jobs, as_json):
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @json_option
 def plugin_path(build_dir, as_json):
-    """Print the paths of the built libraries (kernel, TensorRT plugin); exit 1 if none is built."""
+    """Print the paths of the built libraries (CUDA kernel, TensorRT plugins, CPU kernel); exit 1 if none is built."""
     from .errors import ArtifactError
-    from .plugin import library_paths
+    from .ops.native import cpu_library_path, library_paths
 
     paths = library_paths(build_dir)
+    if "cpu" not in paths and cpu_library_path() is not None:
+        paths["cpu"] = cpu_library_path()
     if not paths:
         raise ArtifactError("no plugin library is built yet: run `vimdeploy plugin build`.")
     emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])
@@ -464,8 +466,8 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, force,
 @click.argument("model", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--model", "model_name", type=click.Choice(["vim_tiny", "vim_small", "vim_base"]), default=None,
               help="An untrained Vim built from VARIANTS (no file needed) instead of MODEL.")
-@click.option("--scan", type=click.Choice(["fast", "cuda"]), default=None,
-              help="Scan backend for a checkpoint or --model. Default: cuda on the GPU, fast on the CPU.")
+@click.option("--scan", type=click.Choice(["auto", "fast", "reference", "cpu", "cuda"]), default=None,
+              help="Scan backend for a checkpoint or --model (vimdeploy.ops). Default: cuda on the GPU, auto on the CPU.")
 @click.option("--sizes", default="224,512,1024", show_default=True,
               help="Resolutions; a size off the 16-px patch grid (738) is snapped to the nearest one (736).")
 @click.option("--batch", "batches", default="1", show_default=True, help="Fixed batch sizes, comma-separated.")

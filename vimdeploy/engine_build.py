@@ -204,7 +204,7 @@ def find_plugin(explicit: str | Path | None = None) -> Path:
             raise ArtifactError(f"plugin library {path} does not exist.")
         return path.resolve()
     try:
-        from .plugin import library_paths
+        from .ops.native import library_paths
     except ImportError as e:  # pragma: no cover - plugin.py imports torch
         raise ArtifactError(f"cannot locate the TensorRT plugin ({e}); pass --plugin PATH.") from None
     paths = library_paths()

@@ -477,63 +477,61 @@ size_t vimdeploy_bi_selective_scan_workspace_size(int64_t E, int64_t N)
     return wsBytes(1, batchTimesChunks, E);
 }
 
-int vimdeploy_bi_selective_scan_ex(void const* z, void const* x_fwd, void const* dt_fwd, void const* B_fwd,
-    void const* C_fwd, void const* x_bwd, void const* dt_bwd, void const* B_bwd, void const* C_bwd,
-    float const* A_fwd, float const* A_bwd, float const* D_fwd, float const* D_bwd, float const* dt_bias_fwd,
-    float const* dt_bias_bwd, void* y, int64_t batch, int64_t L, int64_t E, int64_t N, int dtype,
-    int delta_softplus, float out_scale, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-    int num_chunks, int variant)
+int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace, size_t workspace_bytes,
+    cudaStream_t stream, int num_chunks, int variant)
 {
-    if (N != kN || (dtype != VIMDEPLOY_DTYPE_FLOAT32 && dtype != VIMDEPLOY_DTYPE_FLOAT16))
-        return VIMDEPLOY_ERROR_UNSUPPORTED;
-    if (batch < 0 || L < 0 || E < 0 || num_chunks < 0 || batch > 65535 || L > (int64_t(1) << 31) - 1)
+    if (!a)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (batch == 0 || L == 0 || E == 0)
+    if (a->N != kN || (a->dtype != VIMDEPLOY_DTYPE_FLOAT32 && a->dtype != VIMDEPLOY_DTYPE_FLOAT16))
+        return VIMDEPLOY_ERROR_UNSUPPORTED;
+    if (a->batch < 0 || a->L < 0 || a->E < 0 || num_chunks < 0 || a->batch > 65535 || a->L > (int64_t(1) << 31) - 1)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (a->batch == 0 || a->L == 0 || a->E == 0)
         return VIMDEPLOY_SUCCESS;
-    if (!z || !x_fwd || !dt_fwd || !B_fwd || !C_fwd || !x_bwd || !dt_bwd || !B_bwd || !C_bwd || !A_fwd || !A_bwd
-        || !D_fwd || !D_bwd || !dt_bias_fwd || !dt_bias_bwd || !y)
+    void const* const* inputs = &a->z; // the 15 input pointers head the struct, in contract order
+    for (int i = 0; i < VIMDEPLOY_SCAN_NUM_INPUTS; ++i)
+        if (!inputs[i])
+            return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (!a->y)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
 
     Params p;
-    p.z = z;
-    p.x[0] = x_fwd;
-    p.x[1] = x_bwd;
-    p.dt[0] = dt_fwd;
-    p.dt[1] = dt_bwd;
-    p.B[0] = B_fwd;
-    p.B[1] = B_bwd;
-    p.C[0] = C_fwd;
-    p.C[1] = C_bwd;
-    p.A[0] = A_fwd;
-    p.A[1] = A_bwd;
-    p.D[0] = D_fwd;
-    p.D[1] = D_bwd;
-    p.bias[0] = dt_bias_fwd;
-    p.bias[1] = dt_bias_bwd;
-    p.y = y;
+    p.z = a->z;
+    p.x[0] = a->x_fwd;
+    p.x[1] = a->x_bwd;
+    p.dt[0] = a->dt_fwd;
+    p.dt[1] = a->dt_bwd;
+    p.B[0] = a->B_fwd;
+    p.B[1] = a->B_bwd;
+    p.C[0] = a->C_fwd;
+    p.C[1] = a->C_bwd;
+    auto f32 = [](void const* q) { return static_cast<float const*>(q); };
+    p.A[0] = f32(a->A_fwd);
+    p.A[1] = f32(a->A_bwd);
+    p.D[0] = f32(a->D_fwd);
+    p.D[1] = f32(a->D_bwd);
+    p.bias[0] = f32(a->dt_bias_fwd);
+    p.bias[1] = f32(a->dt_bias_bwd);
+    p.y = a->y;
     p.ws = static_cast<float*>(workspace);
-    p.L = L;
-    p.E = E;
-    p.batch = int(batch);
+    p.L = a->L;
+    p.E = a->E;
+    p.batch = int(a->batch);
     p.chunks = 1;
-    p.chunk_len = int(L);
-    p.softplus = delta_softplus != 0;
-    p.scale = out_scale;
+    p.chunk_len = int(a->L);
+    p.softplus = a->delta_softplus != 0;
+    p.scale = a->out_scale;
 
-    cudaError_t const err = dtype == VIMDEPLOY_DTYPE_FLOAT16 ? dispatch<__half>(p, variant, num_chunks, workspace_bytes, stream)
+    cudaError_t const err = a->dtype == VIMDEPLOY_DTYPE_FLOAT16
+        ? dispatch<__half>(p, variant, num_chunks, workspace_bytes, stream)
         : dispatch<float>(p, variant, num_chunks, workspace_bytes, stream);
     return err == cudaSuccess ? VIMDEPLOY_SUCCESS : int(err);
 }
 
-int vimdeploy_bi_selective_scan(void const* z, void const* x_fwd, void const* dt_fwd, void const* B_fwd,
-    void const* C_fwd, void const* x_bwd, void const* dt_bwd, void const* B_bwd, void const* C_bwd,
-    float const* A_fwd, float const* A_bwd, float const* D_fwd, float const* D_bwd, float const* dt_bias_fwd,
-    float const* dt_bias_bwd, void* y, int64_t batch, int64_t L, int64_t E, int64_t N, int dtype,
-    int delta_softplus, float out_scale, void* workspace, size_t workspace_bytes, cudaStream_t stream)
+int vimdeploy_bi_selective_scan(
+    VimdeployScanParams const* p, void* workspace, size_t workspace_bytes, cudaStream_t stream)
 {
-    return vimdeploy_bi_selective_scan_ex(z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd, A_fwd, A_bwd,
-        D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd, y, batch, L, E, N, dtype, delta_softplus, out_scale, workspace,
-        workspace_bytes, stream, 0, 0);
+    return vimdeploy_bi_selective_scan_ex(p, workspace, workspace_bytes, stream, 0, 0);
 }
 
 char const* vimdeploy_error_string(int code)

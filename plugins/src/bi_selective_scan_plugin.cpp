@@ -21,6 +21,7 @@
 #include <NvInferRuntime.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -197,10 +198,18 @@ public:
         int const dtype
             = inputDesc[kXFwd].type == DataType::kHALF ? VIMDEPLOY_DTYPE_FLOAT16 : VIMDEPLOY_DTYPE_FLOAT32;
         size_t const wsBytes = workspace ? vimdeploy_bi_selective_scan_workspace_size(E, N) : 0;
-        auto f = [&](int32_t i) { return static_cast<float const*>(inputs[i]); };
-        int const rc = vimdeploy_bi_selective_scan(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5],
-            inputs[6], inputs[7], inputs[8], f(9), f(10), f(11), f(12), f(13), f(14), outputs[0], batch, L, E, N,
-            dtype, mDeltaSoftplus, mOutScale, workspace, wsBytes, stream);
+        VimdeployScanParams p{};
+        void const** params = &p.z; // the contract's inputs head the struct, in TensorRT's input order
+        std::copy(inputs, inputs + kNbInputs, params);
+        p.y = outputs[0];
+        p.batch = batch;
+        p.L = L;
+        p.E = E;
+        p.N = N;
+        p.dtype = dtype;
+        p.delta_softplus = mDeltaSoftplus;
+        p.out_scale = mOutScale;
+        int const rc = vimdeploy_bi_selective_scan(&p, workspace, wsBytes, stream);
         if (rc != VIMDEPLOY_SUCCESS)
         {
             logError(std::string("enqueue failed: ") + vimdeploy_error_string(rc));

@@ -1,7 +1,6 @@
 """Export to ONNX: the BiSelectiveScan op, the portable scan, the exporter, the ORT op.
 
-Importing this package registers the scan backends "op" (one custom op call per layer)
-and "onnx-scan" (standard ops only) and the ONNX schema of `trt.plugins::BiSelectiveScan`.
+Importing this package registers the ONNX schema of `trt.plugins::BiSelectiveScan`.
 """
 
 from .exporter import DEFAULT_OPSET, FLAVORS, INPUT_NAME, OUTPUT_NAMES, export_onnx, op_counts

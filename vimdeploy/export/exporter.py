@@ -30,12 +30,12 @@ from ..errors import InputError, VimdeployError
 from ..fileio import atomic_path
 from ..model import load_model
 from ..model.checkpoint import file_sha256
-from . import op as _op  # noqa: F401  registers the scan backend "op" and the ONNX schema
-from . import portable as _portable  # noqa: F401  registers the scan backend "onnx-scan"
+from . import op as _op  # registers the ONNX schema of BiSelectiveScan
+from .portable import bi_selective_scan_onnx
 
 __all__ = ["export_onnx", "FLAVORS", "INPUT_NAME", "OUTPUT_NAMES", "DEFAULT_OPSET"]
 
-FLAVORS = {"plugin": "op", "onnx": "onnx-scan"}  # flavor -> scan backend used for tracing
+FLAVORS = {"plugin": _op.scan_op, "onnx": bi_selective_scan_onnx}  # flavor -> scan traced
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "features")
 DEFAULT_OPSET = 20  # what torch 2.13's exporter writes natively; TensorRT 10+ parses it

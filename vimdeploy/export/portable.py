@@ -23,8 +23,9 @@ which leave the state unchanged: the forward direction sees them after every rea
 the reverse direction first, with a zero state. There is always at least one padded token,
 so the graph is the same whether or not L is a multiple of `chunk`.
 
-Registered as the scan backend "onnx-scan" (same signature as
-`bi_selective_scan_reference`), so `VisionMamba(scan="onnx-scan")` runs it in PyTorch too.
+`bi_selective_scan_onnx` is a scan backend (`fn(inputs: ScanInputs, *, delta_softplus,
+out_scale)`): the exporter traces the model with it, and `VisionMamba(scan=bi_selective_scan_onnx)`
+runs it in PyTorch too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch._higher_order_ops.scan import scan  # prototype API (torch>=2.6); FINDINGS: exports to ONNX Scan
 
-from ..model.scan import register_scan_backend
+from ..ops import ScanInputs
 
 CHUNK = 16  # tokens per loop iteration; chosen by benchmarks/bench_portable.py (docs/export.md)
 
@@ -87,11 +88,8 @@ def _direction(x, dt, A, B, C, D, dt_bias, delta_softplus, reverse, chunk):
     return y.reshape(batch, n_chunks * chunk, E)[:, :L] + xf * D.to(f)
 
 
-def bi_selective_scan_onnx(
-    z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd,
-    A_fwd, A_bwd, D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd,
-    delta_softplus: bool = True, out_scale: float = 0.5, chunk: int = CHUNK,
-):
+def bi_selective_scan_onnx(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5,
+                           chunk: int = CHUNK):
     """The op contract with two chunked `scan` loops (forward and reverse) of standard ops.
 
     (One loop over both directions stacked was tried with the per-token loop: 24 instead
@@ -100,9 +98,6 @@ def bi_selective_scan_onnx(
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    y_f = _direction(x_fwd, dt_fwd, A_fwd, B_fwd, C_fwd, D_fwd, dt_bias_fwd, delta_softplus, False, chunk)
-    y_b = _direction(x_bwd, dt_bwd, A_bwd, B_bwd, C_bwd, D_bwd, dt_bias_bwd, delta_softplus, True, chunk)
-    return ((y_f + y_b) * F.silu(z.to(y_f.dtype)) * out_scale).to(x_fwd.dtype)
-
-
-register_scan_backend("onnx-scan", bi_selective_scan_onnx)
+    y_f = _direction(*inputs.direction("fwd"), delta_softplus, False, chunk)
+    y_b = _direction(*inputs.direction("bwd"), delta_softplus, True, chunk)
+    return ((y_f + y_b) * F.silu(inputs.z.to(y_f.dtype)) * out_scale).to(inputs.x_fwd.dtype)

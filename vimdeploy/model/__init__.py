@@ -1,12 +1,10 @@
-"""The Vim model in plain PyTorch, its selective scans and checkpoint loading."""
+"""The Vim model in plain PyTorch and checkpoint loading (the scans: vimdeploy.ops)."""
 
 from .checkpoint import Checkpoint, load_model, read_checkpoint
 from .config import VARIANTS, VimConfig, config_from_state_dict
-from .scan import bi_selective_scan_fast, bi_selective_scan_reference, get_scan_backend, register_scan_backend
 from .vim import VisionMamba, resample_pos_embed
 
 __all__ = [
     "Checkpoint", "load_model", "read_checkpoint", "VARIANTS", "VimConfig", "config_from_state_dict",
-    "bi_selective_scan_fast", "bi_selective_scan_reference", "get_scan_backend", "register_scan_backend",
     "VisionMamba", "resample_pos_embed",
 ]

@@ -167,7 +167,7 @@ def _mismatch_report(model: VisionMamba, sd: dict, cfg: VimConfig) -> str | None
     )
 
 
-def load_model(path: str | Path, ema: bool = False, scan: str = "fast", **overrides) -> tuple[VisionMamba, Checkpoint]:
+def load_model(path: str | Path, ema: bool = False, scan="auto", **overrides) -> tuple[VisionMamba, Checkpoint]:
     """Build the model a checkpoint describes, load its weights strictly, in fp32 eval mode.
 
     `overrides` (e.g. stride=8, img_size=224) fix what the shapes cannot tell.

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VimConfig
-from .scan import get_scan_backend
+from ..ops import ScanFn, ScanInputs, get_scan
 
 __all__ = ["VisionMamba", "RMSNorm", "Mamba", "Block", "PatchEmbed", "resample_pos_embed"]
 
@@ -99,7 +99,7 @@ def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_ca
 class Mamba(nn.Module):
     """The bimamba-v2 mixer (inference only)."""
 
-    def __init__(self, cfg: VimConfig, scan: str = "fast"):
+    def __init__(self, cfg: VimConfig, scan: str | ScanFn = "auto"):
         super().__init__()
         d, e, n, r, k = cfg.embed_dim, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
         self.d_state, self.dt_rank, self.out_scale = n, r, cfg.out_scale
@@ -116,8 +116,8 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(a_log.clone())
         self.A_b_log = nn.Parameter(a_log.clone())
 
-    def scan_inputs(self, hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Everything the BiSelectiveScan op consumes, named as in the op contract."""
+    def scan_inputs(self, hidden_states: torch.Tensor) -> ScanInputs:
+        """Everything the BiSelectiveScan op consumes (export/op_contract.md)."""
         token_major = hidden_states.is_cuda and TOKEN_MAJOR_ON_GPU  # see _depthwise_conv_token_major
         if token_major:
             # Two GEMMs give contiguous x and z (the scan kernel wants z contiguous; a chunk
@@ -145,23 +145,17 @@ class Mamba(nn.Module):
         inputs["A_bwd"] = -torch.exp(self.A_b_log.float())
         inputs["D_fwd"], inputs["D_bwd"] = self.D.float(), self.D_b.float()
         inputs["dt_bias_fwd"], inputs["dt_bias_bwd"] = self.dt_proj.bias.float(), self.dt_proj_b.bias.float()
-        return inputs
+        return ScanInputs(**inputs)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        i = self.scan_inputs(hidden_states)
-        y = get_scan_backend(self.scan)(
-            i["z"], i["x_fwd"], i["dt_fwd"], i["B_fwd"], i["C_fwd"],
-            i["x_bwd"], i["dt_bwd"], i["B_bwd"], i["C_bwd"],
-            i["A_fwd"], i["A_bwd"], i["D_fwd"], i["D_bwd"], i["dt_bias_fwd"], i["dt_bias_bwd"],
-            delta_softplus=True, out_scale=self.out_scale,
-        )
+        y = get_scan(self.scan)(self.scan_inputs(hidden_states), delta_softplus=True, out_scale=self.out_scale)
         return self.out_proj(y)
 
 
 class Block(nn.Module):
     """Add -> RMSNorm -> mixer; returns (mixer output, fp32 residual)."""
 
-    def __init__(self, cfg: VimConfig, scan: str = "fast"):
+    def __init__(self, cfg: VimConfig, scan: str | ScanFn = "auto"):
         super().__init__()
         self.mixer = Mamba(cfg, scan)
         self.norm = RMSNorm(cfg.embed_dim, cfg.norm_eps)
@@ -193,10 +187,10 @@ def resample_pos_embed(pos_embed: torch.Tensor, old_grid: int, new_grid: int) ->
 
 
 class VisionMamba(nn.Module):
-    """Vim for image classification. `scan` picks the selective-scan backend by name
-    ("fast", "reference", or one registered later such as "cuda")."""
+    """Vim for image classification. `scan` picks the selective-scan backend: a name of
+    `vimdeploy.ops.SCANS` ("auto", "reference", "fast", "cpu", "cuda") or a function."""
 
-    def __init__(self, cfg: VimConfig = VimConfig(), scan: str = "fast"):
+    def __init__(self, cfg: VimConfig = VimConfig(), scan: str | ScanFn = "auto"):
         super().__init__()
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg)
@@ -207,12 +201,12 @@ class VisionMamba(nn.Module):
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
 
     @property
-    def scan(self) -> str:
+    def scan(self) -> str | ScanFn:
         return self.layers[0].mixer.scan
 
     @scan.setter
-    def scan(self, name: str):
-        get_scan_backend(name)  # fail early on an unknown name
+    def scan(self, name: str | ScanFn):
+        get_scan(name)  # fail early on an unknown name
         for layer in self.layers:
             layer.mixer.scan = name
 

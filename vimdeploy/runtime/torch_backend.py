@@ -10,7 +10,7 @@ from .base import Engine
 
 
 class TorchEngine(Engine):
-    def __init__(self, path, ema: bool = False, scan: str = "fast", device: str = "cpu",
+    def __init__(self, path, ema: bool = False, scan: str = "auto", device: str = "cpu",
                  dtype: torch.dtype = torch.float32, **overrides):
         self.model, self.checkpoint = load_model(path, ema=ema, scan=scan, **overrides)
         self.device = torch.device(device)
@@ -35,5 +35,5 @@ class TorchEngine(Engine):
 
     def describe(self) -> dict:
         cfg = self.model.cfg
-        return {"backend": "pytorch", "scan": self.model.scan, "device": str(self.device),
+        return {"backend": "pytorch", "scan": getattr(self.model.scan, "__name__", self.model.scan), "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "variant": cfg.variant}

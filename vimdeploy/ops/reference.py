@@ -20,7 +20,7 @@ Bidirectional op (one per Vim layer):
 
     out = (y_fwd + y_bwd) * silu(z) * out_scale
 
-Two implementations with the same signature:
+Two implementations, both `fn(inputs: ScanInputs, *, delta_softplus, out_scale)`:
   * `bi_selective_scan_reference`: the literal sequential loop, the ground truth.
   * `bi_selective_scan_fast`: chunked associative scan. Within a chunk the pairs
     (a_t, b_t) = (exp(dt*A), dt*B*x) are combined with a log-depth (Hillis-Steele) scan,
@@ -31,19 +31,12 @@ Two implementations with the same signature:
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "selective_scan_reference",
-    "bi_selective_scan_reference",
-    "bi_selective_scan_fast",
-    "SCAN_BACKENDS",
-    "register_scan_backend",
-    "get_scan_backend",
-]
+from .inputs import ScanInputs
+
+__all__ = ["selective_scan_reference", "bi_selective_scan_reference", "bi_selective_scan_fast"]
 
 
 def _math_dtype(x):
@@ -112,59 +105,18 @@ def _combine(y_fwd, y_bwd, z, out_scale, dtype):
     return ((y_fwd + y_bwd) * F.silu(z.to(y_fwd.dtype)) * out_scale).to(dtype)
 
 
-def bi_selective_scan_reference(
-    z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd,
-    A_fwd, A_bwd, D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd,
-    delta_softplus: bool = True, out_scale: float = 0.5,
-):
+def bi_selective_scan_reference(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):
     """The op contract, computed with the sequential loop (ground truth)."""
-    y_f = selective_scan_reference(x_fwd, dt_fwd, A_fwd, B_fwd, C_fwd, D_fwd, dt_bias_fwd, delta_softplus)
-    y_b = selective_scan_reference(x_bwd, dt_bwd, A_bwd, B_bwd, C_bwd, D_bwd, dt_bias_bwd, delta_softplus, reverse=True)
-    return _combine(y_f, y_b, z, out_scale, x_fwd.dtype)
+    x, dt, A, B, C, D, bias = inputs.direction("fwd")
+    y_f = selective_scan_reference(x, dt, A, B, C, D, bias, delta_softplus)
+    x, dt, A, B, C, D, bias = inputs.direction("bwd")
+    y_b = selective_scan_reference(x, dt, A, B, C, D, bias, delta_softplus, reverse=True)
+    return _combine(y_f, y_b, inputs.z, out_scale, inputs.x_fwd.dtype)
 
 
-def bi_selective_scan_fast(
-    z, x_fwd, dt_fwd, B_fwd, C_fwd, x_bwd, dt_bwd, B_bwd, C_bwd,
-    A_fwd, A_bwd, D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd,
-    delta_softplus: bool = True, out_scale: float = 0.5, chunk: int = 16,
-):
+def bi_selective_scan_fast(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5,
+                           chunk: int = 16):
     """The op contract, computed with the chunked associative scan."""
-    y_f = _scan_chunked(x_fwd, dt_fwd, A_fwd, B_fwd, C_fwd, D_fwd, dt_bias_fwd, delta_softplus, False, chunk)
-    y_b = _scan_chunked(x_bwd, dt_bwd, A_bwd, B_bwd, C_bwd, D_bwd, dt_bias_bwd, delta_softplus, True, chunk)
-    return _combine(y_f, y_b, z, out_scale, x_fwd.dtype)
-
-
-# Backends the model can run its scan on, by name. Other modules add theirs (the CUDA
-# kernel of plugins/, the export op) with `register_scan_backend`; a loader callable is
-# allowed so that heavy imports happen only when the backend is asked for.
-SCAN_BACKENDS: dict[str, Callable] = {
-    "reference": bi_selective_scan_reference,
-    "fast": bi_selective_scan_fast,
-}
-_LAZY_BACKENDS: dict[str, Callable[[], Callable]] = {}
-
-
-def register_scan_backend(name: str, fn: Callable | None = None, *, loader: Callable[[], Callable] | None = None):
-    """Register a scan implementation (same signature as `bi_selective_scan_reference`)."""
-    if (fn is None) == (loader is None):
-        raise ValueError("give exactly one of fn or loader")
-    if fn is not None:
-        SCAN_BACKENDS[name] = fn
-    else:
-        _LAZY_BACKENDS[name] = loader
-
-
-def get_scan_backend(name: str) -> Callable:
-    if name not in SCAN_BACKENDS and name in _LAZY_BACKENDS:
-        SCAN_BACKENDS[name] = _LAZY_BACKENDS[name]()
-    try:
-        return SCAN_BACKENDS[name]
-    except KeyError:
-        known = sorted(set(SCAN_BACKENDS) | set(_LAZY_BACKENDS))
-        raise ValueError(f"unknown scan backend {name!r}; known: {', '.join(known)}") from None
-
-
-# The CUDA kernel of plugins/ (vimdeploy.plugin), imported only when asked for.
-register_scan_backend(
-    "cuda", loader=lambda: __import__("vimdeploy.plugin", fromlist=["bi_selective_scan_cuda"]).bi_selective_scan_cuda
-)
+    y_f = _scan_chunked(*inputs.direction("fwd"), delta_softplus, False, chunk)
+    y_b = _scan_chunked(*inputs.direction("bwd"), delta_softplus, True, chunk)
+    return _combine(y_f, y_b, inputs.z, out_scale, inputs.x_fwd.dtype)
