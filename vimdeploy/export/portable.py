@@ -42,7 +42,7 @@ from torch._higher_order_ops.scan import scan  # prototype API (torch>=2.6); FIN
 
 from ..ops import ScanInputs
 
-CHUNK = 16  # tokens per loop iteration; chosen by benchmarks/bench_portable.py (docs/export.md)
+CHUNK = 8  # tokens per loop iteration; chosen by benchmarks/bench_portable.py (docs/export.md)
 
 
 def _softplus(v):
