@@ -13,7 +13,7 @@ import torch
 
 from vimdeploy.export import export_onnx
 from vimdeploy.export.op import ATTRIBUTES, DOMAIN, INPUT_NAMES, OP_TYPE
-from vimdeploy.export.portable import bi_selective_scan_onnx
+from vimdeploy.export.portable import CHUNK, bi_selective_scan_onnx
 from vimdeploy.ops import ScanInputs, get_scan
 from vimdeploy.ops.reference import bi_selective_scan_reference
 from vimdeploy.model.checkpoint import file_sha256
@@ -68,6 +68,28 @@ def test_export_scan_backends_match_the_reference(backend, softplus, scale):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("L", [1, 2, CHUNK - 1, CHUNK, CHUNK + 1, 197, 1031])
+@pytest.mark.parametrize("softplus,scale", [(True, 0.5), (False, 1.0)])
+def test_chunked_portable_scan_matches_the_reference_at_every_length(L, softplus, scale):
+    """Lengths around the chunk size (padding of 1 .. CHUNK identity steps) and long ones."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        inputs = scan_inputs(L=L, seed=L, dtype=dtype)
+        if not softplus:
+            inputs = inputs._replace(**{k: getattr(inputs, k).abs() * 0.3
+                                        for k in ("dt_fwd", "dt_bwd", "dt_bias_fwd", "dt_bias_bwd")})
+        expected = bi_selective_scan_reference(inputs, delta_softplus=softplus, out_scale=scale)
+        got = bi_selective_scan_onnx(inputs, delta_softplus=softplus, out_scale=scale)
+        assert got.dtype == dtype and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+def test_chunked_portable_scan_in_fp64_for_other_chunk_sizes():
+    inputs = scan_inputs(L=45, dtype=torch.float64)
+    expected = bi_selective_scan_reference(inputs)
+    for chunk in (1, 7, 8, 32, 64):
+        torch.testing.assert_close(bi_selective_scan_onnx(inputs, chunk=chunk), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("flavor", ["plugin", "onnx"])
 def test_golden_parity_through_onnx_runtime(golden, golden_onnx, flavor):
     engine = open_engine(golden_onnx[flavor]["output"])
@@ -115,7 +137,8 @@ def test_portable_flavor_uses_standard_ops_only(golden_onnx):
     proto = onnx.load(golden_onnx["onnx"]["output"])
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
     assert [o.domain for o in proto.opset_import if o.domain not in ("", "ai.onnx")] == []
-    assert sum(n.op_type == "Scan" for n in proto.graph.node) == 48  # two loops per layer, no unrolling
+    # One loop per layer (both directions, chunks of CHUNK tokens), no unrolling.
+    assert sum(n.op_type == "Scan" for n in proto.graph.node) == 24
 
 
 @pytest.mark.parametrize("flavor", ["plugin", "onnx"])
@@ -140,6 +163,12 @@ def test_metadata_and_io(golden, golden_onnx):
     onnx.checker.check_model(proto)
 
 
+def all_nodes(graph) -> int:
+    """Nodes of a graph and of every subgraph (Scan / Loop / If bodies) in it."""
+    return sum(1 + sum(all_nodes(a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+               for n in graph.node)
+
+
 @pytest.mark.parametrize("flavor", ["plugin", "onnx"])
 def test_node_count_does_not_grow_with_tokens(small_ckpt, tmp_path, flavor):
     """197 tokens (224 px) and 6085 tokens (1248 px): the same graph, no per-token unrolling."""
@@ -147,6 +176,8 @@ def test_node_count_does_not_grow_with_tokens(small_ckpt, tmp_path, flavor):
     b = export_onnx(small_ckpt, tmp_path / "1248.onnx", img_size=1248, scan=flavor)
     assert (a["tokens"], b["tokens"]) == (197, 6085)
     assert a["nodes"] == b["nodes"] and a["op_counts"] == b["op_counts"]
+    # ... loop bodies included: the Scan bodies do not depend on the length either.
+    assert all_nodes(onnx.load(a["output"]).graph) == all_nodes(onnx.load(b["output"]).graph)
     if flavor == "onnx":
         # The long-sequence export runs, and matches PyTorch at that resolution.
         from vimdeploy.model import load_model

@@ -2,8 +2,8 @@
 
 * "plugin": one `trt.plugins::BiSelectiveScan` node per layer (export/op_contract.md), for
   TensorRT with vimdeploy's plugin, and ONNX Runtime with the op of `ort_op.py`.
-* "onnx": standard ONNX ops only (two `Scan` loops per layer, see `portable.py`), for any
-  runtime.
+* "onnx": standard ONNX ops only (one `Scan` loop over chunks of tokens per layer, see
+  `portable.py`), for any runtime.
 
 Pipeline: torch.export (dynamo) -> ONNX with onnxscript (`optimize=False`, so that what the
 op receives is exactly what the model computed) -> onnxscript's optimizer (constant folding,
