@@ -68,6 +68,11 @@ class ModelSpec:
 
 def probe(engine: Engine, features: bool = False) -> ModelSpec:
     """Run one zero image through `engine` to learn its input size and output widths."""
+    if engine.input_hw is not None and engine.input_hw[0] != engine.input_hw[1]:
+        from ..errors import ArtifactError
+
+        raise ArtifactError(f"vimdeploy serve takes square inputs; this artifact is fixed at "
+                            f"{engine.input_hw[0]}x{engine.input_hw[1]}: export it with --img-size N or dynamic.")
     size = engine.input_size or engine.default_input_size
     out = engine.run(np.zeros((1, 3, size, size), np.float32), features=features)
     feature_dim = int(out["features"].shape[-1]) if features else None
