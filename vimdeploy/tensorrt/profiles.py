@@ -28,7 +28,8 @@ def parse_size_range(text: str | None) -> tuple[tuple[int, int, int], tuple[int,
     if len(steps) != 3 or len(pairs) != 3 or any(len(p) != 2 for p in pairs):
         raise InputError(f"--img-size takes MIN:OPT:MAX, each N or HxW (e.g. 224:384:1248 or "
                          f"224x224:384x640:1248x1248); got {text!r}.")
-    hs, ws = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    hs = (pairs[0][0], pairs[1][0], pairs[2][0])
+    ws = (pairs[0][1], pairs[1][1], pairs[2][1])
     for side in (hs, ws):
         if not 1 <= side[0] <= side[1] <= side[2]:
             raise InputError(f"--img-size needs 1 <= MIN <= OPT <= MAX for height and width; got {text!r}.")
@@ -38,10 +39,10 @@ def parse_size_range(text: str | None) -> tuple[tuple[int, int, int], tuple[int,
 def check_profile_grid(profile: dict, metadata: dict) -> None:
     """Every H and W of a make_profile() result on the patch grid of the ONNX (its metadata's
     patch_size and stride; nothing to check for an ONNX without them)."""
-    patch, stride = str(metadata.get("patch_size", "")), str(metadata.get("stride", ""))
-    if not (patch.isdigit() and stride.isdigit()):
+    patch_text, stride_text = str(metadata.get("patch_size", "")), str(metadata.get("stride", ""))
+    if not (patch_text.isdigit() and stride_text.isdigit()):
         return
-    patch, stride = int(patch), int(stride)
+    patch, stride = int(patch_text), int(stride_text)
     bad = sorted({s for shape in profile.values() for s in shape[2:] if s < patch or (s - patch) % stride})
     if bad:
         raise InputError(f"--img-size {', '.join(map(str, bad))}: each side must be {patch} + k*{stride} pixels "
