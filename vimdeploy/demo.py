@@ -74,12 +74,13 @@ def run_demo(checkpoint: Path | None, out_dir: Path, echo=None) -> dict:
     rng = np.random.default_rng(0)
     images = rng.standard_normal((2, 3, m["img_size"], m["img_size"]), dtype=np.float32)
     fast = engine.run(images, features=True)  # scan "auto": the native kernel where built
+    scan = engine.describe()["scan"]
     engine.model.scan = "reference"
     reference = engine.run(images, features=True)
     diff = float(np.abs(fast["logits"] - reference["logits"]).max())
     with atomic_path(out_dir / "demo_outputs.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, input=images, **fast)
-    say(f"[3/6] infer    batch of 2 -> {out_dir / 'demo_outputs.npz'}; {engine.describe()['scan']} vs sequential scan: max |diff| {diff:.2e}")
+    say(f"[3/6] infer    batch of 2 -> {out_dir / 'demo_outputs.npz'}; {scan} vs sequential scan: max |diff| {diff:.2e}")
     report["stages"]["infer"] = {"seconds": time.perf_counter() - t, "fast_vs_reference_max_abs": diff}
 
     # Export both ONNX flavors (dynamic batch) and validate each against the checkpoint.
