@@ -331,6 +331,13 @@ def test_plugin_build_dir_outside_a_checkout_is_a_user_cache(tmp_path, monkeypat
     installed.mkdir(parents=True)
     monkeypatch.setattr(native, "PLUGIN_SRC", installed)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert native.default_build_dir() == tmp_path / "cache" / "vimdeploy" / f"plugins-{__version__}"
+    first = native.default_build_dir()
+    assert first.parent == tmp_path / "cache" / "vimdeploy" and first.name.startswith(f"plugins-{__version__}-")
+    # another install of the same version (another venv) gets its own folder: CMake refuses a
+    # build folder configured from other sources (seen when two wheel checks ran on one machine)
+    other = tmp_path / "venv2" / "vimdeploy" / "plugins"
+    other.mkdir(parents=True)
+    monkeypatch.setattr(native, "PLUGIN_SRC", other)
+    assert native.default_build_dir() != first and native.default_build_dir().parent == first.parent
     monkeypatch.setenv("VIMDEPLOY_PLUGIN_BUILD_DIR", str(tmp_path / "mine"))
     assert native.default_build_dir() == tmp_path / "mine"

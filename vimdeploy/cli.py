@@ -457,7 +457,7 @@ def plugin():
 @plugin.command("build")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CMake build folder. Default: $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build in a checkout, "
-                   "else ~/.cache/vimdeploy/plugins-<version> (installed package).")
+                   "else ~/.cache/vimdeploy/plugins-<version>-<hash> (installed package).")
 @click.option("--cuda-archs", default=None, help='CUDA architectures, e.g. "87" for Jetson Orin. Default: 80;86;87;89;90.')
 @click.option("--tensorrt-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A TensorRT install (include/, lib/). Without it only the kernel library is built.")

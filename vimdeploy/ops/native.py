@@ -10,7 +10,7 @@ Two libraries implement `export/op_contract.md` behind one C struct
   nvcc with `vimdeploy plugin build` (`build()` here).
 
 Build directory of `build()`: build_dir, else $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build
-in a checkout, else ~/.cache/vimdeploy/plugins-<version> (`default_build_dir`).
+in a checkout, else ~/.cache/vimdeploy/plugins-<version>-<hash of the sources' path> (`default_build_dir`).
 $VIMDEPLOY_KERNEL_LIBRARY / $VIMDEPLOY_CPU_LIBRARY may point straight at a library.
 """
 
@@ -80,15 +80,20 @@ def _declare(lib: ctypes.CDLL, name: str, argtypes, restype) -> None:
 def default_build_dir() -> Path:
     """$VIMDEPLOY_PLUGIN_BUILD_DIR; else plugins/build in a checkout (where vimdeploy/plugins is
     the symlink); else, installed from a wheel (site-packages may be read-only, and is shared by
-    users), a per-user cache folder keyed by vimdeploy's version."""
+    users), a per-user cache folder keyed by vimdeploy's version and the installed sources'
+    location (CMake refuses a build folder configured from other sources: two venvs with the
+    same version must not share one)."""
     if os.environ.get("VIMDEPLOY_PLUGIN_BUILD_DIR"):
         return Path(os.environ["VIMDEPLOY_PLUGIN_BUILD_DIR"])
     if PLUGIN_SRC.is_symlink():
         return PLUGIN_SRC.resolve() / "build"
     from .. import __version__
 
+    import hashlib
+
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "vimdeploy" / f"plugins-{__version__}"
+    where = hashlib.sha256(str(PLUGIN_SRC.resolve()).encode()).hexdigest()[:10]
+    return cache / "vimdeploy" / f"plugins-{__version__}-{where}"
 
 
 def library_paths(build_dir: str | Path | None = None) -> dict[str, Path]:
