@@ -12,7 +12,7 @@ import warnings
 
 from .inputs import D_STATE, ScanInputs
 from .library import call, define_scan_op
-from .native import cpu_available, library_paths
+from .native import cpu_available, cuda_available
 from .reference import bi_selective_scan_fast
 
 __all__ = ["bi_selective_scan"]
@@ -35,9 +35,9 @@ def _cpu(inputs, *, delta_softplus, out_scale):
     if not _native_shape(inputs):
         return bi_selective_scan_fast(inputs, delta_softplus=delta_softplus, out_scale=out_scale)
     if cpu_available():
-        from .cpu import run
+        from .cpu import _kernel
 
-        return run(inputs, delta_softplus=delta_softplus, out_scale=out_scale).to(inputs.x_fwd.dtype)
+        return _kernel(inputs, delta_softplus=delta_softplus, out_scale=out_scale)
     return _fallback("cpu", "the native CPU scan is not built (install vimdeploy with a C++ compiler present: "
                      "`pip install .` or `make setup`)", inputs, delta_softplus, out_scale)
 
@@ -45,7 +45,7 @@ def _cpu(inputs, *, delta_softplus, out_scale):
 def _cuda(inputs, *, delta_softplus, out_scale):
     if not _native_shape(inputs):
         return bi_selective_scan_fast(inputs, delta_softplus=delta_softplus, out_scale=out_scale)
-    if "kernels" in library_paths():
+    if cuda_available():
         from .cuda import _kernel
 
         return _kernel(inputs, delta_softplus=delta_softplus, out_scale=out_scale)
@@ -59,7 +59,7 @@ _op = define_scan_op("bi_selective_scan", {"CPU": _cpu, "CUDA": _cuda})
 def resolve(device_type: str) -> str:
     """The backend "auto" runs on a device ("cpu" or "cuda"), for reports."""
     if device_type == "cuda":
-        return "cuda" if "kernels" in library_paths() else "fast"
+        return "cuda" if cuda_available() else "fast"
     return "cpu" if cpu_available() else "fast"
 
 

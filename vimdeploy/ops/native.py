@@ -225,3 +225,12 @@ def cpu_available() -> bool:
     except PluginError:
         return False
     return True
+
+
+def cuda_available() -> bool:
+    """The CUDA kernel library loads (loaded once; no file-system look-up after that)."""
+    try:
+        load_library()
+    except PluginError:
+        return False
+    return True
