@@ -123,3 +123,33 @@ def test_token_major_conv_matches_the_transposing_conv(anti_causal):
         padded = torch.nn.functional.pad(x, (0, 0, 3, 3))
         torch.testing.assert_close(_depthwise_conv_token_major(padded, conv, anti_causal, L),
                                    _depthwise_conv(x, conv, anti_causal), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (240, 256), (230, 250)])
+def test_patch_embed_as_one_gemm_matches_the_conv(size):
+    """The GPU path's patch embedding (permute + GEMM) against nn.Conv2d, in fp64; sizes that do
+    not divide by the patch are cropped as the conv crops them."""
+    from vimdeploy.model.vim import _patch_embed_gemm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 192, 16, 16).double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    want = conv(x).flatten(2).transpose(1, 2)
+    got = _patch_embed_gemm(x, conv)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_aligned_x_proj_gives_the_same_slices_each_16_byte_aligned():
+    from vimdeploy.model.vim import _x_proj_aligned
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(384, 12 + 2 * 16, bias=False).double()
+    xc = torch.randn(2, 50, 384, dtype=torch.float64)
+    want = lin(xc).split([12, 16, 16], dim=-1)
+    got = _x_proj_aligned(xc, lin.weight, 12, 16)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    fp16 = _x_proj_aligned(xc.half(), lin.weight.half(), 12, 16)
+    for t in fp16:  # row stride and every slice start a multiple of 8 halves (16 bytes)
+        assert t.stride(1) % 8 == 0 and t.storage_offset() % 8 == 0
