@@ -140,16 +140,20 @@ def test_patch_embed_as_one_gemm_matches_the_conv(size):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_aligned_x_proj_gives_the_same_slices_each_16_byte_aligned():
-    from vimdeploy.model.vim import _x_proj_aligned
+def test_aligned_projections_give_the_same_dt_B_C():
+    """The GPU path's padded x_proj/dt_proj against the plain ones, in fp64; in fp16 every
+    GEMM operand and output slice starts and strides at multiples of 8 halves (16 bytes)."""
+    from vimdeploy.model.vim import _projections_aligned
 
     torch.manual_seed(0)
-    lin = torch.nn.Linear(384, 12 + 2 * 16, bias=False).double()
+    x_proj = torch.nn.Linear(384, 12 + 2 * 16, bias=False).double()
+    dt_proj = torch.nn.Linear(12, 384, bias=False).double()
     xc = torch.randn(2, 50, 384, dtype=torch.float64)
-    want = lin(xc).split([12, 16, 16], dim=-1)
-    got = _x_proj_aligned(xc, lin.weight, 12, 16)
+    dt, B, C = x_proj(xc).split([12, 16, 16], dim=-1)
+    want = (dt_proj(dt), B, C)
+    got = _projections_aligned(xc, x_proj.weight, dt_proj.weight, 12, 16)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
-    fp16 = _x_proj_aligned(xc.half(), lin.weight.half(), 12, 16)
-    for t in fp16:  # row stride and every slice start a multiple of 8 halves (16 bytes)
+    fp16 = _projections_aligned(xc.half(), x_proj.weight.half(), dt_proj.weight.half(), 12, 16)
+    for t in fp16:
         assert t.stride(1) % 8 == 0 and t.storage_offset() % 8 == 0

@@ -110,16 +110,17 @@ def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_ca
     return out
 
 
-def _x_proj_aligned(xc: torch.Tensor, weight: torch.Tensor, rank: int, n: int):
-    """x_proj with its output rows padded to multiples of 8 (zero weight rows), so that every
-    slice (dt, B, C) starts 16-byte aligned: with Vim's 12 + 16 + 16 = 44 outputs, the fp16
-    GEMM and the dt_proj GEMM reading the dt slice ran cuBLAS's 2-byte-aligned kernels
-    (H100: ~8 ms of x_proj + dt_proj in Vim-Ti at 1248 px batch 32). Same values."""
-    pad = lambda w: F.pad(w, (0, 0, 0, -w.shape[0] % 8))  # noqa: E731
-    dt_w, bc_w = weight.split([rank, 2 * n])
-    out = F.linear(xc, torch.cat([pad(dt_w), pad(bc_w)]))
+def _projections_aligned(xc: torch.Tensor, x_proj_w: torch.Tensor, dt_proj_w: torch.Tensor, rank: int, n: int):
+    """(dt_proj(x_proj(xc)[..., :rank]) without bias, B, C) with every GEMM operand 16-byte
+    aligned: x_proj's output rows are padded to multiples of 8 (zero weight rows) and dt_proj
+    reads the padded dt slice with zero weight columns. Same values; with Vim's 12 + 16 + 16
+    = 44 outputs and K = 12 cuBLAS ran its 2-byte-aligned kernels (H100, Vim-Ti at 1248 px
+    batch 32: ~8 ms of x_proj + dt_proj in a 59 ms forward)."""
     r = rank + (-rank % 8)
-    return out[..., :rank], out[..., r : r + n], out[..., r + n : r + 2 * n]
+    dt_w, bc_w = x_proj_w.split([rank, 2 * n])
+    out = F.linear(xc, torch.cat([F.pad(dt_w, (0, 0, 0, r - rank)), F.pad(bc_w, (0, 0, 0, -2 * n % 8))]))
+    dt = F.linear(out[..., :r], F.pad(dt_proj_w, (0, r - rank)))
+    return dt, out[..., r : r + n], out[..., r + n : r + 2 * n]
 
 
 class Mamba(nn.Module):
@@ -162,12 +163,14 @@ class Mamba(nn.Module):
                 xc = F.silu(_depthwise_conv_token_major(x_padded, conv, direction == "bwd", x.shape[1]))
             else:
                 xc = F.silu(_depthwise_conv(x, conv, anti_causal=direction == "bwd"))
+            # dt_proj's bias goes in the scan, in fp32
             if token_major:
-                dt, B, C = _x_proj_aligned(xc, x_proj.weight, self.dt_rank, self.d_state)
+                dt, B, C = _projections_aligned(xc, x_proj.weight, dt_proj.weight, self.dt_rank, self.d_state)
             else:
                 dt, B, C = x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+                dt = F.linear(dt, dt_proj.weight)
             inputs[f"x_{direction}"] = xc
-            inputs[f"dt_{direction}"] = F.linear(dt, dt_proj.weight)  # bias goes in the scan, in fp32
+            inputs[f"dt_{direction}"] = dt
             inputs[f"B_{direction}"] = B
             inputs[f"C_{direction}"] = C
         inputs["A_fwd"] = -torch.exp(self.A_log.float())
