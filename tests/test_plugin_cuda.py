@@ -250,6 +250,33 @@ def test_variants_and_chunking_write_everything(kernel_lib, dtype):
 
 @cuda
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_unaligned_B_and_C_take_the_scalar_staging(kernel_lib, dtype):
+    """B/C of full chunks are staged with 16-byte vector loads when aligned; contiguous B/C
+    that start 2 bytes off alignment must take the element-wise path and give the same
+    result, bit for bit (same arithmetic), for every variant."""
+    from vimdeploy.ops.cuda import launch
+
+    b, L, E = 2, 261, 64
+    args = make_inputs(b, L, E, dtype, seed=21)
+    shifted = {}
+    for name in ("B_fwd", "B_bwd", "C_fwd", "C_bwd"):
+        t = getattr(args, name)
+        buf = torch.empty(t.numel() + 1, dtype=dtype, device="cuda")
+        view = buf[1:].view(t.shape)
+        view.copy_(t)
+        assert view.is_contiguous() and view.data_ptr() % 16 != 0
+        shifted[name] = view
+    unaligned = args._replace(**shifted)
+    for variant in (1, 2, 3, 4, 5, 6):
+        want = launch(torch.empty(b, L, E, dtype=dtype, device="cuda"), args, variant=variant)
+        got = launch(torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda"), unaligned, variant=variant)
+        assert torch.equal(got, want), f"variant {variant}"
+    check(got, args, what="unaligned B/C")
+
+
+@cuda
+@needs_gpu
 def test_op_noncontiguous_inputs_cuda_graph_and_compile(kernel_lib):
     """As the model calls it (z, x, B, C are strided views), captured in a CUDA graph."""
     from vimdeploy.ops.cuda import bi_selective_scan_cuda

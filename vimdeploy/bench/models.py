@@ -92,27 +92,31 @@ def _params_m(model) -> float:
     return round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
 
 
-def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False) -> "DeiTRunner":
-    return DeiTRunner(mode, dtype, device, cuda_graphs)
+def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False) -> "DeiTRunner":
+    return DeiTRunner(mode, dtype, device, cuda_graphs, compile)
 
 
 class DeiTRunner(TorchRunner):
     """timm's deit_tiny_patch16_224 (untrained), rebuilt per resolution with img_size=size
     (pos-embed at that grid, as an interpolated trained one would be); attention eager
     (`fused_attn=False`: q@k^T, softmax, @v, the Vim paper's setting) or SDPA (FlashAttention
-    where PyTorch picks it). fp16: the model in .half()."""
+    where PyTorch picks it). fp16: the model in .half(). `compile`: torch.compile (Inductor), the
+    treatment the Vim runner gets in the side-by-side comparison."""
 
-    def __init__(self, mode="eager", dtype="fp16", device="cuda", cuda_graphs=False):
+    def __init__(self, mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False):
         import torch
 
         self.timm = _need("timm", "--compare deit_tiny")
         self.mode = mode
+        self.compile = compile
+        self.device = device  # _build needs it before Runner.__init__ sets it
         self.dtype = torch.float16 if dtype == "fp16" else torch.float32
         self._size = None
-        label = ("eager attention" if mode == "eager" else "SDPA") + (", CUDA graphs" if cuda_graphs else "")
+        label = (("eager attention" if mode == "eager" else "SDPA") + (", torch.compile" if compile else "")
+                 + (", CUDA graphs" if cuda_graphs else ""))
         super().__init__(f"DeiT-Ti ({label})", self._build(224),
                          device=device, input_dtype=self.dtype, cuda_graphs=cuda_graphs,
-                         info={"model": "deit_tiny_patch16_224", "attention": mode, "dtype": dtype})
+                         info={"model": "deit_tiny_patch16_224", "attention": mode, "dtype": dtype, "compile": compile})
         self._size = 224
         self.info["params_m"] = _params_m(self.module)
 
@@ -120,7 +124,12 @@ class DeiTRunner(TorchRunner):
         m = self.timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=size)
         for blk in m.blocks:
             blk.attn.fused_attn = self.mode == "sdpa"
-        return m.eval().to(self.dtype)
+        m = m.eval().to(self.dtype)
+        if self.compile:
+            import torch
+
+            return torch.compile(m.to(self.device), dynamic=False)
+        return m
 
     def prepare(self, size, batch):
         if size != self._size:
