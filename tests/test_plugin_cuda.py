@@ -277,6 +277,41 @@ def test_unaligned_B_and_C_take_the_scalar_staging(kernel_lib, dtype):
 
 @cuda
 @needs_gpu
+@pytest.mark.parametrize("dtype,width,L", [(torch.float16, 48, 261), (torch.float32, 48, 261), (torch.float16, 44, 197),
+                                           (torch.float16, 48, 1)])
+def test_B_C_slices_of_x_proj_output_are_read_in_place(kernel_lib, dtype, width, L):
+    """The model hands the op B and C as slices of x_proj's (b, L, width) output: the kernel
+    reads them in place (bc_stride = width, no copy) and gives, bit for bit, what it gives on
+    dense copies; 44 (unaligned rows) takes the element-wise staging; L = 1 too."""
+    from vimdeploy.ops.common import bc_row_stride, prepare
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda, launch
+
+    b, E = 3, 64
+    args = make_inputs(b, L, E, dtype, seed=31)
+    views = {}
+    for d in ("fwd", "bwd"):
+        out = torch.randn(b, L, width, device="cuda").to(dtype)  # dt (| padding) | B | C
+        o = width - 32
+        out[..., o : o + 16] = getattr(args, f"B_{d}")
+        out[..., o + 16 : o + 32] = getattr(args, f"C_{d}")
+        views[f"B_{d}"] = out[..., o : o + 16]
+        views[f"C_{d}"] = out[..., o + 16 : o + 32]
+    strided = args._replace(**views)
+    assert L == 1 or not strided.B_fwd.is_contiguous()
+    assert bc_row_stride(strided, dtype) == (width if L > 1 else strided.B_fwd.stride(1))
+    want = bi_selective_scan_cuda(args)
+    got = bi_selective_scan_cuda(strided)
+    assert torch.equal(got, want)
+    for variant in (1, 2, 3, 4, 5, 6):
+        ref = launch(torch.empty(b, L, E, dtype=dtype, device="cuda"), args, variant=variant)
+        prepared, _ = prepare(strided, "cuda", strided_bc=True)
+        assert prepared.B_fwd.data_ptr() == strided.B_fwd.data_ptr()  # not copied
+        out = launch(torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda"), prepared, variant=variant)
+        assert torch.equal(out, ref), f"variant {variant}"
+
+
+@cuda
+@needs_gpu
 def test_op_noncontiguous_inputs_cuda_graph_and_compile(kernel_lib):
     """As the model calls it (z, x, B, C are strided views), captured in a CUDA graph."""
     from vimdeploy.ops.cuda import bi_selective_scan_cuda

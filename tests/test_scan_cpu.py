@@ -172,3 +172,24 @@ def test_cpu_kernel_meets_the_cuda_tests_bound(L, b, E, dtype, scale):
 
     args = make_inputs(b, L, E, dtype, seed=L * 7 + b * 3 + E, device="cpu")
     check(cpu_scan(args, delta_softplus=True, out_scale=scale), args, True, scale, what=f"cpu L={L} b={b} E={E}")
+
+
+def test_strided_b_c_are_copied_for_every_backend_but_cuda():
+    """Only the CUDA kernel reads B/C slices in place (bc_stride); `prepare` makes them dense
+    otherwise, and a mixed set of strides is made dense too."""
+    import torch
+
+    from vimdeploy.ops.common import bc_row_stride, prepare
+    from vimdeploy.ops.inputs import ScanInputs, INPUT_NAMES, PARAMETERS
+
+    b, L, E = 2, 5, 8
+    t = {n: torch.randn((E, 16) if n.startswith("A_") else (E,) if n in PARAMETERS else (b, L, E)) for n in INPUT_NAMES}
+    out = torch.randn(b, L, 48)
+    t.update(B_fwd=out[..., 16:32], C_fwd=out[..., 32:48], B_bwd=out[..., 16:32], C_bwd=out[..., 32:48])
+    inputs = ScanInputs(**t)
+    assert bc_row_stride(inputs, torch.float32) == 48
+    assert bc_row_stride(inputs, torch.float16) == 0  # would need a cast anyway
+    dense, _ = prepare(inputs, "cpu")
+    assert all(getattr(dense, n).is_contiguous() for n in ("B_fwd", "C_fwd", "B_bwd", "C_bwd"))
+    mixed = inputs._replace(C_bwd=torch.randn(b, L, 16))
+    assert bc_row_stride(mixed, torch.float32) == 0

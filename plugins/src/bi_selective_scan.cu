@@ -70,6 +70,7 @@ struct Params
     void* y;
     float* ws; // chunk states [2][batch][chunks][kN + 1][E] (kN states + sum of deltas)
     int64_t L, E;
+    int64_t bcStride; // elements between tokens of B and C (>= kN)
     int chunks, chunk_len, batch;
     int softplus;
     int bcVec; // B and C 16-byte aligned: full chunks stage them with vector loads
@@ -204,7 +205,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
     // Vim-S b=32 2.44 vs 1.90 ms), so only there.
     constexpr bool kVecBC = kTPC == 2;
     bool const full = !kVecBC || p.bcVec; // else every chunk takes the element-wise staging
-    int const bcStep = rev ? -kN : kN;
+    int const bcStep = rev ? -int(p.bcStride) : int(p.bcStride);
     static_assert(kTPC == 1 || kTC % 2 == 0, "pairs of steps are shared between the 2 threads of a channel");
     int64_t const step = rev ? -p.E : p.E; // one token in scan order
     // Per-thread data (x, dt, z, the partial, y) is loaded, gated and stored only for the
@@ -430,13 +431,13 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         ln.y += own;
     }
     ln.bc = static_cast<T const*>(lane < kN ? (dir == 0 ? p.B[0] : p.B[1]) : (dir == 0 ? p.C[0] : p.C[1]))
-        + row * kN + (lane % kN);
+        + row * p.bcStride + (lane % kN);
     {
         // Vector staging of a full chunk (memory rows ascending: in the backward direction the
         // block starts kTC - 1 tokens before the chunk's first token, and row r is step kTC-1-r).
         int const j = lane % kN;
         int const r = j * kTC / kN;
-        ln.bcv = ln.bc - j + j * kTC - (dir == 1 ? int64_t(kTC - 1) * kN : 0);
+        ln.bcv = ln.bc - j + (r - (dir == 1 ? kTC - 1 : 0)) * p.bcStride + (j * kTC) % kN;
         ln.bcDst = (dir == 1 ? kTC - 1 - r : r) * kWarp + (lane / kN) * kN + (j * kTC) % kN;
     }
     float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + ln.part * kS;
@@ -629,6 +630,8 @@ int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace
         return VIMDEPLOY_ERROR_UNSUPPORTED;
     if (a->batch < 0 || a->L < 0 || a->E < 0 || num_chunks < 0 || a->batch > 65535 || a->L > (int64_t(1) << 31) - 1)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (a->bc_stride != 0 && (a->bc_stride < a->N || a->bc_stride > (int64_t(1) << 24)))
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
     if (a->batch == 0 || a->L == 0 || a->E == 0)
         return VIMDEPLOY_SUCCESS;
     void const* const* inputs = &a->z; // the 15 input pointers head the struct, in contract order
@@ -663,8 +666,11 @@ int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace
     p.chunks = 1;
     p.chunk_len = int(a->L);
     p.softplus = a->delta_softplus != 0;
+    p.bcStride = a->bc_stride == 0 ? a->N : a->bc_stride;
+    size_t const elem = a->dtype == VIMDEPLOY_DTYPE_FLOAT16 ? 2 : 4;
     p.bcVec = ((reinterpret_cast<uintptr_t>(a->B_fwd) | reinterpret_cast<uintptr_t>(a->B_bwd)
-                   | reinterpret_cast<uintptr_t>(a->C_fwd) | reinterpret_cast<uintptr_t>(a->C_bwd))
+                   | reinterpret_cast<uintptr_t>(a->C_fwd) | reinterpret_cast<uintptr_t>(a->C_bwd)
+                   | uintptr_t(p.bcStride * elem))
                   % 16) == 0;
     p.scale = a->out_scale;
 

@@ -442,6 +442,8 @@ int vimdeploy_bi_selective_scan_cpu(VimdeployScanParams const* p, int num_thread
         return VIMDEPLOY_ERROR_UNSUPPORTED;
     if (p->batch < 0 || p->L < 0 || p->E < 0)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (p->bc_stride != 0 && p->bc_stride != p->N) // dense B and C only (scan_params.h)
+        return VIMDEPLOY_ERROR_UNSUPPORTED;
     if (p->batch == 0 || p->L == 0 || p->E == 0)
         return VIMDEPLOY_SUCCESS;
     void const* const* inputs = &p->z;

@@ -42,7 +42,7 @@ def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = True, 
 
 
 def _kernel(inputs, *, delta_softplus, out_scale):
-    prepared, act = prepare(inputs, "cuda")
+    prepared, act = prepare(inputs, "cuda", strided_bc=True)
     y = torch.empty(prepared.x_fwd.shape, dtype=act, device=prepared.x_fwd.device)
     launch(y, prepared, delta_softplus=delta_softplus, out_scale=out_scale)
     return y.to(inputs.x_fwd.dtype)

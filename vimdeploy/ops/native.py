@@ -61,13 +61,16 @@ class ScanParams(ctypes.Structure):
         ("dtype", ctypes.c_int32),
         ("delta_softplus", ctypes.c_int32),
         ("out_scale", ctypes.c_float),
+        ("bc_stride", ctypes.c_int64),  # 0: dense B/C
     ]
 
     @classmethod
     def from_pointers(cls, pointers: ScanInputs, y: int, batch: int, L: int, E: int, N: int, dtype: str,
-                      delta_softplus: bool, out_scale: float) -> "ScanParams":
-        """`pointers`: a ScanInputs of addresses (ints) of dense row-major buffers."""
-        return cls(*pointers, y, batch, L, E, N, DTYPES[dtype], int(bool(delta_softplus)), float(out_scale))
+                      delta_softplus: bool, out_scale: float, bc_stride: int = 0) -> "ScanParams":
+        """`pointers`: a ScanInputs of addresses (ints) of dense row-major buffers (B and C:
+        `bc_stride` elements between tokens, 0 = dense; CUDA kernel only)."""
+        return cls(*pointers, y, batch, L, E, N, DTYPES[dtype], int(bool(delta_softplus)), float(out_scale),
+                   int(bc_stride))
 
 
 def _declare(lib: ctypes.CDLL, name: str, argtypes, restype) -> None:

@@ -67,6 +67,12 @@ typedef struct VimdeployScanParams
     int32_t dtype;          /* VIMDEPLOY_DTYPE_* */
     int32_t delta_softplus; /* attribute delta_softplus (0 or 1) */
     float out_scale;        /* attribute out_scale */
+    /* Elements between consecutive tokens of B_fwd, C_fwd, B_bwd and C_bwd (each (batch, L, N)
+       with unit stride over N and batch stride L * bc_stride); 0 means N (dense). The CUDA
+       kernel takes any bc_stride >= N (the model hands it slices of x_proj's output without a
+       copy); the CPU kernel only dense B and C. Zero-initialise the struct: TensorRT's plugin
+       and older callers then get dense B/C. */
+    int64_t bc_stride;
 } VimdeployScanParams;
 
 /* The 15 input pointers head VimdeployScanParams with no padding, so they can be read and
