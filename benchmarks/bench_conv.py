@@ -120,7 +120,7 @@ def main():
             row = {"L": L, "batch": b, "bytes": nbytes, "rotated_sets": sets,
                    "max_abs_diff_fused_vs_multiply_adds": diff}
             cands = {"fused (op)": [lambda x=x: conv_silu_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias) for x in xs]}
-            for v in ("tiled8", "tiled32", "generic", "scalar"):
+            for v in ("tiled8", "tiled32", "async32", "async16", "generic", "scalar"):
                 cands[f"fused {v}"] = [lambda x=x, y=y, v=v: launch(x, wf, bf, wb, bb, y[0], y[1], variant=v)
                                        for x, y in zip(xs, ys)]
             cands["multiply-adds eager"] = [lambda x=x: multiply_adds(x, cf, cb) for x in xs]

@@ -94,7 +94,7 @@ def check(out, ref, mag, dtype, what):
 
 
 def variants(k):
-    return ["auto", "generic", "scalar"] + (["tiled8", "tiled32"] if k == 4 else [])
+    return ["auto", "generic", "scalar"] + (["tiled8", "tiled32", "async32", "async16"] if k == 4 else [])
 
 
 @cuda

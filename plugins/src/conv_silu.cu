@@ -4,30 +4,38 @@
  *
  * Design: the op reads x (batch, L, E) once and writes two tensors of the same size, with
  * 2k FMAs and two SiLUs per element pair: it is bound by memory bandwidth, so the kernel is
- * built around the bytes moved.
+ * built around the bytes moved and the bytes in flight. Measured on an H100 (fp16, Vim-Ti,
+ * E = 384, k = 4; benchmarks/bench_conv.py, device-to-device copy 2.43-2.44 TB/s read + write;
+ * two runs, docs/bench_conv_h100.json is the second): 1248 px batch 32 (449 MB moved)
+ * 0.200-0.205 ms = 2.19-2.24 TB/s = 90-92% of the copy; 224 px batch 128 (58 MB) 0.040 ms =
+ * 60%. torch.compile's fusion of the multiply-add path, timed the same way: 0.65 / 0.089 ms.
  *
  * - Each thread owns one 16-byte run of channels (8 fp16 or 4 fp32, `W` below) and a tile of
  *   consecutive tokens of one batch row; consecutive threads of a warp own consecutive runs
- *   of the same token, so every load and store of a warp is a contiguous, coalesced
- *   16-byte-per-lane access (no shared memory: nothing is exchanged between threads, so there
- *   are no bank conflicts to avoid; the conv window lives in registers).
- * - A thread walks its tile in chunks of kChunk tokens: it loads the chunk's kChunk new
- *   tokens (kChunk independent 16-byte loads in flight per thread), computes kChunk outputs
- *   per direction from a register window of the chunk plus the 2(k-1) tokens around it, and
- *   carries the last 2(k-1) tokens of the window into the next chunk. Each x element is
- *   loaded once per tile, plus the k-1 halo tokens on each side of the tile: with 32-token
- *   tiles that is (32 + 6) / 32 = 1.19 loads per element, and the halo loads hit L2 (the
- *   neighbouring tile's thread reads the same lines), so DRAM traffic stays ~1x x + 2x y.
- *   The window is kept as raw 16-byte packs (4 registers each) and converted to fp32 where
- *   used, which halves the registers of an fp16 window.
- * - Tile length is a trade between halo loads (fewer with long tiles) and threads in flight
- *   (more with short tiles): 32 tokens when the launch still has >= 1024 threads per SM
- *   (Vim-Ti at 1248 px, batch 32: 293k threads), else 8 (Vim-Ti at 224 px, batch 128).
- * - k = 4 (Vim's d_conv) is a template: the window, the weights (2 * k * W fp32 per thread)
- *   and the loops are in registers, fully unrolled. Other k (1..8) run a generic kernel,
- *   one token per thread, reading its 2k - 1 tokens through L1.
- * - Where E is not a multiple of W or a pointer is not 16-byte aligned, the same kernels
- *   run with W = 1 (one channel per thread, still coalesced across the warp).
+ *   of the same token, so every global load and store of a warp is a contiguous, coalesced
+ *   16-byte-per-lane access. Threads exchange nothing: the conv window lives in registers.
+ * - A thread walks its tile in chunks of kChunk = 8 tokens: it gets the chunk's new tokens,
+ *   computes kChunk outputs per direction from a register window of the chunk plus the
+ *   2(k-1) tokens before it, and carries the window's last 2(k-1) tokens into the next chunk.
+ *   Each x element is loaded once per tile plus the k-1 halo tokens on each side: with
+ *   32-token tiles (32 + 6) / 32 = 1.19 loads per element; the halo lines are read by the
+ *   neighbouring tile's thread too, so they are expected to come from L2 (not measured).
+ * - The window, the 2k + 2 weights per channel (fp32) and the fp32 conversions fill ~250
+ *   registers per fp16 thread, which leaves 8 warps per SM: too few plain loads in flight
+ *   (convSiluTiled: 67% of the copy at 1248/32). convSiluAsync (what AUTO runs for k = 4)
+ *   issues each chunk's loads as cp.async into the thread's own shared-memory slots, two
+ *   chunks ahead (3 stages x 8 tokens x 128 threads x 16 B = 48 KB per block): the bytes in
+ *   flight take no registers, every thread keeps 256 bytes in flight while it computes (90-92%).
+ *   A thread reads back only its own slots, so no barrier is needed; the layout
+ *   [stage][token][thread] makes a warp's shared-memory reads 16 consecutive bytes per lane
+ *   (no bank conflicts). Capping registers for 3 blocks per SM instead (168 registers, 264
+ *   bytes spilled) was slower: 74% in one run, so that variant is not kept. Tiles of 8 or 16 tokens (more threads, more halo) were slower than 32 at both
+ *   shapes (ASYNC_16: 67% / 53%; TILED_8 vs TILED_32: 38% / 33% vs 66% / 43%).
+ * - k = 4 (Vim's d_conv) is a template: window, weights and loops are in registers, fully
+ *   unrolled within a chunk. Other k (1..8) run convSiluGeneric, one token per thread,
+ *   reading its 2k - 1 tokens through L1: correct, ~13x slower than the k = 4 path.
+ * - Where E is not a multiple of W or a pointer is not 16-byte aligned, the same kernels run
+ *   with W = 1 (one channel per thread, still coalesced across the warp; no cp.async).
  * - Math in fp32 (weights and bias fp32), each output rounded to the output dtype once.
  *   SiLU(v) = v / (1 + exp(-v)) with __expf and __fdividef (a few ulp in fp32).
  */
@@ -36,7 +44,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <climits>
 #include <cstdint>
 
@@ -109,7 +116,8 @@ __device__ __forceinline__ Where where(Args const& a, int64_t idx, int W)
     return {rest / a.tiles, rest % a.tiles, g * W};
 }
 
-// k = K fixed, TILE tokens per thread, the window in registers.
+// k = K fixed, TILE tokens per thread, the window in registers, plain loads (the path for
+// W = 1, where cp.async cannot move a single fp16/fp32 element).
 template <typename T, int W, int K, int TILE>
 __global__ void __launch_bounds__(kThreads) convSiluTiled(Args a)
 {
@@ -184,6 +192,126 @@ __global__ void __launch_bounds__(kThreads) convSiluTiled(Args a)
     }
 }
 
+// 16 bytes global -> shared without registers; src_bytes 0 writes zeros (tokens outside [0, L)).
+__device__ __forceinline__ void cpAsync16(void* dst, void const* src, bool valid)
+{
+    unsigned const d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// convSiluTiled with the chunks' loads issued as cp.async into per-thread shared-memory slots,
+// kStages - 1 chunks ahead of the one being computed: the bytes in flight no longer occupy
+// registers (the window's conversions and the weights fill those), so every thread keeps two
+// chunks (256 bytes) in flight while it computes. Each thread reads back only its own slots
+// (no barrier); slot layout [stage][token][thread] makes a warp's reads 16 consecutive bytes
+// per lane (conflict-free). 16-byte packs only (W * sizeof(T) == 16).
+constexpr int kAsyncThreads = 128;
+constexpr int kStages = 3; // 3 * 8 * 128 * 16 B = 48 KB of static shared memory per block
+
+template <typename T, int W, int K, int TILE>
+__global__ void __launch_bounds__(kAsyncThreads) convSiluAsync(Args a)
+{
+    constexpr int H = K - 1;
+    constexpr int kChunks = TILE / kChunk;
+    static_assert(sizeof(Pack<T, W>) == 16, "cp.async moves 16-byte packs");
+    static_assert(TILE % kChunk == 0, "a tile is whole chunks");
+    __shared__ Pack<T, W> slots[kStages][kChunk][kAsyncThreads];
+
+    int64_t const idx = int64_t(blockIdx.x) * kAsyncThreads + threadIdx.x;
+    if (idx >= a.total)
+        return;
+    Where const w = where(a, idx, W);
+    int64_t const base = w.b * a.L * a.E + w.c0;
+    T const* __restrict__ x = static_cast<T const*>(a.x) + base;
+    T* __restrict__ yf = static_cast<T*>(a.yf) + base;
+    T* __restrict__ yb = static_cast<T*>(a.yb) + base;
+    int64_t const t0 = w.tile * TILE;
+    int64_t const left = (a.L - t0 + kChunk - 1) / kChunk; // chunks with a token in [t0, L)
+    int const chunks = left < kChunks ? static_cast<int>(left) : kChunks;
+
+    // Chunk c's new tokens are tc + H + m (m < kChunk): the window's right end.
+    auto issue = [&](int c) {
+        if (c < chunks)
+        {
+            int64_t const tc = t0 + int64_t(c) * kChunk;
+#pragma unroll
+            for (int m = 0; m < kChunk; ++m)
+            {
+                int64_t const t = tc + H + m;
+                bool const valid = t < a.L;
+                cpAsync16(&slots[c % kStages][m][threadIdx.x], valid ? x + t * a.E : x, valid);
+            }
+        }
+        cpAsyncCommit(); // an empty group past the end keeps the wait count uniform
+    };
+#pragma unroll
+    for (int c = 0; c < kStages - 1; ++c)
+        issue(c);
+
+    float wf[W][K], wb[W][K], bf[W], bb[W];
+#pragma unroll
+    for (int i = 0; i < W; ++i)
+    {
+#pragma unroll
+        for (int j = 0; j < K; ++j)
+        {
+            wf[i][j] = a.wf[(w.c0 + i) * K + j];
+            wb[i][j] = a.wb[(w.c0 + i) * K + j];
+        }
+        bf[i] = a.bf ? a.bf[w.c0 + i] : 0.f;
+        bb[i] = a.bb ? a.bb[w.c0 + i] : 0.f;
+    }
+    Pack<T, W> win[2 * H + kChunk];
+#pragma unroll
+    for (int m = 0; m < 2 * H; ++m)
+        win[m] = loadToken<T, W>(x, t0 - H + m, a.L, a.E);
+
+#pragma unroll 1
+    for (int c = 0; c < chunks; ++c)
+    {
+        issue(c + kStages - 1); // into the stage read (and used) in iteration c - 1
+        cpAsyncWait<kStages - 1>();
+#pragma unroll
+        for (int m = 0; m < kChunk; ++m)
+            win[2 * H + m] = slots[c % kStages][m][threadIdx.x];
+        int64_t const tc = t0 + int64_t(c) * kChunk;
+#pragma unroll
+        for (int s = 0; s < kChunk; ++s)
+        {
+            Pack<T, W> of, ob;
+#pragma unroll
+            for (int i = 0; i < W; ++i)
+            {
+                float sf = bf[i], sb = bb[i];
+#pragma unroll
+                for (int j = 0; j < K; ++j)
+                {
+                    sf = fmaf(wf[i][j], toF(win[s + j].v[i]), sf);
+                    sb = fmaf(wb[i][j], toF(win[s + 2 * H - j].v[i]), sb);
+                }
+                of.v[i] = fromF<T>(silu(sf));
+                ob.v[i] = fromF<T>(silu(sb));
+            }
+            int64_t const t = tc + s;
+            if (t < a.L)
+            {
+                *reinterpret_cast<Pack<T, W>*>(yf + t * a.E) = of;
+                *reinterpret_cast<Pack<T, W>*>(yb + t * a.E) = ob;
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < 2 * H; ++m)
+            win[m] = win[kChunk + m];
+    }
+    cpAsyncWait<0>(); // no copy may outlive the block
+}
+
 // Any k (run time, 1..VIMDEPLOY_CONV_SILU_MAX_K): one token per thread (tiles = L).
 template <typename T, int W>
 __global__ void __launch_bounds__(kThreads) convSiluGeneric(Args a)
@@ -229,55 +357,47 @@ __global__ void __launch_bounds__(kThreads) convSiluGeneric(Args a)
     *reinterpret_cast<Pack<T, W>*>(static_cast<T*>(a.yb) + base + t * a.E) = ob;
 }
 
-int smCount()
-{
-    constexpr int kMaxDevices = 64;
-    static std::atomic<int> cache[kMaxDevices];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices)
-        return 132;
-    int n = cache[dev].load(std::memory_order_relaxed);
-    if (n == 0)
-    {
-        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
-            n = 132;
-        cache[dev].store(n, std::memory_order_relaxed);
-    }
-    return n;
-}
-
 bool aligned16(void const* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <typename T, int W>
 int launchW(Args a, int variant, cudaStream_t stream)
 {
+    constexpr bool kVector = W * sizeof(T) == 16;
     a.groups = a.E / W;
-    int tile = 1;
     if (variant == VIMDEPLOY_CONV_SILU_AUTO)
+        variant = a.k != kTiledK ? VIMDEPLOY_CONV_SILU_GENERIC
+            : kVector            ? VIMDEPLOY_CONV_SILU_ASYNC_32
+                                 : VIMDEPLOY_CONV_SILU_TILED_32;
+    bool async = variant == VIMDEPLOY_CONV_SILU_ASYNC_32 || variant == VIMDEPLOY_CONV_SILU_ASYNC_16;
+    if (async && !kVector)
     {
-        if (a.k != kTiledK)
-            variant = VIMDEPLOY_CONV_SILU_GENERIC;
-        else
-        {
-            int64_t const threads32 = a.batch * ((a.L + 31) / 32) * a.groups;
-            variant = threads32 >= int64_t(smCount()) * 1024 ? VIMDEPLOY_CONV_SILU_TILED_32 : VIMDEPLOY_CONV_SILU_TILED_8;
-        }
+        variant = VIMDEPLOY_CONV_SILU_TILED_32; // cp.async moves 16-byte packs only
+        async = false;
     }
-    if (variant == VIMDEPLOY_CONV_SILU_TILED_8)
-        tile = 8;
-    else if (variant == VIMDEPLOY_CONV_SILU_TILED_32)
-        tile = 32;
+    int const tile = variant == VIMDEPLOY_CONV_SILU_TILED_8 ? 8
+        : variant == VIMDEPLOY_CONV_SILU_ASYNC_16           ? 16
+        : variant == VIMDEPLOY_CONV_SILU_TILED_32 || async  ? 32
+                                                            : 1;
+    int const threads = async ? kAsyncThreads : kThreads;
     a.tiles = (a.L + tile - 1) / tile;
     a.total = a.batch * a.tiles * a.groups;
-    int64_t const blocks = (a.total + kThreads - 1) / kThreads;
+    int64_t const blocks = (a.total + threads - 1) / threads;
     if (blocks > INT_MAX)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
     dim3 const grid(static_cast<unsigned>(blocks));
-    switch (tile)
+    switch (variant)
     {
-    case 8: convSiluTiled<T, W, kTiledK, 8><<<grid, kThreads, 0, stream>>>(a); break;
-    case 32: convSiluTiled<T, W, kTiledK, 32><<<grid, kThreads, 0, stream>>>(a); break;
-    default: convSiluGeneric<T, W><<<grid, kThreads, 0, stream>>>(a); break;
+    case VIMDEPLOY_CONV_SILU_TILED_8: convSiluTiled<T, W, kTiledK, 8><<<grid, threads, 0, stream>>>(a); break;
+    case VIMDEPLOY_CONV_SILU_TILED_32: convSiluTiled<T, W, kTiledK, 32><<<grid, threads, 0, stream>>>(a); break;
+    case VIMDEPLOY_CONV_SILU_ASYNC_16:
+        if constexpr (kVector)
+            convSiluAsync<T, W, kTiledK, 16><<<grid, threads, 0, stream>>>(a);
+        break;
+    case VIMDEPLOY_CONV_SILU_ASYNC_32:
+        if constexpr (kVector)
+            convSiluAsync<T, W, kTiledK, 32><<<grid, threads, 0, stream>>>(a);
+        break;
+    default: convSiluGeneric<T, W><<<grid, threads, 0, stream>>>(a); break;
     }
     cudaError_t const err = cudaGetLastError();
     return err == cudaSuccess ? VIMDEPLOY_SUCCESS : int(err);
@@ -304,9 +424,11 @@ int vimdeploy_conv_silu_bidir_ex(VimdeployConvSiluParams const* p, cudaStream_t 
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
     if ((p->dtype != VIMDEPLOY_DTYPE_FLOAT32 && p->dtype != VIMDEPLOY_DTYPE_FLOAT16) || p->k < 1
         || p->k > VIMDEPLOY_CONV_SILU_MAX_K || variant < VIMDEPLOY_CONV_SILU_AUTO
-        || variant > VIMDEPLOY_CONV_SILU_SCALAR)
+        || variant > VIMDEPLOY_CONV_SILU_ASYNC_16)
         return VIMDEPLOY_ERROR_UNSUPPORTED;
-    if ((variant == VIMDEPLOY_CONV_SILU_TILED_8 || variant == VIMDEPLOY_CONV_SILU_TILED_32) && p->k != kTiledK)
+    if ((variant == VIMDEPLOY_CONV_SILU_TILED_8 || variant == VIMDEPLOY_CONV_SILU_TILED_32
+            || variant == VIMDEPLOY_CONV_SILU_ASYNC_32 || variant == VIMDEPLOY_CONV_SILU_ASYNC_16)
+        && p->k != kTiledK)
         return VIMDEPLOY_ERROR_UNSUPPORTED;
     if (p->batch < 0 || p->L < 0 || p->E < 0)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;

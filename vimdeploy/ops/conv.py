@@ -29,7 +29,7 @@ __all__ = ["conv_silu_bidir", "conv_silu_bidir_reference", "launch", "fused_conv
            "VARIANTS", "MAX_K"]
 
 MAX_K = 8  # VIMDEPLOY_CONV_SILU_MAX_K
-VARIANTS = {"auto": 0, "tiled8": 1, "tiled32": 2, "generic": 3, "scalar": 4}  # VIMDEPLOY_CONV_SILU_*
+VARIANTS = {"auto": 0, "tiled8": 1, "tiled32": 2, "generic": 3, "scalar": 4, "async32": 5, "async16": 6}  # VIMDEPLOY_CONV_SILU_*
 _KERNEL_DTYPES = (torch.float32, torch.float16)
 
 

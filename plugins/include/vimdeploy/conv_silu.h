@@ -53,6 +53,9 @@ typedef struct VimdeployConvSiluParams
 #define VIMDEPLOY_CONV_SILU_TILED_32 2 /* k == 4 only: 32 tokens per thread */
 #define VIMDEPLOY_CONV_SILU_GENERIC 3  /* any k: one token per thread */
 #define VIMDEPLOY_CONV_SILU_SCALAR 4   /* any k: one token and one channel per thread */
+#define VIMDEPLOY_CONV_SILU_ASYNC_32 5 /* k == 4 only: TILED_32 with its loads as cp.async (16-byte path;
+                                         without it, TILED_32); what AUTO runs for k == 4 */
+#define VIMDEPLOY_CONV_SILU_ASYNC_16 6 /* k == 4 only: the same, 16 tokens per thread */
 
 /*
  * Both outputs, enqueued on `stream` (one launch; capturable in a CUDA graph).
@@ -61,7 +64,7 @@ typedef struct VimdeployConvSiluParams
 VIMDEPLOY_API int vimdeploy_conv_silu_bidir(VimdeployConvSiluParams const* p, cudaStream_t stream);
 
 /* Same, with the kernel variant forced (VIMDEPLOY_CONV_SILU_*; AUTO = what the call above
-   picks). A tiled variant with k != 4 is VIMDEPLOY_ERROR_UNSUPPORTED. The 16-byte path is
+   picks). A tiled or async variant with k != 4 is VIMDEPLOY_ERROR_UNSUPPORTED. The 16-byte path is
    taken wherever E and the pointers allow it, except for VIMDEPLOY_CONV_SILU_SCALAR. */
 VIMDEPLOY_API int vimdeploy_conv_silu_bidir_ex(VimdeployConvSiluParams const* p, cudaStream_t stream, int variant);
 
