@@ -29,7 +29,8 @@
  *   A thread reads back only its own slots, so no barrier is needed; the layout
  *   [stage][token][thread] makes a warp's shared-memory reads 16 consecutive bytes per lane
  *   (no bank conflicts). Capping registers for 3 blocks per SM instead (168 registers, 264
- *   bytes spilled) was slower: 74% in one run, so that variant is not kept. Tiles of 8 or 16 tokens (more threads, more halo) were slower than 32 at both
+ *   bytes spilled) was slower: 74% in one run, so that variant is not kept. Tiles of 8 or
+ *   16 tokens (more threads, more halo) were slower than 32 at both
  *   shapes (ASYNC_16: 67% / 53%; TILED_8 vs TILED_32: 38% / 33% vs 66% / 43%).
  * - k = 4 (Vim's d_conv) is a template: window, weights and loops are in registers, fully
  *   unrolled within a chunk. Other k (1..8) run convSiluGeneric, one token per thread,
