@@ -61,11 +61,13 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs.split(";")]
         r = subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *gencode,
                             "-I", str(PLUGIN_SRC / "include"), str(PLUGIN_SRC / "src" / "bi_selective_scan.cu"),
+                            str(PLUGIN_SRC / "src" / "conv_silu.cu"),
                             "-o", str(lib_path)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-4000:]
     assert lib_path.is_file()
     lib = load_library(lib_path)  # loads without a GPU: only cudart is needed
     assert lib.vimdeploy_error_string(-2).decode().startswith("unsupported")
+    assert hasattr(lib, "vimdeploy_conv_silu_bidir_ex")  # the mixer's conv + SiLU (ops/conv.py) is in it
     # The architecture asked for is in the fatbinary.
     cuobjdump = Path(nvcc).parent / "cuobjdump"
     if cuobjdump.is_file():

@@ -692,7 +692,8 @@ char const* vimdeploy_error_string(int code)
     {
     case VIMDEPLOY_SUCCESS: return "success";
     case VIMDEPLOY_ERROR_INVALID_ARGUMENT: return "invalid argument (null pointer, negative size, batch > 65535)";
-    case VIMDEPLOY_ERROR_UNSUPPORTED: return "unsupported (d_state must be 16, dtype float32 or float16)";
+    case VIMDEPLOY_ERROR_UNSUPPORTED:
+        return "unsupported (dtype must be float32 or float16; scan: d_state 16; conv: k 1..8, a tiled variant k 4)";
     default: return code > 0 ? cudaGetErrorString(static_cast<cudaError_t>(code)) : "unknown error";
     }
 }

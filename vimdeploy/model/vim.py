@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import VimConfig
 from ..ops import ScanFn, ScanInputs, get_scan
+from ..ops import conv as conv_ops
 
 __all__ = ["VisionMamba", "RMSNorm", "Mamba", "Block", "PatchEmbed", "resample_pos_embed", "output_names",
            "parse_output_name", "feature_map_name", "LOGITS", "FEATURES", "FEATURE_MAP"]
@@ -90,6 +91,10 @@ def _depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, anti_causal: bool) -> torc
 # The GPU layout of the mixer's front (two in_proj GEMMs, shifted multiply-adds for the
 # convs); False restores the transposing path, for side-by-side measurement.
 TOKEN_MAJOR_ON_GPU = True
+# On that path, both convs + SiLU as one CUDA kernel (ops/conv.py) where the kernel library is
+# built and x is fp16/fp32; False (or no library) keeps the multiply-adds, for side-by-side
+# measurement (benchmarks/bench_conv.py).
+FUSED_CONV_ON_GPU = True
 
 
 def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_causal: bool, length: int):
@@ -146,12 +151,17 @@ class Mamba(nn.Module):
     def scan_inputs(self, hidden_states: torch.Tensor) -> ScanInputs:
         """Everything the BiSelectiveScan op consumes (export/op_contract.md)."""
         token_major = hidden_states.is_cuda and TOKEN_MAJOR_ON_GPU  # see _depthwise_conv_token_major
+        fused = None
         if token_major:
             # Two GEMMs give contiguous x and z (the scan kernel wants z contiguous; a chunk
             # of one GEMM's output would be copied).
             x, z = (F.linear(hidden_states, w) for w in self.in_proj.weight.chunk(2, dim=0))
-            k = self.conv1d.weight.shape[-1]
-            x_padded = F.pad(x, (0, 0, k - 1, k - 1))
+            if FUSED_CONV_ON_GPU and x.dtype in (torch.float16, torch.float32) and conv_ops.fused_conv_available():
+                fused = dict(zip(("fwd", "bwd"), conv_ops.conv_silu_bidir(
+                    x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias)))
+            else:
+                k = self.conv1d.weight.shape[-1]
+                x_padded = F.pad(x, (0, 0, k - 1, k - 1))
         else:
             x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
         inputs = {"z": z}
@@ -159,7 +169,9 @@ class Mamba(nn.Module):
             conv = getattr(self, "conv1d" + suffix)
             x_proj = getattr(self, "x_proj" + suffix)
             dt_proj = getattr(self, "dt_proj" + suffix)
-            if token_major:
+            if fused is not None:
+                xc = fused[direction]
+            elif token_major:
                 xc = F.silu(_depthwise_conv_token_major(x_padded, conv, direction == "bwd", x.shape[1]))
             else:
                 xc = F.silu(_depthwise_conv(x, conv, anti_causal=direction == "bwd"))

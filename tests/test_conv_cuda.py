@@ -1,0 +1,252 @@
+"""The fused depthwise conv + SiLU kernel (plugins/src/conv_silu.cu, `torch.ops.vimdeploy.conv_silu_bidir`).
+
+* test_reference_matches_the_model_convs: runs anywhere (CPU): the op's PyTorch form equals
+  the model's `_depthwise_conv` + SiLU in both directions.
+* everything marked `cuda` needs a GPU; the kernel library is built for that GPU on first use
+  (or taken from $VIMDEPLOY_PLUGIN_BUILD_DIR / $VIMDEPLOY_KERNEL_LIBRARY), as in test_plugin_cuda.py.
+
+Tolerances. Ground truth is F.conv1d + SiLU in fp64 on the GPU, from the same (fp32 or fp16)
+input values and the fp32 weights. The kernel sums k + 1 fp32 terms (error a few 2^-24 of
+mag = |bias| + sum_j |w_j x_j|, through SiLU's slope <= 1.1) and evaluates SiLU with __expf and
+__fdividef (a few 2^-24 relative, growing like |v| * 2^-24 through exp's argument):
+* fp32: |out - ref| <= 2e-6 * |ref| + 1e-6 * mag;
+* fp16: the output is rounded once: 2^-11 * |ref| * 1.1 + the fp32 bound + 2^-24 (half of
+  fp16's smallest subnormal step, for outputs near 0).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .conftest import golden_dir, small_model
+
+cuda = pytest.mark.cuda
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+
+
+def test_reference_matches_the_model_convs():
+    from vimdeploy.model.vim import _depthwise_conv
+    from vimdeploy.ops.conv import conv_silu_bidir
+
+    torch.manual_seed(0)
+    for k in (1, 3, 4):
+        cf, cb = nn.Conv1d(37, 37, k, groups=37), nn.Conv1d(37, 37, k, groups=37)
+        x = torch.randn(3, 5, 37)
+        y_fwd, y_bwd = conv_silu_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias)
+        torch.testing.assert_close(y_fwd, F.silu(_depthwise_conv(x, cf, anti_causal=False)), rtol=0, atol=0)
+        torch.testing.assert_close(y_bwd, F.silu(_depthwise_conv(x, cb, anti_causal=True)), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- GPU
+
+@pytest.fixture(scope="session")
+def kernel_lib():
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+    from vimdeploy.ops import native
+
+    if not os.environ.get("VIMDEPLOY_KERNEL_LIBRARY"):
+        # Through CMake (incremental: a no-op when up to date), never a library left from older sources.
+        major, minor = torch.cuda.get_device_capability()
+        native.build(cuda_archs=f"{major}{minor}")
+    from vimdeploy.ops.conv import _library
+
+    return _library()
+
+
+def make_case(b, L, E, k, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    x = (r(b, L, E) * 1.5).to(dtype)
+    w = {d: r(E, 1, k) * 0.6 for d in ("fwd", "bwd")}
+    bias = {d: r(E) * 0.5 for d in ("fwd", "bwd")}
+    return x, w, bias
+
+
+def fp64_truth(x, w, bias):
+    """(y_fwd, y_bwd, mag_fwd, mag_bwd) in fp64 from the literal index formulas via F.conv1d."""
+    E, k = x.shape[-1], w["fwd"].shape[-1]
+    xt = x.double().transpose(1, 2)
+    out = []
+    for d, pad in (("fwd", (k - 1, 0)), ("bwd", (0, k - 1))):
+        wd = w[d].double()
+        if d == "bwd":
+            wd = wd.flip(-1)  # y[t] = b + sum_j w_j x[t + k-1 - j]: a correlation with the flipped taps, ahead
+        v = F.conv1d(F.pad(xt, pad), wd, bias[d].double(), groups=E)
+        mag = F.conv1d(F.pad(xt.abs(), pad), wd.abs(), bias[d].double().abs(), groups=E)
+        out.append((F.silu(v).transpose(1, 2), mag.transpose(1, 2)))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
+def check(out, ref, mag, dtype, what):
+    bound = 2e-6 * ref.abs() + 1e-6 * mag
+    if dtype == torch.float16:
+        bound = bound + 2.0**-11 * 1.1 * ref.abs() + 2.0**-24
+    err = (out.double() - ref).abs()
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"{what}: max error / bound = {worst:.3f} (max |err| {err.max().item():.3e})"
+    return worst
+
+
+def variants(k):
+    return ["auto", "generic", "scalar"] + (["tiled8", "tiled32", "async32", "async16"] if k == 4 else [])
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("E", [8, 37, 384])
+@pytest.mark.parametrize("L", [1, 2, 3, 5, 197, 1000])
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_kernel_matches_fp64(kernel_lib, k, L, E, b, dtype):
+    from vimdeploy.ops.conv import conv_silu_bidir, launch
+
+    x, w, bias = make_case(b, L, E, k, dtype, seed=k * 1000 + L + E + b)
+    ref_f, ref_b, mag_f, mag_b = fp64_truth(x, w, bias)
+    y_fwd, y_bwd = conv_silu_bidir(x, w["fwd"], bias["fwd"], w["bwd"], bias["bwd"])
+    assert y_fwd.dtype == y_bwd.dtype == dtype
+    check(y_fwd, ref_f, mag_f, dtype, "op fwd")
+    check(y_bwd, ref_b, mag_b, dtype, "op bwd")
+    taps = {d: w[d][:, 0].contiguous() for d in w}
+    for v in variants(k):
+        yf, yb = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
+        launch(x, taps["fwd"], bias["fwd"], taps["bwd"], bias["bwd"], yf, yb, variant=v)
+        check(yf, ref_f, mag_f, dtype, f"{v} fwd")
+        check(yb, ref_b, mag_b, dtype, f"{v} bwd")
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_unaligned_pointers_and_no_bias(kernel_lib, dtype):
+    """E a multiple of the vector width but x and y off 16-byte alignment: the scalar path."""
+    from vimdeploy.ops.conv import conv_silu_bidir, launch
+
+    b, L, E, k = 2, 197, 384, 4
+    x, w, bias = make_case(b, L, E, k, dtype, seed=5)
+    ref_f, ref_b, mag_f, mag_b = fp64_truth(x, w, bias)
+    storage = torch.empty(b * L * E + 1, dtype=dtype, device="cuda")
+    x_off = storage[1:].view(b, L, E)
+    x_off.copy_(x)
+    assert x_off.data_ptr() % 16 != 0
+    y_fwd, y_bwd = conv_silu_bidir(x_off, w["fwd"], bias["fwd"], w["bwd"], bias["bwd"])
+    check(y_fwd, ref_f, mag_f, dtype, "unaligned x fwd")
+    check(y_bwd, ref_b, mag_b, dtype, "unaligned x bwd")
+    out = torch.empty(2 * b * L * E + 2, dtype=dtype, device="cuda")
+    yf, yb = out[1 : 1 + b * L * E].view(b, L, E), out[1 + b * L * E : 1 + 2 * b * L * E].view(b, L, E)
+    for v in variants(k):
+        launch(x, w["fwd"][:, 0].contiguous(), bias["fwd"], w["bwd"][:, 0].contiguous(), bias["bwd"], yf, yb, variant=v)
+        check(yf, ref_f, mag_f, dtype, f"unaligned y {v} fwd")
+        check(yb, ref_b, mag_b, dtype, f"unaligned y {v} bwd")
+    zero = {d: torch.zeros_like(bias[d]) for d in bias}
+    ref_f, ref_b, mag_f, mag_b = fp64_truth(x, w, zero)
+    y_fwd, y_bwd = conv_silu_bidir(x, w["fwd"], None, w["bwd"], None)
+    check(y_fwd, ref_f, mag_f, dtype, "no bias fwd")
+    check(y_bwd, ref_b, mag_b, dtype, "no bias bwd")
+
+
+@cuda
+@needs_gpu
+def test_op_cuda_graph_compile_and_errors(kernel_lib):
+    from vimdeploy.ops.conv import conv_silu_bidir, launch
+    from vimdeploy.ops.native import PluginError
+
+    b, L, E, k = 2, 197, 384, 4
+    x, w, bias = make_case(b, L, E, k, torch.float16, seed=1)
+    args = (w["fwd"], bias["fwd"], w["bwd"], bias["bwd"])
+    eager = conv_silu_bidir(x, *args)
+
+    static = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        conv_silu_bidir(static, *args)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out = conv_silu_bidir(static, *args)
+    new, _, _ = make_case(b, L, E, k, torch.float16, seed=2)
+    static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(g_out, conv_silu_bidir(new, *args)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    compiled = torch.compile(lambda t: conv_silu_bidir(t, *args), fullgraph=True)
+    for got, want in zip(compiled(x), eager):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    taps = w["fwd"][:, 0].contiguous()
+    y = torch.empty_like(x)
+    with pytest.raises(PluginError, match="unsupported"):
+        launch(x, w["fwd"][:, 0, :3].contiguous(), None, w["bwd"][:, 0, :3].contiguous(), None, y, y.clone(),
+               variant="tiled32")  # tiled kernels are k = 4 only
+    with pytest.raises(PluginError):
+        conv_silu_bidir(x, torch.zeros(E, 1, 9, device="cuda"), None, torch.zeros(E, 1, 9, device="cuda"), None)
+    launch(x, taps, None, taps, None, y, y.clone())  # no bias: accepted
+
+
+def _count_fused(monkeypatch):
+    from vimdeploy.ops import conv as conv_ops
+
+    calls = []
+    real = conv_ops.conv_silu_bidir
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(conv_ops, "conv_silu_bidir", counting)
+    return calls
+
+
+@cuda
+@needs_gpu
+def test_model_fused_equals_multiply_adds(kernel_lib, monkeypatch):
+    """The model's CUDA forward with the fused kernel equals the addcmul path (fp32)."""
+    from vimdeploy.model import vim
+
+    model = small_model(seed=3).cuda()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad():
+        fused = model(x)
+        assert len(calls) == len(model.layers), "the fused kernel was not used"
+        monkeypatch.setattr(vim, "FUSED_CONV_ON_GPU", False)
+        ref = model(x)
+    assert len(calls) == len(model.layers)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+
+
+# Same bounds as test_plugin_cuda.py's golden test (see its comments for the measurements).
+GOLDEN_TOL = {"fp32": 1e-4, "fp16": 5e-3}
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_vim_tiny_golden_with_fused_conv(kernel_lib, precision, monkeypatch):
+    import numpy as np
+
+    from vimdeploy.model import load_model
+
+    d = golden_dir()
+    if d is None:
+        pytest.skip("golden fixture not found: set VIMDEPLOY_GOLDEN or put shared/golden beside the repo")
+    expected = np.load(d / "vim_t_p16_seed30.expected.npz")
+    model, _ = load_model(d / "vim_t_p16_seed30.pth", scan="cuda")
+    model = model.cuda()
+    x = torch.from_numpy(expected["input"]).cuda()
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"):
+        logits = model(x)
+    assert len(calls) == len(model.layers), "the fused kernel was not used"
+    err = np.abs(logits.float().cpu().numpy() - expected["logits"]).max()
+    print(f"{precision}: max |logits - golden| = {err:.3e}")
+    assert err <= GOLDEN_TOL[precision]

@@ -1,0 +1,163 @@
+"""The mixer front's two depthwise convs + SiLU as one op: `torch.ops.vimdeploy.conv_silu_bidir`.
+
+    y_fwd, y_bwd = conv_silu_bidir(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
+
+x (b, L, E); weights as Conv1d stores them (E, 1, k); biases (E,) or None. y_fwd is the causal
+depthwise conv of the forward branch, y_bwd the anti-causal one of the backward branch (the
+same-index kernel: y_bwd[t] = b + sum_j w[j] x[t + k-1 - j]), each through SiLU; see
+`vimdeploy.model.vim._depthwise_conv` for the PyTorch form and plugins/include/vimdeploy/conv_silu.h
+for the kernel's contract.
+
+On CUDA tensors of fp16 / fp32 it is one launch of the kernel in libvimdeploy_kernels.so
+(`vimdeploy plugin build`), on the current stream (CUDA graphs capture it); torch.compile sees
+one opaque node (the fake implementation gives the shapes). Elsewhere (CPU, other dtypes) it
+runs `conv_silu_bidir_reference`. Sums in fp32, outputs rounded once to x's dtype.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from . import native
+from .library import _LIB, NAMESPACE
+from .native import DTYPES, PluginError
+
+__all__ = ["conv_silu_bidir", "conv_silu_bidir_reference", "launch", "fused_conv_available", "ConvSiluParams",
+           "VARIANTS", "MAX_K"]
+
+MAX_K = 8  # VIMDEPLOY_CONV_SILU_MAX_K
+VARIANTS = {"auto": 0, "tiled8": 1, "tiled32": 2, "generic": 3, "scalar": 4, "async32": 5, "async16": 6}  # VIMDEPLOY_CONV_SILU_*
+_KERNEL_DTYPES = (torch.float32, torch.float16)
+
+
+class ConvSiluParams(ctypes.Structure):
+    """`VimdeployConvSiluParams` (plugins/include/vimdeploy/conv_silu.h)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("x", "weight_fwd", "bias_fwd", "weight_bwd", "bias_bwd", "y_fwd", "y_bwd")] + [
+        ("batch", ctypes.c_int64),
+        ("L", ctypes.c_int64),
+        ("E", ctypes.c_int64),
+        ("k", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+    ]
+
+
+_declared: set[int] = set()
+
+
+def _library() -> ctypes.CDLL:
+    """The kernel library with the conv entry point declared (PluginError if it is missing:
+    not built, or built from sources older than the conv kernel)."""
+    lib = native.load_library()
+    if id(lib) not in _declared:
+        try:
+            native._declare(lib, "vimdeploy_conv_silu_bidir_ex",
+                            [ctypes.POINTER(ConvSiluParams), ctypes.c_void_p, ctypes.c_int], ctypes.c_int)
+        except AttributeError:
+            raise PluginError("the CUDA kernel library has no vimdeploy_conv_silu_bidir_ex: it predates the conv "
+                              "kernel; rebuild it with `vimdeploy plugin build`") from None
+        _declared.add(id(lib))
+    return lib
+
+
+@torch.compiler.assume_constant_result
+def fused_conv_available() -> bool:
+    """The CUDA library with the conv kernel loads (checked once; a constant under torch.compile,
+    so the model's choice of path costs no graph break)."""
+    try:
+        _library()
+    except PluginError:
+        return False
+    return True
+
+
+def _as_taps(w: torch.Tensor, E: int) -> torch.Tensor:
+    """A Conv1d depthwise weight (E, 1, k) or (E, k) as contiguous fp32 (E, k)."""
+    if w.dim() == 3 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.dim() != 2 or w.shape[0] != E or not 1 <= w.shape[1] <= MAX_K:
+        raise PluginError(f"conv weight: expected ({E}, 1, k) with 1 <= k <= {MAX_K}, got {tuple(w.shape)}")
+    return w.to(torch.float32).contiguous()
+
+
+def launch(x: torch.Tensor, weight_fwd: torch.Tensor, bias_fwd: torch.Tensor | None, weight_bwd: torch.Tensor,
+           bias_bwd: torch.Tensor | None, y_fwd: torch.Tensor, y_bwd: torch.Tensor, variant: str = "auto") -> None:
+    """Run the kernel into y_fwd / y_bwd. x, y: contiguous (b, L, E) fp16/fp32 on one GPU;
+    weights contiguous fp32 (E, k), biases contiguous fp32 (E,) or None. `variant`: a key of
+    VARIANTS (tests and benchmarks force each kernel)."""
+    lib = _library()
+    b, L, E = x.shape
+    k = weight_fwd.shape[-1]
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    p = ConvSiluParams(ptr(x), ptr(weight_fwd), ptr(bias_fwd), ptr(weight_bwd), ptr(bias_bwd), ptr(y_fwd),
+                       ptr(y_bwd), b, L, E, k, DTYPES[str(x.dtype).removeprefix("torch.")])
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        rc = lib.vimdeploy_conv_silu_bidir_ex(ctypes.byref(p), stream, VARIANTS[variant])
+    if rc != 0:
+        raise PluginError(f"vimdeploy_conv_silu_bidir failed: {lib.vimdeploy_error_string(rc).decode()} (code {rc})")
+
+
+def conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
+    """The op in PyTorch (F.conv1d in fp32, or fp64 for fp64 x), outputs in x's dtype."""
+    E, k = x.shape[-1], weight_fwd.shape[-1]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xt = x.to(acc).transpose(1, 2)
+    out = []
+    for w, bias, pad in ((weight_fwd, bias_fwd, (k - 1, 0)), (weight_bwd, bias_bwd, (0, k - 1))):
+        w = w.reshape(E, 1, k).to(acc)
+        if pad[0] == 0:  # anti-causal with the same-index kernel = causal with the flipped one, ahead
+            w = w.flip(-1)
+        y = F.conv1d(F.pad(xt, pad), w, None if bias is None else bias.to(acc), groups=E)
+        out.append(F.silu(y).transpose(1, 2).to(x.dtype).contiguous())
+    return out[0], out[1]
+
+
+def _check(x, weight_fwd, weight_bwd):
+    if x.dim() != 3:
+        raise PluginError(f"conv_silu_bidir: expected x (b, L, E), got {tuple(x.shape)}")
+    if weight_fwd.shape != weight_bwd.shape:
+        raise PluginError(f"conv_silu_bidir: weights differ in shape: {tuple(weight_fwd.shape)} vs "
+                          f"{tuple(weight_bwd.shape)}")
+
+
+def _cuda(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
+    _check(x, weight_fwd, weight_bwd)
+    if x.dtype not in _KERNEL_DTYPES:
+        return conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
+    E = x.shape[-1]
+    x = x.contiguous()
+    wf, wb = _as_taps(weight_fwd, E), _as_taps(weight_bwd, E)
+    bf = None if bias_fwd is None else bias_fwd.to(torch.float32).contiguous()
+    bb = None if bias_bwd is None else bias_bwd.to(torch.float32).contiguous()
+    for name, bias in (("bias_fwd", bf), ("bias_bwd", bb)):
+        if bias is not None and tuple(bias.shape) != (E,):
+            raise PluginError(f"conv_silu_bidir: {name}: expected ({E},), got {tuple(bias.shape)}")
+    y_fwd, y_bwd = torch.empty_like(x), torch.empty_like(x)
+    launch(x, wf, bf, wb, bb, y_fwd, y_bwd)
+    return y_fwd, y_bwd
+
+
+def _cpu(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
+    _check(x, weight_fwd, weight_bwd)
+    return conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
+
+
+_NAME = "conv_silu_bidir"
+_LIB.define(f"{_NAME}(Tensor x, Tensor weight_fwd, Tensor? bias_fwd, Tensor weight_bwd, Tensor? bias_bwd)"
+            " -> (Tensor, Tensor)")
+_LIB.impl(_NAME, _cuda, "CUDA")
+_LIB.impl(_NAME, _cpu, "CPU")
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{_NAME}", lib=_LIB)
+def _fake(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+conv_silu_bidir = getattr(getattr(torch.ops, NAMESPACE), _NAME)
