@@ -22,6 +22,8 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also Vim with torch.compile (Inductor)")
     parser.add_argument("--only-compile", action="store_true", help="skip the layout comparison")
     parser.add_argument("--skip-deit", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --compile: where the compiled Vim's GPU time goes (torch.profiler) at 1248/32 and 224/128")
     args = parser.parse_args()
     rows = []
     for label, flag in (() if args.only_compile else (("transposing", False), ("token-major", True))):
@@ -47,6 +49,11 @@ def main():
             except Exception as e:  # noqa: BLE001 - record what failed, keep the rest of the run
                 rows.append({"model": runner.name, "size": size, "batch": batch, "status": f"failed: {e!r}"[:300]})
             print(json.dumps(rows[-1]), flush=True)
+        if args.profile:
+            for size, batch in ((1248, 32), (224, 128)):
+                rows.append({"model": runner.name, "size": size,
+                             "profile": bench.profile_breakdown(runner, size, batch, top=16)})
+                print(json.dumps(rows[-1]), flush=True)
         del runner
     if args.skip_deit:
         CONFIGS.clear()
