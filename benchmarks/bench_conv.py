@@ -26,37 +26,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vimdeploy.bench import time_graph  # noqa: E402
 from vimdeploy.model.vim import _depthwise_conv_token_major  # noqa: E402
 from vimdeploy.ops.conv import conv_silu_bidir, launch  # noqa: E402
 
 E, K = 384, 4
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-
-
-def time_graph(fns, reps=30, warmup=3):
-    """Capture fns (one per rotated input set) in one CUDA graph; per-call ms per replay."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for fn in fns:
-            fn()
-    for _ in range(warmup):
-        g.replay()
-    samples = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b) / len(fns))
-    del g
-    return samples
 
 
 def copy_bandwidth():

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vimdeploy.bench import time_calls  # noqa: E402
+from vimdeploy.bench import time_calls, time_graph  # noqa: E402
 from vimdeploy.ops.reference import bi_selective_scan_fast  # noqa: E402
 
 N = 16
@@ -45,33 +45,6 @@ def smi(field):
                               capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
     except Exception:  # noqa: BLE001
         return "?"
-
-
-def time_graph(fn_list, reps=20, warmup=3):
-    """Capture fn_list (callables, one per rotated input set) in a CUDA graph; return
-    per-call times in ms (one sample per replay, divided by len(fn_list))."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for fn in fn_list:
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for fn in fn_list:
-            fn()
-    for _ in range(warmup):
-        g.replay()
-    samples = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b) / len(fn_list))
-    del g
-    return samples
 
 
 def time_eager(fn, reps=5, warmup=1):

@@ -40,6 +40,21 @@ def golden_model(golden):
     return model
 
 
+@pytest.fixture(scope="session")
+def cuda_kernels():
+    """The CUDA kernel library (scan + conv), built for this GPU; skips without one. Always
+    through CMake (incremental: a no-op when up to date), so that a library left from older
+    sources is never what the tests run; $VIMDEPLOY_KERNEL_LIBRARY names a prebuilt one."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+    from vimdeploy.ops import native
+
+    if not os.environ.get("VIMDEPLOY_KERNEL_LIBRARY"):
+        major, minor = torch.cuda.get_device_capability()
+        native.build(cuda_archs=f"{major}{minor}")
+    return native.load_library()
+
+
 @pytest.fixture
 def cli():
     """Invoke the click CLI in-process; returns click's Result."""

@@ -16,8 +16,6 @@ __fdividef (a few 2^-24 relative, growing like |v| * 2^-24 through exp's argumen
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,15 +43,7 @@ def test_reference_matches_the_model_convs():
 # --------------------------------------------------------------------------- GPU
 
 @pytest.fixture(scope="session")
-def kernel_lib():
-    if not torch.cuda.is_available():
-        pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
-    from vimdeploy.ops import native
-
-    if not os.environ.get("VIMDEPLOY_KERNEL_LIBRARY"):
-        # Through CMake (incremental: a no-op when up to date), never a library left from older sources.
-        major, minor = torch.cuda.get_device_capability()
-        native.build(cuda_archs=f"{major}{minor}")
+def kernel_lib(cuda_kernels):
     from vimdeploy.ops.conv import _library
 
     return _library()

@@ -39,6 +39,8 @@
  */
 #include "vimdeploy/bi_selective_scan.h"
 
+#include "numeric.cuh"
+
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -77,14 +79,8 @@ struct Params
     float scale;
 };
 
-__device__ __forceinline__ float toF(float v) { return v; }
-__device__ __forceinline__ float toF(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T fromF(float v);
-template <>
-__device__ __forceinline__ float fromF<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half fromF<__half>(float v) { return __float2half_rn(v); }
+using vimdeploy::fromF;
+using vimdeploy::toF;
 
 // 2^x on the special-function unit (max rel. error ~2 ulp; ftz: results below 2^-126 are 0).
 __device__ __forceinline__ float ex2Mufu(float x)

@@ -42,6 +42,8 @@
  */
 #include "vimdeploy/conv_silu.h"
 
+#include "numeric.cuh"
+
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -78,14 +80,8 @@ struct alignas(sizeof(T) * W) Pack
     T v[W];
 };
 
-__device__ __forceinline__ float toF(float v) { return v; }
-__device__ __forceinline__ float toF(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T fromF(float v);
-template <>
-__device__ __forceinline__ float fromF<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half fromF<__half>(float v) { return __float2half_rn(v); }
+using vimdeploy::fromF;
+using vimdeploy::toF;
 
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + __expf(-v)); }
 

@@ -39,11 +39,11 @@ from .profiler import categorize, profile_breakdown
 from .report import format_table, plot
 from .runners import EngineRunner, Runner, TorchRunner, engine_runner
 from .search import find_max_batch, run_bench
-from .timing import measure, time_calls
+from .timing import measure, time_calls, time_graph
 
 __all__ = [
     "BenchError", "Runner", "TorchRunner", "EngineRunner", "snap_size", "find_max_batch", "is_oom",
-    "measure", "run_bench", "vim_runner", "deit_runner", "engine_runner", "format_table", "plot",
+    "measure", "time_graph", "run_bench", "vim_runner", "deit_runner", "engine_runner", "format_table", "plot",
     "environment", "profile_breakdown", "parse_int_list", "time_calls", "check_device", "main_bench",
     "DeiTRunner", "DEIT_MODES", "categorize",
 ]

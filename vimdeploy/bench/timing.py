@@ -40,6 +40,36 @@ def time_calls(fn, n, timer):
     return samples
 
 
+def time_graph(fns, reps=20, warmup=3):
+    """Capture `fns` (callables, e.g. one per rotated input set so that small shapes do not
+    run from L2 alone) in one CUDA graph; per-call ms, one sample per replay (the replay's
+    time divided by len(fns)). For kernel benchmarks (benchmarks/bench_scan.py, bench_conv.py)."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for fn in fns:
+            fn()
+    for _ in range(warmup):
+        g.replay()
+    samples = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        samples.append(a.elapsed_time(b) / len(fns))
+    del g
+    return samples
+
+
 def _sync(timer):
     if timer == "cuda":
         import torch
