@@ -22,6 +22,8 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also Vim with torch.compile (Inductor)")
     parser.add_argument("--only-compile", action="store_true", help="skip the layout comparison")
     parser.add_argument("--skip-deit", action="store_true")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode for Vim and the compiled DeiT (e.g. max-autotune-no-cudagraphs; default: Inductor's default)")
     parser.add_argument("--profile", action="store_true",
                         help="with --compile: where the compiled Vim's GPU time goes (torch.profiler) at 1248/32 and 224/128")
     args = parser.parse_args()
@@ -41,8 +43,10 @@ def main():
         # The element-wise work around the scan (norms, SiLU, conv taps, casts), fused by
         # Inductor; the scan stays our opaque custom op; then replayed as a CUDA graph.
         vim.TOKEN_MAJOR_ON_GPU = True
-        runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=True,
-                                  name="Vim-Ti cuda+graphs, token-major, torch.compile")
+        mode = args.compile_mode or True
+        runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=mode,
+                                  name="Vim-Ti cuda+graphs, token-major, torch.compile"
+                                  + (f" {args.compile_mode}" if args.compile_mode else ""))
         for size, batch in CONFIGS:
             try:
                 rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
@@ -60,7 +64,8 @@ def main():
     # DeiT-Ti as the issue measured it (eager PyTorch, no graphs), and SDPA with the same
     # treatment Vim gets (torch.compile + CUDA graphs): the strongest DeiT baseline.
     for mode, compiled in (("eager", False), ("sdpa", False), ("sdpa", True)):
-        runner = bench.deit_runner(mode=mode, cuda_graphs=compiled, compile=compiled)
+        runner = bench.deit_runner(mode=mode, cuda_graphs=compiled,
+                                   compile=(args.compile_mode or True) if compiled else False)
         for size, batch in CONFIGS:
             rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
             print(json.dumps(rows[-1]), flush=True)

@@ -13,6 +13,13 @@ from .runners import TorchRunner
 DEIT_MODES = {"deit_tiny": ("eager", "sdpa"), "deit_tiny_eager": ("eager",), "deit_tiny_sdpa": ("sdpa",)}
 
 
+def compile_mode(compile) -> str | None:
+    """`compile` as a torch.compile mode: True = Inductor's default, or a mode name such as
+    "max-autotune-no-cudagraphs" (Triton GEMM templates with fused epilogues, autotuned; the
+    runners capture CUDA graphs themselves)."""
+    return None if compile is True else str(compile)
+
+
 def _vim_fp16(model):
     """fp16 with the numerics of the fp16 golden test's torch.autocast (tests/test_plugin_cuda.py):
     linear/conv weights in fp16 once (autocast would cast them on every call), while the
@@ -58,13 +65,14 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
     if dtype == "fp16":
         _vim_fp16(model)
     label = name or (f"{label} ({scan} scan{', torch.compile' if compile else ''}"
+                     f"{f' {compile}' if isinstance(compile, str) else ''}"
                      f"{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})")
     module = model
     if compile:
         # Inductor fuses the element-wise work around the scan (norms, SiLU, conv taps,
         # casts; half of Vim-Ti's GPU time without it, docs/bench.md); the scan stays our
         # opaque custom op. One compilation per input shape.
-        module = torch.compile(model.to(device), dynamic=False)
+        module = torch.compile(model.to(device), dynamic=False, mode=compile_mode(compile))
     return TorchRunner(label, module, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
                        cuda_graphs=cuda_graphs, patch=model.cfg.patch_size, stride=model.cfg.stride,
                        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)})
@@ -113,6 +121,7 @@ class DeiTRunner(TorchRunner):
         self.dtype = torch.float16 if dtype == "fp16" else torch.float32
         self._size = None
         label = (("eager attention" if mode == "eager" else "SDPA") + (", torch.compile" if compile else "")
+                 + (f" {compile}" if isinstance(compile, str) else "")
                  + (", CUDA graphs" if cuda_graphs else ""))
         super().__init__(f"DeiT-Ti ({label})", self._build(224),
                          device=device, input_dtype=self.dtype, cuda_graphs=cuda_graphs,
@@ -128,7 +137,7 @@ class DeiTRunner(TorchRunner):
         if self.compile:
             import torch
 
-            return torch.compile(m.to(self.device), dynamic=False)
+            return torch.compile(m.to(self.device), dynamic=False, mode=compile_mode(self.compile))
         return m
 
     def prepare(self, size, batch):
