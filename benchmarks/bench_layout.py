@@ -9,11 +9,23 @@ SDPA with torch.compile + CUDA graphs) in the same run for the ratios of docs/be
 
 import argparse
 import json
+from pathlib import Path
 
 from vimdeploy import bench
 from vimdeploy.model import vim
 
 CONFIGS = [(224, 128), (1248, 32), (1248, 128), (1248, 1)]
+
+
+def emit(rows, path, final=False):
+    """Print the newest row; rewrite the JSON after every row (temp file, then rename), so a run
+    cut short by a time limit keeps what it measured."""
+    if not final:
+        print(json.dumps(rows[-1]), flush=True)
+    if path:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"environment": bench.environment(), "rows": rows, "complete": final}, indent=2))
+        tmp.replace(path)
 
 
 def main():
@@ -33,11 +45,11 @@ def main():
         runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, name=f"Vim-Ti cuda+graphs, {label}")
         for size, batch in CONFIGS:
             rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
-            print(json.dumps(rows[-1]), flush=True)
+            emit(rows, args.json)
         if flag:
             for size, batch in CONFIGS[:2]:  # where the time goes: 224/128 and 1248/32
                 rows.append({"model": runner.name, "size": size, "profile": bench.profile_breakdown(runner, size, batch)})
-                print(json.dumps(rows[-1]), flush=True)
+                emit(rows, args.json)
         del runner
     if args.compile:
         # The element-wise work around the scan (norms, SiLU, conv taps, casts), fused by
@@ -52,12 +64,12 @@ def main():
                 rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
             except Exception as e:  # noqa: BLE001 - record what failed, keep the rest of the run
                 rows.append({"model": runner.name, "size": size, "batch": batch, "status": f"failed: {e!r}"[:300]})
-            print(json.dumps(rows[-1]), flush=True)
+            emit(rows, args.json)
         if args.profile:
             for size, batch in ((1248, 32), (224, 128)):
                 rows.append({"model": runner.name, "size": size,
                              "profile": bench.profile_breakdown(runner, size, batch, top=16)})
-                print(json.dumps(rows[-1]), flush=True)
+                emit(rows, args.json)
         del runner
     if args.skip_deit:
         CONFIGS.clear()
@@ -68,12 +80,9 @@ def main():
                                    compile=(args.compile_mode or True) if compiled else False)
         for size, batch in CONFIGS:
             rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
-            print(json.dumps(rows[-1]), flush=True)
+            emit(rows, args.json)
         del runner
-    result = {"environment": bench.environment(), "rows": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(rows, args.json, final=True)
 
 
 if __name__ == "__main__":
