@@ -17,14 +17,14 @@ from vimdeploy.model import vim
 CONFIGS = [(224, 128), (1248, 32), (1248, 128), (1248, 1)]
 
 
-def emit(rows, path, final=False):
+def emit(rows, path, env, final=False):
     """Print the newest row; rewrite the JSON after every row (temp file, then rename), so a run
     cut short by a time limit keeps what it measured."""
     if not final:
         print(json.dumps(rows[-1]), flush=True)
     if path:
         tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"environment": bench.environment(), "rows": rows, "complete": final}, indent=2))
+        tmp.write_text(json.dumps({"environment": env, "rows": rows, "complete": final}, indent=2))
         tmp.replace(path)
 
 
@@ -39,17 +39,18 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="with --compile: where the compiled Vim's GPU time goes (torch.profiler) at 1248/32 and 224/128")
     args = parser.parse_args()
+    env = bench.environment()
     rows = []
     for label, flag in (() if args.only_compile else (("transposing", False), ("token-major", True))):
         vim.TOKEN_MAJOR_ON_GPU = flag
         runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, name=f"Vim-Ti cuda+graphs, {label}")
         for size, batch in CONFIGS:
             rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
-            emit(rows, args.json)
+            emit(rows, args.json, env)
         if flag:
             for size, batch in CONFIGS[:2]:  # where the time goes: 224/128 and 1248/32
                 rows.append({"model": runner.name, "size": size, "profile": bench.profile_breakdown(runner, size, batch)})
-                emit(rows, args.json)
+                emit(rows, args.json, env)
         del runner
     if args.compile:
         # The element-wise work around the scan (norms, SiLU, conv taps, casts), fused by
@@ -64,12 +65,12 @@ def main():
                 rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
             except Exception as e:  # noqa: BLE001 - record what failed, keep the rest of the run
                 rows.append({"model": runner.name, "size": size, "batch": batch, "status": f"failed: {e!r}"[:300]})
-            emit(rows, args.json)
+            emit(rows, args.json, env)
         if args.profile:
             for size, batch in ((1248, 32), (224, 128)):
                 rows.append({"model": runner.name, "size": size,
                              "profile": bench.profile_breakdown(runner, size, batch, top=16)})
-                emit(rows, args.json)
+                emit(rows, args.json, env)
         del runner
     if args.skip_deit:
         CONFIGS.clear()
@@ -80,9 +81,9 @@ def main():
                                    compile=(args.compile_mode or True) if compiled else False)
         for size, batch in CONFIGS:
             rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
-            emit(rows, args.json)
+            emit(rows, args.json, env)
         del runner
-    emit(rows, args.json, final=True)
+    emit(rows, args.json, env, final=True)
 
 
 if __name__ == "__main__":

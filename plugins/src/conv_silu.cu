@@ -113,52 +113,36 @@ __device__ __forceinline__ Where where(Args const& a, int64_t idx, int W)
     return {rest / a.tiles, rest % a.tiles, g * W};
 }
 
-// k = K fixed, TILE tokens per thread, the window in registers, plain loads (the path for
-// W = 1, where cp.async cannot move a single fp16/fp32 element).
-template <typename T, int W, int K, int TILE>
-__global__ void __launch_bounds__(kThreads) convSiluTiled(Args a)
+// A thread's K taps and bias per channel of its run, both directions (fp32).
+template <int W, int K>
+struct Taps
 {
-    constexpr int H = K - 1;
-    static_assert(TILE % kChunk == 0, "a tile is whole chunks");
-    int64_t const idx = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-    if (idx >= a.total)
-        return;
-    Where const w = where(a, idx, W);
-    int64_t const base = w.b * a.L * a.E + w.c0;
-    T const* __restrict__ x = static_cast<T const*>(a.x) + base;
-    T* __restrict__ yf = static_cast<T*>(a.yf) + base;
-    T* __restrict__ yb = static_cast<T*>(a.yb) + base;
-
     float wf[W][K], wb[W][K], bf[W], bb[W];
-#pragma unroll
-    for (int i = 0; i < W; ++i)
+
+    __device__ __forceinline__ void load(Args const& a, int64_t c0)
     {
 #pragma unroll
-        for (int j = 0; j < K; ++j)
+        for (int i = 0; i < W; ++i)
         {
-            wf[i][j] = a.wf[(w.c0 + i) * K + j];
-            wb[i][j] = a.wb[(w.c0 + i) * K + j];
+#pragma unroll
+            for (int j = 0; j < K; ++j)
+            {
+                wf[i][j] = a.wf[(c0 + i) * K + j];
+                wb[i][j] = a.wb[(c0 + i) * K + j];
+            }
+            bf[i] = a.bf ? a.bf[c0 + i] : 0.f;
+            bb[i] = a.bb ? a.bb[c0 + i] : 0.f;
         }
-        bf[i] = a.bf ? a.bf[w.c0 + i] : 0.f;
-        bb[i] = a.bb ? a.bb[w.c0 + i] : 0.f;
     }
 
-    // win[m] = x[tc - H + m] for the chunk starting at token tc.
-    Pack<T, W> win[2 * H + kChunk];
-    int64_t const t0 = w.tile * TILE;
-#pragma unroll
-    for (int m = 0; m < 2 * H; ++m)
-        win[m] = loadToken<T, W>(x, t0 - H + m, a.L, a.E);
-
-#pragma unroll 1 // one chunk's loads in flight at a time: unrolled, all 32 + 6 tokens' packs stay live
-    for (int c = 0; c < TILE / kChunk; ++c)
+    // The kChunk outputs of both directions for the chunk starting at token tc from the window
+    // win[m] = x[tc - H + m] (m < 2H + kChunk), stored where t < L; then the window slides by
+    // kChunk tokens (its last 2H packs move to the front).
+    template <typename T>
+    __device__ __forceinline__ void convolveChunk(
+        Pack<T, W> (&win)[2 * (K - 1) + kChunk], T* yf, T* yb, int64_t tc, int64_t L, int64_t E) const
     {
-        int64_t const tc = t0 + c * kChunk;
-        if (tc >= a.L)
-            break;
-#pragma unroll
-        for (int m = 0; m < kChunk; ++m)
-            win[2 * H + m] = loadToken<T, W>(x, tc + H + m, a.L, a.E);
+        constexpr int H = K - 1;
 #pragma unroll
         for (int s = 0; s < kChunk; ++s)
         {
@@ -177,15 +161,54 @@ __global__ void __launch_bounds__(kThreads) convSiluTiled(Args a)
                 ob.v[i] = fromF<T>(silu(sb));
             }
             int64_t const t = tc + s;
-            if (t < a.L)
+            if (t < L)
             {
-                *reinterpret_cast<Pack<T, W>*>(yf + t * a.E) = of;
-                *reinterpret_cast<Pack<T, W>*>(yb + t * a.E) = ob;
+                *reinterpret_cast<Pack<T, W>*>(yf + t * E) = of;
+                *reinterpret_cast<Pack<T, W>*>(yb + t * E) = ob;
             }
         }
 #pragma unroll
         for (int m = 0; m < 2 * H; ++m)
             win[m] = win[kChunk + m];
+    }
+};
+
+// k = K fixed, TILE tokens per thread, the window in registers, plain loads (the path for
+// W = 1, where cp.async cannot move a single fp16/fp32 element).
+template <typename T, int W, int K, int TILE>
+__global__ void __launch_bounds__(kThreads) convSiluTiled(Args a)
+{
+    constexpr int H = K - 1;
+    static_assert(TILE % kChunk == 0, "a tile is whole chunks");
+    int64_t const idx = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+    if (idx >= a.total)
+        return;
+    Where const w = where(a, idx, W);
+    int64_t const base = w.b * a.L * a.E + w.c0;
+    T const* __restrict__ x = static_cast<T const*>(a.x) + base;
+    T* __restrict__ yf = static_cast<T*>(a.yf) + base;
+    T* __restrict__ yb = static_cast<T*>(a.yb) + base;
+
+    Taps<W, K> taps;
+    taps.load(a, w.c0);
+
+    // win[m] = x[tc - H + m] for the chunk starting at token tc.
+    Pack<T, W> win[2 * H + kChunk];
+    int64_t const t0 = w.tile * TILE;
+#pragma unroll
+    for (int m = 0; m < 2 * H; ++m)
+        win[m] = loadToken<T, W>(x, t0 - H + m, a.L, a.E);
+
+#pragma unroll 1 // one chunk's loads in flight at a time: unrolled, all 32 + 6 tokens' packs stay live
+    for (int c = 0; c < TILE / kChunk; ++c)
+    {
+        int64_t const tc = t0 + c * kChunk;
+        if (tc >= a.L)
+            break;
+#pragma unroll
+        for (int m = 0; m < kChunk; ++m)
+            win[2 * H + m] = loadToken<T, W>(x, tc + H + m, a.L, a.E);
+        taps.convolveChunk(win, yf, yb, tc, a.L, a.E);
     }
 }
 
@@ -251,19 +274,8 @@ __global__ void __launch_bounds__(kAsyncThreads) convSiluAsync(Args a)
     for (int c = 0; c < kStages - 1; ++c)
         issue(c);
 
-    float wf[W][K], wb[W][K], bf[W], bb[W];
-#pragma unroll
-    for (int i = 0; i < W; ++i)
-    {
-#pragma unroll
-        for (int j = 0; j < K; ++j)
-        {
-            wf[i][j] = a.wf[(w.c0 + i) * K + j];
-            wb[i][j] = a.wb[(w.c0 + i) * K + j];
-        }
-        bf[i] = a.bf ? a.bf[w.c0 + i] : 0.f;
-        bb[i] = a.bb ? a.bb[w.c0 + i] : 0.f;
-    }
+    Taps<W, K> taps;
+    taps.load(a, w.c0);
     Pack<T, W> win[2 * H + kChunk];
 #pragma unroll
     for (int m = 0; m < 2 * H; ++m)
@@ -278,33 +290,7 @@ __global__ void __launch_bounds__(kAsyncThreads) convSiluAsync(Args a)
         for (int m = 0; m < kChunk; ++m)
             win[2 * H + m] = slots[c % kStages][m][threadIdx.x];
         int64_t const tc = t0 + int64_t(c) * kChunk;
-#pragma unroll
-        for (int s = 0; s < kChunk; ++s)
-        {
-            Pack<T, W> of, ob;
-#pragma unroll
-            for (int i = 0; i < W; ++i)
-            {
-                float sf = bf[i], sb = bb[i];
-#pragma unroll
-                for (int j = 0; j < K; ++j)
-                {
-                    sf = fmaf(wf[i][j], toF(win[s + j].v[i]), sf);
-                    sb = fmaf(wb[i][j], toF(win[s + 2 * H - j].v[i]), sb);
-                }
-                of.v[i] = fromF<T>(silu(sf));
-                ob.v[i] = fromF<T>(silu(sb));
-            }
-            int64_t const t = tc + s;
-            if (t < a.L)
-            {
-                *reinterpret_cast<Pack<T, W>*>(yf + t * a.E) = of;
-                *reinterpret_cast<Pack<T, W>*>(yb + t * a.E) = ob;
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < 2 * H; ++m)
-            win[m] = win[kChunk + m];
+        taps.convolveChunk(win, yf, yb, tc, a.L, a.E);
     }
     cpAsyncWait<0>(); // no copy may outlive the block
 }
