@@ -87,6 +87,21 @@ def test_resample_keeps_the_class_token_apart_and_interpolates_the_grid():
     torch.testing.assert_close(rest, torch.full_like(rest, 3.0))  # a constant field stays constant
 
 
+def test_set_input_size_bakes_the_resampled_embedding():
+    model = small_model()
+    x = torch.randn(1, 3, 256, 288)
+    with torch.inference_mode():
+        on_the_fly = model(x)
+    trained = model.pos_embed
+    model.set_input_size(256, 288)
+    assert model.pos_grid == (16, 18) and model.pos_embed.shape[1] == 16 * 18 + 1
+    torch.testing.assert_close(model.pos_embed.detach(), resample_pos_embed(trained.detach(), 14, (16, 18)))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), on_the_fly, rtol=0, atol=0)
+    model.set_input_size(256, 288)  # already baked: nothing resampled again
+    assert model.pos_embed.shape[1] == 16 * 18 + 1
+
+
 def test_bad_input_size_is_a_clear_error():
     from vimdeploy.errors import InputError
 

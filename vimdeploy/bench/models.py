@@ -22,14 +22,16 @@ def compile_mode(compile) -> str | None:
 
 def _vim_fp16(model):
     """fp16 with the numerics of the fp16 golden test's torch.autocast (tests/test_plugin_cuda.py):
-    linear/conv weights in fp16 once (autocast would cast them on every call), while the
-    scan parameters (A_log, D, dt biases), the norm weights and class token/pos embed casts
-    stay as autocast has them: the scan gets fp32 A, D, dt bias; the residual stream is fp32."""
+    linear and patch-embedding weights in fp16 once (autocast would cast them on every call),
+    while the scan parameters (A_log, D, dt biases), the norm weights, the mixer's conv taps and
+    class token/pos embed casts stay as autocast has them: the scan gets fp32 A, D, dt bias, the
+    fused conv kernel its fp32 taps (cast per call inside the op, these were 96 small copies per
+    Vim-Ti forward: 0.3 ms on an H100); the residual stream is fp32."""
     import torch
 
     keep = {n: p.detach().clone() for n, p in model.named_parameters()
             if n.split(".")[-1] in ("A_log", "A_b_log", "D", "D_b") or n.endswith(("dt_proj.bias", "dt_proj_b.bias"))
-            or (n.endswith(".weight") and ("norm" in n))}
+            or (n.endswith(".weight") and ("norm" in n)) or ".conv1d" in n}
     model.half()
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -67,14 +69,23 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
     label = name or (f"{label} ({scan} scan{', torch.compile' if compile else ''}"
                      f"{f' {compile}' if isinstance(compile, str) else ''}"
                      f"{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})")
+    # At each size the position embedding is baked in once (set_input_size), as in a model
+    # deployed at that resolution and as timm builds DeiT per size (deit_runner): resampling
+    # it on every forward cost 0.57 ms of Vim-Ti's 50 ms at 1248 px batch 32 on an H100.
+    trained = (model.pos_embed, model.pos_grid)
+
+    def on_size(size):
+        model.pos_embed, model.pos_grid = trained
+        model.set_input_size(size, size)
+
     module = model
     if compile:
         # Inductor fuses the element-wise work around the scan (norms, SiLU, conv taps,
         # casts; half of Vim-Ti's GPU time without it, docs/bench.md); the scan stays our
         # opaque custom op. One compilation per input shape.
-        module = torch.compile(model.to(device), dynamic=False, mode=compile_mode(compile))
+        module = compiled(model.to(device), compile)
     return TorchRunner(label, module, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
-                       cuda_graphs=cuda_graphs, patch=model.cfg.patch_size, stride=model.cfg.stride,
+                       cuda_graphs=cuda_graphs, on_size=on_size, patch=model.cfg.patch_size, stride=model.cfg.stride,
                        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)})
 
 
@@ -98,6 +109,16 @@ def _init_untrained(model):
 
 def _params_m(model) -> float:
     return round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+
+
+def compiled(module, compile):
+    """torch.compile as Vim and DeiT get it here: one graph per input shape. (Inductor's
+    freezing, which would fold weight-only work into constants, was tried on an H100: the
+    compiled Vim then recompiled at every size change until torch.compile's recompile limit
+    and fell back to eager; not used.)"""
+    import torch
+
+    return torch.compile(module, dynamic=False, mode=compile_mode(compile))
 
 
 def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False) -> "DeiTRunner":
@@ -135,9 +156,7 @@ class DeiTRunner(TorchRunner):
             blk.attn.fused_attn = self.mode == "sdpa"
         m = m.eval().to(self.dtype)
         if self.compile:
-            import torch
-
-            return torch.compile(m.to(self.device), dynamic=False, mode=compile_mode(self.compile))
+            return compiled(m.to(self.device), self.compile)
         return m
 
     def prepare(self, size, batch):

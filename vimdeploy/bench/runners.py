@@ -33,7 +33,8 @@ class Runner:
 class TorchRunner(Runner):
     """An nn.Module taking (B, 3, H, W) in `input_dtype`, optionally replayed as a CUDA graph."""
 
-    def __init__(self, name, module, device="cuda", input_dtype=None, cuda_graphs=False, autocast=None, **kw):
+    def __init__(self, name, module, device="cuda", input_dtype=None, cuda_graphs=False, autocast=None, on_size=None,
+                 **kw):
         super().__init__(name=name, device=device, timer="cuda" if device == "cuda" else "wall", **kw)
         import torch
 
@@ -41,6 +42,7 @@ class TorchRunner(Runner):
         self.input_dtype = input_dtype or torch.float32
         self.cuda_graphs = cuda_graphs and device == "cuda"
         self.autocast = autocast
+        self.on_size = on_size  # called with the input size before each prepare (e.g. to resize the model)
         self._state = None
         self.info.setdefault("cuda_graphs", self.cuda_graphs)
 
@@ -56,6 +58,8 @@ class TorchRunner(Runner):
         import torch
 
         self.release()
+        if self.on_size is not None:
+            self.on_size(size)
         x = torch.randn(batch, 3, size, size, device=self.device).to(self.input_dtype)
         if not self.cuda_graphs:
             def run():

@@ -63,11 +63,7 @@ def _at_resolution(model, size):
     no resize. With DYNAMIC the trained embedding stays and is resampled inside the graph."""
     if size == DYNAMIC:
         return model
-    grid = model.grid_for(*size)  # InputError for a size off the patch grid
-    with torch.no_grad():
-        model.pos_embed = nn.Parameter(model.pos_embed_for(grid))
-    model.pos_grid = grid
-    return model
+    return model.set_input_size(*size)
 
 
 def _dynamic_shapes(cfg, fixed_batch, size):

@@ -81,10 +81,11 @@ def _depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, anti_causal: bool) -> torc
     """
     k = conv.weight.shape[-1]
     x = x.transpose(1, 2)
+    w, b = conv.weight.to(x.dtype), conv.bias.to(x.dtype)  # fp32 taps in an fp16 model (bench's)
     if anti_causal:
-        out = F.conv1d(F.pad(x, (0, k - 1)), conv.weight.flip(-1), conv.bias, groups=x.shape[1])
+        out = F.conv1d(F.pad(x, (0, k - 1)), w.flip(-1), b, groups=x.shape[1])
     else:
-        out = F.conv1d(F.pad(x, (k - 1, 0)), conv.weight, conv.bias, groups=x.shape[1])
+        out = F.conv1d(F.pad(x, (k - 1, 0)), w, b, groups=x.shape[1])
     return out.transpose(1, 2)
 
 
@@ -315,6 +316,18 @@ class VisionMamba(nn.Module):
     def pos_embed_for(self, grid) -> torch.Tensor:
         """The position embedding for a patch grid (rows, cols), resampled when it is not the trained one."""
         return resample_pos_embed(self.pos_embed, self.pos_grid, grid)
+
+    def set_input_size(self, height: int, width: int) -> "VisionMamba":
+        """Bake the position embedding for height x width inputs into the model (resampled once,
+        as timm's `set_input_size`), so that a forward at that size does no resize: what a model
+        deployed at one resolution has (the exporter's fixed-size graphs). Other sizes still
+        work, resampled from the baked grid."""
+        grid = self.grid_for(height, width)  # InputError for a size off the patch grid
+        if grid != self.pos_grid:
+            with torch.no_grad():
+                self.pos_embed = nn.Parameter(self.pos_embed_for(grid), requires_grad=self.pos_embed.requires_grad)
+            self.pos_grid = grid
+        return self
 
     def forward_tokens(self, x: torch.Tensor, out_indices=()) -> tuple[torch.Tensor, dict, tuple]:
         """The token sequence after the final add + norm (B, gh*gw + 1, C), the class token at
