@@ -128,3 +128,14 @@ def test_cli_cpu_run_writes_json(cli, tmp_path, monkeypatch):
     assert set(data) >= {"env", "settings", "runners", "rows"}
     assert data["rows"][0]["status"] == "ok" and data["runners"][0]["scan"] == "auto"
     assert data["runners"][0]["dtype"] == "fp32"
+
+
+def test_categorize_kernel_names():
+    from vimdeploy.bench import categorize
+
+    assert categorize("void (anonymous namespace)::biScanKernel<__half, 8, 2, false>(Params)") == "scan kernel"
+    assert categorize("nvjet_sm90_hsh_192x192_64x4_1x2_h_bz_coopB_TNN") == "GEMM (linear)"
+    assert categorize("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "add + RMSNorm"
+    assert categorize("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>") == \
+        "copies / transposes / cat"
+    assert categorize("some_unknown_kernel") == "other"

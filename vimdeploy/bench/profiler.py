@@ -10,6 +10,8 @@ _CATEGORIES = [
     ("scan kernel", ("biscan", "bi_selective", "selective_scan", "scan_chunk")),
     ("GEMM (linear)", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk")),
     ("conv (patch embed, depthwise 1-D)", ("conv", "implicit", "winograd", "fprop", "dgrad", "depthwise")),
+    # before "copies": Inductor names its fused residual add + RMSNorm "..._to_copy_add_mean_mul_pow_rsqrt..."
+    ("add + RMSNorm", ("rsqrt", "rms_norm", "rmsnorm")),
     ("copies / transposes / cat", ("copy", "cat", "transpose", "memcpy", "memset", "fill")),
     ("norm, silu, residual, other element-wise", ("elementwise", "vectorized", "reduce", "norm", "silu", "mul", "add")),
 ]
