@@ -172,3 +172,14 @@ def test_aligned_projections_give_the_same_dt_B_C():
     fp16 = _projections_aligned(xc.half(), x_proj.weight.half(), dt_proj.weight.half(), 12, 16)
     for t in fp16:
         assert t.stride(1) % 8 == 0 and t.storage_offset() % 8 == 0
+
+
+def test_forward_is_one_torch_compile_graph():
+    """No graph break in the forward (the scan backend is resolved when set, not imported per
+    layer): torch.compile then sees the whole model, as the GPU benchmarks compile it."""
+    model = small_model().eval()
+    model.scan = "fast"
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(torch.randn(1, 3, 224, 224))
+    assert explained.graph_break_count == 0, [b.reason.splitlines()[0] for b in explained.break_reasons]
+    assert explained.graph_count == 1

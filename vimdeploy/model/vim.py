@@ -136,7 +136,7 @@ class Mamba(nn.Module):
         super().__init__()
         d, e, n, r, k = cfg.embed_dim, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
         self.d_state, self.dt_rank, self.out_scale = n, r, cfg.out_scale
-        self.scan = scan
+        self.scan = scan  # the backend's name (or a function); resolved once, see the setter
         self.in_proj = nn.Linear(d, 2 * e, bias=False)
         self.out_proj = nn.Linear(e, d, bias=False)
         for suffix in ("", "_b"):
@@ -148,6 +148,16 @@ class Mamba(nn.Module):
         a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)
         self.A_log = nn.Parameter(a_log.clone())
         self.A_b_log = nn.Parameter(a_log.clone())
+
+    @property
+    def scan(self) -> str | ScanFn:
+        return self._scan
+
+    @scan.setter
+    def scan(self, name: str | ScanFn):
+        # Resolved here, not per forward: get_scan imports the backend's module, and an import
+        # inside forward is a torch.compile graph break (one per layer).
+        self._scan, self._scan_fn = name, get_scan(name)
 
     def scan_inputs(self, hidden_states: torch.Tensor) -> ScanInputs:
         """Everything the BiSelectiveScan op consumes (export/op_contract.md)."""
@@ -193,7 +203,7 @@ class Mamba(nn.Module):
         return ScanInputs(**inputs)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        y = get_scan(self.scan)(self.scan_inputs(hidden_states), delta_softplus=True, out_scale=self.out_scale)
+        y = self._scan_fn(self.scan_inputs(hidden_states), delta_softplus=True, out_scale=self.out_scale)
         return self.out_proj(y)
 
 
