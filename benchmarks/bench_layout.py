@@ -36,9 +36,24 @@ def main():
     parser.add_argument("--skip-deit", action="store_true")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode for Vim and the compiled DeiT (e.g. max-autotune-no-cudagraphs; default: Inductor's default)")
+    parser.add_argument("--configs", default=None,
+                        help="comma-separated SIZExBATCH subset, e.g. 1248x32,224x128 (default: "
+                             + ",".join(f"{s}x{b}" for s, b in CONFIGS) + ")")
+    parser.add_argument("--deit", default="eager,sdpa,sdpa-compiled",
+                        help="comma-separated DeiT-Ti rows: eager, sdpa (plain PyTorch), sdpa-compiled "
+                             "(torch.compile + CUDA graphs)")
     parser.add_argument("--profile", action="store_true",
                         help="with --compile: where the compiled Vim's GPU time goes (torch.profiler) at 1248/32 and 224/128")
     args = parser.parse_args()
+    if args.configs:
+        try:
+            CONFIGS[:] = [tuple(int(v) for v in c.lower().split("x")) for c in args.configs.split(",")]
+        except ValueError:
+            parser.error(f"--configs: expected SIZExBATCH[,SIZExBATCH...], got {args.configs!r}")
+    deit = {"eager": ("eager", False), "sdpa": ("sdpa", False), "sdpa-compiled": ("sdpa", True)}
+    unknown = set(args.deit.split(",")) - set(deit) if args.deit else set()
+    if unknown:
+        parser.error(f"--deit: unknown {', '.join(sorted(unknown))}; known: {', '.join(deit)}")
     env = bench.environment()
     rows = []
     for label, flag in (() if args.only_compile else (("transposing", False), ("token-major", True))):
@@ -76,7 +91,7 @@ def main():
         CONFIGS.clear()
     # DeiT-Ti as the issue measured it (eager PyTorch, no graphs), and SDPA with the same
     # treatment Vim gets (torch.compile + CUDA graphs): the strongest DeiT baseline.
-    for mode, compiled in (("eager", False), ("sdpa", False), ("sdpa", True)):
+    for mode, compiled in (deit[name] for name in args.deit.split(",") if name):
         runner = bench.deit_runner(mode=mode, cuda_graphs=compiled,
                                    compile=(args.compile_mode or True) if compiled else False)
         for size, batch in CONFIGS:
