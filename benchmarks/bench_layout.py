@@ -9,9 +9,9 @@ SDPA with torch.compile + CUDA graphs) in the same run for the ratios of docs/be
 
 import argparse
 import json
-from pathlib import Path
 
 from vimdeploy import bench
+from vimdeploy.fileio import atomic_path
 from vimdeploy.model import vim
 
 CONFIGS = [(224, 128), (1248, 32), (1248, 128), (1248, 1)]
@@ -23,9 +23,8 @@ def emit(rows, path, env, final=False):
     if not final:
         print(json.dumps(rows[-1]), flush=True)
     if path:
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"environment": env, "rows": rows, "complete": final}, indent=2))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"environment": env, "rows": rows, "complete": final}, indent=2))
 
 
 def main():

@@ -13,13 +13,6 @@ from .runners import TorchRunner
 DEIT_MODES = {"deit_tiny": ("eager", "sdpa"), "deit_tiny_eager": ("eager",), "deit_tiny_sdpa": ("sdpa",)}
 
 
-def compile_mode(compile) -> str | None:
-    """`compile` as a torch.compile mode: True = Inductor's default, or a mode name such as
-    "max-autotune-no-cudagraphs" (Triton GEMM templates with fused epilogues, autotuned; the
-    runners capture CUDA graphs themselves)."""
-    return None if compile is True else str(compile)
-
-
 def _vim_fp16(model):
     """fp16 with the numerics of the fp16 golden test's torch.autocast (tests/test_plugin_cuda.py):
     linear and patch-embedding weights in fp16 once (autocast would cast them on every call),
@@ -112,13 +105,15 @@ def _params_m(model) -> float:
 
 
 def compiled(module, compile):
-    """torch.compile as Vim and DeiT get it here: one graph per input shape. (Inductor's
-    freezing, which would fold weight-only work into constants, was tried on an H100: the
-    compiled Vim then recompiled at every size change until torch.compile's recompile limit
-    and fell back to eager; not used.)"""
+    """torch.compile as Vim and DeiT get it here: one graph per input shape. `compile`: True =
+    Inductor's default mode, or a mode name such as "max-autotune-no-cudagraphs" (Triton GEMM
+    templates, autotuned; the runners capture CUDA graphs themselves). (Inductor's freezing,
+    which would fold weight-only work into constants, was tried on an H100: the compiled Vim
+    then recompiled at every size change until torch.compile's recompile limit and fell back
+    to eager; not used.)"""
     import torch
 
-    return torch.compile(module, dynamic=False, mode=compile_mode(compile))
+    return torch.compile(module, dynamic=False, mode=None if compile is True else str(compile))
 
 
 def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False) -> "DeiTRunner":
