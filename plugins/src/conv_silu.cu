@@ -104,13 +104,15 @@ __device__ __forceinline__ Pack<T, W> loadToken(T const* __restrict__ row, int64
 // Thread -> (batch row, tile, channel run): consecutive threads take consecutive runs.
 struct Where
 {
-    int64_t b, tile, c0;
+    int64_t tile, c0;
+    int64_t base; // element offset of (batch row, token 0, channel c0) in x, y_fwd and y_bwd
 };
 __device__ __forceinline__ Where where(Args const& a, int64_t idx, int W)
 {
     int64_t const g = idx % a.groups;
     int64_t const rest = idx / a.groups;
-    return {rest / a.tiles, rest % a.tiles, g * W};
+    int64_t const b = rest / a.tiles;
+    return {rest % a.tiles, g * W, b * a.L * a.E + g * W};
 }
 
 // A thread's K taps and bias per channel of its run, both directions (fp32).
@@ -184,10 +186,9 @@ __global__ void __launch_bounds__(kThreads) convSiluTiled(Args a)
     if (idx >= a.total)
         return;
     Where const w = where(a, idx, W);
-    int64_t const base = w.b * a.L * a.E + w.c0;
-    T const* __restrict__ x = static_cast<T const*>(a.x) + base;
-    T* __restrict__ yf = static_cast<T*>(a.yf) + base;
-    T* __restrict__ yb = static_cast<T*>(a.yb) + base;
+    T const* __restrict__ x = static_cast<T const*>(a.x) + w.base;
+    T* __restrict__ yf = static_cast<T*>(a.yf) + w.base;
+    T* __restrict__ yb = static_cast<T*>(a.yb) + w.base;
 
     Taps<W, K> taps;
     taps.load(a, w.c0);
@@ -247,10 +248,9 @@ __global__ void __launch_bounds__(kAsyncThreads) convSiluAsync(Args a)
     if (idx >= a.total)
         return;
     Where const w = where(a, idx, W);
-    int64_t const base = w.b * a.L * a.E + w.c0;
-    T const* __restrict__ x = static_cast<T const*>(a.x) + base;
-    T* __restrict__ yf = static_cast<T*>(a.yf) + base;
-    T* __restrict__ yb = static_cast<T*>(a.yb) + base;
+    T const* __restrict__ x = static_cast<T const*>(a.x) + w.base;
+    T* __restrict__ yf = static_cast<T*>(a.yf) + w.base;
+    T* __restrict__ yb = static_cast<T*>(a.yb) + w.base;
     int64_t const t0 = w.tile * TILE;
     int64_t const left = (a.L - t0 + kChunk - 1) / kChunk; // chunks with a token in [t0, L)
     int const chunks = left < kChunks ? static_cast<int>(left) : kChunks;
@@ -304,8 +304,7 @@ __global__ void __launch_bounds__(kThreads) convSiluGeneric(Args a)
         return;
     Where const w = where(a, idx, W);
     int64_t const t = w.tile;
-    int64_t const base = w.b * a.L * a.E + w.c0;
-    T const* __restrict__ x = static_cast<T const*>(a.x) + base;
+    T const* __restrict__ x = static_cast<T const*>(a.x) + w.base;
     int const k = a.k, H = k - 1;
 
     float sf[W], sb[W];
@@ -336,8 +335,8 @@ __global__ void __launch_bounds__(kThreads) convSiluGeneric(Args a)
         of.v[i] = fromF<T>(silu(sf[i]));
         ob.v[i] = fromF<T>(silu(sb[i]));
     }
-    *reinterpret_cast<Pack<T, W>*>(static_cast<T*>(a.yf) + base + t * a.E) = of;
-    *reinterpret_cast<Pack<T, W>*>(static_cast<T*>(a.yb) + base + t * a.E) = ob;
+    *reinterpret_cast<Pack<T, W>*>(static_cast<T*>(a.yf) + w.base + t * a.E) = of;
+    *reinterpret_cast<Pack<T, W>*>(static_cast<T*>(a.yb) + w.base + t * a.E) = ob;
 }
 
 bool aligned16(void const* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
