@@ -41,6 +41,9 @@ def main():
     parser.add_argument("--deit", default="eager,sdpa,sdpa-compiled",
                         help="comma-separated DeiT-Ti rows: eager, sdpa (plain PyTorch), sdpa-compiled "
                              "(torch.compile + CUDA graphs)")
+    parser.add_argument("--delta", choices=("on", "off", "both"), default="on",
+                        help="with --compile: Vim with the delta kernel (dt_proj + softplus before the scan; the "
+                             "model's default), without it (dt_proj's GEMM, softplus in the scan), or both side by side")
     parser.add_argument("--profile", action="store_true",
                         help="with --compile: where the compiled Vim's GPU time goes (torch.profiler) at 1248/32 and 224/128")
     args = parser.parse_args()
@@ -71,21 +74,26 @@ def main():
         # Inductor; the scan stays our opaque custom op; then replayed as a CUDA graph.
         vim.TOKEN_MAJOR_ON_GPU = True
         mode = args.compile_mode or True
-        runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=mode,
-                                  name="Vim-Ti cuda+graphs, token-major, torch.compile"
-                                  + (f" {args.compile_mode}" if args.compile_mode else ""))
-        for size, batch in CONFIGS:
-            try:
-                rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
-            except Exception as e:  # noqa: BLE001 - record what failed, keep the rest of the run
-                rows.append({"model": runner.name, "size": size, "batch": batch, "status": f"failed: {e!r}"[:300]})
-            emit(rows, args.json, env)
-        if args.profile:
-            for size, batch in ((1248, 32), (224, 128)):
-                rows.append({"model": runner.name, "size": size,
-                             "profile": bench.profile_breakdown(runner, size, batch, top=16)})
+        for delta in {"on": (True,), "off": (False,), "both": (True, False)}[args.delta]:
+            vim.DELTA_KERNEL_ON_GPU = delta
+            runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=mode,
+                                      name="Vim-Ti cuda+graphs, token-major, torch.compile"
+                                      + (f" {args.compile_mode}" if args.compile_mode else "")
+                                      + ("" if args.delta == "on" else
+                                         ", delta kernel" if delta else ", dt_proj GEMM + softplus in the scan"))
+            for size, batch in CONFIGS:
+                try:
+                    rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
+                except Exception as e:  # noqa: BLE001 - record what failed, keep the rest of the run
+                    rows.append({"model": runner.name, "size": size, "batch": batch, "status": f"failed: {e!r}"[:300]})
                 emit(rows, args.json, env)
-        del runner
+            if args.profile:
+                for size, batch in ((1248, 32), (224, 128)):
+                    rows.append({"model": runner.name, "size": size,
+                                 "profile": bench.profile_breakdown(runner, size, batch, top=16)})
+                    emit(rows, args.json, env)
+            del runner
+        vim.DELTA_KERNEL_ON_GPU = True
     if args.skip_deit:
         CONFIGS.clear()
     # DeiT-Ti as the issue measured it (eager PyTorch, no graphs), and SDPA with the same

@@ -121,6 +121,9 @@ def main():
     ap.add_argument("--models", default=None, help="comma-separated subset of Ti,S,B (default: all; --quick: Ti)")
     ap.add_argument("--no-fast", action="store_true", help="skip the PyTorch fast scan")
     ap.add_argument("--no-official", action="store_true", help="skip mamba_ssm even if it imports")
+    ap.add_argument("--delta-given", action="store_true",
+                    help="also time the kernel with delta_softplus=False (delta computed before the op, as the "
+                         "fp16 model does with ops/delta.py): column cuda_delta_given")
     args = ap.parse_args()
 
     from tests.test_plugin_cuda import make_inputs
@@ -168,6 +171,15 @@ def main():
                     return lambda: plugin.launch(outs[i], inputs[i], num_chunks=chunks, variant=variant)
 
                 row["cuda"] = summary(time_graph([ours(i) for i in range(sets)]))
+                if args.delta_given:
+                    # the same deltas, given: dt' = softplus(dt + bias) - bias, so that dt' + bias = delta
+                    given = [a._replace(**{f"dt_{d}": (torch.nn.functional.softplus(getattr(a, f"dt_{d}").float()
+                                                                                    + getattr(a, f"dt_bias_{d}"))
+                                                       - getattr(a, f"dt_bias_{d}")).to(dtype)
+                                           for d in ("fwd", "bwd")}) for a in inputs]
+                    row["cuda_delta_given"] = summary(time_graph(
+                        [lambda i=i: plugin.launch(outs[i], given[i], delta_softplus=False) for i in range(sets)]))
+                    del given
                 if args.variants:
                     for v in (1, 2, 3, 4, 5, 6):
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))

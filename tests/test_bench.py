@@ -135,6 +135,7 @@ def test_categorize_kernel_names():
 
     assert categorize("void (anonymous namespace)::biScanKernel<__half, 8, 2, false>(Params)") == "scan kernel"
     assert categorize("nvjet_sm90_hsh_192x192_64x4_1x2_h_bz_coopB_TNN") == "GEMM (linear)"
+    assert categorize("void (anonymous namespace)::deltaKernel<1>(Args)") == "delta (dt_proj + softplus)"
     assert categorize("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "add + RMSNorm"
     assert categorize("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>") == \
         "copies / transposes / cat"

@@ -44,9 +44,9 @@ def test_reference_matches_the_model_convs():
 
 @pytest.fixture(scope="session")
 def kernel_lib(cuda_kernels):
-    from vimdeploy.ops.conv import _library
+    from vimdeploy.ops.conv import _entry
 
-    return _library()
+    return _entry()
 
 
 def make_case(b, L, E, k, dtype, seed=0):

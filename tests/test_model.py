@@ -158,7 +158,7 @@ def test_patch_embed_as_one_gemm_matches_the_conv(size):
 def test_aligned_projections_give_the_same_dt_B_C():
     """The GPU path's padded x_proj/dt_proj against the plain ones, in fp64; in fp16 every
     GEMM operand and output slice starts and strides at multiples of 8 halves (16 bytes)."""
-    from vimdeploy.model.vim import _projections_aligned
+    from vimdeploy.model.vim import _dt_proj_aligned, _x_proj_aligned
 
     torch.manual_seed(0)
     x_proj = torch.nn.Linear(384, 12 + 2 * 16, bias=False).double()
@@ -166,11 +166,13 @@ def test_aligned_projections_give_the_same_dt_B_C():
     xc = torch.randn(2, 50, 384, dtype=torch.float64)
     dt, B, C = x_proj(xc).split([12, 16, 16], dim=-1)
     want = (dt_proj(dt), B, C)
-    got = _projections_aligned(xc, x_proj.weight, dt_proj.weight, 12, 16)
-    for g, w in zip(got, want):
+    dt_padded, B, C = _x_proj_aligned(xc, x_proj.weight, 12, 16)
+    assert dt_padded.shape[-1] == 16 and not dt_padded[..., 12:].any()  # zero columns up to a multiple of 8
+    torch.testing.assert_close(dt_padded[..., :12], dt, rtol=1e-12, atol=1e-12)
+    for g, w in zip((_dt_proj_aligned(dt_padded, dt_proj.weight), B, C), want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
-    fp16 = _projections_aligned(xc.half(), x_proj.weight.half(), dt_proj.weight.half(), 12, 16)
-    for t in fp16:
+    dt16, B16, C16 = _x_proj_aligned(xc.half(), x_proj.weight.half(), 12, 16)
+    for t in (dt16, B16, C16, _dt_proj_aligned(dt16, dt_proj.weight.half())):
         assert t.stride(1) % 8 == 0 and t.storage_offset() % 8 == 0
 
 

@@ -32,7 +32,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vimdeploy.ops import ScanInputs
+from vimdeploy.ops import ACTIVATIONS, ScanInputs
 from vimdeploy.ops.reference import bi_selective_scan_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,13 +61,14 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs.split(";")]
         r = subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *gencode,
                             "-I", str(PLUGIN_SRC / "include"), str(PLUGIN_SRC / "src" / "bi_selective_scan.cu"),
-                            str(PLUGIN_SRC / "src" / "conv_silu.cu"),
+                            str(PLUGIN_SRC / "src" / "conv_silu.cu"), str(PLUGIN_SRC / "src" / "delta_softplus.cu"),
                             "-o", str(lib_path)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-4000:]
     assert lib_path.is_file()
     lib = load_library(lib_path)  # loads without a GPU: only cudart is needed
     assert lib.vimdeploy_error_string(-2).decode().startswith("unsupported")
     assert hasattr(lib, "vimdeploy_conv_silu_bidir_ex")  # the mixer's conv + SiLU (ops/conv.py) is in it
+    assert hasattr(lib, "vimdeploy_delta_softplus")  # and delta = softplus(dt_proj(dt) + bias) (ops/delta.py)
     # The architecture asked for is in the fatbinary.
     cuobjdump = Path(nvcc).parent / "cuobjdump"
     if cuobjdump.is_file():
@@ -214,14 +215,24 @@ def test_reference_meets_the_fp32_bound(kernel_lib):
 
 @cuda
 @needs_gpu
-def test_no_softplus(kernel_lib):
-    from vimdeploy.ops.cuda import bi_selective_scan_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_no_softplus(kernel_lib, dtype):
+    """delta_softplus=False (what the model runs in fp16, with delta from ops/delta.py) is its
+    own instantiation of every variant: each one, unsplit and split."""
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda, launch
 
-    args = make_inputs(2, 300, 96, torch.float32, seed=5)
+    b, L, E = 2, 300, 96
+    args = make_inputs(b, L, E, torch.float32, seed=5)
     # delta = dt + bias must stay positive without softplus
     args = args._replace(dt_fwd=F.softplus(args.dt_fwd) - args.dt_bias_fwd, dt_bwd=F.softplus(args.dt_bwd) - args.dt_bias_bwd)
+    args = args._replace(**{name: getattr(args, name).to(dtype) for name in ACTIVATIONS})
     out = bi_selective_scan_cuda(args, delta_softplus=False, out_scale=1.0)
     check(out, args, False, 1.0, what="no softplus")
+    for variant in (1, 2, 3, 4, 5, 6):
+        for chunks in (1, 3):
+            out = torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda")
+            launch(out, args, delta_softplus=False, out_scale=1.0, num_chunks=chunks, variant=variant)
+            check(out, args, False, 1.0, what=f"no softplus, variant {variant} chunks {chunks}")
 
 
 @cuda

@@ -57,7 +57,6 @@ namespace
 constexpr int kN = 16;      // d_state (Vim); other values are rejected
 constexpr int kWarp = 32;   // channels per block (one warp per direction)
 constexpr int kMinChunkL = 64; // shortest chunk worth splitting L into
-constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params
 {
@@ -79,47 +78,11 @@ struct Params
     float scale;
 };
 
+using vimdeploy::ex2Mufu;
 using vimdeploy::fromF;
+using vimdeploy::kLog2e;
+using vimdeploy::softplus;
 using vimdeploy::toF;
-
-// 2^x on the special-function unit (max rel. error ~2 ulp; ftz: results below 2^-126 are 0).
-__device__ __forceinline__ float ex2Mufu(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// mamba_ssm's rule softplus(v) = v if v > 20 else log1p(exp(v)), computed as
-// max(v, 0) + log1p(w), w = exp(-|v|) in (0, 1], with log1p(w) = w * q(w), q a degree-8
-// Chebyshev fit of log1p(w)/w on [0, 1] (rel. error 2.5e-7 in fp32): one MUFU op instead
-// of the ~40 instructions of log1pf(expf(v)), same result at fp32 level.
-__device__ __forceinline__ float softplus(float v)
-{
-    float const w = ex2Mufu(-fabsf(v) * kLog2e);
-    float q = 5.1261024e-3f;
-    q = fmaf(q, w, -2.9074065e-2f);
-    q = fmaf(q, w, 7.7516086e-2f);
-    q = fmaf(q, w, -1.3602248e-1f);
-    q = fmaf(q, w, 1.9076881e-1f);
-    q = fmaf(q, w, -2.4835399e-1f);
-    q = fmaf(q, w, 3.3318120e-1f);
-    q = fmaf(q, w, -4.9999446e-1f);
-    q = fmaf(q, w, 9.9999994e-1f);
-    // No branch for the v > 20 rule: there w * q < 2.1e-9 is below half an ulp of v (9.5e-7),
-    // so max(v, 0) + w * q rounds to v exactly. A branch here split the hot loop into basic
-    // blocks (with divergence bookkeeping around every shuffle) and cost more than the FMAs.
-    return fmaf(w, q, fmaxf(v, 0.f));
-}
-
-// Keeps v in a register here: stops the compiler from sinking its computation into a branch
-// on a run-time flag (a uniform select is 1 instruction; a branch splits the hot loop).
-__device__ __forceinline__ float materialize(float v)
-{
-    asm volatile("" : "+f"(v));
-    return v;
-}
-
 
 // silu(v) = v / (1 + exp(-v)); for v < -88 the denominator is inf and the result 0.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + ex2Mufu(-v * kLog2e)); }
@@ -190,7 +153,8 @@ struct Lane
 // rev: the backward direction, tokens descending. A run-time flag, not a template
 // parameter: the two warps of a block then run the same code, which halves the hot
 // instruction footprint; measured faster than two specialised copies).
-template <typename T, int kTC, int kTPC, Mode kMode>
+// kSoftplus: delta = softplus(dt + bias) (the op's delta_softplus), else dt + bias.
+template <typename T, int kTC, int kTPC, bool kSoftplus, Mode kMode>
 __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, float (&h)[kN / kTPC],
     float& dsum, int s0, int s1, float4* bcSmem, int lane, bool rev)
 {
@@ -273,8 +237,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
         {
             float const xv = toF(px[k]);
             float const v = toF(pdt[k]) + ln.bias;
-            float const sp = materialize(softplus(v)); // computed even when unused: no branch
-            float const d = p.softplus ? sp : v;
+            float const d = kSoftplus ? softplus(v) : v;
             float const dxv = d * xv;
             xo[k] = xv;
             go[k] = kMode == kSecond ? silu(toF(pz[k])) * p.scale : 0.f;
@@ -388,7 +351,7 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
 
 // grid (ceil(E / channels per warp), batch, chunks), block 64: warp 0 forward, warp 1 backward
 // over the same channels.
-template <typename T, int kTC, int kTPC, bool kStatesPass>
+template <typename T, int kTC, int kTPC, bool kSoftplus, bool kStatesPass>
 __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 {
     constexpr int kS = kN / kTPC;
@@ -453,7 +416,7 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 
     if constexpr (kStatesPass)
     {
-        sweep<T, kTC, kTPC, kStates>(ln, p, h, dsum, 0, n, smem, lane, dir == 1);
+        sweep<T, kTC, kTPC, kSoftplus, kStates>(ln, p, h, dsum, 0, n, smem, lane, dir == 1);
         if (active)
         {
             float* w = p.ws + (wsDir + c) * (kN + 1) * p.E + e;
@@ -482,9 +445,9 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         // Meet in the middle: forward covers tokens [t0, t0+half) first, backward [t0+half, t1).
         int const half = n / 2;
         int const split = dir == 0 ? half : n - half;
-        sweep<T, kTC, kTPC, kFirst>(ln, p, h, dsum, 0, split, smem, lane, dir == 1);
+        sweep<T, kTC, kTPC, kSoftplus, kFirst>(ln, p, h, dsum, 0, split, smem, lane, dir == 1);
         __syncthreads(); // partials of the first half are visible to the other warp
-        sweep<T, kTC, kTPC, kSecond>(ln, p, h, dsum, split, n, smem, lane, dir == 1);
+        sweep<T, kTC, kTPC, kSoftplus, kSecond>(ln, p, h, dsum, split, n, smem, lane, dir == 1);
     }
 }
 
@@ -554,15 +517,24 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     p.chunk_len = int(chunkLen);
 
     dim3 const grid(unsigned(tiles), unsigned(p.batch), unsigned(p.chunks));
+    // The softplus is a template parameter, not a run-time select: with delta given (the model
+    // computes it with vimdeploy_delta_softplus, delta_softplus = 0) the scan skips its ~13
+    // instructions and one MUFU op per channel-step.
+    auto const kernel = [&](auto states) {
+        constexpr bool kStatesPass = decltype(states)::value;
+        if (p.softplus)
+            biScanKernel<T, kTC, kTPC, true, kStatesPass><<<grid, 2 * kWarp, 0, stream>>>(p);
+        else
+            biScanKernel<T, kTC, kTPC, false, kStatesPass><<<grid, 2 * kWarp, 0, stream>>>(p);
+        return cudaGetLastError();
+    };
     if (p.chunks > 1)
     {
-        biScanKernel<T, kTC, kTPC, true><<<grid, 2 * kWarp, 0, stream>>>(p);
-        cudaError_t const err = cudaGetLastError();
+        cudaError_t const err = kernel(std::true_type{});
         if (err != cudaSuccess)
             return err;
     }
-    biScanKernel<T, kTC, kTPC, false><<<grid, 2 * kWarp, 0, stream>>>(p);
-    return cudaGetLastError();
+    return kernel(std::false_type{});
 }
 
 // Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.

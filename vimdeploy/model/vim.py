@@ -25,6 +25,7 @@ from torch import nn
 from .config import VimConfig
 from ..ops import ScanFn, ScanInputs, get_scan
 from ..ops import conv as conv_ops
+from ..ops import delta as delta_ops
 
 __all__ = ["VisionMamba", "RMSNorm", "Mamba", "Block", "PatchEmbed", "resample_pos_embed", "output_names",
            "parse_output_name", "feature_map_name", "LOGITS", "FEATURES", "FEATURE_MAP"]
@@ -96,6 +97,10 @@ TOKEN_MAJOR_ON_GPU = True
 # built and x is fp16/fp32; False (or no library) keeps the multiply-adds, for side-by-side
 # measurement (benchmarks/bench_conv.py).
 FUSED_CONV_ON_GPU = True
+# On that path in fp16, dt_proj + dt bias + softplus as one CUDA kernel (ops/delta.py), so that
+# the scan gets delta (delta_softplus=False) and skips its per-step softplus; False keeps
+# dt_proj's GEMM and the scan's softplus, for side-by-side measurement (bench_layout.py).
+DELTA_KERNEL_ON_GPU = True
 
 
 def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_causal: bool, length: int):
@@ -116,17 +121,21 @@ def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_ca
     return out
 
 
-def _projections_aligned(xc: torch.Tensor, x_proj_w: torch.Tensor, dt_proj_w: torch.Tensor, rank: int, n: int):
-    """(dt_proj(x_proj(xc)[..., :rank]) without bias, B, C) with every GEMM operand 16-byte
-    aligned: x_proj's output rows are padded to multiples of 8 (zero weight rows) and dt_proj
-    reads the padded dt slice with zero weight columns. Same values; with Vim's 12 + 16 + 16
-    = 44 outputs and K = 12 cuBLAS ran its 2-byte-aligned kernels (H100, Vim-Ti at 1248 px
-    batch 32: ~8 ms of x_proj + dt_proj in a 59 ms forward)."""
+def _x_proj_aligned(xc: torch.Tensor, x_proj_w: torch.Tensor, rank: int, n: int):
+    """x_proj(xc) as (dt, B, C) with every GEMM operand 16-byte aligned: x_proj's output rows
+    are padded to multiples of 8 (zero weight rows), and dt keeps its zero columns up to the
+    next multiple of 8 (dt_proj reads it with zero weight columns: `_dt_proj_aligned`). Same
+    values; with Vim's 12 + 16 + 16 = 44 outputs and K = 12 cuBLAS ran its 2-byte-aligned
+    kernels (H100, Vim-Ti at 1248 px batch 32: ~8 ms of x_proj + dt_proj in a 59 ms forward)."""
     r = rank + (-rank % 8)
     dt_w, bc_w = x_proj_w.split([rank, 2 * n])
     out = F.linear(xc, torch.cat([F.pad(dt_w, (0, 0, 0, r - rank)), F.pad(bc_w, (0, 0, 0, -2 * n % 8))]))
-    dt = F.linear(out[..., :r], F.pad(dt_proj_w, (0, r - rank)))
-    return dt, out[..., r : r + n], out[..., r + n : r + 2 * n]
+    return out[..., :r], out[..., r : r + n], out[..., r + n : r + 2 * n]
+
+
+def _dt_proj_aligned(dt_padded: torch.Tensor, dt_proj_w: torch.Tensor) -> torch.Tensor:
+    """dt_proj (without bias) of `_x_proj_aligned`'s zero-padded dt."""
+    return F.linear(dt_padded, F.pad(dt_proj_w, (0, dt_padded.shape[-1] - dt_proj_w.shape[-1])))
 
 
 class Mamba(nn.Module):
@@ -159,8 +168,9 @@ class Mamba(nn.Module):
         # inside forward is a torch.compile graph break (one per layer).
         self._scan, self._scan_fn = name, get_scan(name)
 
-    def scan_inputs(self, hidden_states: torch.Tensor) -> ScanInputs:
-        """Everything the BiSelectiveScan op consumes (export/op_contract.md)."""
+    def scan_inputs(self, hidden_states: torch.Tensor) -> tuple[ScanInputs, bool]:
+        """Everything the BiSelectiveScan op consumes (export/op_contract.md), and its
+        delta_softplus: True, except where dt is already delta (DELTA_KERNEL_ON_GPU)."""
         token_major = hidden_states.is_cuda and TOKEN_MAJOR_ON_GPU  # see _depthwise_conv_token_major
         fused = None
         if token_major:
@@ -175,6 +185,7 @@ class Mamba(nn.Module):
                 x_padded = F.pad(x, (0, 0, k - 1, k - 1))
         else:
             x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        delta = token_major and DELTA_KERNEL_ON_GPU and x.dtype == torch.float16 and delta_ops.delta_kernel_available()
         inputs = {"z": z}
         for direction, suffix in (("fwd", ""), ("bwd", "_b")):
             conv = getattr(self, "conv1d" + suffix)
@@ -186,9 +197,13 @@ class Mamba(nn.Module):
                 xc = F.silu(_depthwise_conv_token_major(x_padded, conv, direction == "bwd", x.shape[1]))
             else:
                 xc = F.silu(_depthwise_conv(x, conv, anti_causal=direction == "bwd"))
-            # dt_proj's bias goes in the scan, in fp32
+            # dt_proj's bias goes in the scan, in fp32 (or, with `delta`, into delta_softplus)
             if token_major:
-                dt, B, C = _projections_aligned(xc, x_proj.weight, dt_proj.weight, self.dt_rank, self.d_state)
+                dt, B, C = _x_proj_aligned(xc, x_proj.weight, self.dt_rank, self.d_state)
+                if delta:
+                    dt = delta_ops.delta_softplus(dt[..., : self.dt_rank], dt_proj.weight, dt_proj.bias)
+                else:
+                    dt = _dt_proj_aligned(dt, dt_proj.weight)
             else:
                 dt, B, C = x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
                 dt = F.linear(dt, dt_proj.weight)
@@ -199,11 +214,15 @@ class Mamba(nn.Module):
         inputs["A_fwd"] = -torch.exp(self.A_log.float())
         inputs["A_bwd"] = -torch.exp(self.A_b_log.float())
         inputs["D_fwd"], inputs["D_bwd"] = self.D.float(), self.D_b.float()
-        inputs["dt_bias_fwd"], inputs["dt_bias_bwd"] = self.dt_proj.bias.float(), self.dt_proj_b.bias.float()
-        return ScanInputs(**inputs)
+        if delta:  # already in delta
+            inputs["dt_bias_fwd"] = inputs["dt_bias_bwd"] = inputs["D_fwd"].new_zeros(inputs["D_fwd"].shape)
+        else:
+            inputs["dt_bias_fwd"], inputs["dt_bias_bwd"] = self.dt_proj.bias.float(), self.dt_proj_b.bias.float()
+        return ScanInputs(**inputs), not delta
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        y = self._scan_fn(self.scan_inputs(hidden_states), delta_softplus=True, out_scale=self.out_scale)
+        inputs, delta_softplus = self.scan_inputs(hidden_states)
+        y = self._scan_fn(inputs, delta_softplus=delta_softplus, out_scale=self.out_scale)
         return self.out_proj(y)
 
 

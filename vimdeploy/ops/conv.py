@@ -46,22 +46,10 @@ class ConvSiluParams(ctypes.Structure):
     ]
 
 
-_declared: set[int] = set()
-
-
-def _library() -> ctypes.CDLL:
-    """The kernel library with the conv entry point declared (PluginError if it is missing:
-    not built, or built from sources older than the conv kernel)."""
-    lib = native.load_library()
-    if id(lib) not in _declared:
-        try:
-            native._declare(lib, "vimdeploy_conv_silu_bidir_ex",
-                            [ctypes.POINTER(ConvSiluParams), ctypes.c_void_p, ctypes.c_int], ctypes.c_int)
-        except AttributeError:
-            raise PluginError("the CUDA kernel library has no vimdeploy_conv_silu_bidir_ex: it predates the conv "
-                              "kernel; rebuild it with `vimdeploy plugin build`") from None
-        _declared.add(id(lib))
-    return lib
+def _entry():
+    """vimdeploy_conv_silu_bidir_ex of the kernel library (PluginError if it is missing)."""
+    return native.entry_point("vimdeploy_conv_silu_bidir_ex",
+                              [ctypes.POINTER(ConvSiluParams), ctypes.c_void_p, ctypes.c_int])
 
 
 @torch.compiler.assume_constant_result
@@ -69,7 +57,7 @@ def fused_conv_available() -> bool:
     """The CUDA library with the conv kernel loads (checked once; a constant under torch.compile,
     so the model's choice of path costs no graph break)."""
     try:
-        _library()
+        _entry()
     except PluginError:
         return False
     return True
@@ -89,7 +77,7 @@ def launch(x: torch.Tensor, weight_fwd: torch.Tensor, bias_fwd: torch.Tensor | N
     """Run the kernel into y_fwd / y_bwd. x, y: contiguous (b, L, E) fp16/fp32 on one GPU;
     weights contiguous fp32 (E, k), biases contiguous fp32 (E,) or None. `variant`: a key of
     VARIANTS (tests and benchmarks force each kernel)."""
-    lib = _library()
+    fn = _entry()
     b, L, E = x.shape
     k = weight_fwd.shape[-1]
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
@@ -97,9 +85,8 @@ def launch(x: torch.Tensor, weight_fwd: torch.Tensor, bias_fwd: torch.Tensor | N
                        ptr(y_bwd), b, L, E, k, DTYPES[str(x.dtype).removeprefix("torch.")])
     with torch.cuda.device(x.device):
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        rc = lib.vimdeploy_conv_silu_bidir_ex(ctypes.byref(p), stream, VARIANTS[variant])
-    if rc != 0:
-        raise PluginError(f"vimdeploy_conv_silu_bidir failed: {lib.vimdeploy_error_string(rc).decode()} (code {rc})")
+        rc = fn(ctypes.byref(p), stream, VARIANTS[variant])
+    native.check_call("vimdeploy_conv_silu_bidir", rc)
 
 
 def conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):

@@ -29,7 +29,7 @@ from .inputs import INPUT_NAMES, ScanInputs
 
 __all__ = [
     "PluginError", "ScanParams", "build", "library_paths", "load_library", "cpu_library_path", "load_cpu_library",
-    "find_nvcc",
+    "find_nvcc", "entry_point", "check_call",
 ]
 
 # The CMake project ships inside the package (package data); in a checkout vimdeploy/plugins
@@ -76,6 +76,31 @@ class ScanParams(ctypes.Structure):
 def _declare(lib: ctypes.CDLL, name: str, argtypes, restype) -> None:
     fn = getattr(lib, name)
     fn.argtypes, fn.restype = argtypes, restype
+
+
+_entry_points: dict[tuple[int, str], object] = {}
+
+
+def entry_point(name: str, argtypes, restype=ctypes.c_int):
+    """A C function of the CUDA kernel library beyond the scan's API (the conv, delta), declared
+    on first use. PluginError if the library lacks it: built from sources older than that
+    kernel (the scan alone still works with such a library)."""
+    lib = load_library()
+    key = (id(lib), name)
+    if key not in _entry_points:
+        try:
+            _declare(lib, name, argtypes, restype)
+        except AttributeError:
+            raise PluginError(f"the CUDA kernel library has no {name}: it was built from older sources; "
+                              "rebuild it with `vimdeploy plugin build`") from None
+        _entry_points[key] = getattr(lib, name)
+    return _entry_points[key]
+
+
+def check_call(name: str, rc: int) -> None:
+    """PluginError for a non-zero return code of a kernel library function."""
+    if rc != 0:
+        raise PluginError(f"{name} failed: {load_library().vimdeploy_error_string(rc).decode()} (code {rc})")
 
 
 # ---- locating ---------------------------------------------------------------------------

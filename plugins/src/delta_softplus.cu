@@ -1,0 +1,275 @@
+/*
+ * vimdeploy: delta = softplus(dt @ weight^T + bias) for the selective scan
+ * (vimdeploy/delta_softplus.h has the formula and the layout).
+ *
+ * Design: the op writes tokens x E values from a rank-R input (Vim-Ti: R = 12, E = 384), so
+ * it is bound by the bytes it writes, as the dt_proj GEMM it replaces; what it adds is the
+ * per-element epilogue (bias, softplus, rounding), which the selective scan would otherwise
+ * run per step in its issue-bound loop.
+ * - The products run on the tensor cores (mma.sync m16n8k16, fp16 inputs, fp32 sums):
+ *   with R <= 16 one instruction per 128 outputs, so the epilogue (one MUFU op and ~8 FMAs
+ *   for the softplus) is the only per-element work.
+ * - A block is 4 warps over 64 channels; each warp holds the 64 channels' weight fragments
+ *   and biases in registers (loaded once) and strides over 16-token tiles: A fragments
+ *   straight from global memory (the x_proj output rows are short and read by E / 64 blocks:
+ *   L1/L2 hits), loaded one tile ahead; kK k-steps of 16 per 8-channel tile with the bias as
+ *   the accumulator's initial value; then the 32 softplus of a thread as straight-line code.
+ * - Stores go through shared memory so that 8 lanes write one whole 128-byte row: stored
+ *   from the fragments (4 bytes per lane, 8 rows per instruction) the L2 handled twice the
+ *   sectors, each half written, and was the limit (ncu: L2 77% busy, DRAM 22%).
+ * - Ranks and channels that do not fill a fragment are zero-filled on load; tokens and
+ *   channels past the end (and rows not 16-byte aligned) take guarded 2-byte stores.
+ * - softplus as the scan's (numeric.cuh: one MUFU ex2, the v > 20 rule exact) with a shorter
+ *   polynomial, accurate to fp16's rounding (softplusHalf); delta is rounded once, after the
+ *   softplus (the official pattern rounds dt_proj's output before the bias and softplus).
+ */
+#include "vimdeploy/delta_softplus.h"
+
+#include "numeric.cuh"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace
+{
+
+constexpr int kWarps = 4;                         // per block
+constexpr int kChannels = 64;                     // per block: 8 mma tiles of 8
+constexpr int kTilesN = kChannels / 8;
+constexpr int kTokensPerBlock = kWarps * 16 * 4;  // each warp walks 4 tiles of 16 tokens
+
+struct Args
+{
+    __half const* dt;
+    __half const* w;
+    float const* bias; // or null
+    __half* out;
+    int64_t tokens, E, R, stride;
+    int64_t tiles; // groups of kTokensPerBlock tokens: the grid's y (at most 65535; warps stride beyond)
+    bool rows16;   // E a multiple of 8 and out 16-byte aligned: 16-byte stores
+    bool pairs32;  // R and the row stride even, dt 4-byte aligned: two ranks per load
+};
+
+__device__ __forceinline__ uint32_t pack(__half lo, __half hi)
+{
+    uint32_t v;
+    __half2 const h = __halves2half2(lo, hi);
+    memcpy(&v, &h, 4);
+    return v;
+}
+
+// d = a * b + c: one 16x8x16 tile, fp16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma(float (&d)[4], uint32_t const (&a)[4], uint32_t const (&b)[2], float c0, float c1,
+    float c2, float c3)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c0), "f"(c1), "f"(c2), "f"(c3));
+}
+
+
+// Fragment layouts (PTX ISA, mma.m16n8k16 .f16): g = lane / 4, q = lane % 4. A (16 tokens x
+// 16 ranks): a[0] = row g, cols 2q and 2q+1; a[1] = row g+8, same cols; a[2], a[3] = the
+// same rows, cols + 8. B (16 ranks x 8 channels): b[0] = rows 2q, 2q+1 of col g; b[1] =
+// rows + 8. D (16 tokens x 8 channels): d[0], d[1] = row g, cols 2q, 2q+1; d[2], d[3] =
+// row g+8.
+// mamba_ssm's softplus for an fp16 result: numeric.cuh's form with a degree-5 polynomial for
+// log1p(w)/w (Chebyshev fit on [0, 1], rel. error 1.9e-5 evaluated in fp32; the scan's degree 8
+// is good to 2.5e-7). 1.9e-5 + fp16's half ulp (2^-12) stays under 2^-11 relative, and the
+// kernel is issue-bound on these FMAs: 3 fewer per element measured 9% faster (H200, Vim-Ti
+// 1248 px batch 32: 0.069 vs 0.076 ms).
+__device__ __forceinline__ float softplusHalf(float v)
+{
+    float const w = vimdeploy::ex2Mufu(-fabsf(v) * vimdeploy::kLog2e);
+    float q = -2.3689253e-2f;
+    q = fmaf(q, w, 1.0028721e-1f);
+    q = fmaf(q, w, -2.0866966e-1f);
+    q = fmaf(q, w, 3.2441181e-1f);
+    q = fmaf(q, w, -4.9918786e-1f);
+    q = fmaf(q, w, 9.9998188e-1f);
+    return fmaf(w, q, fmaxf(v, 0.f)); // v > 20: w * q < 2.1e-9 vanishes in v, as in numeric.cuh
+}
+
+template <int kK> // k-steps: R <= 16 * kK
+__global__ void __launch_bounds__(kWarps * 32) deltaKernel(Args const a)
+{
+    int const lane = threadIdx.x % 32;
+    int const g = lane / 4;
+    int const q = lane % 4;
+    int64_t const ch0 = int64_t(blockIdx.x) * kChannels;
+
+    auto weight = [&](int64_t n, int k) { return n < a.E && k < a.R ? a.w[n * a.R + k] : __float2half(0.f); };
+    uint32_t b[kK][kTilesN][2];
+    float bias[kTilesN][2];
+#pragma unroll
+    for (int j = 0; j < kTilesN; ++j)
+    {
+        int64_t const n = ch0 + 8 * j + g;
+#pragma unroll
+        for (int s = 0; s < kK; ++s)
+        {
+            int const k = 16 * s + 2 * q;
+            b[s][j][0] = pack(weight(n, k), weight(n, k + 1));
+            b[s][j][1] = pack(weight(n, k + 8), weight(n, k + 9));
+        }
+        int64_t const c = ch0 + 8 * j + 2 * q;
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+            bias[j][i] = a.bias && c + i < a.E ? a.bias[c + i] : 0.f;
+    }
+
+    // The warp's 16-token tiles: t0, t0 + stride, ... (a block's 4 warps take 64 consecutive tokens).
+    int64_t const stride = int64_t(gridDim.y) * kWarps * 16;
+    int64_t t0 = (int64_t(blockIdx.y) * kWarps + threadIdx.x / 32) * 16;
+    // This thread's A columns (ranks) 16s + 2q + {0, 1, 8, 9}, and which of them exist (< R).
+    bool in[kK][4];
+#pragma unroll
+    for (int s = 0; s < kK; ++s)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            in[s][i] = 16 * s + 2 * q + (i & 1) + 8 * (i >> 1) < a.R;
+    auto load = [&](int64_t t, uint32_t (&x)[kK][4]) {
+        __half const* const p0 = a.dt + (t + g) * a.stride + 2 * q; // rows t + g and t + g + 8
+        __half const* const p1 = p0 + 8 * a.stride;
+        bool const ok0 = t + g < a.tokens, ok1 = t + g + 8 < a.tokens;
+        __half const zero = __float2half(0.f);
+#pragma unroll
+        for (int s = 0; s < kK; ++s)
+        {
+            if (a.pairs32) // (k, k + 1) as one 4-byte load: both exist or neither (R even)
+            {
+                auto pair = [&](__half const* p, bool ok) {
+                    return ok ? __ldg(reinterpret_cast<uint32_t const*>(p)) : 0u;
+                };
+                x[s][0] = pair(p0 + 16 * s, ok0 && in[s][0]);
+                x[s][1] = pair(p1 + 16 * s, ok1 && in[s][0]);
+                x[s][2] = pair(p0 + 16 * s + 8, ok0 && in[s][2]);
+                x[s][3] = pair(p1 + 16 * s + 8, ok1 && in[s][2]);
+            }
+            else
+            {
+                auto one = [&](__half const* p, bool ok) { return ok ? __ldg(p) : zero; };
+                x[s][0] = pack(one(p0 + 16 * s, ok0 && in[s][0]), one(p0 + 16 * s + 1, ok0 && in[s][1]));
+                x[s][1] = pack(one(p1 + 16 * s, ok1 && in[s][0]), one(p1 + 16 * s + 1, ok1 && in[s][1]));
+                x[s][2] = pack(one(p0 + 16 * s + 8, ok0 && in[s][2]), one(p0 + 16 * s + 9, ok0 && in[s][3]));
+                x[s][3] = pack(one(p1 + 16 * s + 8, ok1 && in[s][2]), one(p1 + 16 * s + 9, ok1 && in[s][3]));
+            }
+        }
+    };
+    uint32_t x[kK][4];
+    if (t0 < a.tokens)
+        load(t0, x);
+    // A whole 64-channel strip with 16-byte aligned rows: stores go through shared memory
+    __shared__ __align__(16) __half2 stage[kWarps][16][kChannels / 2 + 4]; // +16 bytes: no bank conflicts
+    __half2 (*const tile)[kChannels / 2 + 4] = stage[threadIdx.x / 32];
+    bool const strip = ch0 + kChannels <= a.E && a.rows16;
+#pragma unroll 1
+    for (; t0 < a.tokens; t0 += stride)
+    {
+        // All 8 tiles' products, then the next tile's loads (in flight during the epilogue),
+        // then the epilogue as straight-line code: 32 independent softplus chains per thread.
+        float d[kTilesN][4];
+#pragma unroll
+        for (int j = 0; j < kTilesN; ++j)
+        {
+            mma(d[j], x[0], b[0][j], bias[j][0], bias[j][1], bias[j][0], bias[j][1]);
+#pragma unroll
+            for (int s = 1; s < kK; ++s)
+                mma(d[j], x[s], b[s][j], d[j][0], d[j][1], d[j][2], d[j][3]);
+        }
+        if (t0 + stride < a.tokens)
+            load(t0 + stride, x);
+#pragma unroll
+        for (int j = 0; j < kTilesN; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                d[j][i] = softplusHalf(d[j][i]);
+        int64_t const r0 = t0 + g;
+        int64_t const c0 = ch0 + 2 * q;
+        if (strip && t0 + 16 <= a.tokens) // warp-uniform: a whole 16 x 64 tile
+        {
+            // Through shared memory, so that each store writes whole 128-byte rows (8 lanes x 16
+            // bytes): stored from the fragments directly (4 bytes per lane, 8 rows per
+            // instruction) the L2 took twice the sectors, half-written, and was the limit.
+#pragma unroll
+            for (int j = 0; j < kTilesN; ++j)
+            {
+                tile[g][4 * j + q] = __floats2half2_rn(d[j][0], d[j][1]);
+                tile[g + 8][4 * j + q] = __floats2half2_rn(d[j][2], d[j][3]);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+            {
+                int const r = lane / 8 + 4 * i, c = lane % 8;
+                *reinterpret_cast<uint4*>(a.out + (t0 + r) * a.E + ch0 + 8 * c) =
+                    *reinterpret_cast<uint4 const*>(&tile[r][4 * c]);
+            }
+            __syncwarp();
+        }
+        else
+        {
+#pragma unroll
+            for (int j = 0; j < kTilesN; ++j)
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                {
+                    int64_t const r = r0 + 8 * (i / 2), c = c0 + 8 * j + i % 2;
+                    if (r < a.tokens && c < a.E)
+                        a.out[r * a.E + c] = __float2half_rn(d[j][i]);
+                }
+        }
+    }
+}
+
+template <int kK>
+cudaError_t launch(Args const& a, cudaStream_t stream)
+{
+    dim3 const grid(unsigned((a.E + kChannels - 1) / kChannels), unsigned(a.tiles < 65535 ? a.tiles : 65535));
+    deltaKernel<kK><<<grid, kWarps * 32, 0, stream>>>(a);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" {
+
+int vimdeploy_delta_softplus(VimdeployDeltaParams const* p, cudaStream_t stream)
+{
+    if (!p)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (p->dtype != VIMDEPLOY_DTYPE_FLOAT16 || p->R < 1 || p->R > VIMDEPLOY_DELTA_MAX_R)
+        return VIMDEPLOY_ERROR_UNSUPPORTED;
+    if (p->tokens < 0 || p->E < 0 || p->dt_stride < p->R || p->E > 65535LL * kChannels)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (p->tokens == 0 || p->E == 0)
+        return VIMDEPLOY_SUCCESS;
+    if (!p->dt || !p->weight || !p->delta)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+
+    Args a{};
+    a.dt = static_cast<__half const*>(p->dt);
+    a.w = static_cast<__half const*>(p->weight);
+    a.bias = p->bias;
+    a.out = static_cast<__half*>(p->delta);
+    a.tokens = p->tokens;
+    a.E = p->E;
+    a.R = p->R;
+    a.stride = p->dt_stride;
+    a.tiles = (p->tokens + kTokensPerBlock - 1) / kTokensPerBlock;
+    a.rows16 = p->E % 8 == 0 && reinterpret_cast<uintptr_t>(p->delta) % 16 == 0;
+    a.pairs32 = p->R % 2 == 0 && p->dt_stride % 2 == 0 && reinterpret_cast<uintptr_t>(p->dt) % 4 == 0;
+    switch ((p->R + 15) / 16)
+    {
+    case 1: return launch<1>(a, stream);
+    case 2: return launch<2>(a, stream);
+    case 3: return launch<3>(a, stream);
+    default: return launch<4>(a, stream);
+    }
+}
+
+} // extern "C"
