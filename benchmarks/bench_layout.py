@@ -44,6 +44,8 @@ def main():
     parser.add_argument("--delta", choices=("on", "off", "both"), default="on",
                         help="with --compile: Vim with the delta kernel (dt_proj + softplus before the scan; the "
                              "model's default), without it (dt_proj's GEMM, softplus in the scan), or both side by side")
+    parser.add_argument("--freeze", action="store_true",
+                        help="with --compile: also Vim (delta kernel) with Inductor's freezing (weights as constants)")
     parser.add_argument("--profile", action="store_true",
                         help="with --compile: where the compiled Vim's GPU time goes (torch.profiler) at 1248/32 and 224/128")
     args = parser.parse_args()
@@ -74,13 +76,15 @@ def main():
         # Inductor; the scan stays our opaque custom op; then replayed as a CUDA graph.
         vim.TOKEN_MAJOR_ON_GPU = True
         mode = args.compile_mode or True
-        for delta in {"on": (True,), "off": (False,), "both": (True, False)}[args.delta]:
+        variants = [(d, False) for d in {"on": (True,), "off": (False,), "both": (True, False)}[args.delta]]
+        for delta, freeze in variants + ([(True, True)] if args.freeze else []):
             vim.DELTA_KERNEL_ON_GPU = delta
-            runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=mode,
+            runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=mode, freeze=freeze,
                                       name="Vim-Ti cuda+graphs, token-major, torch.compile"
                                       + (f" {args.compile_mode}" if args.compile_mode else "")
-                                      + ("" if args.delta == "on" else
-                                         ", delta kernel" if delta else ", dt_proj GEMM + softplus in the scan"))
+                                      + ("" if args.delta == "on" and not args.freeze else
+                                         ", delta kernel" if delta else ", dt_proj GEMM + softplus in the scan")
+                                      + (", frozen" if freeze else ""))
             for size, batch in CONFIGS:
                 try:
                     rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})

@@ -34,8 +34,9 @@ def _vim_fp16(model):
 
 
 def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda_graphs=False, ema=False,
-               name=None, compile=False) -> TorchRunner:
-    """Vim from a checkpoint path, or untrained from VARIANTS ("vim_tiny", "vim_small", "vim_base")."""
+               name=None, compile=False, freeze=False) -> TorchRunner:
+    """Vim from a checkpoint path, or untrained from VARIANTS ("vim_tiny", "vim_small", "vim_base").
+    `freeze` (with `compile`): Inductor's freezing, see `compiled`."""
     import torch
 
     from ..model import VARIANTS, VisionMamba, load_model
@@ -60,7 +61,7 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
     if dtype == "fp16":
         _vim_fp16(model)
     label = name or (f"{label} ({scan} scan{', torch.compile' if compile else ''}"
-                     f"{f' {compile}' if isinstance(compile, str) else ''}"
+                     f"{f' {compile}' if isinstance(compile, str) else ''}{', frozen' if compile and freeze else ''}"
                      f"{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})")
     # At each size the position embedding is baked in once (set_input_size), as in a model
     # deployed at that resolution and as timm builds DeiT per size (deit_runner): resampling
@@ -76,7 +77,7 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
         # Inductor fuses the element-wise work around the scan (norms, SiLU, conv taps,
         # casts; half of Vim-Ti's GPU time without it, docs/bench.md); the scan stays our
         # opaque custom op. One compilation per input shape.
-        module = compiled(model.to(device), compile)
+        module = compiled(model.to(device), compile, freeze)
     return TorchRunner(label, module, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
                        cuda_graphs=cuda_graphs, on_size=on_size, patch=model.cfg.patch_size, stride=model.cfg.stride,
                        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)})
@@ -104,16 +105,27 @@ def _params_m(model) -> float:
     return round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
 
 
-def compiled(module, compile):
+def compiled(module, compile, freeze=False):
     """torch.compile as Vim and DeiT get it here: one graph per input shape. `compile`: True =
     Inductor's default mode, or a mode name such as "max-autotune-no-cudagraphs" (Triton GEMM
-    templates, autotuned; the runners capture CUDA graphs themselves). (Inductor's freezing,
-    which would fold weight-only work into constants, was tried on an H100: the compiled Vim
-    then recompiled at every size change until torch.compile's recompile limit and fell back
-    to eager; not used.)"""
+    templates, autotuned; the runners capture CUDA graphs themselves).
+
+    `freeze`: Inductor's freezing (default mode only): parameters become constants, so the
+    weight-only work of a forward (Vim: -exp(A_log), the padded x_proj weights, dtype casts)
+    is folded at compile time, as a model deployed for inference would have it. A parameter
+    that changes (Vim's position embedding, baked per size) is then a guard failure and a
+    recompilation, so the recompile limit is raised (in this process) to one graph per shape."""
     import torch
 
-    return torch.compile(module, dynamic=False, mode=None if compile is True else str(compile))
+    if not freeze:
+        return torch.compile(module, dynamic=False, mode=None if compile is True else str(compile))
+    if compile is not True:
+        raise BenchError(f"freezing is measured with Inductor's default mode only, not {compile!r}")
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 64))
+    return torch.compile(module, dynamic=False, options={"freezing": True})
 
 
 def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False) -> "DeiTRunner":

@@ -201,7 +201,8 @@ class Mamba(nn.Module):
             if token_major:
                 dt, B, C = _x_proj_aligned(xc, x_proj.weight, self.dt_rank, self.d_state)
                 if delta:
-                    dt = delta_ops.delta_softplus(dt[..., : self.dt_rank], dt_proj.weight, dt_proj.bias)
+                    # (the bias cast here, not inside the opaque op: Inductor fuses it with the other casts)
+                    dt = delta_ops.delta_softplus(dt[..., : self.dt_rank], dt_proj.weight, dt_proj.bias.float())
                 else:
                     dt = _dt_proj_aligned(dt, dt_proj.weight)
             else:
