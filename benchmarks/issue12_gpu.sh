@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 12 on one GPU machine, in one go: build the kernel library for this GPU, run the GPU tests,
+# then the benchmarks behind docs/bench.md and docs/kernel.md (fourth pass): the delta kernel vs
+# the dt_proj GEMM, the scan with and without delta given, Vim-Ti end to end with the delta kernel
+# on / off / on + Inductor freezing beside SDPA DeiT-Ti (one process), and the full table.
+# Usage: benchmarks/issue12_gpu.sh OUTDIR
+# Needs nvcc + cmake, torch with CUDA, timm (DeiT), CuPy (optional: measured ex2 rate); the golden
+# fixture through $VIMDEPLOY_GOLDEN or ../shared/golden (else the golden tests skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: benchmarks/issue12_gpu.sh OUTDIR}
+mkdir -p "$out"
+arch=$(python3 -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')
+build=${VIMDEPLOY_PLUGIN_BUILD_DIR:-$PWD/plugins/build-sm$arch}
+cmake -S plugins -B "$build" -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" -j "$(nproc)" --target vimdeploy_kernels >/dev/null
+export VIMDEPLOY_PLUGIN_BUILD_DIR=$build PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pytest -q tests/test_delta_cuda.py tests/test_plugin_cuda.py tests/test_conv_cuda.py tests/test_golden.py \
+    tests/test_model.py -k "not builds_with_nvcc" 2>&1 | tail -3 | tee "$out/tests.txt"
+python3 benchmarks/bench_delta.py --json "$out/bench_delta.json"
+python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --json "$out/bench_scan_delta_given.json"
+python3 benchmarks/bench_layout.py --compile --only-compile --delta both --freeze --profile --configs 1248x32,224x128 \
+    --deit sdpa --json "$out/bench_e2e_delta_ab.json"
+python3 benchmarks/bench_layout.py --compile --only-compile --profile --json "$out/bench_e2e.json"
