@@ -12,6 +12,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Wrap `module.name` (a function the model looks up there per call) so that each call records
+    the shape of its first argument; returns that record (tests that a GPU path was taken)."""
+    calls = []
+    real = getattr(module, name)
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
 def golden_dir() -> Path | None:
     candidates = [os.environ.get("VIMDEPLOY_GOLDEN"), REPO.parent / "shared" / "golden", REPO / "shared" / "golden"]
     for c in candidates:

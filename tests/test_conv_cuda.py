@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conftest import golden_dir, small_model
+from .conftest import count_calls, golden_dir, small_model
 
 cuda = pytest.mark.cuda
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
@@ -185,15 +185,7 @@ def test_op_cuda_graph_compile_and_errors(kernel_lib):
 def _count_fused(monkeypatch):
     from vimdeploy.ops import conv as conv_ops
 
-    calls = []
-    real = conv_ops.conv_silu_bidir
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(conv_ops, "conv_silu_bidir", counting)
-    return calls
+    return count_calls(monkeypatch, conv_ops, "conv_silu_bidir")
 
 
 @cuda

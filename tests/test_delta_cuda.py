@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from .conftest import golden_dir, small_model
+from .conftest import count_calls, golden_dir, small_model
 
 cuda = pytest.mark.cuda
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
@@ -163,15 +163,7 @@ def test_op_cuda_graph_compile_fallbacks_and_errors(kernel_lib):
 def _count_delta(monkeypatch):
     from vimdeploy.ops import delta as delta_ops
 
-    calls = []
-    real = delta_ops.delta_softplus
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(delta_ops, "delta_softplus", counting)
-    return calls
+    return count_calls(monkeypatch, delta_ops, "delta_softplus")
 
 
 @cuda
