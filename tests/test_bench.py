@@ -140,3 +140,26 @@ def test_categorize_kernel_names():
     assert categorize("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>") == \
         "copies / transposes / cat"
     assert categorize("some_unknown_kernel") == "other"
+
+
+def test_frozen_compile_equals_eager_and_follows_a_new_position_embedding():
+    """`compiled(freeze=True)` (bench_layout.py --freeze): Inductor folds the parameters into
+    constants. Its output equals the eager model's, and when the bench's per-size hook swaps in a
+    new position-embedding Parameter the frozen model recompiles instead of serving the old
+    constant (CPU Inductor here; the GPU timing is the benchmark's)."""
+    from vimdeploy.bench.models import compiled
+
+    from .conftest import small_model
+
+    model = small_model().eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        frozen = compiled(model, True, freeze=True)
+        first = frozen(x)
+        torch.testing.assert_close(first, model(x), rtol=1e-5, atol=1e-5)
+        model.pos_embed = torch.nn.Parameter(model.pos_embed.detach() + 0.5, requires_grad=False)
+        want = model(x)
+        assert (want - first).abs().max() > 0.1  # the new embedding matters
+        torch.testing.assert_close(frozen(x), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(bench.BenchError, match="default mode"):
+        compiled(model, "max-autotune-no-cudagraphs", freeze=True)
