@@ -123,7 +123,8 @@ def main():
     ap.add_argument("--no-official", action="store_true", help="skip mamba_ssm even if it imports")
     ap.add_argument("--delta-given", action="store_true",
                     help="also time the kernel with delta_softplus=False (delta computed before the op, as the "
-                         "fp16 model does with ops/delta.py): column cuda_delta_given")
+                         "fp16 model does with ops/delta.py): column cuda_delta_given (with --variants also "
+                         "cuda_v<N>_delta_given)")
     args = ap.parse_args()
 
     from tests.test_plugin_cuda import make_inputs
@@ -179,6 +180,11 @@ def main():
                                            for d in ("fwd", "bwd")}) for a in inputs]
                     row["cuda_delta_given"] = summary(time_graph(
                         [lambda i=i: plugin.launch(outs[i], given[i], delta_softplus=False) for i in range(sets)]))
+                    if args.variants:  # the variant choice was tuned with the softplus in the op
+                        for v in (1, 2, 3, 4, 5, 6):
+                            row[f"cuda_v{v}_delta_given"] = summary(time_graph(
+                                [lambda i=i, v=v: plugin.launch(outs[i], given[i], delta_softplus=False, variant=v)
+                                 for i in range(sets)], reps=10))
                     del given
                 if args.variants:
                     for v in (1, 2, 3, 4, 5, 6):

@@ -20,6 +20,9 @@ python3 -m pytest -q tests/test_delta_cuda.py tests/test_plugin_cuda.py tests/te
     tests/test_model.py -k "not builds_with_nvcc" 2>&1 | tail -3 | tee "$out/tests.txt"
 python3 benchmarks/bench_delta.py --json "$out/bench_delta.json"
 python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --json "$out/bench_scan_delta_given.json"
+# the variant choice (autoVariant) was tuned with the softplus in the op: re-check it without
+python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --variants --models Ti,S \
+    --json "$out/bench_scan_variants_delta_given.json"
 python3 benchmarks/bench_layout.py --compile --only-compile --delta both --freeze --profile --configs 1248x32,224x128 \
     --deit sdpa --json "$out/bench_e2e_delta_ab.json"
 python3 benchmarks/bench_layout.py --compile --only-compile --profile --json "$out/bench_e2e.json"
