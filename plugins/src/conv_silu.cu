@@ -43,6 +43,7 @@
 #include "vimdeploy/conv_silu.h"
 
 #include "numeric.cuh"
+#include "ptx.cuh"
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -82,6 +83,9 @@ struct alignas(sizeof(T) * W) Pack
 
 using vimdeploy::fromF;
 using vimdeploy::toF;
+using vimdeploy::cpAsync16;
+using vimdeploy::cpAsyncCommit;
+using vimdeploy::cpAsyncWait;
 
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + __expf(-v)); }
 
@@ -211,19 +215,6 @@ __global__ void __launch_bounds__(kThreads) convSiluTiled(Args a)
             win[2 * H + m] = loadToken<T, W>(x, tc + H + m, a.L, a.E);
         taps.convolveChunk(win, yf, yb, tc, a.L, a.E);
     }
-}
-
-// 16 bytes global -> shared without registers; src_bytes 0 writes zeros (tokens outside [0, L)).
-__device__ __forceinline__ void cpAsync16(void* dst, void const* src, bool valid)
-{
-    unsigned const d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cpAsyncWait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // convSiluTiled with the chunks' loads issued as cp.async into per-thread shared-memory slots,

@@ -26,12 +26,12 @@
 #include "vimdeploy/delta_softplus.h"
 
 #include "numeric.cuh"
+#include "ptx.cuh"
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstring>
 
 namespace
 {
@@ -53,30 +53,9 @@ struct Args
     bool pairs32;  // R and the row stride even, dt 4-byte aligned: two ranks per load
 };
 
-__device__ __forceinline__ uint32_t pack(__half lo, __half hi)
-{
-    uint32_t v;
-    __half2 const h = __halves2half2(lo, hi);
-    memcpy(&v, &h, 4);
-    return v;
-}
+using vimdeploy::mma;
+using vimdeploy::pack;
 
-// d = a * b + c: one 16x8x16 tile, fp16 inputs, fp32 accumulators.
-__device__ __forceinline__ void mma(float (&d)[4], uint32_t const (&a)[4], uint32_t const (&b)[2], float c0, float c1,
-    float c2, float c3)
-{
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%10, %11, %12, %13};"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c0), "f"(c1), "f"(c2), "f"(c3));
-}
-
-
-// Fragment layouts (PTX ISA, mma.m16n8k16 .f16): g = lane / 4, q = lane % 4. A (16 tokens x
-// 16 ranks): a[0] = row g, cols 2q and 2q+1; a[1] = row g+8, same cols; a[2], a[3] = the
-// same rows, cols + 8. B (16 ranks x 8 channels): b[0] = rows 2q, 2q+1 of col g; b[1] =
-// rows + 8. D (16 tokens x 8 channels): d[0], d[1] = row g, cols 2q, 2q+1; d[2], d[3] =
-// row g+8.
 // mamba_ssm's softplus for an fp16 result: numeric.cuh's form with a degree-5 polynomial for
 // log1p(w)/w (Chebyshev fit on [0, 1], rel. error 1.9e-5 evaluated in fp32; the scan's degree 8
 // is good to 2.5e-7). 1.9e-5 + fp16's half ulp (2^-12) stays under 2^-11 relative, and the

@@ -68,6 +68,34 @@ VIMDEPLOY_API int vimdeploy_conv_silu_bidir(VimdeployConvSiluParams const* p, cu
    taken wherever E and the pointers allow it, except for VIMDEPLOY_CONV_SILU_SCALAR. */
 VIMDEPLOY_API int vimdeploy_conv_silu_bidir_ex(VimdeployConvSiluParams const* p, cudaStream_t stream, int variant);
 
+/*
+ * The same conv + SiLU with each direction's x_proj behind it, in the same launch:
+ *
+ *   out_fwd[b, t, n] = sum_e weight_fwd[n, e] * y_fwd[b, t, e]   (n < rows; likewise bwd)
+ *
+ * where y_fwd is the output above rounded to fp16 (what x_proj reads when it runs apart), and y_fwd,
+ * y_bwd are still written. The x_proj product then costs no second read of y_fwd / y_bwd
+ * (Vim-Ti at 1248 px batch 32: 2 x 150 MB per layer). Layout: weights (rows, E) dense fp16 (an
+ * nn.Linear weight, rows zero-padded as the caller likes), out_* (batch, L, rows) dense fp16.
+ * Supported: p->dtype fp16, p->k 4, E a multiple of 64, rows a multiple of 8 up to
+ * VIMDEPLOY_CONV_XPROJ_MAX_ROWS, every pointer 16-byte aligned; otherwise
+ * VIMDEPLOY_ERROR_UNSUPPORTED (the caller runs conv + SiLU and the GEMM apart). Sums in fp32,
+ * each output rounded once.
+ */
+#define VIMDEPLOY_CONV_XPROJ_MAX_ROWS 80 /* Vim-B: dt_rank 48 + 2 x d_state 16 */
+
+typedef struct VimdeployXProjParams
+{
+    void const* weight_fwd;
+    void const* weight_bwd;
+    void* out_fwd;
+    void* out_bwd;
+    int64_t rows;
+} VimdeployXProjParams;
+
+VIMDEPLOY_API int vimdeploy_conv_silu_xproj_bidir(
+    VimdeployConvSiluParams const* p, VimdeployXProjParams const* xp, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
