@@ -12,17 +12,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def count_calls(monkeypatch, module, name: str) -> list:
-    """Wrap `module.name` (a function the model looks up there per call) so that each call records
-    the shape of its first argument; returns that record (tests that a GPU path was taken)."""
+def count_calls(monkeypatch, module, *names: str) -> list:
+    """Wrap `module.<name>` for each name (functions the model looks up there per call) so that
+    each call records the shape of its first argument; returns that one record of all of them
+    (tests that a GPU path was taken)."""
     calls = []
-    real = getattr(module, name)
 
-    def counting(*args):
-        calls.append(args[0].shape)
-        return real(*args)
+    def counting(real):
+        def wrapped(*args):
+            calls.append(args[0].shape)
+            return real(*args)
 
-    monkeypatch.setattr(module, name, counting)
+        return wrapped
+
+    for name in names:
+        monkeypatch.setattr(module, name, counting(getattr(module, name)))
     return calls
 
 

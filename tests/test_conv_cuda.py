@@ -2,6 +2,12 @@
 
 * test_reference_matches_the_model_convs: runs anywhere (CPU): the op's PyTorch form equals
   the model's `_depthwise_conv` + SiLU in both directions.
+* test_aligned_x_proj_is_x_proj: runs anywhere: the padded x_proj weight the conv + x_proj kernel
+  takes gives the model's (dt, B, C) (fp64, up to the GEMM's summation order).
+* The conv + x_proj kernel (plugins/src/conv_xproj.cu, `conv_silu_xproj_bidir`): its conv outputs
+  must equal conv_silu_bidir's bit for bit (same fp32 formula, same order); its products are
+  checked against fp64 products of those fp16 outputs with |err| <= 2^-11 |ref| + 2^-24 (the
+  output's rounding) + E 2^-23 sum|w y| (fp32 accumulation, one rounding per added term at worst).
 * everything marked `cuda` needs a GPU; the kernel library is built for that GPU on first use
   (or taken from $VIMDEPLOY_PLUGIN_BUILD_DIR / $VIMDEPLOY_KERNEL_LIBRARY), as in test_plugin_cuda.py.
 
@@ -38,6 +44,22 @@ def test_reference_matches_the_model_convs():
         y_fwd, y_bwd = conv_silu_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias)
         torch.testing.assert_close(y_fwd, F.silu(_depthwise_conv(x, cf, anti_causal=False)), rtol=0, atol=0)
         torch.testing.assert_close(y_bwd, F.silu(_depthwise_conv(x, cb, anti_causal=True)), rtol=0, atol=0)
+
+
+def test_aligned_x_proj_is_x_proj():
+    from vimdeploy.model.vim import _split_x_proj, _x_proj_weight_aligned
+
+    torch.manual_seed(0)
+    for rank, n, E in ((12, 16, 384), (24, 16, 768), (48, 16, 1536), (5, 3, 64)):
+        x_proj = nn.Linear(E, rank + 2 * n, bias=False).double()
+        xc = torch.randn(2, 7, E, dtype=torch.float64)
+        w = _x_proj_weight_aligned(x_proj.weight, rank, n)
+        assert w.shape[0] % 8 == 0 and w.shape[0] == rank + (-rank % 8) + 2 * n + (-2 * n % 8)
+        dt, B, C = _split_x_proj(F.linear(xc, w), rank, n)
+        want = x_proj(xc).split([rank, n, n], dim=-1)
+        assert dt.shape[-1] % 8 == 0 and not dt[..., rank:].any(), "dt's padding columns must be zero"
+        for got, ref in zip((dt[..., :rank], B, C), want):  # fp64: only the GEMM's blocking differs
+            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- GPU
@@ -183,9 +205,10 @@ def test_op_cuda_graph_compile_and_errors(kernel_lib):
 
 
 def _count_fused(monkeypatch):
+    """Calls of either fused conv op (fp16 with E % 64 == 0 takes the one with x_proj)."""
     from vimdeploy.ops import conv as conv_ops
 
-    return count_calls(monkeypatch, conv_ops, "conv_silu_bidir")
+    return count_calls(monkeypatch, conv_ops, "conv_silu_bidir", "conv_silu_xproj_bidir")
 
 
 @cuda
@@ -232,3 +255,125 @@ def test_vim_tiny_golden_with_fused_conv(kernel_lib, precision, monkeypatch):
     err = np.abs(logits.float().cpu().numpy() - expected["logits"]).max()
     print(f"{precision}: max |logits - golden| = {err:.3e}")
     assert err <= GOLDEN_TOL[precision]
+
+
+# --------------------------------------------------------------------------- conv + x_proj
+
+def xproj_case(b, L, E, rows, seed, bias=True):
+    x, w, cbias = make_case(b, L, E, 4, torch.float16, seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed + 1)
+    proj = {d: (torch.randn(rows, E, generator=g, device="cuda") / E**0.5).half() for d in ("fwd", "bwd")}
+    conv = (w["fwd"], cbias["fwd"] if bias else None, w["bwd"], cbias["bwd"] if bias else None)
+    return x, conv, proj
+
+
+def check_product(out, y, w, what):
+    """out vs the fp64 product of the fp16 conv outputs y (see the module docstring's bound)."""
+    ref = y.double() @ w.double().T
+    mag = y.double().abs() @ w.double().abs().T
+    bound = 2.0**-11 * ref.abs() + 2.0**-24 + y.shape[-1] * 2.0**-23 * mag
+    err = (out.double() - ref).abs()
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"{what}: max error / bound = {worst:.3f} (max |err| {err.max().item():.3e})"
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("E,rows", [(64, 8), (384, 48), (384, 40), (768, 56), (1536, 80)])
+@pytest.mark.parametrize("L", [1, 3, 5, 127, 128, 129, 197, 1000])
+def test_conv_xproj_kernel(kernel_lib, L, E, rows, b, bias):
+    from vimdeploy.ops.conv import conv_silu_bidir, conv_silu_xproj_bidir, fused_xproj_available
+
+    assert fused_xproj_available(), "the kernel library lacks vimdeploy_conv_silu_xproj_bidir"
+    x, conv, proj = xproj_case(b, L, E, rows, seed=L + E + rows + b, bias=bias)
+    y_fwd, y_bwd, out_fwd, out_bwd = conv_silu_xproj_bidir(x, *conv, proj["fwd"], proj["bwd"])
+    want_fwd, want_bwd = conv_silu_bidir(x, *conv)
+    torch.testing.assert_close(y_fwd, want_fwd, rtol=0, atol=0)
+    torch.testing.assert_close(y_bwd, want_bwd, rtol=0, atol=0)
+    assert out_fwd.shape == out_bwd.shape == (b, L, rows) and out_fwd.dtype == torch.float16
+    check_product(out_fwd, y_fwd, proj["fwd"], "fwd")
+    check_product(out_bwd, y_bwd, proj["bwd"], "bwd")
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("E,rows", [(384, 48), (768, 56), (1536, 80)])
+def test_conv_xproj_kernel_many_tiles(kernel_lib, E, rows):
+    """More 64-token tiles (65 x 5) than the persistent grid has blocks (at most 2 per SM): each
+    block walks several tiles, batch rows and channel steps as one pipeline."""
+    from vimdeploy.ops.conv import conv_silu_bidir, conv_silu_xproj_bidir
+
+    blocks = 2 * torch.cuda.get_device_properties(0).multi_processor_count
+    L, b = 4099, 5
+    assert b * -(-L // 64) > blocks, "the case must give some blocks more than one tile"
+    x, conv, proj = xproj_case(b, L, E, rows, seed=E + rows, bias=True)
+    y_fwd, y_bwd, out_fwd, out_bwd = conv_silu_xproj_bidir(x, *conv, proj["fwd"], proj["bwd"])
+    want_fwd, want_bwd = conv_silu_bidir(x, *conv)
+    torch.testing.assert_close(y_fwd, want_fwd, rtol=0, atol=0)
+    torch.testing.assert_close(y_bwd, want_bwd, rtol=0, atol=0)
+    check_product(out_fwd, y_fwd, proj["fwd"], "fwd")
+    check_product(out_bwd, y_bwd, proj["bwd"], "bwd")
+
+
+@cuda
+@needs_gpu
+def test_conv_xproj_fallbacks_graph_and_compile(kernel_lib):
+    """Shapes the kernel does not take run the conv op and F.linear; the kernel is capturable
+    in a CUDA graph and one opaque node under torch.compile."""
+    from vimdeploy.ops.conv import conv_silu_bidir, conv_silu_xproj_bidir, xproj_kernel_applies
+
+    for dtype, E, rows in ((torch.float32, 384, 48), (torch.float16, 96, 48), (torch.float16, 384, 88),
+                           (torch.float16, 384, 44)):
+        x, conv, proj = xproj_case(2, 197, E, rows, seed=E + rows)
+        x = x.to(dtype)
+        assert not xproj_kernel_applies(x, 4, rows)
+        y_fwd, y_bwd, out_fwd, out_bwd = conv_silu_xproj_bidir(x, *conv, proj["fwd"], proj["bwd"])
+        want_fwd, want_bwd = conv_silu_bidir(x, *conv)
+        torch.testing.assert_close(y_fwd, want_fwd, rtol=0, atol=0)
+        torch.testing.assert_close(y_bwd, want_bwd, rtol=0, atol=0)
+        for out, y, w in ((out_fwd, y_fwd, proj["fwd"]), (out_bwd, y_bwd, proj["bwd"])):
+            torch.testing.assert_close(out, F.linear(y, w.to(dtype)), rtol=0, atol=0)
+
+    x, conv, proj = xproj_case(2, 197, 384, 48, seed=11)
+    args = (*conv, proj["fwd"], proj["bwd"])
+    eager = conv_silu_xproj_bidir(x, *args)
+    static = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        conv_silu_xproj_bidir(static, *args)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out = conv_silu_xproj_bidir(static, *args)
+    new, _, _ = xproj_case(2, 197, 384, 48, seed=12)
+    static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(g_out, conv_silu_xproj_bidir(new, *args)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    compiled = torch.compile(lambda t: conv_silu_xproj_bidir(t, *args), fullgraph=True)
+    for got, want in zip(compiled(x), eager):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@cuda
+@needs_gpu
+def test_model_xproj_in_conv_equals_gemm(kernel_lib, monkeypatch):
+    """The fp16 model on the GPU with x_proj inside the conv kernel against x_proj as a GEMM:
+    the same up to the products' summation order (fp16-level agreement)."""
+    from vimdeploy.model import vim
+    from vimdeploy.ops import conv as conv_ops
+
+    model = small_model(seed=7).cuda().half()
+    x = torch.randn(2, 3, 224, 224, device="cuda").half()
+    calls = count_calls(monkeypatch, conv_ops, "conv_silu_xproj_bidir")
+    with torch.no_grad():
+        fused = model.forward_features(x).float()
+        assert len(calls) == len(model.layers), "the conv + x_proj kernel was not used"
+        monkeypatch.setattr(vim, "XPROJ_IN_CONV_ON_GPU", False)
+        ref = model.forward_features(x).float()
+    assert len(calls) == len(model.layers)
+    torch.testing.assert_close(fused, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())

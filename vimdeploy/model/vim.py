@@ -101,6 +101,10 @@ FUSED_CONV_ON_GPU = True
 # the scan gets delta (delta_softplus=False) and skips its per-step softplus; False keeps
 # dt_proj's GEMM and the scan's softplus, for side-by-side measurement (bench_layout.py).
 DELTA_KERNEL_ON_GPU = True
+# With the fused conv in fp16, each direction's x_proj in the same kernel (ops/conv.py,
+# conv_silu_xproj_bidir: the product reads the conv outputs from shared memory, not once more
+# from global memory); False keeps x_proj as a GEMM, for side-by-side measurement (bench_layout.py).
+XPROJ_IN_CONV_ON_GPU = True
 
 
 def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_causal: bool, length: int):
@@ -121,16 +125,26 @@ def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_ca
     return out
 
 
+def _x_proj_weight_aligned(x_proj_w: torch.Tensor, rank: int, n: int) -> torch.Tensor:
+    """x_proj's weight (rank + 2n, E) with dt's and (B, C)'s rows each zero-padded to a multiple
+    of 8: the layout `_split_x_proj` reads (Vim-Ti: 12 + 32 -> 16 + 32 rows)."""
+    dt_w, bc_w = x_proj_w.split([rank, 2 * n])
+    return torch.cat([F.pad(dt_w, (0, 0, 0, -rank % 8)), F.pad(bc_w, (0, 0, 0, -2 * n % 8))])
+
+
+def _split_x_proj(out: torch.Tensor, rank: int, n: int):
+    """(dt, B, C) views of x_proj's output through `_x_proj_weight_aligned`; dt keeps its zero
+    columns up to the next multiple of 8 (dt_proj reads it with zero weight columns)."""
+    r = rank + (-rank % 8)
+    return out[..., :r], out[..., r : r + n], out[..., r + n : r + 2 * n]
+
+
 def _x_proj_aligned(xc: torch.Tensor, x_proj_w: torch.Tensor, rank: int, n: int):
     """x_proj(xc) as (dt, B, C) with every GEMM operand 16-byte aligned: x_proj's output rows
-    are padded to multiples of 8 (zero weight rows), and dt keeps its zero columns up to the
-    next multiple of 8 (dt_proj reads it with zero weight columns: `_dt_proj_aligned`). Same
-    values; with Vim's 12 + 16 + 16 = 44 outputs and K = 12 cuBLAS ran its 2-byte-aligned
-    kernels (H100, Vim-Ti at 1248 px batch 32: ~8 ms of x_proj + dt_proj in a 59 ms forward)."""
-    r = rank + (-rank % 8)
-    dt_w, bc_w = x_proj_w.split([rank, 2 * n])
-    out = F.linear(xc, torch.cat([F.pad(dt_w, (0, 0, 0, r - rank)), F.pad(bc_w, (0, 0, 0, -2 * n % 8))]))
-    return out[..., :r], out[..., r : r + n], out[..., r + n : r + 2 * n]
+    are padded to multiples of 8 (zero weight rows). Same values; with Vim's 12 + 16 + 16 = 44
+    outputs and K = 12 cuBLAS ran its 2-byte-aligned kernels (H100, Vim-Ti at 1248 px batch
+    32: ~8 ms of x_proj + dt_proj in a 59 ms forward)."""
+    return _split_x_proj(F.linear(xc, _x_proj_weight_aligned(x_proj_w, rank, n)), rank, n)
 
 
 def _dt_proj_aligned(dt_padded: torch.Tensor, dt_proj_w: torch.Tensor) -> torch.Tensor:
@@ -172,14 +186,21 @@ class Mamba(nn.Module):
         """Everything the BiSelectiveScan op consumes (export/op_contract.md), and its
         delta_softplus: True, except where dt is already delta (DELTA_KERNEL_ON_GPU)."""
         token_major = hidden_states.is_cuda and TOKEN_MAJOR_ON_GPU  # see _depthwise_conv_token_major
-        fused = None
+        fused = dbl = None
         if token_major:
             # Two GEMMs give contiguous x and z (the scan kernel wants z contiguous; a chunk
             # of one GEMM's output would be copied).
             x, z = (F.linear(hidden_states, w) for w in self.in_proj.weight.chunk(2, dim=0))
+            convs = (self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias)
             if FUSED_CONV_ON_GPU and x.dtype in (torch.float16, torch.float32) and conv_ops.fused_conv_available():
-                fused = dict(zip(("fwd", "bwd"), conv_ops.conv_silu_bidir(
-                    x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias)))
+                rows = self.dt_rank + (-self.dt_rank % 8) + 2 * self.d_state + (-2 * self.d_state % 8)
+                if (XPROJ_IN_CONV_ON_GPU and conv_ops.xproj_kernel_applies(x, convs[0].shape[-1], rows)
+                        and conv_ops.fused_xproj_available()):
+                    y_fwd, y_bwd, out_fwd, out_bwd = conv_ops.conv_silu_xproj_bidir(x, *convs, *(
+                        _x_proj_weight_aligned(m.weight, self.dt_rank, self.d_state) for m in (self.x_proj, self.x_proj_b)))
+                    fused, dbl = {"fwd": y_fwd, "bwd": y_bwd}, {"fwd": out_fwd, "bwd": out_bwd}
+                else:
+                    fused = dict(zip(("fwd", "bwd"), conv_ops.conv_silu_bidir(x, *convs)))
             else:
                 k = self.conv1d.weight.shape[-1]
                 x_padded = F.pad(x, (0, 0, k - 1, k - 1))
@@ -198,8 +219,11 @@ class Mamba(nn.Module):
             else:
                 xc = F.silu(_depthwise_conv(x, conv, anti_causal=direction == "bwd"))
             # dt_proj's bias goes in the scan, in fp32 (or, with `delta`, into delta_softplus)
-            if token_major:
+            if dbl is not None:  # x_proj ran in the conv kernel
+                dt, B, C = _split_x_proj(dbl[direction], self.dt_rank, self.d_state)
+            elif token_major:
                 dt, B, C = _x_proj_aligned(xc, x_proj.weight, self.dt_rank, self.d_state)
+            if token_major:
                 if delta:
                     # (the bias cast here, not inside the opaque op: Inductor fuses it with the other casts)
                     dt = delta_ops.delta_softplus(dt[..., : self.dt_rank], dt_proj.weight, dt_proj.bias.float())

@@ -12,6 +12,15 @@ On CUDA tensors of fp16 / fp32 it is one launch of the kernel in libvimdeploy_ke
 (`vimdeploy plugin build`), on the current stream (CUDA graphs capture it); torch.compile sees
 one opaque node (the fake implementation gives the shapes). Elsewhere (CPU, other dtypes) it
 runs `conv_silu_bidir_reference`. Sums in fp32, outputs rounded once to x's dtype.
+
+    y_fwd, y_bwd, out_fwd, out_bwd = conv_silu_xproj_bidir(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd,
+                                                           xproj_fwd, xproj_bwd)
+
+is the same with each direction's x_proj behind it: out_fwd = y_fwd @ xproj_fwd.T (xproj_* an
+nn.Linear weight (rows, E)), in one launch of the kernel in conv_xproj.cu where it applies (fp16,
+k = 4, E a multiple of 64, rows a multiple of 8 up to 80, 16-byte aligned tensors): the product
+reads the conv outputs while they are in shared memory instead of once more from global memory.
+Elsewhere the conv op and F.linear, apart (same values up to the GEMM's summation order).
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ from .library import _LIB, NAMESPACE
 from .native import DTYPES, PluginError
 
 __all__ = ["conv_silu_bidir", "conv_silu_bidir_reference", "launch", "fused_conv_available", "ConvSiluParams",
-           "VARIANTS", "MAX_K"]
+           "VARIANTS", "MAX_K", "conv_silu_xproj_bidir", "conv_silu_xproj_bidir_reference", "fused_xproj_available",
+           "xproj_kernel_applies", "XProjParams", "XPROJ_MAX_ROWS"]
 
 MAX_K = 8  # VIMDEPLOY_CONV_SILU_MAX_K
+XPROJ_MAX_ROWS = 80  # VIMDEPLOY_CONV_XPROJ_MAX_ROWS
 VARIANTS = {"auto": 0, "tiled8": 1, "tiled32": 2, "generic": 3, "scalar": 4, "async32": 5, "async16": 6}  # VIMDEPLOY_CONV_SILU_*
 _KERNEL_DTYPES = (torch.float32, torch.float16)
 
@@ -46,6 +57,13 @@ class ConvSiluParams(ctypes.Structure):
     ]
 
 
+class XProjParams(ctypes.Structure):
+    """`VimdeployXProjParams` (plugins/include/vimdeploy/conv_silu.h)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("weight_fwd", "weight_bwd", "out_fwd", "out_bwd")] + [
+        ("rows", ctypes.c_int64)]
+
+
 def _entry():
     """vimdeploy_conv_silu_bidir_ex of the kernel library (PluginError if it is missing)."""
     return native.entry_point("vimdeploy_conv_silu_bidir_ex",
@@ -61,6 +79,29 @@ def fused_conv_available() -> bool:
     except PluginError:
         return False
     return True
+
+
+def _xproj_entry():
+    """vimdeploy_conv_silu_xproj_bidir of the kernel library (PluginError if it is missing)."""
+    return native.entry_point("vimdeploy_conv_silu_xproj_bidir",
+                              [ctypes.POINTER(ConvSiluParams), ctypes.POINTER(XProjParams), ctypes.c_void_p])
+
+
+@torch.compiler.assume_constant_result
+def fused_xproj_available() -> bool:
+    """The CUDA library with the conv + x_proj kernel loads (as `fused_conv_available`)."""
+    try:
+        _xproj_entry()
+    except PluginError:
+        return False
+    return True
+
+
+def xproj_kernel_applies(x: torch.Tensor, k: int, rows: int) -> bool:
+    """The shapes and dtype that conv_xproj.cu takes (x (b, L, E) on a GPU, conv width k, x_proj
+    rows): where False, `conv_silu_xproj_bidir` runs the conv op and F.linear apart."""
+    return (x.is_cuda and x.dtype == torch.float16 and k == 4 and x.shape[-1] % 64 == 0 and rows % 8 == 0
+            and 0 < rows <= XPROJ_MAX_ROWS)
 
 
 def _as_taps(w: torch.Tensor, E: int) -> torch.Tensor:
@@ -102,6 +143,15 @@ def conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
         y = F.conv1d(F.pad(xt, pad), w, None if bias is None else bias.to(acc), groups=E)
         out.append(F.silu(y).transpose(1, 2).to(x.dtype).contiguous())
     return out[0], out[1]
+
+
+def conv_silu_xproj_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_bwd):
+    """The conv + x_proj op in PyTorch: the conv reference, then x_proj of its outputs as rounded
+    to x's dtype, summed in fp32 (fp64 for fp64 x), rounded once."""
+    y_fwd, y_bwd = conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    outs = [F.linear(y.to(acc), w.to(acc)).to(x.dtype) for y, w in ((y_fwd, xproj_fwd), (y_bwd, xproj_bwd))]
+    return y_fwd, y_bwd, outs[0], outs[1]
 
 
 def _check(x, weight_fwd, weight_bwd):
@@ -148,3 +198,57 @@ def _fake(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
 
 
 conv_silu_bidir = getattr(getattr(torch.ops, NAMESPACE), _NAME)
+
+
+def _check_xproj(x, xproj_fwd, xproj_bwd):
+    if xproj_fwd.dim() != 2 or xproj_fwd.shape != xproj_bwd.shape or xproj_fwd.shape[1] != x.shape[-1]:
+        raise PluginError(f"conv_silu_xproj_bidir: expected x_proj weights (rows, {x.shape[-1]}) of one shape, got "
+                          f"{tuple(xproj_fwd.shape)} and {tuple(xproj_bwd.shape)}")
+
+
+def _xproj_cuda(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_bwd):
+    _check(x, weight_fwd, weight_bwd)
+    _check_xproj(x, xproj_fwd, xproj_bwd)
+    rows = xproj_fwd.shape[0]
+    if not (xproj_kernel_applies(x, weight_fwd.shape[-1], rows) and fused_xproj_available()):
+        y_fwd, y_bwd = conv_silu_bidir(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
+        return y_fwd, y_bwd, F.linear(y_fwd, xproj_fwd.to(x.dtype)), F.linear(y_bwd, xproj_bwd.to(x.dtype))
+    b, L, E = x.shape
+    x = x.contiguous()
+    wf, wb = _as_taps(weight_fwd, E), _as_taps(weight_bwd, E)
+    bf = None if bias_fwd is None else bias_fwd.to(torch.float32).contiguous()
+    bb = None if bias_bwd is None else bias_bwd.to(torch.float32).contiguous()
+    pf, pb = (w.to(torch.float16).contiguous() for w in (xproj_fwd, xproj_bwd))
+    y_fwd, y_bwd = torch.empty_like(x), torch.empty_like(x)
+    out_fwd, out_bwd = (x.new_empty(b, L, rows) for _ in range(2))
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    p = ConvSiluParams(ptr(x), ptr(wf), ptr(bf), ptr(wb), ptr(bb), ptr(y_fwd), ptr(y_bwd), b, L, E,
+                       wf.shape[-1], DTYPES["float16"])
+    xp = XProjParams(ptr(pf), ptr(pb), ptr(out_fwd), ptr(out_bwd), rows)
+    with torch.cuda.device(x.device):
+        rc = _xproj_entry()(ctypes.byref(p), ctypes.byref(xp), torch.cuda.current_stream(x.device).cuda_stream)
+    native.check_call("vimdeploy_conv_silu_xproj_bidir", rc)
+    return y_fwd, y_bwd, out_fwd, out_bwd
+
+
+def _xproj_cpu(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_bwd):
+    _check(x, weight_fwd, weight_bwd)
+    _check_xproj(x, xproj_fwd, xproj_bwd)
+    return conv_silu_xproj_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_bwd)
+
+
+_XPROJ = "conv_silu_xproj_bidir"
+_LIB.define(f"{_XPROJ}(Tensor x, Tensor weight_fwd, Tensor? bias_fwd, Tensor weight_bwd, Tensor? bias_bwd, "
+            "Tensor xproj_fwd, Tensor xproj_bwd) -> (Tensor, Tensor, Tensor, Tensor)")
+_LIB.impl(_XPROJ, _xproj_cuda, "CUDA")
+_LIB.impl(_XPROJ, _xproj_cpu, "CPU")
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{_XPROJ}", lib=_LIB)
+def _xproj_fake(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_bwd):
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = x.new_empty(*x.shape[:-1], xproj_fwd.shape[0])
+    return y, torch.empty_like(y), out, torch.empty_like(out)
+
+
+conv_silu_xproj_bidir = getattr(getattr(torch.ops, NAMESPACE), _XPROJ)
