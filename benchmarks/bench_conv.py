@@ -10,6 +10,10 @@ each replay reads >= 256 MB, so that the smaller shape does not run from L2), af
 median and min..max over the replays. Bytes moved = x read once + y_fwd and y_bwd written
 (3 * b * L * E * element size); GB/s = bytes / median time. The roof is a device-to-device copy
 measured here (bytes read + written per second).
+
+In fp16 two more rows: the conv op followed by both directions' x_proj GEMMs (Vim-Ti's padded
+48 x 384 weights, as the model runs them apart), and `conv_silu_xproj_bidir` (the same in one
+kernel); their GB/s count the bytes each must move (the GEMMs read y_fwd and y_bwd again).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vimdeploy.bench import time_graph  # noqa: E402
 from vimdeploy.model.vim import _depthwise_conv_token_major  # noqa: E402
-from vimdeploy.ops.conv import conv_silu_bidir, launch  # noqa: E402
+from vimdeploy.ops.conv import conv_silu_bidir, conv_silu_xproj_bidir, launch  # noqa: E402
 
 E, K = 384, 4
+ROWS = 48  # Vim-Ti's x_proj (12 + 2 x 16 outputs) with dt's rows padded to 16
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -98,6 +103,20 @@ def main():
             for v in ("tiled8", "tiled32", "async32", "async16", "generic", "scalar"):
                 cands[f"fused {v}"] = [lambda x=x, y=y, v=v: launch(x, wf, bf, wb, bb, y[0], y[1], variant=v)
                                        for x, y in zip(xs, ys)]
+            bytes_of = {}
+            if dtype == torch.float16:
+                pf, pb = (torch.randn(ROWS, E, device="cuda").half() / E**0.5 for _ in range(2))
+
+                def apart(x):
+                    yf, yb = conv_silu_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias)
+                    return F.linear(yf, pf), F.linear(yb, pb)
+
+                out = b * L * ROWS * elt
+                cands["conv, x_proj GEMMs"] = [lambda x=x: apart(x) for x in xs]
+                bytes_of["conv, x_proj GEMMs"] = nbytes + 2 * (b * L * E * elt + out)
+                cands["conv + x_proj kernel"] = [
+                    lambda x=x: conv_silu_xproj_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias, pf, pb) for x in xs]
+                bytes_of["conv + x_proj kernel"] = nbytes + 2 * out
             cands["multiply-adds eager"] = [lambda x=x: multiply_adds(x, cf, cb) for x in xs]
             if compiled is not None:
                 for x in xs:
@@ -108,7 +127,7 @@ def main():
                 samples = time_graph(fns, reps=args.reps)
                 med = statistics.median(samples)
                 times[name] = {"median_ms": med, "min_ms": min(samples), "max_ms": max(samples),
-                               "n": len(samples), "GBps": nbytes / (med * 1e-3) / 1e9}
+                               "n": len(samples), "GBps": bytes_of.get(name, nbytes) / (med * 1e-3) / 1e9}
             row["times"] = times
             rows.append(row)
             torch.cuda.empty_cache()

@@ -44,8 +44,11 @@ def main():
     parser.add_argument("--delta", choices=("on", "off", "both"), default="on",
                         help="with --compile: Vim with the delta kernel (dt_proj + softplus before the scan; the "
                              "model's default), without it (dt_proj's GEMM, softplus in the scan), or both side by side")
+    parser.add_argument("--xproj", choices=("on", "off", "both"), default="on",
+                        help="with --compile: Vim with each direction's x_proj inside the conv kernel (the model's "
+                             "default in fp16), as a GEMM after it, or both side by side")
     parser.add_argument("--freeze", action="store_true",
-                        help="with --compile: also Vim (delta kernel) with Inductor's freezing (weights as constants)")
+                        help="with --compile: also Vim (model defaults) with Inductor's freezing (weights as constants)")
     parser.add_argument("--profile", action="store_true",
                         help="with --compile: where the compiled Vim's GPU time goes (torch.profiler) at 1248/32 and 224/128")
     args = parser.parse_args()
@@ -76,14 +79,18 @@ def main():
         # Inductor; the scan stays our opaque custom op; then replayed as a CUDA graph.
         vim.TOKEN_MAJOR_ON_GPU = True
         mode = args.compile_mode or True
-        variants = [(d, False) for d in {"on": (True,), "off": (False,), "both": (True, False)}[args.delta]]
-        for delta, freeze in variants + ([(True, True)] if args.freeze else []):
-            vim.DELTA_KERNEL_ON_GPU = delta
+        choice = {"on": (True,), "off": (False,), "both": (True, False)}
+        variants = [(d, xp, False) for d in choice[args.delta] for xp in choice[args.xproj]]
+        variants += [(True, True, True)] if args.freeze else []
+        ab = len(variants) > 1
+        for delta, xproj, freeze in variants:
+            vim.DELTA_KERNEL_ON_GPU, vim.XPROJ_IN_CONV_ON_GPU = delta, xproj
             runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=mode, freeze=freeze,
                                       name="Vim-Ti cuda+graphs, token-major, torch.compile"
                                       + (f" {args.compile_mode}" if args.compile_mode else "")
-                                      + ("" if args.delta == "on" and not args.freeze else
-                                         ", delta kernel" if delta else ", dt_proj GEMM + softplus in the scan")
+                                      + ("" if not ab else
+                                         (", delta kernel" if delta else ", dt_proj GEMM + softplus in the scan")
+                                         + (", x_proj in the conv kernel" if xproj else ", x_proj GEMM"))
                                       + (", frozen" if freeze else ""))
             for size, batch in CONFIGS:
                 try:
@@ -97,7 +104,7 @@ def main():
                                  "profile": bench.profile_breakdown(runner, size, batch, top=16)})
                     emit(rows, args.json, env)
             del runner
-        vim.DELTA_KERNEL_ON_GPU = True
+        vim.DELTA_KERNEL_ON_GPU = vim.XPROJ_IN_CONV_ON_GPU = True
     if args.skip_deit:
         CONFIGS.clear()
     # DeiT-Ti as the issue measured it (eager PyTorch, no graphs), and SDPA with the same
