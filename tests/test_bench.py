@@ -139,6 +139,14 @@ def test_categorize_kernel_names():
     assert categorize("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "add + RMSNorm"
     assert categorize("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>") == \
         "copies / transposes / cat"
+    assert categorize("void (anonymous namespace)::convSiluXProj<6>((anonymous namespace)::Args)") == \
+        "conv + SiLU + x_proj (one kernel)"
+    assert categorize("void (anonymous namespace)::convSiluAsync<__half, 8, 4, 32>(Args)") == \
+        "conv (patch embed, depthwise 1-D)"
+    # Inductor's kernels around the opaque ops carry the ops' names but are element-wise work
+    assert categorize("triton_poi_fused__unsafe_view_bi_selective_scan_cuda_exp_neg_new_zeros_slice_3") != "scan kernel"
+    assert categorize("triton_poi_fused__unsafe_view_cat_constant_pad_nd_conv_silu_xproj_bidir_split_with_sizes_2") == \
+        "copies / transposes / cat"
     assert categorize("some_unknown_kernel") == "other"
 
 

@@ -9,6 +9,7 @@ from .timing import _cleanup
 _CATEGORIES = [
     ("scan kernel", ("biscan", "bi_selective", "selective_scan", "scan_chunk")),
     ("delta (dt_proj + softplus)", ("deltakernel",)),  # plugins/src/delta_softplus.cu
+    ("conv + SiLU + x_proj (one kernel)", ("convsiluxproj",)),  # plugins/src/conv_xproj.cu
     ("GEMM (linear)", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk")),
     ("conv (patch embed, depthwise 1-D)", ("conv", "implicit", "winograd", "fprop", "dgrad", "depthwise")),
     # before "copies": Inductor names its fused residual add + RMSNorm "..._to_copy_add_mean_mul_pow_rsqrt..."
@@ -18,10 +19,16 @@ _CATEGORIES = [
 ]
 
 
+# Inductor names its Triton kernels after every op they touch ("..._bi_selective_scan_cuda_exp_neg_..."
+# computes exp(-A) beside the opaque scan op): they are element-wise work, never a scan, GEMM or conv.
+_TRITON_CATEGORIES = ("add + RMSNorm", "copies / transposes / cat", "norm, silu, residual, other element-wise")
+
+
 def categorize(kernel_name: str) -> str:
     k = kernel_name.lower()
+    triton = k.startswith("triton_")
     for cat, keys in _CATEGORIES:
-        if any(s in k for s in keys):
+        if (not triton or cat in _TRITON_CATEGORIES) and any(s in k for s in keys):
             return cat
     return "other"
 
