@@ -163,6 +163,29 @@ def test_unaligned_pointers_and_no_bias(kernel_lib, dtype):
     check(y_bwd, ref_b, mag_b, dtype, "no bias bwd")
 
 
+def assert_graphs_and_compiles(op, x, new, args):
+    """op(x, *args) captured in a CUDA graph gives op(new, *args) on replay after x is overwritten
+    with new, and under torch.compile(fullgraph=True) gives the eager outputs, bit for bit."""
+    eager = op(x, *args)
+    static = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        op(static, *args)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out = op(static, *args)
+    static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(g_out, op(new, *args), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    compiled = torch.compile(lambda t: op(t, *args), fullgraph=True)
+    for got, want in zip(compiled(x), eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @cuda
 @needs_gpu
 def test_op_cuda_graph_compile_and_errors(kernel_lib):
@@ -172,27 +195,7 @@ def test_op_cuda_graph_compile_and_errors(kernel_lib):
     b, L, E, k = 2, 197, 384, 4
     x, w, bias = make_case(b, L, E, k, torch.float16, seed=1)
     args = (w["fwd"], bias["fwd"], w["bwd"], bias["bwd"])
-    eager = conv_silu_bidir(x, *args)
-
-    static = x.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        conv_silu_bidir(static, *args)  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_out = conv_silu_bidir(static, *args)
-    new, _, _ = make_case(b, L, E, k, torch.float16, seed=2)
-    static.copy_(new)
-    graph.replay()
-    torch.cuda.synchronize()
-    for got, want in zip(g_out, conv_silu_bidir(new, *args)):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-    compiled = torch.compile(lambda t: conv_silu_bidir(t, *args), fullgraph=True)
-    for got, want in zip(compiled(x), eager):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_graphs_and_compiles(conv_silu_bidir, x, make_case(b, L, E, k, torch.float16, seed=2)[0], args)
 
     taps = w["fwd"][:, 0].contiguous()
     y = torch.empty_like(x)
@@ -338,25 +341,7 @@ def test_conv_xproj_fallbacks_graph_and_compile(kernel_lib):
 
     x, conv, proj = xproj_case(2, 197, 384, 48, seed=11)
     args = (*conv, proj["fwd"], proj["bwd"])
-    eager = conv_silu_xproj_bidir(x, *args)
-    static = x.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        conv_silu_xproj_bidir(static, *args)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_out = conv_silu_xproj_bidir(static, *args)
-    new, _, _ = xproj_case(2, 197, 384, 48, seed=12)
-    static.copy_(new)
-    graph.replay()
-    torch.cuda.synchronize()
-    for got, want in zip(g_out, conv_silu_xproj_bidir(new, *args)):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-    compiled = torch.compile(lambda t: conv_silu_xproj_bidir(t, *args), fullgraph=True)
-    for got, want in zip(compiled(x), eager):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_graphs_and_compiles(conv_silu_xproj_bidir, x, xproj_case(2, 197, 384, 48, seed=12)[0], args)
 
 
 @cuda
