@@ -28,10 +28,13 @@
  *   its 16 tokens' `rows` outputs (4-byte stores; the outputs are ~1/8 of y's bytes).
  * - Tokens past L: x is zero-filled on load, their y is not stored, their products are
  *   computed and dropped. Weight rows past `rows` are zero-filled, their outputs not stored.
+ * - Scheduling: two cursors (the copies', kStages - 1 steps ahead, and the compute's) walk the
+ *   block's (tile, step) pairs with one division per tile; a version that derived both from
+ *   the step number (four 64-bit divisions per step) had twice the static instructions and was
+ *   17-20% slower.
  * Measured on an H100 (benchmarks/bench_conv.py, Vim-Ti fp16, docs/kernel.md): L=6085 batch 32
- * 0.308 ms against 0.334-0.338 ms for conv_silu.cu's kernel + two cuBLAS x_proj GEMMs; a first
- * version with 128-token tiles, 16 warps, 1 block/SM and no persistence took 0.348 ms (no gain).
- * At L=197 batch 128 both ways take 0.056 ms.
+ * 0.262-0.269 ms against 0.332-0.338 ms for conv_silu.cu's kernel + two cuBLAS x_proj GEMMs
+ * (the conv kernel alone: 0.20 ms); L=197 batch 128 0.049 against 0.057 ms.
  */
 #include "vimdeploy/conv_silu.h"
 
@@ -57,7 +60,9 @@ constexpr int kTokens = 64;            // per tile: 4 warps' 16-row tiles per di
 constexpr int kChannels = 64;          // per step: 4 k-steps of 16
 constexpr int kPacks = kChannels / 8;  // 16-byte packs of fp16 per row
 constexpr int kThreads = 4 * kTokens;  // 2 tokens x 8 channels each in the conv
-constexpr int kBlocksPerSm = 2;        // 2 x 92 KiB of shared memory at rows <= 48
+// 2 blocks of 92 KiB (NT 6) or 106 KiB (NT 8) of shared memory per SM; 1 of 119 KiB (NT 10),
+// which then may use all 255 registers.
+constexpr int blocksPerSm(int nt) { return nt <= 8 ? 2 : 1; }
 constexpr int kStages = 3;
 constexpr int kRowsX = kTokens + 2 * kHalo;
 constexpr int kLd = kChannels + 8;     // halves per row of the mma operands (+16 bytes: conflict-free ldmatrix)
@@ -100,63 +105,92 @@ struct Smem
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.f + __expf(-v)); }
 
 template <int NT>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm) convSiluXProj(Args const a)
+__global__ void __launch_bounds__(kThreads, blocksPerSm(NT)) convSiluXProj(Args const a)
 {
     static_assert(NT % 2 == 0, "weight tiles are loaded in pairs");
     extern __shared__ __align__(16) unsigned char raw[];
     Smem<NT>& sm = *reinterpret_cast<Smem<NT>*>(raw);
     int const tid = threadIdx.x;
     int const steps = static_cast<int>(a.E / kChannels);
-    // The block's tiles: blockIdx.x, + gridDim.x, ...; its steps run as one pipeline across them.
-    int64_t const mine = blockIdx.x < a.work ? (a.work - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
-    int64_t const total = mine * steps;
-    struct At
+    // The block's tiles are blockIdx.x, + gridDim.x, ...; its (tile, channel step) pairs run as
+    // one pipeline. Two cursors walk them, the copies kStages - 1 steps ahead of the compute;
+    // a division per tile, none per step.
+    struct Cursor
     {
-        int64_t t0, row0; // first token of the tile; (batch row, token 0) as a token index
-        int s;            // channel step
-    };
-    auto at = [&](int64_t u) {
-        int64_t const w = blockIdx.x + u / steps * gridDim.x;
-        return At{w % a.tiles * kTokens, w / a.tiles * a.L, static_cast<int>(u % steps)};
-    };
+        int w;        // tile: batch row w / tiles, tokens t0 .. t0 + kTokens - 1 (work < 2^30: launch)
+        int t0;       // first token in its batch row
+        int s, slot;  // channel step; shared-memory stage
+        int64_t tok0; // first token as an index into (batch x L) tokens
 
-    auto issue = [&](int64_t u) {
-        if (u < total)
+        __device__ void tile(Args const& a)
         {
-            At const w = at(u);
-            Stage<NT>& st = sm.stage[u % kStages];
-            int64_t const c0 = int64_t(w.s) * kChannels;
-            __half const* const x = a.x + w.row0 * a.E;
-            for (int i = tid; i < kRowsX * kPacks; i += kThreads)
+            int const row = w / static_cast<int>(a.tiles);
+            t0 = (w - row * static_cast<int>(a.tiles)) * kTokens;
+            tok0 = int64_t(row) * a.L + t0;
+        }
+        __device__ void next(Args const& a, int steps)
+        {
+            slot = slot == kStages - 1 ? 0 : slot + 1;
+            if (++s == steps)
             {
-                int const r = i / kPacks, p = i % kPacks;
-                int64_t const t = w.t0 - kHalo + r;
-                bool const ok = t >= 0 && t < a.L;
-                cpAsync16(&st.x[r][8 * p], ok ? x + t * a.E + c0 + 8 * p : a.x, ok);
+                s = 0;
+                w += gridDim.x;
+                tile(a);
             }
-            for (int i = tid; i < 2 * 8 * NT * kPacks; i += kThreads)
+        }
+    };
+    Cursor at{static_cast<int>(blockIdx.x), 0, 0, 0, 0};
+    at.tile(a);
+    Cursor ahead = at;
+
+    // Copies: thread tid moves 16-byte pack tid % 8 of rows tid / 8 + 32 j (x) and of weight
+    // rows (tid / 8 + 32 j) % (8 NT) of direction (tid / 8 + 32 j) / (8 NT).
+    static_assert(kThreads % kPacks == 0 && (2 * 8 * NT * kPacks) % kThreads == 0, "whole copy rounds");
+    int const cp = tid % kPacks, cr = tid / kPacks;
+    constexpr int kRowStride = kThreads / kPacks;
+    auto issue = [&](Cursor const& c) {
+        if (c.w < a.work)
+        {
+            Stage<NT>& st = sm.stage[c.slot];
+            int const c0 = c.s * kChannels + 8 * cp;
+            int const t = c.t0 - kHalo + cr; // token of x row cr in its batch row
+            __half const* const x = a.x + (c.tok0 - kHalo + cr) * a.E + c0;
+#pragma unroll
+            for (int j = 0; j * kRowStride < kRowsX; ++j)
             {
-                int const d = i / (8 * NT * kPacks), n = i / kPacks % (8 * NT), p = i % kPacks;
+                int const r = cr + j * kRowStride;
+                bool const ok = t + j * kRowStride >= 0 && t + j * kRowStride < a.L;
+                if (r < kRowsX)
+                    cpAsync16(&st.x[r][8 * cp], ok ? x + int64_t(j * kRowStride) * a.E : a.x, ok);
+            }
+#pragma unroll
+            for (int j = 0; j < 2 * 8 * NT / kRowStride; ++j)
+            {
+                int const q = cr + j * kRowStride, d = q / (8 * NT), n = q % (8 * NT);
                 bool const ok = n < a.rows;
-                cpAsync16(&st.w[d][n][8 * p], ok ? (d ? a.wb : a.wf) + n * a.E + c0 + 8 * p : a.wf, ok);
+                cpAsync16(&st.w[d][n][8 * cp], ok ? (d ? a.wb : a.wf) + n * a.E + c0 : a.wf, ok);
             }
+            int const e0 = c.s * kChannels;
             if (tid < 2 * kChannels) // one channel's 4 taps per copy
             {
-                int const d = tid / kChannels, c = tid % kChannels;
-                cpAsync16(&st.taps[d][c % 8][c / 8], (d ? a.tb : a.tf) + (c0 + c) * kK, true);
+                int const d = tid / kChannels, ch = tid % kChannels;
+                cpAsync16(&st.taps[d][ch % 8][ch / 8], (d ? a.tb : a.tf) + (e0 + ch) * kK, true);
             }
             else if (tid < 2 * kChannels + 2 * kChannels / 4) // 4 biases per copy
             {
                 int const j = tid - 2 * kChannels, d = j / (kChannels / 4), u4 = j % (kChannels / 4);
                 float const* const b = d ? a.bb : a.bf;
-                cpAsync16(&st.bias[d][4 * u4], b ? b + c0 + 4 * u4 : a.tf, b != nullptr);
+                cpAsync16(&st.bias[d][4 * u4], b ? b + e0 + 4 * u4 : a.tf, b != nullptr);
             }
         }
         cpAsyncCommit(); // an empty group past the end keeps the wait count uniform
     };
 #pragma unroll
     for (int u = 0; u < kStages - 1; ++u)
-        issue(u);
+    {
+        issue(ahead);
+        ahead.next(a, steps);
+    }
 
     int const p = tid % kPacks; // conv: channels 8p .. 8p + 7 of the step
     int const r = tid / kPacks; //       tokens 2r, 2r + 1 of the tile
@@ -166,14 +200,16 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) convSiluXProj(Args con
     float acc[NT][4];
 
 #pragma unroll 1
-    for (int64_t u = 0; u < total; ++u)
+    for (; at.w < a.work; at.next(a, steps))
     {
-        cpAsyncWait<kStages - 2>(); // this thread's copies of step u have landed
-        __syncthreads();            // everyone's have, and step u - 1 is done with its stage and xc
-        issue(u + kStages - 1);
-        Stage<NT> const& st = sm.stage[u % kStages];
-        At const w = at(u);
-        int64_t const t0 = w.t0, row0 = w.row0, c0 = int64_t(w.s) * kChannels;
+        cpAsyncWait<kStages - 2>(); // this thread's copies of this step have landed
+        __syncthreads();            // everyone's have, and the last step is done with its stage and xc
+        issue(ahead);
+        ahead.next(a, steps);
+        Stage<NT> const& st = sm.stage[at.slot];
+        Cursor const& w = at;
+        int const t0 = w.t0, c0 = w.s * kChannels;
+        int64_t const tok0 = w.tok0;
         if (w.s == 0)
 #pragma unroll
             for (int j = 0; j < NT; ++j)
@@ -220,12 +256,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) convSiluXProj(Args con
         for (int m = 0; m < 2; ++m)
         {
             int const tt = 2 * r + m;
-            int64_t const t = t0 + tt;
             uint4 const vf = *reinterpret_cast<uint4 const*>(out[0][m]);
             uint4 const vb = *reinterpret_cast<uint4 const*>(out[1][m]);
-            if (t < a.L)
+            if (t0 + tt < a.L)
             {
-                int64_t const o = (row0 + t) * a.E + c0 + 8 * p;
+                int64_t const o = (tok0 + tt) * a.E + c0 + 8 * p;
                 *reinterpret_cast<uint4*>(a.yf + o) = vf;
                 *reinterpret_cast<uint4*>(a.yb + o) = vb;
             }
@@ -254,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) convSiluXProj(Args con
         if (w.s == steps - 1) // the tile's products are complete: rows of `rows` outputs
         {
             int const g = lane / 4, q = lane % 4;
-            __half* const out = (dir ? a.ob : a.of) + row0 * a.rows;
+            __half* const out = (dir ? a.ob : a.of) + (tok0 + m0 + g) * a.rows;
 #pragma unroll
             for (int j = 0; j < NT; ++j)
             {
@@ -264,9 +299,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) convSiluXProj(Args con
 #pragma unroll
                 for (int h = 0; h < 2; ++h)
                 {
-                    int64_t const t = t0 + m0 + g + 8 * h;
-                    if (t < a.L)
-                        *reinterpret_cast<__half2*>(out + t * a.rows + n)
+                    if (t0 + m0 + g + 8 * h < a.L)
+                        *reinterpret_cast<__half2*>(out + 8 * h * a.rows + n)
                             = __floats2half2_rn(acc[j][2 * h], acc[j][2 * h + 1]);
                 }
             }
@@ -303,11 +337,11 @@ int launch(Args a, cudaStream_t stream)
     }
     a.tiles = (a.L + kTokens - 1) / kTokens;
     a.work = a.tiles * a.batch;
+    if (a.work > (int64_t(1) << 30)) // the kernel counts tiles in 32 bits (2^36 tokens: never in memory)
+        return VIMDEPLOY_ERROR_UNSUPPORTED;
     int64_t blocks = a.work;
     if (device < 64 && sms[device] > 0 && blocks > sms[device])
         blocks = sms[device]; // one resident wave; each block walks its tiles as one pipeline
-    if (blocks > INT32_MAX)
-        return VIMDEPLOY_ERROR_UNSUPPORTED;
     convSiluXProj<NT><<<static_cast<unsigned>(blocks), kThreads, kBytes, stream>>>(a);
     err = cudaGetLastError();
     return err == cudaSuccess ? VIMDEPLOY_SUCCESS : int(err);
