@@ -4,7 +4,8 @@
 # docs/kernel.md (fourth and fifth passes): the delta kernel vs the dt_proj GEMM, the scan with and
 # without delta given, the conv + x_proj kernel vs conv + GEMMs, Vim-Ti end to end with the x_proj
 # kernel on / off and the delta kernel on / off / on + Inductor freezing beside SDPA DeiT-Ti (one
-# process each), and the full table with profiles. ~15 minutes on an H100.
+# process each), and the full table with profiles. ~15 minutes on an H100 by the sum of its steps,
+# which ran there in separate calls (never yet as one script).
 # Usage: benchmarks/issue12_gpu.sh OUTDIR
 # Needs nvcc + cmake, torch with CUDA, timm (DeiT), CuPy (optional: measured ex2 rate); the golden
 # fixture through $VIMDEPLOY_GOLDEN or ../shared/golden (else the golden tests skip).
