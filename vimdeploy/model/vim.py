@@ -125,17 +125,21 @@ def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_ca
     return out
 
 
+def _pad8(rows: int) -> int:
+    return rows + -rows % 8
+
+
 def _x_proj_weight_aligned(x_proj_w: torch.Tensor, rank: int, n: int) -> torch.Tensor:
     """x_proj's weight (rank + 2n, E) with dt's and (B, C)'s rows each zero-padded to a multiple
-    of 8: the layout `_split_x_proj` reads (Vim-Ti: 12 + 32 -> 16 + 32 rows)."""
+    of 8, _pad8(rank) + _pad8(2n) rows: the layout `_split_x_proj` reads (Vim-Ti: 12 + 32 -> 16 + 32)."""
     dt_w, bc_w = x_proj_w.split([rank, 2 * n])
-    return torch.cat([F.pad(dt_w, (0, 0, 0, -rank % 8)), F.pad(bc_w, (0, 0, 0, -2 * n % 8))])
+    return torch.cat([F.pad(dt_w, (0, 0, 0, _pad8(rank) - rank)), F.pad(bc_w, (0, 0, 0, _pad8(2 * n) - 2 * n))])
 
 
 def _split_x_proj(out: torch.Tensor, rank: int, n: int):
     """(dt, B, C) views of x_proj's output through `_x_proj_weight_aligned`; dt keeps its zero
     columns up to the next multiple of 8 (dt_proj reads it with zero weight columns)."""
-    r = rank + (-rank % 8)
+    r = _pad8(rank)
     return out[..., :r], out[..., r : r + n], out[..., r + n : r + 2 * n]
 
 
@@ -193,7 +197,7 @@ class Mamba(nn.Module):
             x, z = (F.linear(hidden_states, w) for w in self.in_proj.weight.chunk(2, dim=0))
             convs = (self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias)
             if FUSED_CONV_ON_GPU and x.dtype in (torch.float16, torch.float32) and conv_ops.fused_conv_available():
-                rows = self.dt_rank + (-self.dt_rank % 8) + 2 * self.d_state + (-2 * self.d_state % 8)
+                rows = _pad8(self.dt_rank) + _pad8(2 * self.d_state)  # of _x_proj_weight_aligned
                 if (XPROJ_IN_CONV_ON_GPU and conv_ops.xproj_kernel_applies(x, convs[0].shape[-1], rows)
                         and conv_ops.fused_xproj_available()):
                     y_fwd, y_bwd, out_fwd, out_bwd = conv_ops.conv_silu_xproj_bidir(x, *convs, *(

@@ -119,15 +119,22 @@ def launch(x: torch.Tensor, weight_fwd: torch.Tensor, bias_fwd: torch.Tensor | N
     weights contiguous fp32 (E, k), biases contiguous fp32 (E,) or None. `variant`: a key of
     VARIANTS (tests and benchmarks force each kernel)."""
     fn = _entry()
-    b, L, E = x.shape
-    k = weight_fwd.shape[-1]
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    p = ConvSiluParams(ptr(x), ptr(weight_fwd), ptr(bias_fwd), ptr(weight_bwd), ptr(bias_bwd), ptr(y_fwd),
-                       ptr(y_bwd), b, L, E, k, DTYPES[str(x.dtype).removeprefix("torch.")])
+    p = _params(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, y_fwd, y_bwd)
     with torch.cuda.device(x.device):
         stream = torch.cuda.current_stream(x.device).cuda_stream
         rc = fn(ctypes.byref(p), stream, VARIANTS[variant])
     native.check_call("vimdeploy_conv_silu_bidir", rc)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _params(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, y_fwd, y_bwd) -> ConvSiluParams:
+    """`VimdeployConvSiluParams` of tensors as `launch` takes them."""
+    b, L, E = x.shape
+    return ConvSiluParams(_ptr(x), _ptr(weight_fwd), _ptr(bias_fwd), _ptr(weight_bwd), _ptr(bias_bwd), _ptr(y_fwd),
+                          _ptr(y_bwd), b, L, E, weight_fwd.shape[-1], DTYPES[str(x.dtype).removeprefix("torch.")])
 
 
 def conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
@@ -162,18 +169,23 @@ def _check(x, weight_fwd, weight_bwd):
                           f"{tuple(weight_bwd.shape)}")
 
 
-def _cuda(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
-    _check(x, weight_fwd, weight_bwd)
-    if x.dtype not in _KERNEL_DTYPES:
-        return conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
+def _kernel_operands(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
+    """x contiguous, the taps (E, k) and biases (E,) as contiguous fp32: what the kernels read."""
     E = x.shape[-1]
-    x = x.contiguous()
     wf, wb = _as_taps(weight_fwd, E), _as_taps(weight_bwd, E)
     bf = None if bias_fwd is None else bias_fwd.to(torch.float32).contiguous()
     bb = None if bias_bwd is None else bias_bwd.to(torch.float32).contiguous()
     for name, bias in (("bias_fwd", bf), ("bias_bwd", bb)):
         if bias is not None and tuple(bias.shape) != (E,):
             raise PluginError(f"conv_silu_bidir: {name}: expected ({E},), got {tuple(bias.shape)}")
+    return x.contiguous(), wf, bf, wb, bb
+
+
+def _cuda(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
+    _check(x, weight_fwd, weight_bwd)
+    if x.dtype not in _KERNEL_DTYPES:
+        return conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
+    x, wf, bf, wb, bb = _kernel_operands(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
     y_fwd, y_bwd = torch.empty_like(x), torch.empty_like(x)
     launch(x, wf, bf, wb, bb, y_fwd, y_bwd)
     return y_fwd, y_bwd
@@ -213,18 +225,12 @@ def _xproj_cuda(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_
     if not (xproj_kernel_applies(x, weight_fwd.shape[-1], rows) and fused_xproj_available()):
         y_fwd, y_bwd = conv_silu_bidir(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
         return y_fwd, y_bwd, F.linear(y_fwd, xproj_fwd.to(x.dtype)), F.linear(y_bwd, xproj_bwd.to(x.dtype))
-    b, L, E = x.shape
-    x = x.contiguous()
-    wf, wb = _as_taps(weight_fwd, E), _as_taps(weight_bwd, E)
-    bf = None if bias_fwd is None else bias_fwd.to(torch.float32).contiguous()
-    bb = None if bias_bwd is None else bias_bwd.to(torch.float32).contiguous()
+    x, wf, bf, wb, bb = _kernel_operands(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd)
     pf, pb = (w.to(torch.float16).contiguous() for w in (xproj_fwd, xproj_bwd))
     y_fwd, y_bwd = torch.empty_like(x), torch.empty_like(x)
-    out_fwd, out_bwd = (x.new_empty(b, L, rows) for _ in range(2))
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    p = ConvSiluParams(ptr(x), ptr(wf), ptr(bf), ptr(wb), ptr(bb), ptr(y_fwd), ptr(y_bwd), b, L, E,
-                       wf.shape[-1], DTYPES["float16"])
-    xp = XProjParams(ptr(pf), ptr(pb), ptr(out_fwd), ptr(out_bwd), rows)
+    out_fwd, out_bwd = (x.new_empty(*x.shape[:-1], rows) for _ in range(2))
+    p = _params(x, wf, bf, wb, bb, y_fwd, y_bwd)
+    xp = XProjParams(_ptr(pf), _ptr(pb), _ptr(out_fwd), _ptr(out_bwd), rows)
     with torch.cuda.device(x.device):
         rc = _xproj_entry()(ctypes.byref(p), ctypes.byref(xp), torch.cuda.current_stream(x.device).cuda_stream)
     native.check_call("vimdeploy_conv_silu_xproj_bidir", rc)
