@@ -1,7 +1,7 @@
 """Time the BiSelectiveScan CUDA kernel against the physical limit, the PyTorch fast scan
 and the official mamba_ssm pattern (when its `selective_scan_cuda` extension imports).
 
-    python benchmarks/bench_scan.py [--json out.json] [--variants] [--quick]
+    python benchmarks/bench_scan.py [--json out.json] [--variants [LIST]] [--shapes LxB,...] [--models Ti,S,B] [--quick]
 
 Physical limit = max(memory roof, exp roof):
   memory roof = (6*b*L*E + 4*b*L*N) * element size / device-to-device copy bandwidth
@@ -37,6 +37,7 @@ from vimdeploy.ops.reference import bi_selective_scan_fast  # noqa: E402
 N = 16
 MODELS = {"Ti": 384, "S": 768, "B": 1536}
 SHAPES = [(197, 1), (197, 128), (6085, 1), (6085, 32)]
+VARIANTS = range(1, 7)  # the kernel variants of plugins/src/bi_selective_scan.cu's dispatch
 
 
 def smi(field):
@@ -116,7 +117,11 @@ def load_official():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--variants", action="store_true", help="also time kernel variants 1..6 and forced L splits")
+    ap.add_argument("--variants", nargs="?", const="all", default=None, metavar="LIST",
+                    help="also time kernel variants (all, or a comma-separated subset of "
+                         + ",".join(map(str, VARIANTS)) + ") and forced L splits")
+    ap.add_argument("--shapes", default=None, metavar="LxB,...",
+                    help="comma-separated subset of the shapes " + ",".join(f"{L}x{b}" for L, b in SHAPES))
     ap.add_argument("--quick", action="store_true", help="Vim-Ti only")
     ap.add_argument("--models", default=None, help="comma-separated subset of Ti,S,B (default: all; --quick: Ti)")
     ap.add_argument("--no-fast", action="store_true", help="skip the PyTorch fast scan")
@@ -126,6 +131,12 @@ def main():
                          "fp16 model does with ops/delta.py): column cuda_delta_given (with --variants also "
                          "cuda_v<N>_delta_given)")
     args = ap.parse_args()
+    variants = list(VARIANTS) if args.variants in (None, "all") else [int(v) for v in args.variants.split(",")]
+    if any(v not in VARIANTS for v in variants):
+        ap.error(f"--variants: choose from {','.join(map(str, VARIANTS))}")
+    shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if any(s not in SHAPES for s in shapes):
+        ap.error(f"--shapes: choose from {','.join(f'{L}x{b}' for L, b in SHAPES)}")
 
     from tests.test_plugin_cuda import make_inputs
     from vimdeploy.ops import cuda as plugin
@@ -158,7 +169,7 @@ def main():
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     for dtype in (torch.float16, torch.float32):
         for mname, E in models.items():
-            for L, b in SHAPES:
+            for L, b in shapes:
                 es = torch.finfo(dtype).bits // 8
                 nbytes = (6 * b * L * E + 4 * b * L * N) * es
                 sets = max(1, min(8, math.ceil(4 * l2 / nbytes)))
@@ -181,13 +192,13 @@ def main():
                     row["cuda_delta_given"] = summary(time_graph(
                         [lambda i=i: plugin.launch(outs[i], given[i], delta_softplus=False) for i in range(sets)]))
                     if args.variants:  # the variant choice was tuned with the softplus in the op
-                        for v in (1, 2, 3, 4, 5, 6):
+                        for v in variants:
                             row[f"cuda_v{v}_delta_given"] = summary(time_graph(
                                 [lambda i=i, v=v: plugin.launch(outs[i], given[i], delta_softplus=False, variant=v)
                                  for i in range(sets)], reps=10))
                     del given
                 if args.variants:
-                    for v in (1, 2, 3, 4, 5, 6):
+                    for v in variants:
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
                     for ch in ((1, 2, 4, 8, 16, 32, 64) if b == 1 else (1, 2)):
                         if ch <= L // 32:

@@ -37,6 +37,7 @@ from vimdeploy.ops.reference import bi_selective_scan_reference
 
 REPO = Path(__file__).resolve().parents[1]
 N = 16
+VARIANTS = range(1, 7)  # the kernel variants of plugins/src/bi_selective_scan.cu's dispatch
 
 cuda = pytest.mark.cuda
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
@@ -228,7 +229,7 @@ def test_no_softplus(kernel_lib, dtype):
     args = args._replace(**{name: getattr(args, name).to(dtype) for name in ACTIVATIONS})
     out = bi_selective_scan_cuda(args, delta_softplus=False, out_scale=1.0)
     check(out, args, False, 1.0, what="no softplus")
-    for variant in (1, 2, 3, 4, 5, 6):
+    for variant in VARIANTS:
         for chunks in (1, 3):
             out = torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda")
             launch(out, args, delta_softplus=False, out_scale=1.0, num_chunks=chunks, variant=variant)
@@ -245,7 +246,7 @@ def test_variants_and_chunking_write_everything(kernel_lib, dtype):
 
     b, L, E = 2, 1001, 200
     args = make_inputs(b, L, E, dtype, seed=3)
-    for variant in (1, 2, 3, 4, 5, 6):
+    for variant in VARIANTS:
         for chunks in (1, 3, 16):
             out = torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda")
             launch(out, args, delta_softplus=True, out_scale=0.5, num_chunks=chunks, variant=variant)
@@ -272,7 +273,7 @@ def test_unaligned_B_and_C_take_the_scalar_staging(kernel_lib, dtype):
         assert view.is_contiguous() and view.data_ptr() % 16 != 0
         shifted[name] = view
     unaligned = args._replace(**shifted)
-    for variant in (1, 2, 3, 4, 5, 6):
+    for variant in VARIANTS:
         want = launch(torch.empty(b, L, E, dtype=dtype, device="cuda"), args, variant=variant)
         got = launch(torch.full((b, L, E), float("nan"), dtype=dtype, device="cuda"), unaligned, variant=variant)
         assert torch.equal(got, want), f"variant {variant}"
@@ -306,7 +307,7 @@ def test_B_C_slices_of_x_proj_output_are_read_in_place(kernel_lib, dtype, width,
     want = bi_selective_scan_cuda(args)
     got = bi_selective_scan_cuda(strided)
     assert torch.equal(got, want)
-    for variant in (1, 2, 3, 4, 5, 6):
+    for variant in VARIANTS:
         ref = launch(torch.empty(b, L, E, dtype=dtype, device="cuda"), args, variant=variant)
         prepared, _ = prepare(strided, "cuda", strided_bc=True)
         assert prepared.B_fwd.data_ptr() == strided.B_fwd.data_ptr()  # not copied
