@@ -4,7 +4,7 @@
 # docs/kernel.md (fourth and fifth passes): the delta kernel vs the dt_proj GEMM, the scan with and
 # without delta given, the conv + x_proj kernel vs conv + GEMMs, Vim-Ti end to end with the x_proj
 # kernel on / off and the delta kernel on / off / on + Inductor freezing beside SDPA DeiT-Ti (one
-# process each), and the full table with profiles. ~15 minutes on an H100 by the sum of its steps,
+# process each), and the full table with profiles. ~20 minutes on an H100 by the sum of its steps,
 # which ran there in separate calls (never yet as one script).
 # Usage: benchmarks/issue12_gpu.sh OUTDIR
 # Needs nvcc + cmake, torch with CUDA, timm (DeiT), CuPy (optional: measured ex2 rate); the golden
@@ -21,6 +21,13 @@ export VIMDEPLOY_PLUGIN_BUILD_DIR=$build PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -m pytest -q tests/test_delta_cuda.py tests/test_plugin_cuda.py tests/test_conv_cuda.py tests/test_golden.py \
     tests/test_model.py -k "not builds_with_nvcc" 2>&1 | tail -3 | tee "$out/tests.txt"
+# goal 3: the TensorRT plugin's conformance harness on this GPU, plain and under compute-sanitizer
+# (TensorRT headers through $TENSORRT_INCLUDE_DIR, ':'-separated; ~4.5 minutes on an H100)
+if [ -n "${TENSORRT_INCLUDE_DIR:-}" ]; then
+    python3 -m pytest -q tests/test_plugin_conformance.py 2>&1 | tail -1 | tee "$out/conformance.txt"
+    VIMDEPLOY_SANITIZER=1 python3 -m pytest -q tests/test_plugin_conformance.py -k enqueue 2>&1 | tail -1 \
+        | tee "$out/conformance_sanitizer.txt"
+fi
 for tool in memcheck racecheck synccheck; do
     compute-sanitizer --tool "$tool" --kernel-name kns=convSiluXProj --error-exitcode 9 \
         python3 -m pytest -q tests/test_conv_cuda.py -k "xproj_kernel_many_tiles or (xproj_kernel and 197)" \
