@@ -74,11 +74,7 @@ def _entry():
 def fused_conv_available() -> bool:
     """The CUDA library with the conv kernel loads (checked once; a constant under torch.compile,
     so the model's choice of path costs no graph break)."""
-    try:
-        _entry()
-    except PluginError:
-        return False
-    return True
+    return native.loads(_entry)
 
 
 def _xproj_entry():
@@ -90,11 +86,7 @@ def _xproj_entry():
 @torch.compiler.assume_constant_result
 def fused_xproj_available() -> bool:
     """The CUDA library with the conv + x_proj kernel loads (as `fused_conv_available`)."""
-    try:
-        _xproj_entry()
-    except PluginError:
-        return False
-    return True
+    return native.loads(_xproj_entry)
 
 
 def xproj_kernel_applies(x: torch.Tensor, k: int, rows: int) -> bool:

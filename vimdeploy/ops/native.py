@@ -247,18 +247,19 @@ def load_cpu_library() -> ctypes.CDLL:
         return _load("cpu", path, declare)
 
 
-def cpu_available() -> bool:
+def loads(get) -> bool:
+    """Whether `get()` (a library loader or an entry-point getter) succeeds: False on PluginError."""
     try:
-        load_cpu_library()
+        get()
     except PluginError:
         return False
     return True
+
+
+def cpu_available() -> bool:
+    return loads(load_cpu_library)
 
 
 def cuda_available() -> bool:
     """The CUDA kernel library loads (loaded once; no file-system look-up after that)."""
-    try:
-        load_library()
-    except PluginError:
-        return False
-    return True
+    return loads(load_library)
