@@ -1,46 +1,108 @@
 #!/usr/bin/env bash
-# Issue 12 on one GPU machine, in one go: build the kernel library for this GPU, run the GPU tests
-# and compute-sanitizer on the conv + x_proj kernel, then the benchmarks behind docs/bench.md and
-# docs/kernel.md (fourth and fifth passes): the delta kernel vs the dt_proj GEMM, the scan with and
-# without delta given, the conv + x_proj kernel vs conv + GEMMs, Vim-Ti end to end with the x_proj
-# kernel on / off and the delta kernel on / off / on + Inductor freezing beside SDPA DeiT-Ti (one
-# process each), and the full table with profiles. ~20 minutes on an H100 by the sum of its steps,
-# which ran there in separate calls (never yet as one script).
-# Usage: benchmarks/issue12_gpu.sh OUTDIR
-# Needs nvcc + cmake, torch with CUDA, timm (DeiT), CuPy (optional: measured ex2 rate); the golden
+# Issue 12 on one GPU machine: build the kernel library for this GPU, check it, and rerun the
+# benchmarks behind docs/kernel.md and docs/bench.md. In stages, so that each one fits a
+# 10-minute call on a lent machine (times: H100, sixth/seventh pass); no stage named = all of them,
+# in this order:
+#   check  the GPU tests (scan, delta, conv kernels, golden, model), compute-sanitizer memcheck,
+#          racecheck and synccheck over the conv + x_proj kernel's tests; with OFFICIAL_SDIST set,
+#          mamba_ssm's selective scan is built for the scan stage meanwhile          (~5-8 min)
+#   plugin the TensorRT plugin's conformance harness on this GPU, plain and under compute-sanitizer
+#          memcheck; needs TensorRT headers in $TENSORRT_INCLUDE_DIR (':'-separated), else skipped
+#                                                                                      (~3-4 min)
+#   scan   bench_scan.py, all models and shapes, softplus in the op and delta given, beside the
+#          official two-selective_scan_fn pattern when it imports (goal 1)             (~3-4 min)
+#   e2e    bench_layout.py's full table: Vim-Ti vs DeiT-Ti (eager, SDPA, compiled SDPA), with
+#          profiles (goal 2)                                                           (~5 min)
+#   ab     the fifth pass's A/Bs: the delta kernel vs the dt_proj GEMM, conv + x_proj vs conv +
+#          GEMMs, the variant sweep with delta given, Vim-Ti with each kernel on / off (~12 min)
+# Usage: benchmarks/issue12_gpu.sh OUTDIR [STAGE...]
+#   OUTDIR gets each step's output (NAME.log), the benchmarks' raw numbers (*.json), gpu.txt and
+#   steps.txt (each step's seconds and exit status). The exit status is 0 only if every step passed.
+# Needs nvcc + cmake, torch with CUDA, timm (DeiT), CuPy (optional: the measured ex2 rate), the golden
 # fixture through $VIMDEPLOY_GOLDEN or ../shared/golden (else the golden tests skip).
-set -euo pipefail
+# OFFICIAL_SDIST=mamba_ssm-2.2.5.tar.gz (see benchmarks/build_official_scan.py) builds the official
+# scan into $VIMDEPLOY_PLUGIN_BUILD_DIR/official; the scan stage uses it when it is there.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: benchmarks/issue12_gpu.sh OUTDIR}
+out=${1:?usage: benchmarks/issue12_gpu.sh OUTDIR [check|plugin|scan|e2e|ab ...]}
+shift
+stages=${*:-check plugin scan e2e ab}
+for s in $stages; do
+    case $s in check | plugin | scan | e2e | ab) ;; *) echo "unknown stage '$s' (check, plugin, scan, e2e, ab)" >&2; exit 2 ;; esac
+done
 mkdir -p "$out"
-arch=$(python3 -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')
-build=${VIMDEPLOY_PLUGIN_BUILD_DIR:-$PWD/plugins/build-sm$arch}
-cmake -S plugins -B "$build" -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" -j "$(nproc)" --target vimdeploy_kernels >/dev/null
+failed=0
+
+# step NAME CMD...: run CMD with its output in OUTDIR/NAME.log, show the end, log seconds and exit status
+step() {
+    local name=$1 t0=$SECONDS rc
+    shift
+    echo "== $name: $*"
+    "$@" > "$out/$name.log" 2>&1
+    rc=$?
+    tail -n 3 "$out/$name.log"
+    echo "$name $((SECONDS - t0)) s rc $rc" | tee -a "$out/steps.txt"
+    [ "$rc" -eq 0 ] || failed=1
+}
+
+arch=$(python3 -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())') || exit 1
+build=${VIMDEPLOY_PLUGIN_BUILD_DIR:-$PWD/plugins/build}
+official=$build/official
+t0=$SECONDS
+cmake -S plugins -B "$build" -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCMAKE_BUILD_TYPE=Release > /dev/null \
+    && cmake --build "$build" -j "$(nproc)" --target vimdeploy_kernels > /dev/null || exit 1
+echo "build $((SECONDS - t0)) s" | tee -a "$out/steps.txt"
 export VIMDEPLOY_PLUGIN_BUILD_DIR=$build PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -m pytest -q tests/test_delta_cuda.py tests/test_plugin_cuda.py tests/test_conv_cuda.py tests/test_golden.py \
-    tests/test_model.py -k "not builds_with_nvcc" 2>&1 | tail -3 | tee "$out/tests.txt"
-# goal 3: the TensorRT plugin's conformance harness on this GPU, plain and under compute-sanitizer
-# (TensorRT headers through $TENSORRT_INCLUDE_DIR, ':'-separated; ~4.5 minutes on an H100)
-if [ -n "${TENSORRT_INCLUDE_DIR:-}" ]; then
-    python3 -m pytest -q tests/test_plugin_conformance.py 2>&1 | tail -1 | tee "$out/conformance.txt"
-    VIMDEPLOY_SANITIZER=1 python3 -m pytest -q tests/test_plugin_conformance.py -k enqueue 2>&1 | tail -1 \
-        | tee "$out/conformance_sanitizer.txt"
-fi
-for tool in memcheck racecheck synccheck; do
-    compute-sanitizer --tool "$tool" --kernel-name kns=convSiluXProj --error-exitcode 9 \
-        python3 -m pytest -q tests/test_conv_cuda.py -k "xproj_kernel_many_tiles or (xproj_kernel and 197)" \
-        2>&1 | tail -2 | tee "$out/sanitizer_$tool.txt"
+
+for s in $stages; do
+    case $s in
+    check)
+        official_pid=
+        if [ -n "${OFFICIAL_SDIST:-}" ] && [ ! -d "$official" ]; then
+            MAX_JOBS=${MAX_JOBS:-8} python3 benchmarks/build_official_scan.py "$OFFICIAL_SDIST" "$official.tmp" \
+                > "$out/official_build.log" 2>&1 && mv "$official.tmp" "$official" &
+            official_pid=$!
+        fi
+        step tests python3 -m pytest -q tests/test_delta_cuda.py tests/test_plugin_cuda.py tests/test_conv_cuda.py \
+            tests/test_golden.py tests/test_model.py -k "not builds_with_nvcc"
+        for tool in memcheck racecheck synccheck; do
+            step "sanitizer_$tool" compute-sanitizer --tool "$tool" --kernel-name kns=convSiluXProj --error-exitcode 9 \
+                python3 -m pytest -q tests/test_conv_cuda.py -k "xproj_kernel_many_tiles or (xproj_kernel and 197)"
+        done
+        if [ -n "$official_pid" ]; then
+            wait "$official_pid"
+            echo "official_build rc $? $(tail -n 1 "$out/official_build.log")" | tee -a "$out/steps.txt"
+        fi
+        ;;
+    plugin)
+        if [ -z "${TENSORRT_INCLUDE_DIR:-}" ]; then
+            echo "plugin: TENSORRT_INCLUDE_DIR is not set, skipped" | tee -a "$out/steps.txt"
+            continue
+        fi
+        step conformance python3 -m pytest -q tests/test_plugin_conformance.py
+        VIMDEPLOY_SANITIZER=1 step conformance_sanitizer python3 -m pytest -q tests/test_plugin_conformance.py -k enqueue
+        ;;
+    scan)
+        scan_path=$PYTHONPATH
+        [ -d "$official" ] && scan_path=$official:$PYTHONPATH
+        PYTHONPATH=$scan_path step bench_scan python3 benchmarks/bench_scan.py --no-fast --delta-given \
+            --json "$out/bench_scan.json"
+        ;;
+    e2e)
+        step bench_e2e python3 benchmarks/bench_layout.py --compile --only-compile --profile --json "$out/bench_e2e.json"
+        ;;
+    ab)
+        step bench_delta python3 benchmarks/bench_delta.py --json "$out/bench_delta.json"
+        step bench_conv python3 benchmarks/bench_conv.py --json "$out/bench_conv.json"
+        # the variant choice (autoVariant) was tuned with the softplus in the op: re-check it without
+        step bench_scan_variants python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --variants \
+            --models Ti,S --shapes 197x128,6085x32 --json "$out/bench_scan_variants_delta_given.json"
+        step bench_e2e_xproj python3 benchmarks/bench_layout.py --compile --only-compile --xproj both \
+            --configs 1248x32,1248x128,224x128 --deit sdpa --json "$out/bench_e2e_xproj_ab.json"
+        step bench_e2e_delta python3 benchmarks/bench_layout.py --compile --only-compile --delta both --freeze \
+            --profile --configs 1248x32,224x128 --deit sdpa --json "$out/bench_e2e_delta_ab.json"
+        ;;
+    esac
 done
-python3 benchmarks/bench_delta.py --json "$out/bench_delta.json"
-python3 benchmarks/bench_conv.py --json "$out/bench_conv.json"
-python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --json "$out/bench_scan_delta_given.json"
-# the variant choice (autoVariant) was tuned with the softplus in the op: re-check it without
-python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --variants --models Ti,S \
-    --json "$out/bench_scan_variants_delta_given.json"
-python3 benchmarks/bench_layout.py --compile --only-compile --xproj both --configs 1248x32,1248x128,224x128 \
-    --deit sdpa --json "$out/bench_e2e_xproj_ab.json"
-python3 benchmarks/bench_layout.py --compile --only-compile --delta both --freeze --profile --configs 1248x32,224x128 \
-    --deit sdpa --json "$out/bench_e2e_delta_ab.json"
-python3 benchmarks/bench_layout.py --compile --only-compile --profile --json "$out/bench_e2e.json"
+exit $failed
