@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Issue 12 on one GPU machine: build the kernel library for this GPU, check it, and rerun the
 # benchmarks behind docs/kernel.md and docs/bench.md. In stages, so that each one fits a
-# 10-minute call on a lent machine (times: H100, sixth/seventh pass); no stage named = all of them,
+# 10-minute call on a lent machine (times: measured on an H100 in the seventh pass, plus ~1 min to
+# build the kernels on the first stage of a fresh machine); no stage named = all of them,
 # in this order:
 #   check  the GPU tests (scan, delta, conv kernels, golden, model), compute-sanitizer memcheck,
 #          racecheck and synccheck over the conv + x_proj kernel's tests; with OFFICIAL_SDIST set,
-#          mamba_ssm's selective scan is built for the scan stage meanwhile          (~5-8 min)
+#          mamba_ssm's selective scan is built for the scan stage meanwhile            (~3 min)
 #   plugin the TensorRT plugin's conformance harness on this GPU, plain and under compute-sanitizer
 #          memcheck; needs TensorRT headers in $TENSORRT_INCLUDE_DIR (':'-separated), else skipped
-#                                                                                      (~3-4 min)
+#                                                                                        (~5 min)
 #   scan   bench_scan.py, all models and shapes, softplus in the op and delta given, beside the
-#          official two-selective_scan_fn pattern when it imports (goal 1)             (~3-4 min)
+#          official two-selective_scan_fn pattern when it imports (goal 1)             (< 1 min)
 #   e2e    bench_layout.py's full table: Vim-Ti vs DeiT-Ti (eager, SDPA, compiled SDPA), with
-#          profiles (goal 2)                                                           (~5 min)
+#          profiles (goal 2)                                                           (~3 min)
 #   ab     the fifth pass's A/Bs: the delta kernel vs the dt_proj GEMM, conv + x_proj vs conv +
-#          GEMMs, the variant sweep with delta given, Vim-Ti with each kernel on / off (~12 min)
+#          GEMMs, the variant sweep with delta given, Vim-Ti with each kernel on / off  (~5 min)
 # Usage: benchmarks/issue12_gpu.sh OUTDIR [STAGE...]
 #   OUTDIR gets each step's output (NAME.log), the benchmarks' raw numbers (*.json), gpu.txt and
 #   steps.txt (each step's seconds and exit status). The exit status is 0 only if every step passed.
