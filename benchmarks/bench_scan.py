@@ -32,12 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vimdeploy.bench import time_calls, time_graph  # noqa: E402
+from vimdeploy.ops.cuda import VARIANTS  # noqa: E402
 from vimdeploy.ops.reference import bi_selective_scan_fast  # noqa: E402
 
 N = 16
 MODELS = {"Ti": 384, "S": 768, "B": 1536}
 SHAPES = [(197, 1), (197, 128), (6085, 1), (6085, 32)]
-VARIANTS = range(1, 7)  # the kernel variants of plugins/src/bi_selective_scan.cu's dispatch
 
 
 def smi(field):

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from vimdeploy.ops import ACTIVATIONS, ScanInputs
+from vimdeploy.ops.cuda import VARIANTS
 from vimdeploy.ops.reference import bi_selective_scan_reference
 
 REPO = Path(__file__).resolve().parents[1]
 N = 16
-VARIANTS = range(1, 7)  # the kernel variants of plugins/src/bi_selective_scan.cu's dispatch
 
 cuda = pytest.mark.cuda
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")

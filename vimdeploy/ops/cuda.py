@@ -16,13 +16,18 @@ from .inputs import D_STATE, ScanInputs
 from .library import call, define_scan_op
 from .native import PluginError, load_library
 
-__all__ = ["bi_selective_scan_cuda", "launch"]
+__all__ = ["VARIANTS", "bi_selective_scan_cuda", "launch"]
+
+# launch()'s `variant` values besides 0 (automatic): the kernel variants of
+# plugins/src/bi_selective_scan.cu's dispatch (docs/kernel.md lists them)
+VARIANTS = range(1, 7)
 
 
 def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5,
            num_chunks: int = 0, variant: int = 0) -> torch.Tensor:
     """Run the kernel into `y` (inputs already prepared: contiguous, one GPU, activations of
-    y's dtype fp32/fp16, parameters fp32). num_chunks/variant: the C API's tuning knobs."""
+    y's dtype fp32/fp16, parameters fp32). num_chunks/variant: the C API's tuning knobs
+    (variant 0 = automatic, else one of VARIANTS)."""
     lib = load_library()
     b, _, E = inputs.x_fwd.shape
     if num_chunks > 1:
