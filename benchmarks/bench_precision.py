@@ -1,6 +1,6 @@
 """What FP16 and INT8 cost: accuracy on the trained digits Vim, fidelity on the golden Vim-Ti.
 
-    python benchmarks/bench_precision.py [--golden ../shared/golden] [--json docs/precision.json]
+    python benchmarks/bench_precision.py [--golden ../shared/golden] [--json benchmarks/results/precision.json]
 
 Everything runs in ONNX Runtime on the CPU (the ONNX files are the ones TensorRT 11 builds
 from). Prints a markdown table per experiment; docs/precision.md holds one run's output.

@@ -1,6 +1,6 @@
 """Vim-Ti vs DeiT-Ti on one GPU, fp16: throughput, batch-1 latency, peak memory vs resolution.
 
-    python benchmarks/bench_vim_vs_deit.py --out docs/ [--smoke]
+    python benchmarks/bench_vim_vs_deit.py --out benchmarks/results/ [--smoke]
 
 Runs (in this order, the JSON rewritten after each so a cut-off run keeps what it had):
   1. Vim-Ti, scan="cuda" (our BiSelectiveScan kernel), CUDA graphs   -- vimdeploy's fastest path
@@ -54,7 +54,7 @@ def fp16_check():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path("docs"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--smoke", action="store_true", help="2 sizes, small batches, short timing")
     ap.add_argument("--sizes", default="224,512,738,1024,1248")
     ap.add_argument("--batch", default="1,32")

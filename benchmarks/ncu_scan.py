@@ -5,7 +5,7 @@
     ncu -i ti32.ncu-rep --page source --csv --print-source sass > ti32_sass.csv
 
 Arguments: E L batch {fp16,fp32} [variant (0 = automatic)]. Inputs as tests/test_plugin_cuda.py
-makes them. docs/kernel.md ("Issue 12, second pass") quotes such profiles.
+makes them. docs/kernel.md ("Where the time goes") quotes such profiles.
 """
 
 import sys

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue rate, pipe use and stall reasons of one scan-kernel launch per shape (Nsight Compute metrics),
-# as docs/kernel.md ("Issue 12, third pass") quotes them. Needs ncu and the built kernel library
+# as docs/kernel.md ("Where the time goes") quotes them. Needs ncu and the built kernel library
 # (VIMDEPLOY_PLUGIN_BUILD_DIR). Usage: benchmarks/ncu_stalls.sh ["E L batch dtype [variant]" ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

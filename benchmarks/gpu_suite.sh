@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# Issue 12 on one GPU machine: build the kernel library for this GPU, check it, and rerun the
-# benchmarks behind docs/kernel.md and docs/bench.md. In stages, so that each one fits a
-# 10-minute call on a lent machine (times: measured on an H100 in the seventh pass, plus ~1 min to
-# build the kernels on the first stage of a fresh machine); no stage named = all of them,
-# in this order:
+# The GPU suite: on one GPU machine, build the kernel library for its GPU, run the GPU tests and
+# compute-sanitizer, and rerun the benchmarks behind docs/kernel.md and docs/bench.md. In stages,
+# so that each one fits a 10-minute call on a lent machine (times measured on an H100, plus ~1 min
+# to build the kernels on the first stage of a fresh machine); no stage named = all of them, in
+# this order:
 #   check  the GPU tests (scan, delta, conv kernels, golden, model), compute-sanitizer memcheck,
 #          racecheck and synccheck over the conv + x_proj kernel's tests; with OFFICIAL_SDIST set,
-#          mamba_ssm's selective scan is built for the scan stage meanwhile            (~3 min)
+#          mamba_ssm's selective scan is built for the scan stage meanwhile            (~4 min)
 #   plugin the TensorRT plugin's conformance harness on this GPU, plain and under compute-sanitizer
 #          memcheck; needs TensorRT headers in $TENSORRT_INCLUDE_DIR (':'-separated), else skipped
 #                                                                                        (~5 min)
 #   scan   bench_scan.py, all models and shapes, softplus in the op and delta given, beside the
-#          official two-selective_scan_fn pattern when it imports (goal 1)             (< 1 min)
+#          official two-selective_scan_fn pattern when it imports                      (< 1 min)
 #   e2e    bench_layout.py's full table: Vim-Ti vs DeiT-Ti (eager, SDPA, compiled SDPA), with
-#          profiles (goal 2)                                                           (~3 min)
-#   ab     the fifth pass's A/Bs: the delta kernel vs the dt_proj GEMM, conv + x_proj vs conv +
-#          GEMMs, the variant sweep with delta given, Vim-Ti with each kernel on / off  (~5 min)
-# Usage: benchmarks/issue12_gpu.sh OUTDIR [STAGE...]
+#          profiles                                                                    (~3 min)
+#   ab     A/Bs of the model's GPU paths: the delta kernel vs the dt_proj GEMM, conv + x_proj vs
+#          conv + GEMMs, the variant sweep with delta given, Vim-Ti with each kernel on / off
+#                                                                                        (~5 min)
+# Usage: benchmarks/gpu_suite.sh OUTDIR [STAGE...]
+#   e.g. OFFICIAL_SDIST=mamba_ssm-2.2.5.tar.gz benchmarks/gpu_suite.sh out check
+#        TENSORRT_INCLUDE_DIR=trt-10.16/include:trt-11.1/include benchmarks/gpu_suite.sh out scan plugin
+#        benchmarks/gpu_suite.sh out e2e ab
 #   OUTDIR gets each step's output (NAME.log), the benchmarks' raw numbers (*.json), gpu.txt and
 #   steps.txt (each step's seconds and exit status). The exit status is 0 only if every step passed.
+#   The JSON files that the docs cite are copied from OUTDIR to benchmarks/results/ as
+#   bench_scan_h100.json, bench_e2e_h100.json, bench_delta_h100.json, bench_conv_h100.json and
+#   bench_e2e_h100_delta_ab.json (the GPU's name in place of h100).
 # Needs nvcc + cmake, torch with CUDA, timm (DeiT), CuPy (optional: the measured ex2 rate), the golden
 # fixture through $VIMDEPLOY_GOLDEN or ../shared/golden (else the golden tests skip).
 # OFFICIAL_SDIST=mamba_ssm-2.2.5.tar.gz (see benchmarks/build_official_scan.py) builds the official
 # scan into $VIMDEPLOY_PLUGIN_BUILD_DIR/official; the scan stage uses it when it is there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: benchmarks/issue12_gpu.sh OUTDIR [check|plugin|scan|e2e|ab ...]}
+out=${1:?usage: benchmarks/gpu_suite.sh OUTDIR [check|plugin|scan|e2e|ab ...]}
 shift
 stages=${*:-check plugin scan e2e ab}
 for s in $stages; do
