@@ -1,11 +1,11 @@
-# Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
+# Entry points (see README): `make demo`, `make test` and `make lint`. Each sets up .venv first.
 VENV       ?= .venv
 PYTHON     ?= python3
 # The CPU wheel keeps CI and laptops light; override e.g. TORCH_SPEC='torch==2.11.*' on a GPU box.
 TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -ra
+
+# ruff's rules are in pyproject.toml ([tool.ruff]).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) vimdeploy-demo .pytest_cache
