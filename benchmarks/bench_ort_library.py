@@ -6,8 +6,8 @@ onnxruntime-extensions (vimdeploy/export/ort_op.py), in one run on this CPU:
   node   one BiSelectiveScan node of a Vim-Ti layer (batch 1, L 197, E 384, fp32): through ONNX
          Runtime with the library, through ONNX Runtime with the Python op, and the native
          kernel called directly (ctypes, as the Python op calls it)
-  model  Vim-Ti 224 px batch 1, plugin-flavor ONNX (untrained, fixed seed: speed does not
-         depend on the weights), through ONNX Runtime with the library and with the Python op,
+  model  Vim-Ti 224 px batch 1, plugin-flavor ONNX (`vimdeploy demo`'s untrained checkpoint:
+         speed does not depend on the weights), through ONNX Runtime with the library and with the Python op,
          beside the DeiT-Ti-shaped ViT of bench_cpu.py (ONNX, ONNX Runtime)
 
 Every ONNX Runtime session gets vimdeploy's runtime options (intra-op threads = --threads, no
@@ -34,13 +34,13 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cpu import ViT, export_deit, timed  # noqa: E402  (also puts the checkout on sys.path)
+from bench_cpu import export_deit, timed  # noqa: E402  (also puts the checkout on sys.path)
 
 from vimdeploy.contract import (DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION,  # noqa: E402
                                 input_shapes)
+from vimdeploy.demo import make_untrained_checkpoint  # noqa: E402
 from vimdeploy.export import export_onnx  # noqa: E402
 from vimdeploy.export.ort_op import _native, session_options  # noqa: E402
-from vimdeploy.model import VARIANTS, VisionMamba  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,13 +130,7 @@ def main():
     measure("node: ORT + Python op", lambda: with_python_op.run(None, feed))
 
     # ---- Vim-Ti 224 batch 1 against the DeiT-Ti-shaped ViT --------------------------------
-    torch.manual_seed(0)
-    vim = VisionMamba(VARIANTS["tiny"])
-    with torch.no_grad():
-        for p in vim.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.02)
-    torch.save({"model": vim.state_dict()}, tmp / "vim_t.pth")
+    make_untrained_checkpoint(tmp / "vim_t.pth")
     export_onnx(tmp / "vim_t.pth", tmp / "vim_t.onnx", img_size=224, batch="dynamic", scan="plugin")
     export_deit(224, tmp / "deit_t.onnx")
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)

@@ -259,54 +259,9 @@ void* ORT_API_CALL createKernel(OrtCustomOp const* op, OrtApi const* api, OrtKer
         threadsFromEnvironment()};
 }
 
-char const* ORT_API_CALL getName(OrtCustomOp const*)
-{
-    return kOpType;
-}
-
-char const* ORT_API_CALL getExecutionProviderType(OrtCustomOp const*)
-{
-    return nullptr; // CPU
-}
-
-ONNXTensorElementDataType ORT_API_CALL getInputType(OrtCustomOp const* op, size_t index)
-{
-    return index < kNumActivations ? opOf(op).activationType : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-}
-
-size_t ORT_API_CALL getInputTypeCount(OrtCustomOp const*)
-{
-    return VIMDEPLOY_SCAN_NUM_INPUTS;
-}
-
-ONNXTensorElementDataType ORT_API_CALL getOutputType(OrtCustomOp const* op, size_t)
-{
-    return opOf(op).activationType;
-}
-
-size_t ORT_API_CALL getOutputTypeCount(OrtCustomOp const*)
-{
-    return 1;
-}
-
 void ORT_API_CALL kernelCompute(void* kernel, OrtKernelContext* context)
 {
     static_cast<Kernel const*>(kernel)->compute(context);
-}
-
-void ORT_API_CALL kernelDestroy(void* kernel)
-{
-    delete static_cast<Kernel*>(kernel);
-}
-
-OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(OrtCustomOp const*, size_t)
-{
-    return INPUT_OUTPUT_REQUIRED;
-}
-
-OrtMemType ORT_API_CALL inputMemoryType(OrtCustomOp const*, size_t)
-{
-    return OrtMemTypeDefault;
 }
 
 Op makeOp(ONNXTensorElementDataType activationType)
@@ -314,18 +269,22 @@ Op makeOp(ONNXTensorElementDataType activationType)
     Op op;
     std::memset(&op, 0, sizeof op);
     op.base.version = VIMDEPLOY_ORT_API_VERSION;
+    // The fields of API version 13, in the struct's order (ORT_API_CALL is empty where the
+    // version script builds: captureless lambdas convert to the callbacks).
     op.base.CreateKernel = createKernel;
-    op.base.GetName = getName;
-    op.base.GetExecutionProviderType = getExecutionProviderType;
-    op.base.GetInputType = getInputType;
-    op.base.GetInputTypeCount = getInputTypeCount;
-    op.base.GetOutputType = getOutputType;
-    op.base.GetOutputTypeCount = getOutputTypeCount;
+    op.base.GetName = [](OrtCustomOp const*) -> char const* { return kOpType; };
+    op.base.GetExecutionProviderType = [](OrtCustomOp const*) -> char const* { return nullptr; }; // CPU
+    op.base.GetInputType = [](OrtCustomOp const* self, size_t index) {
+        return index < kNumActivations ? opOf(self).activationType : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    };
+    op.base.GetInputTypeCount = [](OrtCustomOp const*) -> size_t { return VIMDEPLOY_SCAN_NUM_INPUTS; };
+    op.base.GetOutputType = [](OrtCustomOp const* self, size_t) { return opOf(self).activationType; };
+    op.base.GetOutputTypeCount = [](OrtCustomOp const*) -> size_t { return 1; };
     op.base.KernelCompute = kernelCompute;
-    op.base.KernelDestroy = kernelDestroy;
-    op.base.GetInputCharacteristic = required;
-    op.base.GetOutputCharacteristic = required;
-    op.base.GetInputMemoryType = inputMemoryType;
+    op.base.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
+    op.base.GetInputCharacteristic = [](OrtCustomOp const*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+    op.base.GetOutputCharacteristic = [](OrtCustomOp const*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+    op.base.GetInputMemoryType = [](OrtCustomOp const*, size_t) { return OrtMemTypeDefault; };
     op.activationType = activationType;
     return op;
 }
