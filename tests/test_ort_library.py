@@ -10,7 +10,7 @@ names a library built elsewhere instead.
 
 Bounds: those of the CPU kernel's own tests (tests/test_scan.py `close`: fp32 error relative to
 the output's scale 2e-5, fp16 rounding of the output 1e-3) against the fp64 recurrence; the golden
-parity bound of tests/test_golden.py."""
+parity bounds of tests/test_golden.py (fp32) and tests/test_plugin_cuda.py (fp16 logits)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import onnx
 from onnx import TensorProto, helper
 
 from vimdeploy.contract import (ACTIVATIONS, D_STATE, DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE,
@@ -31,6 +32,7 @@ from vimdeploy.contract import (ACTIVATIONS, D_STATE, DOMAIN, INPUT_NAMES, OP_TY
 
 from .conftest import REPO
 from .test_golden import TOL
+from .test_plugin_cuda import FP16_LOGITS_TOL
 from .test_scan import close, reference64, scan_inputs
 
 LIBRARY_NAME = "libvimdeploy_onnxruntime.so"
@@ -208,19 +210,32 @@ def test_library_exports_only_register_custom_ops_and_links_no_onnxruntime(ort_l
     assert needed and not [n for n in needed if "onnxruntime" in n], needed
 
 
-@pytest.fixture(scope="module")
-def golden_plugin_onnx(golden, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("golden_onnx") / "vim_t_plugin.onnx"
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def golden_plugin_onnx(request, golden, tmp_path_factory) -> tuple[str, Path]:
+    precision = request.param
+    out = tmp_path_factory.mktemp("golden_onnx") / f"vim_t_plugin_{precision}.onnx"
     subprocess.run([sys.executable, "-m", "vimdeploy", "export", str(golden["checkpoint"]), "-o", str(out),
-                    "--scan", "plugin", "--batch", "dynamic"], check=True, capture_output=True, text=True)
-    return out
+                    "--scan", "plugin", "--batch", "dynamic", "--precision", precision], check=True,
+                   capture_output=True, text=True)
+    return precision, out
 
 
 def test_golden_through_plain_onnxruntime_with_the_library(ort_library, golden, golden_plugin_onnx, tmp_path):
-    """The plugin-flavor export of the golden checkpoint, run by ONNX Runtime alone."""
-    logits, features = run_ok(ort_library, golden_plugin_onnx.read_bytes(), {"images": golden["input"]}, tmp_path)
-    assert np.abs(logits - golden["logits"]).max() <= TOL
-    assert np.abs(features - golden["features"]).max() <= TOL
+    """The plugin-flavor export of the golden checkpoint, run by ONNX Runtime alone. fp16: the
+    scan nodes take fp16 activations (the library's fp16 kernel runs), within the golden fp16
+    tests' logits bound."""
+    precision, path = golden_plugin_onnx
+    model = onnx.load(path)
+    typed = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    scans = [n for n in model.graph.node if n.op_type == OP_TYPE and n.domain == DOMAIN]
+    want = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    assert scans and all(typed[n.input[0]] == want for n in scans)
+    logits, features = run_ok(ort_library, path.read_bytes(), {"images": golden["input"]}, tmp_path)
+    if precision == "fp32":
+        assert np.abs(logits - golden["logits"]).max() <= TOL
+        assert np.abs(features - golden["features"]).max() <= TOL
+    else:
+        assert np.abs(logits - golden["logits"]).max() <= FP16_LOGITS_TOL
 
 
 def test_contract_facts_match_the_library_source():
