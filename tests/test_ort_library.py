@@ -113,9 +113,11 @@ def run_ok(library: Path, model, feed: dict, tmp_path: Path, env: dict | None = 
 
 
 def node_model(activation=TensorProto.FLOAT, types: dict | None = None, **attrs):
-    """One BiSelectiveScan node; graph inputs of no declared shape (the op checks shapes itself)."""
+    """One BiSelectiveScan node; graph inputs of no declared shape (the op checks shapes itself).
+    An attribute given as None is left off the node."""
     attrs = {"delta_softplus": 1, "out_scale": 0.5, "plugin_version": PLUGIN_VERSION,
              "plugin_namespace": PLUGIN_NAMESPACE, **attrs}
+    attrs = {k: v for k, v in attrs.items() if v is not None}
     types = {n: activation if i < 9 else TensorProto.FLOAT for i, n in enumerate(INPUT_NAMES)} | (types or {})
     inputs = [helper.make_tensor_value_info(n, types[n], None) for n in INPUT_NAMES]
     node = helper.make_node(OP_TYPE, list(INPUT_NAMES), ["y"], domain=DOMAIN, **attrs)
@@ -172,6 +174,7 @@ HOSTILE = {
     "inf out_scale": (lambda f: f, {"out_scale": float("inf")}, "out_scale must be a finite number"),
     "delta_softplus 2": (lambda f: f, {"delta_softplus": 2}, "delta_softplus must be 0 or 1, got 2"),
     "plugin_version 2": (lambda f: f, {"plugin_version": "2"}, "plugin_version is '2'"),
+    "no out_scale": (lambda f: f, {"out_scale": None}, "attribute out_scale"),
 }
 
 
@@ -197,6 +200,16 @@ def test_wrong_dtypes_are_refused_with_an_exception(ort_library, tmp_path, types
     feed.update({n: feed[n].astype(t) for n, t in feed_dtypes.items()})
     outputs, error = run_child(ort_library, node_model(types=types), feed, tmp_path)
     assert outputs is None and error
+
+
+def test_node_with_an_input_missing_is_refused_with_an_exception(ort_library, tmp_path):
+    model = node_model()
+    del model.graph.node[0].input[-1]
+    del model.graph.input[-1]
+    feed = feed_of(scan_inputs(B, L, E, seed=1))
+    del feed[INPUT_NAMES[-1]]
+    outputs, error = run_child(ort_library, model, feed, tmp_path)
+    assert outputs is None and "input size 14" in error, error
 
 
 def test_library_exports_only_register_custom_ops_and_links_no_onnxruntime(ort_library):
