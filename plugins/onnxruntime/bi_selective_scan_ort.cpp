@@ -14,9 +14,9 @@
  * Two kernels under one name: activations and output fp32, or fp16; A, D and dt_bias fp32 in
  * both. ONNX Runtime picks the kernel by the node's input types and refuses other types when
  * the session is created. Everything the types cannot say (ranks, shapes, d_state = 16, the
- * attributes' values) is checked here before the kernel reads a pointer; a violation is an
- * error of the node's Run (Python: an exception) naming the input, its shape and the one
- * expected. In API version 13 a kernel reports an error by throwing: ONNX Runtime catches
+ * attributes' values) is checked here before the kernel reads a pointer: a bad attribute fails
+ * the session's creation, a bad input the node's run (Python: an exception either way), with a
+ * message naming the attribute or the input, its shape and the one expected. In API version 13 a kernel reports an error by throwing: ONNX Runtime catches
  * std::exception around kernel creation and Compute and returns it as the call's status.
  */
 #include "onnxruntime_c_api.h"
@@ -217,7 +217,6 @@ Op const& opOf(OrtCustomOp const* op)
 
 // The node's attributes: every one the contract declares must be on the node (the exporter
 // writes all four), as the Python op requires.
-
 float attributeFloat(OrtApi const* api, OrtKernelInfo const* info, char const* name)
 {
     float v = 0.f;
@@ -269,8 +268,8 @@ Op makeOp(ONNXTensorElementDataType activationType)
     Op op;
     std::memset(&op, 0, sizeof op);
     op.base.version = VIMDEPLOY_ORT_API_VERSION;
-    // The fields of API version 13, in the struct's order (ORT_API_CALL is empty where the
-    // version script builds: captureless lambdas convert to the callbacks).
+    // The fields of API version 13, in the struct's order. ORT_API_CALL is empty outside Windows
+    // (and the build is GCC/Clang on ELF): captureless lambdas convert to the callbacks.
     op.base.CreateKernel = createKernel;
     op.base.GetName = [](OrtCustomOp const*) -> char const* { return kOpType; };
     op.base.GetExecutionProviderType = [](OrtCustomOp const*) -> char const* { return nullptr; }; // CPU
