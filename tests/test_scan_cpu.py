@@ -1,4 +1,4 @@
-"""The native CPU kernel (plugins/src/bi_selective_scan_cpu.cpp) against the fp64 recurrence,
+"""The native CPU kernel (plugins/cpu/bi_selective_scan_cpu.cpp) against the fp64 recurrence,
 through every way it is reached: the "cpu" and "auto" backends, torch.compile/export, ONNX Runtime.
 
 Bounds: the CUDA tests' fp32 bound (rel. 2e-5 of the output's scale, tests/test_scan.py) and,
@@ -193,3 +193,38 @@ def test_strided_b_c_are_copied_for_every_backend_but_cuda():
     assert all(getattr(dense, n).is_contiguous() for n in ("B_fwd", "C_fwd", "B_bwd", "C_bwd"))
     mixed = inputs._replace(C_bwd=torch.randn(b, L, 16))
     assert bc_row_stride(mixed, torch.float32) == 0
+
+
+def test_c_entry_point_checks_the_params_struct():
+    """vimdeploy_bi_selective_scan_cpu refuses a params struct that breaks the contract (the check
+    of plugins/include/vimdeploy/scan_check.h, shared with the CUDA kernel) before it reads a
+    pointer, and leaves y untouched."""
+    import ctypes
+
+    from vimdeploy.contract import input_shapes
+
+    lib = native.load_cpu_library()
+    b, L, E = 2, 5, 16
+    arrays = [np.ones(s, np.float32) for s in input_shapes(b, L, E)]
+    y = np.full((b, L, E), 7.0, np.float32)
+
+    def call(**change):
+        fields = dict(batch=b, L=L, E=E, N=16, dtype="float32", delta_softplus=True, out_scale=0.5)
+        pointers = [a.ctypes.data for a in arrays]
+        p = native.ScanParams.from_pointers(pointers, y.ctypes.data, **fields)
+        for name, value in change.items():
+            setattr(p, name, value)
+        return lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1)
+
+    invalid, unsupported = -1, -2  # VIMDEPLOY_ERROR_INVALID_ARGUMENT, VIMDEPLOY_ERROR_UNSUPPORTED
+    bad = {"out_scale NaN": (dict(out_scale=float("nan")), invalid), "out_scale inf": (dict(out_scale=float("inf")), invalid),
+           "delta_softplus 2": (dict(delta_softplus=2), invalid), "batch -1": (dict(batch=-1), invalid),
+           "L -1": (dict(L=-1), invalid), "E -3": (dict(E=-3), invalid), "bc_stride 8": (dict(bc_stride=8), invalid),
+           "null D_bwd": (dict(D_bwd=None), invalid), "null y": (dict(y=None), invalid),
+           "N 8": (dict(N=8), unsupported), "dtype 5": (dict(dtype=5), unsupported),
+           "bc_stride 32 (CPU: dense only)": (dict(bc_stride=32), unsupported)}
+    for what, (change, code) in bad.items():
+        assert call(**change) == code, what
+    assert (y == 7.0).all()
+    assert call(batch=0, x_fwd=None) == 0  # nothing to read: any pointers
+    assert call() == 0 and not (y == 7.0).any()

@@ -3,8 +3,8 @@
  *
  * IPluginV3 (IPluginV3OneCore / IPluginV3OneBuild / IPluginV3OneRuntime) with an
  * IPluginCreatorV3One, as TensorRT's samples/python/onnx_custom_plugin (customHardmaxPlugin).
- * Name "BiSelectiveScan", version "1", namespace "". Fields: delta_softplus (kINT32),
- * out_scale (kFLOAT32). TensorRT's ONNX parser selects the creator by the node's op_type,
+ * Name, version, namespace: scan_params.h (VIMDEPLOY_SCAN_OP_TYPE, ...). Fields: delta_softplus
+ * (kINT32), out_scale (kFLOAT32). TensorRT's ONNX parser selects the creator by the node's op_type,
  * `plugin_version` (default "1") and `plugin_namespace` (default "") by exact match, then
  * passes only the fields getFieldNames() names (onnx-tensorrt loadFields): a node of
  * another version never reaches this creator ("Plugin not found").
@@ -16,16 +16,25 @@
  *  - otherwise (libvimdeploy_trt_plugin_dynamic.so): nothing happens at load; the library
  *    exports getCreators / setLoggerFinder for IPluginRegistry::loadLibrary and
  *    trtexec --dynamicPlugins (which fail if the creator is already registered).
- * Compiles against TensorRT 10.x (>= 10.12) and 11.x headers.
+ * Errors, as TensorRT's own plugins report them: every noexcept method catches, logs through the
+ * logger TensorRT hands the library (setLoggerFinder; stderr for the self-registering library,
+ * which gets none), tells the ErrorRecorder of attachToContext's resource context when there
+ * is one, and returns TensorRT's failure value (-1, nullptr, false). Shapes and types are
+ * checked against the contract at build time (getOutputShapes, configurePlugin) and again in
+ * enqueue, before the kernel is launched.
+ * Compiles against TensorRT 10.x (>= 10.3) and 11.x headers.
  */
 #include "vimdeploy/bi_selective_scan.h"
+#include "vimdeploy/scan_check.h"
 
 #include <NvInferRuntime.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -34,42 +43,175 @@ using namespace nvinfer1;
 namespace
 {
 
-constexpr char const* kPluginName = "BiSelectiveScan";
-constexpr char const* kPluginVersion = VIMDEPLOY_BI_SELECTIVE_SCAN_VERSION;
-constexpr int32_t kNbInputs = 15;
+constexpr char const* kPluginName = VIMDEPLOY_SCAN_OP_TYPE;
+constexpr char const* kPluginVersion = VIMDEPLOY_SCAN_PLUGIN_VERSION;
+constexpr char const* kPluginNamespace = VIMDEPLOY_SCAN_PLUGIN_NAMESPACE;
+constexpr int32_t kNbInputs = VIMDEPLOY_SCAN_NUM_INPUTS;
 constexpr int32_t kNbOutputs = 1;
-constexpr int64_t kDState = 16;
+constexpr int64_t kDState = VIMDEPLOY_SCAN_D_STATE;
+constexpr char const* kInputNames[kNbInputs] = {VIMDEPLOY_SCAN_INPUT_NAMES};
 
 // Input positions (op contract order).
 enum : int32_t
 {
     kZ = 0,
     kXFwd = 1,
-    kBFwd = 3,
     kAFwd = 9,  // 9..14: A_fwd, A_bwd, D_fwd, D_bwd, dt_bias_fwd, dt_bias_bwd (always fp32)
     kOut = 15   // position of the output in supportsFormatCombination's inOut
 };
 
-// ---------------------------------------------------------------------------- logging
+// The contract's shape of each input, in the sizes b, L, E, N: activations (b, L, E), B and C
+// (b, L, N), A (E, N), D and dt_bias (E).
+enum Size : int32_t
+{
+    kB = 0,
+    kL = 1,
+    kE = 2,
+    kNState = 3
+};
+struct Shape
+{
+    int32_t rank;
+    Size dims[3];
+};
+constexpr Shape kAct{3, {kB, kL, kE}}, kBC{3, {kB, kL, kNState}}, kA{2, {kE, kNState}}, kVec{1, {kE}};
+constexpr Shape kShapes[kNbInputs] = {kAct, kAct, kAct, kBC, kBC, kAct, kAct, kBC, kBC, kA, kA, kVec, kVec, kVec, kVec};
+constexpr char const* kSizeNames[] = {"batch", "L", "E", "d_state"};
+
+bool isActivation(int32_t pos) { return pos < kAFwd || pos == kOut; }
+
+// ---------------------------------------------------------------------------- errors
 std::mutex gLoggerMutex;
 ILoggerFinder* gLoggerFinder{nullptr};
 
-void logError(std::string const& msg) noexcept
+// What a check throws: a contract violation (kINVALID_ARGUMENT for an ErrorRecorder).
+struct ContractError : std::invalid_argument
 {
-    ILogger* logger = nullptr;
-    {
-        std::lock_guard<std::mutex> lk(gLoggerMutex);
-        if (gLoggerFinder)
-            logger = gLoggerFinder->findLogger();
-    }
-    std::string const text = std::string("[vimdeploy BiSelectiveScan] ") + msg;
-    if (logger)
-        logger->log(ILogger::Severity::kERROR, text.c_str());
-    else
-        std::fprintf(stderr, "%s\n", text.c_str());
+    using std::invalid_argument::invalid_argument;
+};
+
+void validate(bool ok, std::string const& what)
+{
+    if (!ok)
+        throw ContractError(what);
 }
 
-bool isActivation(int32_t pos) { return pos < kAFwd || pos == kOut; }
+// TensorRT's caughtError: the message to the logger (and the ErrorRecorder, if there is one).
+void caughtError(char const* method, std::exception const& e, IErrorRecorder* recorder = nullptr) noexcept
+{
+    try
+    {
+        std::string const text = std::string("[vimdeploy ") + kPluginName + "] " + method + ": " + e.what();
+        ILogger* logger = nullptr;
+        {
+            std::lock_guard<std::mutex> lk(gLoggerMutex);
+            if (gLoggerFinder)
+                logger = gLoggerFinder->findLogger();
+        }
+        if (logger)
+            logger->log(ILogger::Severity::kERROR, text.c_str());
+        else
+            std::fprintf(stderr, "%s\n", text.c_str());
+        if (recorder)
+            recorder->reportError(dynamic_cast<ContractError const*>(&e) ? ErrorCode::kINVALID_ARGUMENT
+                                                                          : ErrorCode::kINTERNAL_ERROR,
+                text.c_str());
+    }
+    catch (...) // out of memory while reporting: nothing left to report with
+    {
+    }
+}
+
+// Runs f() for a noexcept method of TensorRT's interface: on an exception it is reported
+// and `failed` returned.
+template <typename R, typename F>
+R guarded(char const* method, R failed, F&& f, IErrorRecorder* recorder = nullptr) noexcept
+{
+    try
+    {
+        return f();
+    }
+    catch (std::exception const& e)
+    {
+        caughtError(method, e, recorder);
+    }
+    catch (...)
+    {
+        caughtError(method, std::runtime_error("unknown exception"), recorder);
+    }
+    return failed;
+}
+
+// The contract's shapes over all 15 inputs: ranks, and every known size (>= 0; -1 = not known
+// yet, e.g. a dynamic dimension at build time) equal to the same size elsewhere and N = 16.
+// Throws ContractError naming the first input that disagrees. `dims(i)` is input i's Dims.
+template <typename GetDims>
+void checkShapes(GetDims&& dims, std::string const& where)
+{
+    int64_t size[4] = {-1, -1, -1, kDState};
+    int32_t from[4] = {-1, -1, -1, -1}; // the input that fixed each size
+    for (int32_t i = 0; i < kNbInputs; ++i)
+    {
+        Dims const d = dims(i);
+        Shape const& s = kShapes[i];
+        validate(d.nbDims == s.rank,
+            where + ": input " + std::to_string(i) + " (" + kInputNames[i] + ") has rank " + std::to_string(d.nbDims)
+                + ", the contract's is " + std::to_string(s.rank));
+        for (int32_t k = 0; k < s.rank; ++k)
+        {
+            int64_t const v = d.d[k];
+            if (v < 0)
+                continue;
+            Size const n = s.dims[k];
+            if (size[n] < 0)
+            {
+                size[n] = v;
+                from[n] = i;
+                continue;
+            }
+            validate(v == size[n],
+                where + ": input " + std::to_string(i) + " (" + kInputNames[i] + ") has " + kSizeNames[n] + " = "
+                    + std::to_string(v) + " (dimension " + std::to_string(k) + "), but "
+                    + (from[n] < 0 ? std::string("the contract's is") : std::string(kInputNames[from[n]]) + " has")
+                    + " " + std::to_string(size[n]));
+        }
+    }
+}
+
+// Activations and the output of one type, fp32 or fp16; A, D and the dt biases fp32.
+void checkTypes(DataType const* types, std::string const& where)
+{
+    validate(types[kZ] == DataType::kFLOAT || types[kZ] == DataType::kHALF,
+        where + ": the activations must be fp32 or fp16 (z has type " + std::to_string(int(types[kZ])) + ")");
+    for (int32_t i = 0; i < kNbInputs; ++i)
+        validate(types[i] == (i < kAFwd ? types[kZ] : DataType::kFLOAT),
+            where + ": input " + std::to_string(i) + " (" + kInputNames[i] + ") must be "
+                + (i < kAFwd ? "of z's type" : "fp32") + " (has type " + std::to_string(int(types[i])) + ")");
+}
+
+// y has z's shape.
+void checkOutput(Dims const& y, Dims const& z, std::string const& where)
+{
+    bool same = y.nbDims == z.nbDims;
+    for (int32_t k = 0; same && k < z.nbDims; ++k)
+        same = y.d[k] == z.d[k];
+    validate(same, where + ": the output's shape is not z's (b, L, E)");
+}
+
+void checkCounts(int32_t nbInputs, int32_t nbOutputs, char const* where)
+{
+    validate(nbInputs == kNbInputs && nbOutputs == kNbOutputs,
+        std::string(where) + ": expected " + std::to_string(kNbInputs) + " inputs and 1 output, got "
+            + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs));
+}
+
+// The attributes' contract: delta_softplus 0 or 1, out_scale finite.
+void checkAttributes(int32_t deltaSoftplus, float outScale)
+{
+    validate(deltaSoftplus == 0 || deltaSoftplus == 1,
+        "delta_softplus must be 0 or 1, got " + std::to_string(deltaSoftplus));
+    validate(std::isfinite(outScale), "out_scale must be finite, got " + std::to_string(outScale));
+}
 
 // ---------------------------------------------------------------------------- plugin
 class BiSelectiveScanPlugin final : public IPluginV3,
@@ -79,15 +221,17 @@ class BiSelectiveScanPlugin final : public IPluginV3,
 {
 public:
     BiSelectiveScanPlugin(int32_t deltaSoftplus, float outScale)
-        : mDeltaSoftplus(deltaSoftplus != 0 ? 1 : 0)
+        : mDeltaSoftplus(deltaSoftplus)
         , mOutScale(outScale)
     {
+        checkAttributes(deltaSoftplus, outScale);
         initFields();
     }
 
     BiSelectiveScanPlugin(BiSelectiveScanPlugin const& other)
         : mDeltaSoftplus(other.mDeltaSoftplus)
         , mOutScale(other.mOutScale)
+        , mRecorder(other.mRecorder)
     {
         initFields();
     }
@@ -109,20 +253,13 @@ public:
 
     IPluginV3* clone() noexcept override
     {
-        try
-        {
-            return new BiSelectiveScanPlugin(*this);
-        }
-        catch (...)
-        {
-            return nullptr;
-        }
+        return guarded<IPluginV3*>("clone", nullptr, [&] { return new BiSelectiveScanPlugin(*this); }, mRecorder);
     }
 
     // IPluginV3OneCore
     char const* getPluginName() const noexcept override { return kPluginName; }
     char const* getPluginVersion() const noexcept override { return kPluginVersion; }
-    char const* getPluginNamespace() const noexcept override { return ""; }
+    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
 
     // IPluginV3OneBuild
     int32_t getNbOutputs() const noexcept override { return kNbOutputs; }
@@ -130,16 +267,18 @@ public:
     int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/,
         int32_t nbOutputs) noexcept override
     {
-        if (nbInputs != kNbInputs || nbOutputs != kNbOutputs)
-            return -1;
-        Dims const& x = in[kXFwd].desc.dims;
-        Dims const& b = in[kBFwd].desc.dims;
-        if (x.nbDims != 3 || b.nbDims != 3 || (b.d[2] != -1 && b.d[2] != kDState))
-        {
-            logError("expected x (b, L, E) and B (b, L, 16)");
-            return -1;
-        }
-        return 0;
+        return guarded<int32_t>("configurePlugin", -1, [&] {
+            checkCounts(nbInputs, nbOutputs, "configurePlugin");
+            checkShapes([&](int32_t i) { return in[i].desc.dims; }, "configurePlugin");
+            checkShapes([&](int32_t i) { return in[i].min; }, "configurePlugin (min shapes)");
+            checkShapes([&](int32_t i) { return in[i].opt; }, "configurePlugin (opt shapes)");
+            checkShapes([&](int32_t i) { return in[i].max; }, "configurePlugin (max shapes)");
+            DataType types[kNbInputs];
+            for (int32_t i = 0; i < kNbInputs; ++i)
+                types[i] = in[i].desc.type;
+            checkTypes(types, "configurePlugin");
+            return 0;
+        });
     }
 
     bool supportsFormatCombination(
@@ -160,19 +299,33 @@ public:
     int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
         int32_t nbInputs) const noexcept override
     {
-        if (nbOutputs != kNbOutputs || nbInputs != kNbInputs)
-            return -1;
-        outputTypes[0] = inputTypes[kXFwd];
-        return 0;
+        return guarded<int32_t>("getOutputDataTypes", -1, [&] {
+            checkCounts(nbInputs, nbOutputs, "getOutputDataTypes");
+            checkTypes(inputTypes, "getOutputDataTypes");
+            outputTypes[0] = inputTypes[kXFwd];
+            return 0;
+        });
     }
 
     int32_t getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
         int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& /*exprBuilder*/) noexcept override
     {
-        if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || inputs[kZ].nbDims != 3)
-            return -1;
-        outputs[0] = inputs[kZ]; // y has z's (b, L, E)
-        return 0;
+        return guarded<int32_t>("getOutputShapes", -1, [&] {
+            checkCounts(nbInputs, nbOutputs, "getOutputShapes");
+            // The sizes known as constants (typically E, N; batch and L when the network fixes
+            // them); symbolic ones are checked in configurePlugin on their profile's ranges.
+            checkShapes(
+                [&](int32_t i) {
+                    Dims d{};
+                    d.nbDims = inputs[i].nbDims;
+                    for (int32_t k = 0; k < d.nbDims && k < Dims::MAX_DIMS; ++k)
+                        d.d[k] = inputs[i].d[k]->isConstant() ? inputs[i].d[k]->getConstantValue() : -1;
+                    return d;
+                },
+                "getOutputShapes");
+            outputs[0] = inputs[kZ]; // y has z's (b, L, E)
+            return 0;
+        });
     }
 
     size_t getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
@@ -187,43 +340,66 @@ public:
     }
 
     // IPluginV3OneRuntime
-    int32_t onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/,
+    int32_t onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out,
         int32_t nbOutputs) noexcept override
     {
-        return nbInputs == kNbInputs && nbOutputs == kNbOutputs && in[kXFwd].dims.nbDims == 3 ? 0 : -1;
+        return guarded<int32_t>(
+            "onShapeChange", -1,
+            [&] {
+                checkCounts(nbInputs, nbOutputs, "onShapeChange");
+                checkShapes([&](int32_t i) { return in[i].dims; }, "onShapeChange");
+                checkOutput(out[0].dims, in[kZ].dims, "onShapeChange");
+                return 0;
+            },
+            mRecorder);
     }
 
-    int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
+    int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override
     {
-        Dims const& x = inputDesc[kXFwd].dims;
-        int64_t const batch = x.d[0], L = x.d[1], E = x.d[2];
-        int64_t const N = inputDesc[kBFwd].dims.d[2];
-        int const dtype
-            = inputDesc[kXFwd].type == DataType::kHALF ? VIMDEPLOY_DTYPE_FLOAT16 : VIMDEPLOY_DTYPE_FLOAT32;
-        // What getWorkspaceSize returned at build time (same E; device-independent).
-        size_t const wsBytes = workspace ? vimdeploy_bi_selective_scan_workspace_size(E, N) : 0;
-        VimdeployScanParams p{};
-        void const** params = &p.z; // the contract's inputs head the struct, in TensorRT's input order
-        std::copy(inputs, inputs + kNbInputs, params);
-        p.y = outputs[0];
-        p.batch = batch;
-        p.L = L;
-        p.E = E;
-        p.N = N;
-        p.dtype = dtype;
-        p.delta_softplus = mDeltaSoftplus;
-        p.out_scale = mOutScale;
-        int const rc = vimdeploy_bi_selective_scan(&p, workspace, wsBytes, stream);
-        if (rc != VIMDEPLOY_SUCCESS)
-        {
-            logError(std::string("enqueue failed: ") + vimdeploy_error_string(rc));
-            return -1;
-        }
-        return 0;
+        return guarded<int32_t>(
+            "enqueue", -1,
+            [&] {
+                // Nothing reaches the kernel unless every input has the contract's shape and type.
+                checkShapes([&](int32_t i) { return inputDesc[i].dims; }, "enqueue");
+                checkOutput(outputDesc[0].dims, inputDesc[kZ].dims, "enqueue");
+                DataType types[kNbInputs];
+                for (int32_t i = 0; i < kNbInputs; ++i)
+                    types[i] = inputDesc[i].type;
+                checkTypes(types, "enqueue");
+                Dims const& x = inputDesc[kXFwd].dims;
+                VimdeployScanParams p{};
+                void const** params = &p.z; // the contract's inputs head the struct, in TensorRT's input order
+                std::copy(inputs, inputs + kNbInputs, params);
+                p.y = outputs[0];
+                p.batch = x.d[0];
+                p.L = x.d[1];
+                p.E = x.d[2];
+                p.N = kDState;
+                p.dtype = types[kXFwd] == DataType::kHALF ? VIMDEPLOY_DTYPE_FLOAT16 : VIMDEPLOY_DTYPE_FLOAT32;
+                p.delta_softplus = mDeltaSoftplus;
+                p.out_scale = mOutScale;
+                // What getWorkspaceSize returned at build time (same E; device-independent).
+                size_t const wsBytes = workspace ? vimdeploy_bi_selective_scan_workspace_size(p.E, p.N) : 0;
+                int const rc = vimdeploy_bi_selective_scan(&p, workspace, wsBytes, stream);
+                if (rc != VIMDEPLOY_SUCCESS)
+                    throw std::runtime_error(std::string("the kernel failed: ") + vimdeploy_error_string(rc));
+                return 0;
+            },
+            mRecorder);
     }
 
-    IPluginV3* attachToContext(IPluginResourceContext* /*context*/) noexcept override { return clone(); }
+    IPluginV3* attachToContext(IPluginResourceContext* context) noexcept override
+    {
+        return guarded<IPluginV3*>(
+            "attachToContext", nullptr,
+            [&] {
+                auto* p = new BiSelectiveScanPlugin(*this);
+                p->mRecorder = context ? context->getErrorRecorder() : nullptr;
+                return p;
+            },
+            mRecorder);
+    }
 
     PluginFieldCollection const* getFieldsToSerialize() noexcept override { return &mFC; }
 
@@ -237,8 +413,9 @@ private:
         mFC.fields = mFields.data();
     }
 
-    int32_t mDeltaSoftplus{1};
-    float mOutScale{0.5F};
+    int32_t mDeltaSoftplus{VIMDEPLOY_SCAN_DEFAULT_DELTA_SOFTPLUS};
+    float mOutScale{VIMDEPLOY_SCAN_DEFAULT_OUT_SCALE};
+    IErrorRecorder* mRecorder{nullptr}; // the execution context's, from attachToContext
     std::vector<PluginField> mFields;
     PluginFieldCollection mFC{};
 };
@@ -257,57 +434,53 @@ public:
 
     char const* getPluginName() const noexcept override { return kPluginName; }
     char const* getPluginVersion() const noexcept override { return kPluginVersion; }
-    char const* getPluginNamespace() const noexcept override { return ""; }
+    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
     PluginFieldCollection const* getFieldNames() noexcept override { return &mFC; }
 
+    // The contract's defaults, then one pass over the fields; the plugin's constructor checks
+    // the values (checkAttributes).
     IPluginV3* createPlugin(char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept override
     {
-        try
-        {
-            int32_t deltaSoftplus = 1;
-            float outScale = 0.5F;
+        return guarded<IPluginV3*>("createPlugin", nullptr, [&] {
+            int32_t deltaSoftplus = VIMDEPLOY_SCAN_DEFAULT_DELTA_SOFTPLUS;
+            float outScale = VIMDEPLOY_SCAN_DEFAULT_OUT_SCALE;
             for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
             {
                 PluginField const& f = fc->fields[i];
-                if (f.name == nullptr || f.data == nullptr || f.length < 1)
+                if (f.name == nullptr)
                     continue;
-                if (std::strcmp(f.name, "delta_softplus") == 0)
+                bool const isSoftplus = std::strcmp(f.name, "delta_softplus") == 0;
+                bool const isScale = std::strcmp(f.name, "out_scale") == 0;
+                if (!isSoftplus && !isScale)
+                    continue; // other fields: ignored (the parser sends only the names above)
+                validate(f.data != nullptr && f.length == 1, std::string(f.name) + " must be one value");
+                if (isSoftplus)
                 {
                     if (f.type == PluginFieldType::kINT32)
                         deltaSoftplus = *static_cast<int32_t const*>(f.data);
                     else if (f.type == PluginFieldType::kINT64)
-                        deltaSoftplus = static_cast<int32_t>(*static_cast<int64_t const*>(f.data));
+                    {
+                        int64_t const v = *static_cast<int64_t const*>(f.data);
+                        validate(v == 0 || v == 1, "delta_softplus must be 0 or 1, got " + std::to_string(v));
+                        deltaSoftplus = static_cast<int32_t>(v);
+                    }
                     else if (f.type == PluginFieldType::kINT8)
                         deltaSoftplus = *static_cast<int8_t const*>(f.data);
                     else
-                        return fail("delta_softplus must be an integer");
+                        validate(false, "delta_softplus must be an integer");
                 }
-                else if (std::strcmp(f.name, "out_scale") == 0)
-                {
-                    if (f.type == PluginFieldType::kFLOAT32)
-                        outScale = *static_cast<float const*>(f.data);
-                    else if (f.type == PluginFieldType::kFLOAT64)
-                        outScale = static_cast<float>(*static_cast<double const*>(f.data));
-                    else
-                        return fail("out_scale must be a float");
-                }
-                // Other fields: ignored (the parser sends only the names above).
+                else if (f.type == PluginFieldType::kFLOAT32)
+                    outScale = *static_cast<float const*>(f.data);
+                else if (f.type == PluginFieldType::kFLOAT64)
+                    outScale = static_cast<float>(*static_cast<double const*>(f.data));
+                else
+                    validate(false, "out_scale must be a float");
             }
             return new BiSelectiveScanPlugin(deltaSoftplus, outScale);
-        }
-        catch (...)
-        {
-            return nullptr;
-        }
+        });
     }
 
 private:
-    static IPluginV3* fail(std::string const& msg)
-    {
-        logError(msg);
-        return nullptr;
-    }
-
     std::vector<PluginField> mAttrs;
     PluginFieldCollection mFC{};
 };
@@ -325,8 +498,8 @@ struct StaticRegistration
     {
         static BiSelectiveScanPluginCreator creator;
         IPluginRegistry* registry = getPluginRegistry();
-        if (registry == nullptr || !registry->registerCreator(creator, ""))
-            logError("could not register the creator (already registered?)");
+        if (registry == nullptr || !registry->registerCreator(creator, kPluginNamespace))
+            caughtError("registerCreator", std::runtime_error("could not register the creator (already registered?)"));
     }
 } const gStaticRegistration;
 } // namespace
