@@ -1,7 +1,9 @@
 """The plugin through its TensorRT interface without TensorRT: plugins/tests/conformance.cpp.
 
 The harness loads both plugin libraries as TensorRT does and calls them in TensorRT's order
-(its header says what exactly). pytest supplies what it needs from the real thing:
+(its header says what exactly), and checks that attributes, shapes and types that break the
+contract are refused and reported at createPlugin, getOutputShapes, configurePlugin and
+enqueue (host only: no GPU needed). pytest supplies what it needs from the real thing:
   * the BiSelectiveScan node of a real export (the bundled digits model), dumped as text
     (`node.txt`): the harness builds the creator's fields from it as onnx-tensorrt's
     loadFields does;
@@ -166,6 +168,14 @@ def test_host_part(build, exported_node, tmp_path, library):
     cases = [write_case(tmp_path / f"c{i}", *c, data=False) for i, c in enumerate(CASES)]
     r = run_harness(build, library, node, cases, "--host-only", "--build-sms", str(BUILD_SMS))
     assert r.returncode == 0 and " 0 failures" in r.stdout, r.stdout + r.stderr
+    # The harness also feeds it what breaks the contract (conformance.cpp, "rejections"): each
+    # refusal names the method and the input, on TensorRT's logger (dynamic library) or stderr.
+    log = r.stdout if library == "dynamic" else r.stderr
+    for message in ("createPlugin: delta_softplus must be 0 or 1, got 2", "createPlugin: out_scale must be finite",
+                    "getOutputShapes: input 9 (A_fwd) has d_state = 17",
+                    "configurePlugin: input 11 (D_fwd) has E = ", "enqueue: input 14 (dt_bias_bwd) has E = ",
+                    "enqueue: input 3 (B_fwd) has L = ", "enqueue: input 9 (A_fwd) must be fp32"):
+        assert message in log, message
 
 
 def test_workspace_is_the_same_on_any_gpu(build, exported_node, tmp_path):

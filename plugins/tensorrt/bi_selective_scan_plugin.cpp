@@ -144,9 +144,10 @@ R guarded(char const* method, R failed, F&& f, IErrorRecorder* recorder = nullpt
 
 // The contract's shapes over all 15 inputs: ranks, and every known size (>= 0; -1 = not known
 // yet, e.g. a dynamic dimension at build time) equal to the same size elsewhere and N = 16.
-// Throws ContractError naming the first input that disagrees. `dims(i)` is input i's Dims.
+// Throws ContractError naming the first input that disagrees. `dims(i)` is input i's Dims;
+// `which`: the dims' name in the message ("dims", "max dims", ...).
 template <typename GetDims>
-void checkShapes(GetDims&& dims, std::string const& where)
+void checkShapes(GetDims&& dims, char const* which = "dims")
 {
     int64_t size[4] = {-1, -1, -1, kDState};
     int32_t from[4] = {-1, -1, -1, -1}; // the input that fixed each size
@@ -154,9 +155,10 @@ void checkShapes(GetDims&& dims, std::string const& where)
     {
         Dims const d = dims(i);
         Shape const& s = kShapes[i];
+        std::string const input = "input " + std::to_string(i) + " (" + kInputNames[i] + ")";
         validate(d.nbDims == s.rank,
-            where + ": input " + std::to_string(i) + " (" + kInputNames[i] + ") has rank " + std::to_string(d.nbDims)
-                + ", the contract's is " + std::to_string(s.rank));
+            input + " has rank " + std::to_string(d.nbDims) + " in its " + which + ", the contract's is "
+                + std::to_string(s.rank));
         for (int32_t k = 0; k < s.rank; ++k)
         {
             int64_t const v = d.d[k];
@@ -170,8 +172,8 @@ void checkShapes(GetDims&& dims, std::string const& where)
                 continue;
             }
             validate(v == size[n],
-                where + ": input " + std::to_string(i) + " (" + kInputNames[i] + ") has " + kSizeNames[n] + " = "
-                    + std::to_string(v) + " (dimension " + std::to_string(k) + "), but "
+                input + " has " + kSizeNames[n] + " = " + std::to_string(v) + " (dimension " + std::to_string(k)
+                    + " of its " + which + "), but "
                     + (from[n] < 0 ? std::string("the contract's is") : std::string(kInputNames[from[n]]) + " has")
                     + " " + std::to_string(size[n]));
         }
@@ -179,29 +181,29 @@ void checkShapes(GetDims&& dims, std::string const& where)
 }
 
 // Activations and the output of one type, fp32 or fp16; A, D and the dt biases fp32.
-void checkTypes(DataType const* types, std::string const& where)
+void checkTypes(DataType const* types)
 {
     validate(types[kZ] == DataType::kFLOAT || types[kZ] == DataType::kHALF,
-        where + ": the activations must be fp32 or fp16 (z has type " + std::to_string(int(types[kZ])) + ")");
+        "the activations must be fp32 or fp16 (z has type " + std::to_string(int(types[kZ])) + ")");
     for (int32_t i = 0; i < kNbInputs; ++i)
         validate(types[i] == (i < kAFwd ? types[kZ] : DataType::kFLOAT),
-            where + ": input " + std::to_string(i) + " (" + kInputNames[i] + ") must be "
+            "input " + std::to_string(i) + " (" + kInputNames[i] + ") must be "
                 + (i < kAFwd ? "of z's type" : "fp32") + " (has type " + std::to_string(int(types[i])) + ")");
 }
 
 // y has z's shape.
-void checkOutput(Dims const& y, Dims const& z, std::string const& where)
+void checkOutput(Dims const& y, Dims const& z)
 {
     bool same = y.nbDims == z.nbDims;
     for (int32_t k = 0; same && k < z.nbDims; ++k)
         same = y.d[k] == z.d[k];
-    validate(same, where + ": the output's shape is not z's (b, L, E)");
+    validate(same, "the output's shape is not z's (b, L, E)");
 }
 
-void checkCounts(int32_t nbInputs, int32_t nbOutputs, char const* where)
+void checkCounts(int32_t nbInputs, int32_t nbOutputs)
 {
     validate(nbInputs == kNbInputs && nbOutputs == kNbOutputs,
-        std::string(where) + ": expected " + std::to_string(kNbInputs) + " inputs and 1 output, got "
+        std::string("expected ") + std::to_string(kNbInputs) + " inputs and 1 output, got "
             + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs));
 }
 
@@ -268,15 +270,15 @@ public:
         int32_t nbOutputs) noexcept override
     {
         return guarded<int32_t>("configurePlugin", -1, [&] {
-            checkCounts(nbInputs, nbOutputs, "configurePlugin");
-            checkShapes([&](int32_t i) { return in[i].desc.dims; }, "configurePlugin");
-            checkShapes([&](int32_t i) { return in[i].min; }, "configurePlugin (min shapes)");
-            checkShapes([&](int32_t i) { return in[i].opt; }, "configurePlugin (opt shapes)");
-            checkShapes([&](int32_t i) { return in[i].max; }, "configurePlugin (max shapes)");
+            checkCounts(nbInputs, nbOutputs);
+            checkShapes([&](int32_t i) { return in[i].desc.dims; });
+            checkShapes([&](int32_t i) { return in[i].min; }, "min dims");
+            checkShapes([&](int32_t i) { return in[i].opt; }, "opt dims");
+            checkShapes([&](int32_t i) { return in[i].max; }, "max dims");
             DataType types[kNbInputs];
             for (int32_t i = 0; i < kNbInputs; ++i)
                 types[i] = in[i].desc.type;
-            checkTypes(types, "configurePlugin");
+            checkTypes(types);
             return 0;
         });
     }
@@ -300,8 +302,8 @@ public:
         int32_t nbInputs) const noexcept override
     {
         return guarded<int32_t>("getOutputDataTypes", -1, [&] {
-            checkCounts(nbInputs, nbOutputs, "getOutputDataTypes");
-            checkTypes(inputTypes, "getOutputDataTypes");
+            checkCounts(nbInputs, nbOutputs);
+            checkTypes(inputTypes);
             outputTypes[0] = inputTypes[kXFwd];
             return 0;
         });
@@ -311,7 +313,7 @@ public:
         int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& /*exprBuilder*/) noexcept override
     {
         return guarded<int32_t>("getOutputShapes", -1, [&] {
-            checkCounts(nbInputs, nbOutputs, "getOutputShapes");
+            checkCounts(nbInputs, nbOutputs);
             // The sizes known as constants (typically E, N; batch and L when the network fixes
             // them); symbolic ones are checked in configurePlugin on their profile's ranges.
             checkShapes(
@@ -322,7 +324,7 @@ public:
                         d.d[k] = inputs[i].d[k]->isConstant() ? inputs[i].d[k]->getConstantValue() : -1;
                     return d;
                 },
-                "getOutputShapes");
+                "dims");
             outputs[0] = inputs[kZ]; // y has z's (b, L, E)
             return 0;
         });
@@ -346,9 +348,9 @@ public:
         return guarded<int32_t>(
             "onShapeChange", -1,
             [&] {
-                checkCounts(nbInputs, nbOutputs, "onShapeChange");
-                checkShapes([&](int32_t i) { return in[i].dims; }, "onShapeChange");
-                checkOutput(out[0].dims, in[kZ].dims, "onShapeChange");
+                checkCounts(nbInputs, nbOutputs);
+                checkShapes([&](int32_t i) { return in[i].dims; });
+                checkOutput(out[0].dims, in[kZ].dims);
                 return 0;
             },
             mRecorder);
@@ -361,12 +363,12 @@ public:
             "enqueue", -1,
             [&] {
                 // Nothing reaches the kernel unless every input has the contract's shape and type.
-                checkShapes([&](int32_t i) { return inputDesc[i].dims; }, "enqueue");
-                checkOutput(outputDesc[0].dims, inputDesc[kZ].dims, "enqueue");
+                checkShapes([&](int32_t i) { return inputDesc[i].dims; });
+                checkOutput(outputDesc[0].dims, inputDesc[kZ].dims);
                 DataType types[kNbInputs];
                 for (int32_t i = 0; i < kNbInputs; ++i)
                     types[i] = inputDesc[i].type;
-                checkTypes(types, "enqueue");
+                checkTypes(types);
                 Dims const& x = inputDesc[kXFwd].dims;
                 VimdeployScanParams p{};
                 void const** params = &p.z; // the contract's inputs head the struct, in TensorRT's input order

@@ -47,6 +47,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <map>
 #include <memory>
@@ -161,7 +162,7 @@ void addField(Fields& f, char const* name, PluginFieldType type, T value)
 void checkAttributeRejections(IPluginCreatorV3One* creator, std::string const& name, bool logs)
 {
     float const nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-    std::vector<std::pair<std::string, Fields>> bad;
+    std::deque<std::pair<std::string, Fields>> bad; // a deque: Fields point into themselves, never moved
     auto add = [&](std::string const& what, auto build) {
         bad.emplace_back(what, Fields{});
         build(bad.back().second);
