@@ -135,6 +135,20 @@ void checkFormats(IPluginV3OneBuild* b, DataType act)
     rejects(0, act, TensorFormat::kCHW32, "a vectorized format");
 }
 
+// The inputs' dims as getOutputShapes gets them: batch and L the given symbols, the rest constants.
+std::vector<DimsExprs> inputExprs(ExprBuilder& eb, IDimensionExpr const* batch, IDimensionExpr const* L, Shape s)
+{
+    std::vector<DimsExprs> exprs(kIn);
+    for (int32_t i = 0; i < kIn; ++i)
+    {
+        Dims const d = inputDims(i, s);
+        exprs[i].nbDims = d.nbDims;
+        for (int32_t k = 0; k < d.nbDims; ++k)
+            exprs[i].d[k] = (i < 9 && k == 0) ? batch : (i < 9 && k == 1) ? L : eb.constant(d.d[k]);
+    }
+    return exprs;
+}
+
 // ---------------------------------------------------------------------------- rejections
 
 LoggerFinder gFinder; // handed to the dynamic library through setLoggerFinder
@@ -200,14 +214,7 @@ void checkShapeRejections(Plugin const& b, IPluginV3OneRuntime* runtime, ErrorRe
     ExprBuilder eb;
     IDimensionExpr const* batch = eb.impl.symbol();
     IDimensionExpr const* L = eb.impl.symbol();
-    std::vector<DimsExprs> exprs(kIn);
-    for (int32_t i = 0; i < kIn; ++i)
-    {
-        Dims const d = inputDims(i, c.shape);
-        exprs[i].nbDims = d.nbDims;
-        for (int32_t k = 0; k < d.nbDims; ++k)
-            exprs[i].d[k] = (i < 9 && k == 0) ? batch : (i < 9 && k == 1) ? L : eb.constant(d.d[k]);
-    }
+    std::vector<DimsExprs> exprs = inputExprs(eb, batch, L, c.shape);
     auto outputShapesFail = [&]() {
         DimsExprs out{};
         return b.build->getOutputShapes(exprs.data(), kIn, nullptr, 0, &out, 1, eb) != 0;
@@ -331,14 +338,7 @@ void runCase(IPluginCreatorV3One* creator, Fields const& nodeFields, std::string
     ExprBuilder eb;
     IDimensionExpr const* batch = eb.impl.symbol();
     IDimensionExpr const* L = eb.impl.symbol();
-    std::vector<DimsExprs> inExprs(kIn);
-    for (int32_t i = 0; i < kIn; ++i)
-    {
-        Dims const d = inputDims(i, c.shape);
-        inExprs[i].nbDims = d.nbDims;
-        for (int32_t k = 0; k < d.nbDims; ++k)
-            inExprs[i].d[k] = (i < 9 && k == 0) ? batch : (i < 9 && k == 1) ? L : eb.constant(d.d[k]);
-    }
+    std::vector<DimsExprs> inExprs = inputExprs(eb, batch, L, c.shape);
     DimsExprs outExprs{};
     check(b.build->getOutputShapes(inExprs.data(), kIn, nullptr, 0, &outExprs, 1, eb) == 0, tag + "getOutputShapes");
     check(outExprs.nbDims == 3 && outExprs.d[0] == batch && outExprs.d[1] == L && outExprs.d[2]->isConstant()
