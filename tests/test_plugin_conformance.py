@@ -85,7 +85,8 @@ def build(request, tmp_path_factory) -> dict:
     major = trt_version(request.param).split(".")[0]
     paths = {"static": out / "libvimdeploy_trt_plugin.so", "dynamic": out / "libvimdeploy_trt_plugin_dynamic.so",
              "harness": out / "conformance" / "vimdeploy_conformance",
-             "stub": out / "conformance" / f"libnvinfer.so.{major}", "major": major}
+             "stub": out / "conformance" / f"libnvinfer.so.{major}", "kernels": out / "libvimdeploy_kernels.so",
+             "major": major}
     for k, p in paths.items():
         assert k == "major" or p.is_file(), f"{p} was not built"
     return paths
@@ -189,6 +190,26 @@ def test_workspace_is_the_same_on_any_gpu(build, exported_node, tmp_path):
         sizes[sms] = re.findall(r"workspace (\d+) bytes", r.stdout)
         assert len(sizes[sms]) == len(CASES)
     assert len({tuple(v) for v in sizes.values()}) == 1, sizes
+
+
+def test_kernel_c_api_refuses_what_breaks_the_contract(build):
+    """The CUDA kernel's C entry point checks its params struct before any CUDA call (no GPU
+    needed): the structs the CPU kernel refuses, and variant ids it does not have (an unknown
+    id ran variant 4 once)."""
+    import ctypes
+
+    from tests.test_scan_cpu import BAD_PARAMS, INVALID, host_params
+
+    lib = ctypes.CDLL(str(build["kernels"]))
+    scan = lib.vimdeploy_bi_selective_scan_ex
+    scan.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    bad = {**BAD_PARAMS, "variant 7": (dict(), INVALID), "variant -1": (dict(), INVALID), "num_chunks -1": (dict(), INVALID)}
+    knobs = {"variant 7": (0, 7), "variant -1": (0, -1), "num_chunks -1": (-1, 0)}
+    for what, (change, code) in bad.items():
+        p, y, keep = host_params((2, 5, 16), **change)
+        num_chunks, variant = knobs.get(what, (0, 0))
+        assert scan(ctypes.addressof(p), None, 0, None, num_chunks, variant) == code, what
+        assert (y == 7.0).all(), what
 
 
 def test_node_of_another_plugin_version_is_not_found(build, exported_node, tmp_path):

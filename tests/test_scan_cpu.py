@@ -195,36 +195,44 @@ def test_strided_b_c_are_copied_for_every_backend_but_cuda():
     assert bc_row_stride(mixed, torch.float32) == 0
 
 
-def test_c_entry_point_checks_the_params_struct():
-    """vimdeploy_bi_selective_scan_cpu refuses a params struct that breaks the contract (the check
-    of plugins/include/vimdeploy/scan_check.h, shared with the CUDA kernel) before it reads a
-    pointer, and leaves y untouched."""
-    import ctypes
 
+# Params structs that break the contract, as changes to a valid one, and the code the C entry
+# points (CPU and CUDA: plugins/include/vimdeploy/scan_check.h) must return for each.
+INVALID, UNSUPPORTED = -1, -2  # VIMDEPLOY_ERROR_INVALID_ARGUMENT, VIMDEPLOY_ERROR_UNSUPPORTED
+BAD_PARAMS = {
+    "out_scale NaN": (dict(out_scale=float("nan")), INVALID), "out_scale inf": (dict(out_scale=float("inf")), INVALID),
+    "delta_softplus 2": (dict(delta_softplus=2), INVALID), "batch -1": (dict(batch=-1), INVALID),
+    "L -1": (dict(L=-1), INVALID), "E -3": (dict(E=-3), INVALID), "bc_stride 8": (dict(bc_stride=8), INVALID),
+    "null D_bwd": (dict(D_bwd=None), INVALID), "null y": (dict(y=None), INVALID),
+    "N 8": (dict(N=8), UNSUPPORTED), "dtype 5": (dict(dtype=5), UNSUPPORTED),
+}
+
+
+def host_params(shape: tuple[int, int, int], **change):
+    """A valid params struct over host buffers (float32, (b, L, E) = shape), with `change` applied; returns it
+    with y and the buffers, which must stay alive while it is used."""
     from vimdeploy.contract import input_shapes
 
+    arrays = [np.ones(s, np.float32) for s in input_shapes(*shape)]
+    y = np.full(shape, 7.0, np.float32)
+    p = native.ScanParams.from_pointers([a.ctypes.data for a in arrays], y.ctypes.data, *shape, 16, "float32", True, 0.5)
+    for name, value in change.items():
+        setattr(p, name, value)
+    return p, y, arrays
+
+
+def test_c_entry_point_checks_the_params_struct():
+    """vimdeploy_bi_selective_scan_cpu refuses a params struct that breaks the contract (the check
+    shared with the CUDA kernel) before it reads a pointer, and leaves y untouched."""
+    import ctypes
+
     lib = native.load_cpu_library()
-    b, L, E = 2, 5, 16
-    arrays = [np.ones(s, np.float32) for s in input_shapes(b, L, E)]
-    y = np.full((b, L, E), 7.0, np.float32)
-
-    def call(**change):
-        fields = dict(batch=b, L=L, E=E, N=16, dtype="float32", delta_softplus=True, out_scale=0.5)
-        pointers = [a.ctypes.data for a in arrays]
-        p = native.ScanParams.from_pointers(pointers, y.ctypes.data, **fields)
-        for name, value in change.items():
-            setattr(p, name, value)
-        return lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1)
-
-    invalid, unsupported = -1, -2  # VIMDEPLOY_ERROR_INVALID_ARGUMENT, VIMDEPLOY_ERROR_UNSUPPORTED
-    bad = {"out_scale NaN": (dict(out_scale=float("nan")), invalid), "out_scale inf": (dict(out_scale=float("inf")), invalid),
-           "delta_softplus 2": (dict(delta_softplus=2), invalid), "batch -1": (dict(batch=-1), invalid),
-           "L -1": (dict(L=-1), invalid), "E -3": (dict(E=-3), invalid), "bc_stride 8": (dict(bc_stride=8), invalid),
-           "null D_bwd": (dict(D_bwd=None), invalid), "null y": (dict(y=None), invalid),
-           "N 8": (dict(N=8), unsupported), "dtype 5": (dict(dtype=5), unsupported),
-           "bc_stride 32 (CPU: dense only)": (dict(bc_stride=32), unsupported)}
+    bad = {**BAD_PARAMS, "bc_stride 32 (CPU: dense only)": (dict(bc_stride=32), UNSUPPORTED)}
     for what, (change, code) in bad.items():
-        assert call(**change) == code, what
-    assert (y == 7.0).all()
-    assert call(batch=0, x_fwd=None) == 0  # nothing to read: any pointers
-    assert call() == 0 and not (y == 7.0).any()
+        p, y, keep = host_params((2, 5, 16), **change)
+        assert lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1) == code, what
+        assert (y == 7.0).all(), what
+    p, y, keep = host_params((0, 5, 16), x_fwd=None)
+    assert lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1) == 0  # nothing to read: any pointers
+    p, y, keep = host_params((2, 5, 16))
+    assert lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1) == 0 and not (y == 7.0).any()
