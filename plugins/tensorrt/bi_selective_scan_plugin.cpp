@@ -25,7 +25,6 @@
  * Compiles against TensorRT 10.x (>= 10.3) and 11.x headers.
  */
 #include "vimdeploy/bi_selective_scan.h"
-#include "vimdeploy/scan_check.h"
 
 #include <NvInferRuntime.h>
 
