@@ -10,7 +10,7 @@ PY         := $(VENV)/bin/python
 setup: $(VENV)/.installed
 
 # The native CPU scan is compiled by the install: rebuild it when its sources change.
-$(VENV)/.installed: pyproject.toml plugins/src/bi_selective_scan_cpu.cpp $(wildcard plugins/include/vimdeploy/*.h)
+$(VENV)/.installed: pyproject.toml setup.py plugins/cpu/bi_selective_scan_cpu.cpp plugins/cpu/compile_flags.txt $(wildcard plugins/include/vimdeploy/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'

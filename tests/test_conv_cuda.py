@@ -1,10 +1,10 @@
-"""The fused depthwise conv + SiLU kernel (plugins/src/conv_silu.cu, `torch.ops.vimdeploy.conv_silu_bidir`).
+"""The fused depthwise conv + SiLU kernel (plugins/kernels/conv_silu.cu, `torch.ops.vimdeploy.conv_silu_bidir`).
 
 * test_reference_matches_the_model_convs: runs anywhere (CPU): the op's PyTorch form equals
   the model's `_depthwise_conv` + SiLU in both directions.
 * test_aligned_x_proj_is_x_proj: runs anywhere: the padded x_proj weight the conv + x_proj kernel
   takes gives the model's (dt, B, C) (fp64, up to the GEMM's summation order).
-* The conv + x_proj kernel (plugins/src/conv_xproj.cu, `conv_silu_xproj_bidir`): its conv outputs
+* The conv + x_proj kernel (plugins/kernels/conv_xproj.cu, `conv_silu_xproj_bidir`): its conv outputs
   must equal conv_silu_bidir's bit for bit (same fp32 formula, same order); its products are
   checked against fp64 products of those fp16 outputs with |err| <= 2^-11 |ref| + 2^-24 (the
   output's rounding) + E 2^-23 sum|w y| (fp32 accumulation, one rounding per added term at worst).

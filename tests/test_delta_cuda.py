@@ -1,4 +1,4 @@
-"""The delta kernel (plugins/src/delta_softplus.cu, `torch.ops.vimdeploy.delta_softplus`) and the
+"""The delta kernel (plugins/kernels/delta_softplus.cu, `torch.ops.vimdeploy.delta_softplus`) and the
 model's path through it (dt_proj + bias + softplus before the scan, the scan without softplus).
 
 * test_reference_is_mamba_softplus_of_dt_proj: runs anywhere (CPU).

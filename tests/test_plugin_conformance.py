@@ -1,7 +1,9 @@
 """The plugin through its TensorRT interface without TensorRT: plugins/tests/conformance.cpp.
 
 The harness loads both plugin libraries as TensorRT does and calls them in TensorRT's order
-(its header says what exactly). pytest supplies what it needs from the real thing:
+(its header says what exactly), and checks that attributes, shapes and types that break the
+contract are refused and reported at createPlugin, getOutputShapes, configurePlugin and
+enqueue (host only: no GPU needed). pytest supplies what it needs from the real thing:
   * the BiSelectiveScan node of a real export (the bundled digits model), dumped as text
     (`node.txt`): the harness builds the creator's fields from it as onnx-tensorrt's
     loadFields does;
@@ -83,7 +85,8 @@ def build(request, tmp_path_factory) -> dict:
     major = trt_version(request.param).split(".")[0]
     paths = {"static": out / "libvimdeploy_trt_plugin.so", "dynamic": out / "libvimdeploy_trt_plugin_dynamic.so",
              "harness": out / "conformance" / "vimdeploy_conformance",
-             "stub": out / "conformance" / f"libnvinfer.so.{major}", "major": major}
+             "stub": out / "conformance" / f"libnvinfer.so.{major}", "kernels": out / "libvimdeploy_kernels.so",
+             "major": major}
     for k, p in paths.items():
         assert k == "major" or p.is_file(), f"{p} was not built"
     return paths
@@ -166,6 +169,14 @@ def test_host_part(build, exported_node, tmp_path, library):
     cases = [write_case(tmp_path / f"c{i}", *c, data=False) for i, c in enumerate(CASES)]
     r = run_harness(build, library, node, cases, "--host-only", "--build-sms", str(BUILD_SMS))
     assert r.returncode == 0 and " 0 failures" in r.stdout, r.stdout + r.stderr
+    # The harness also feeds it what breaks the contract (conformance.cpp, "rejections"): each
+    # refusal names the method and the input, on TensorRT's logger (dynamic library) or stderr.
+    log = r.stdout if library == "dynamic" else r.stderr
+    for message in ("createPlugin: delta_softplus must be 0 or 1, got 2", "createPlugin: out_scale must be finite",
+                    "getOutputShapes: input 9 (A_fwd) has d_state = 17",
+                    "configurePlugin: input 11 (D_fwd) has E = ", "enqueue: input 14 (dt_bias_bwd) has E = ",
+                    "enqueue: input 3 (B_fwd) has L = ", "enqueue: input 9 (A_fwd) must be fp32"):
+        assert message in log, message
 
 
 def test_workspace_is_the_same_on_any_gpu(build, exported_node, tmp_path):
@@ -179,6 +190,26 @@ def test_workspace_is_the_same_on_any_gpu(build, exported_node, tmp_path):
         sizes[sms] = re.findall(r"workspace (\d+) bytes", r.stdout)
         assert len(sizes[sms]) == len(CASES)
     assert len({tuple(v) for v in sizes.values()}) == 1, sizes
+
+
+def test_kernel_c_api_refuses_what_breaks_the_contract(build):
+    """The CUDA kernel's C entry point checks its params struct before any CUDA call (no GPU
+    needed): the structs the CPU kernel refuses, and variant ids it does not have (an unknown
+    id ran variant 4 once)."""
+    import ctypes
+
+    from tests.test_scan_cpu import BAD_PARAMS, INVALID, host_params
+
+    lib = ctypes.CDLL(str(build["kernels"]))
+    scan = lib.vimdeploy_bi_selective_scan_ex
+    scan.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    bad = {**BAD_PARAMS, "variant 7": (dict(), INVALID), "variant -1": (dict(), INVALID), "num_chunks -1": (dict(), INVALID)}
+    knobs = {"variant 7": (0, 7), "variant -1": (0, -1), "num_chunks -1": (-1, 0)}
+    for what, (change, code) in bad.items():
+        p, y, keep = host_params((2, 5, 16), **change)
+        num_chunks, variant = knobs.get(what, (0, 0))
+        assert scan(ctypes.addressof(p), None, 0, None, num_chunks, variant) == code, what
+        assert (y == 7.0).all(), what
 
 
 def test_node_of_another_plugin_version_is_not_found(build, exported_node, tmp_path):

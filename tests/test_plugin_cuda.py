@@ -61,8 +61,8 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
         lib_path = tmp_path / "libvimdeploy_kernels.so"
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs.split(";")]
         r = subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *gencode,
-                            "-I", str(PLUGIN_SRC / "include"), str(PLUGIN_SRC / "src" / "bi_selective_scan.cu"),
-                            str(PLUGIN_SRC / "src" / "conv_silu.cu"), str(PLUGIN_SRC / "src" / "delta_softplus.cu"),
+                            "-I", str(PLUGIN_SRC / "include"), str(PLUGIN_SRC / "kernels" / "bi_selective_scan.cu"),
+                            str(PLUGIN_SRC / "kernels" / "conv_silu.cu"), str(PLUGIN_SRC / "kernels" / "delta_softplus.cu"),
                             "-o", str(lib_path)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-4000:]
     assert lib_path.is_file()

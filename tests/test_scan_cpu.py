@@ -1,4 +1,4 @@
-"""The native CPU kernel (plugins/src/bi_selective_scan_cpu.cpp) against the fp64 recurrence,
+"""The native CPU kernel (plugins/cpu/bi_selective_scan_cpu.cpp) against the fp64 recurrence,
 through every way it is reached: the "cpu" and "auto" backends, torch.compile/export, ONNX Runtime.
 
 Bounds: the CUDA tests' fp32 bound (rel. 2e-5 of the output's scale, tests/test_scan.py) and,
@@ -193,3 +193,46 @@ def test_strided_b_c_are_copied_for_every_backend_but_cuda():
     assert all(getattr(dense, n).is_contiguous() for n in ("B_fwd", "C_fwd", "B_bwd", "C_bwd"))
     mixed = inputs._replace(C_bwd=torch.randn(b, L, 16))
     assert bc_row_stride(mixed, torch.float32) == 0
+
+
+
+# Params structs that break the contract, as changes to a valid one, and the code the C entry
+# points (CPU and CUDA: plugins/include/vimdeploy/scan_check.h) must return for each.
+INVALID, UNSUPPORTED = -1, -2  # VIMDEPLOY_ERROR_INVALID_ARGUMENT, VIMDEPLOY_ERROR_UNSUPPORTED
+BAD_PARAMS = {
+    "out_scale NaN": (dict(out_scale=float("nan")), INVALID), "out_scale inf": (dict(out_scale=float("inf")), INVALID),
+    "delta_softplus 2": (dict(delta_softplus=2), INVALID), "batch -1": (dict(batch=-1), INVALID),
+    "L -1": (dict(L=-1), INVALID), "E -3": (dict(E=-3), INVALID), "bc_stride 8": (dict(bc_stride=8), INVALID),
+    "null D_bwd": (dict(D_bwd=None), INVALID), "null y": (dict(y=None), INVALID),
+    "N 8": (dict(N=8), UNSUPPORTED), "dtype 5": (dict(dtype=5), UNSUPPORTED),
+}
+
+
+def host_params(shape: tuple[int, int, int], **change):
+    """A valid params struct over host buffers (float32, (b, L, E) = shape), with `change` applied; returns it
+    with y and the buffers, which must stay alive while it is used."""
+    from vimdeploy.contract import input_shapes
+
+    arrays = [np.ones(s, np.float32) for s in input_shapes(*shape)]
+    y = np.full(shape, 7.0, np.float32)
+    p = native.ScanParams.from_pointers([a.ctypes.data for a in arrays], y.ctypes.data, *shape, 16, "float32", True, 0.5)
+    for name, value in change.items():
+        setattr(p, name, value)
+    return p, y, arrays
+
+
+def test_c_entry_point_checks_the_params_struct():
+    """vimdeploy_bi_selective_scan_cpu refuses a params struct that breaks the contract (the check
+    shared with the CUDA kernel) before it reads a pointer, and leaves y untouched."""
+    import ctypes
+
+    lib = native.load_cpu_library()
+    bad = {**BAD_PARAMS, "bc_stride 32 (CPU: dense only)": (dict(bc_stride=32), UNSUPPORTED)}
+    for what, (change, code) in bad.items():
+        p, y, keep = host_params((2, 5, 16), **change)
+        assert lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1) == code, what
+        assert (y == 7.0).all(), what
+    p, y, keep = host_params((0, 5, 16), x_fwd=None)
+    assert lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1) == 0  # nothing to read: any pointers
+    p, y, keep = host_params((2, 5, 16))
+    assert lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), 1) == 0 and not (y == 7.0).any()

@@ -22,6 +22,14 @@
  *              compared with the PyTorch reference (expected.bin, bound.bin per element).
  *   devices    --build-sms / --run-sms set VIMDEPLOY_SM_COUNT (read by the kernel library)
  *              before the build calls and before enqueue: an engine built on a smaller GPU.
+ *   rejections (host only, every case) what breaks the contract must fail and be reported:
+ *              createPlugin with delta_softplus not 0/1, out_scale not finite or fields of the
+ *              wrong type; getOutputShapes with an input of the wrong rank or a constant size
+ *              that disagrees; configurePlugin with any input's size (min/opt/max) or type
+ *              off; enqueue with any input's dims too short, too long, of the wrong rank or
+ *              type (null tensors: it must refuse before the kernel is launched, reporting
+ *              kINVALID_ARGUMENT to the context's ErrorRecorder). Each failure must reach the
+ *              logger (dynamic library: the self-registering one gets no logger, stderr).
  *
  * --host-only stops before enqueue (no GPU needed). Exit status 0 when every check passed.
  */
@@ -39,6 +47,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -125,6 +135,176 @@ void checkFormats(IPluginV3OneBuild* b, DataType act)
     rejects(0, act, TensorFormat::kCHW32, "a vectorized format");
 }
 
+// The inputs' dims as getOutputShapes gets them: batch and L the given symbols, the rest constants.
+std::vector<DimsExprs> inputExprs(ExprBuilder& eb, IDimensionExpr const* batch, IDimensionExpr const* L, Shape s)
+{
+    std::vector<DimsExprs> exprs(kIn);
+    for (int32_t i = 0; i < kIn; ++i)
+    {
+        Dims const d = inputDims(i, s);
+        exprs[i].nbDims = d.nbDims;
+        for (int32_t k = 0; k < d.nbDims; ++k)
+            exprs[i].d[k] = (i < 9 && k == 0) ? batch : (i < 9 && k == 1) ? L : eb.constant(d.d[k]);
+    }
+    return exprs;
+}
+
+// ---------------------------------------------------------------------------- rejections
+
+LoggerFinder gFinder; // handed to the dynamic library through setLoggerFinder
+
+// `call()` returns whether the plugin refused; then it must have logged an error (where it
+// has a logger: `logs`).
+template <typename F>
+void rejects(std::string const& what, bool logs, F&& call)
+{
+    int const before = gFinder.logger.errors;
+    check(call(), what + ": refused");
+    if (logs)
+        check(gFinder.logger.errors > before, what + ": reported through TensorRT's logger");
+}
+
+template <typename T>
+void addField(Fields& f, char const* name, PluginFieldType type, T value)
+{
+    f.storage.emplace_back(reinterpret_cast<char const*>(&value), reinterpret_cast<char const*>(&value) + sizeof value);
+    f.fields.emplace_back(name, f.storage.back().data(), type, 1);
+    f.fc.nbFields = static_cast<int32_t>(f.fields.size());
+    f.fc.fields = f.fields.data();
+}
+
+void checkAttributeRejections(IPluginCreatorV3One* creator, std::string const& name, bool logs)
+{
+    float const nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    std::deque<std::pair<std::string, Fields>> bad; // a deque: Fields point into themselves, never moved
+    auto add = [&](std::string const& what, auto build) {
+        bad.emplace_back(what, Fields{});
+        build(bad.back().second);
+    };
+    for (int32_t v : {2, -1})
+        add("delta_softplus " + std::to_string(v), [&](Fields& f) { addField(f, "delta_softplus", PluginFieldType::kINT32, v); });
+    for (int64_t v : {int64_t(2), (int64_t(1) << 32) + 1})
+        add("delta_softplus " + std::to_string(v) + " (kINT64)",
+            [&](Fields& f) { addField(f, "delta_softplus", PluginFieldType::kINT64, v); });
+    add("delta_softplus as kFLOAT32", [&](Fields& f) { addField(f, "delta_softplus", PluginFieldType::kFLOAT32, 1.0F); });
+    for (float v : {nan, inf, -inf})
+        add("out_scale " + std::to_string(v), [&](Fields& f) { addField(f, "out_scale", PluginFieldType::kFLOAT32, v); });
+    add("out_scale 1e300 (kFLOAT64, inf as float)",
+        [&](Fields& f) { addField(f, "out_scale", PluginFieldType::kFLOAT64, 1e300); });
+    add("out_scale as kINT32", [&](Fields& f) { addField(f, "out_scale", PluginFieldType::kINT32, int32_t(1)); });
+    for (auto& [what, fields] : bad)
+        for (TensorRTPhase phase : {TensorRTPhase::kBUILD, TensorRTPhase::kRUNTIME})
+            rejects("createPlugin(" + what + (phase == TensorRTPhase::kBUILD ? ", kBUILD)" : ", kRUNTIME)"), logs, [&] {
+                IPluginV3* p = creator->createPlugin(name.c_str(), &fields.fc, phase);
+                delete p;
+                return p == nullptr;
+            });
+    Fields good; // the contract's other values are accepted
+    addField(good, "delta_softplus", PluginFieldType::kINT32, int32_t(0));
+    addField(good, "out_scale", PluginFieldType::kFLOAT32, -2.0F);
+    std::unique_ptr<IPluginV3> p(creator->createPlugin(name.c_str(), &good.fc, TensorRTPhase::kBUILD));
+    check(p != nullptr, "createPlugin(delta_softplus 0, out_scale -2) is accepted");
+}
+
+// getOutputShapes / configurePlugin / enqueue with one input's shape or type off the contract.
+void checkShapeRejections(Plugin const& b, IPluginV3OneRuntime* runtime, ErrorRecorder& recorder, Case const& c,
+    bool logs)
+{
+    std::string const tag = "[" + c.dir + "] ";
+    ExprBuilder eb;
+    IDimensionExpr const* batch = eb.impl.symbol();
+    IDimensionExpr const* L = eb.impl.symbol();
+    std::vector<DimsExprs> exprs = inputExprs(eb, batch, L, c.shape);
+    auto outputShapesFail = [&]() {
+        DimsExprs out{};
+        return b.build->getOutputShapes(exprs.data(), kIn, nullptr, 0, &out, 1, eb) != 0;
+    };
+
+    std::vector<DynamicPluginTensorDesc> in(kIn), out(1);
+    for (int32_t i = 0; i < kIn; ++i)
+    {
+        in[i].desc = {inputDims(i, c.shape), inputType(i, c.act), TensorFormat::kLINEAR, 1.0F};
+        in[i].min = in[i].opt = in[i].max = inputDims(i, c.shape);
+    }
+    out[0].desc = {dims({c.shape.batch, c.shape.L, c.shape.E}), c.act, TensorFormat::kLINEAR, 1.0F};
+    out[0].min = out[0].opt = out[0].max = out[0].desc.dims;
+    auto configureFails = [&]() { return b.build->configurePlugin(in.data(), kIn, out.data(), 1) != 0; };
+    check(!configureFails(), tag + "configurePlugin accepts the contract's shapes (the control case)");
+
+    std::vector<PluginTensorDesc> inDesc(kIn), outDesc(1);
+    for (int32_t i = 0; i < kIn; ++i)
+        inDesc[i] = in[i].desc;
+    outDesc[0] = out[0].desc;
+    std::vector<void const*> nullInputs(kIn, nullptr);
+    void* nullOutput = nullptr;
+    // Null tensors: a plugin that let the shapes through would reach the kernel, which refuses
+    // null pointers itself (kINTERNAL_ERROR from the plugin); a plugin that refuses first
+    // reports kINVALID_ARGUMENT.
+    auto enqueueRefuses = [&]() {
+        size_t const before = recorder.errors.size();
+        int32_t const rc = runtime->enqueue(inDesc.data(), outDesc.data(), nullInputs.data(), &nullOutput, nullptr, nullptr);
+        return rc != 0 && recorder.errors.size() > before && recorder.errors.back().first == ErrorCode::kINVALID_ARGUMENT;
+    };
+
+    DataType const other = c.act == DataType::kFLOAT ? DataType::kHALF : DataType::kFLOAT;
+    for (int32_t i = 0; i < kIn; ++i)
+    {
+        std::string const input = "input " + std::to_string(i);
+        // wrong rank
+        --exprs[i].nbDims;
+        rejects(tag + "getOutputShapes with " + input + " of rank one less", logs, outputShapesFail);
+        ++exprs[i].nbDims;
+        --in[i].desc.dims.nbDims;
+        rejects(tag + "configurePlugin with " + input + " of rank one less", logs, configureFails);
+        ++in[i].desc.dims.nbDims;
+        --inDesc[i].dims.nbDims;
+        rejects(tag + "enqueue with " + input + " of rank one less", logs, enqueueRefuses);
+        ++inDesc[i].dims.nbDims;
+        for (int32_t k = 0; k < inDesc[i].dims.nbDims; ++k)
+        {
+            std::string const dim = input + " dimension " + std::to_string(k);
+            if (exprs[i].d[k]->isConstant()) // batch and L are symbols at this stage
+            {
+                IDimensionExpr const* saved = exprs[i].d[k];
+                exprs[i].d[k] = eb.constant(saved->getConstantValue() + 1);
+                rejects(tag + "getOutputShapes with " + dim + " one too long", logs, outputShapesFail);
+                exprs[i].d[k] = saved;
+            }
+            for (Dims* d : {&in[i].min, &in[i].opt, &in[i].max})
+            {
+                ++d->d[k];
+                rejects(tag + "configurePlugin with " + dim + " one too long in a profile", logs, configureFails);
+                --d->d[k];
+            }
+            for (int64_t delta : {int64_t(-1), int64_t(1)})
+            {
+                inDesc[i].dims.d[k] += delta;
+                rejects(tag + "enqueue with " + dim + (delta < 0 ? " one too short" : " one too long"), logs,
+                    enqueueRefuses);
+                inDesc[i].dims.d[k] -= delta;
+            }
+        }
+        // wrong type: an activation of another type than z, a parameter not fp32
+        DataType const wrong = i < 9 ? other : DataType::kHALF;
+        if (i > 0)
+        {
+            in[i].desc.type = wrong;
+            rejects(tag + "configurePlugin with " + input + " of the wrong type", logs, configureFails);
+            in[i].desc.type = inputType(i, c.act);
+        }
+        inDesc[i].type = i == 0 ? DataType::kINT8 : wrong;
+        rejects(tag + "enqueue with " + input + " of the wrong type", logs, enqueueRefuses);
+        inDesc[i].type = inputType(i, c.act);
+    }
+    ++outDesc[0].dims.d[1];
+    rejects(tag + "enqueue with an output longer than z", logs, enqueueRefuses);
+    --outDesc[0].dims.d[1];
+    size_t const before = recorder.errors.size();
+    check(runtime->enqueue(inDesc.data(), outDesc.data(), nullInputs.data(), &nullOutput, nullptr, nullptr) != 0
+            && recorder.errors.size() > before,
+        tag + "enqueue with the contract's shapes but null tensors fails (the kernel's own check) and is reported");
+}
+
 #define CUDA_OK(call) check((call) == cudaSuccess, std::string(#call) + ": " + cudaGetErrorString(cudaGetLastError()))
 
 constexpr size_t kGuard = 1 << 20;
@@ -132,7 +312,7 @@ constexpr unsigned char kGuardByte = 0xA5;
 
 // One case: build-time calls at the case's max shape, then run at its shape.
 void runCase(IPluginCreatorV3One* creator, Fields const& nodeFields, std::string const& nodeName, Case const& c,
-    bool hostOnly, bool exactWorkspace, int buildSms, int runSms)
+    bool hostOnly, bool exactWorkspace, int buildSms, int runSms, bool logs)
 {
     std::string const tag = "[" + c.dir + "] ";
     setEnvSms(buildSms);
@@ -158,14 +338,7 @@ void runCase(IPluginCreatorV3One* creator, Fields const& nodeFields, std::string
     ExprBuilder eb;
     IDimensionExpr const* batch = eb.impl.symbol();
     IDimensionExpr const* L = eb.impl.symbol();
-    std::vector<DimsExprs> inExprs(kIn);
-    for (int32_t i = 0; i < kIn; ++i)
-    {
-        Dims const d = inputDims(i, c.shape);
-        inExprs[i].nbDims = d.nbDims;
-        for (int32_t k = 0; k < d.nbDims; ++k)
-            inExprs[i].d[k] = (i < 9 && k == 0) ? batch : (i < 9 && k == 1) ? L : eb.constant(d.d[k]);
-    }
+    std::vector<DimsExprs> inExprs = inputExprs(eb, batch, L, c.shape);
     DimsExprs outExprs{};
     check(b.build->getOutputShapes(inExprs.data(), kIn, nullptr, 0, &outExprs, 1, eb) == 0, tag + "getOutputShapes");
     check(outExprs.nbDims == 3 && outExprs.d[0] == batch && outExprs.d[1] == L && outExprs.d[2]->isConstant()
@@ -226,6 +399,12 @@ void runCase(IPluginCreatorV3One* creator, Fields const& nodeFields, std::string
         inDesc[i] = {inputDims(i, c.shape), inTypes[i], TensorFormat::kLINEAR, 1.0F};
     outDesc[0] = {dims({c.shape.batch, c.shape.L, c.shape.E}), c.act, TensorFormat::kLINEAR, 1.0F};
     check(x.runtime->onShapeChange(inDesc.data(), kIn, outDesc.data(), 1) == 0, tag + "onShapeChange");
+
+    Plugin rb = capabilities(creator->createPlugin(nodeName.c_str(), &nodeFields.fc, TensorRTPhase::kBUILD), true,
+        tag + "createPlugin(kBUILD) for the rejections");
+    if (rb.build)
+        checkShapeRejections(rb, x.runtime, context.recorder, c, logs);
+    delete rb.v3;
 
     if (hostOnly)
     {
@@ -398,7 +577,6 @@ int main(int argc, char** argv)
 
     // ---- load the library as TensorRT's two mechanisms do
     std::vector<std::pair<IPluginCreatorInterface*, std::string>> creators;
-    static LoggerFinder finder;
     if (dynamicLib)
     {
         void* lib = dlopen(pluginPath.c_str(), RTLD_LAZY | RTLD_LOCAL);
@@ -410,7 +588,7 @@ int main(int argc, char** argv)
         if (!check(getCreators != nullptr, "the dynamic library exports getCreators"))
             return 1;
         if (setLoggerFinder)
-            setLoggerFinder(&finder);
+            setLoggerFinder(&gFinder);
         int32_t n = 0;
         IPluginCreatorInterface* const* list = getCreators(n);
         for (int32_t i = 0; i < n; ++i)
@@ -463,8 +641,9 @@ int main(int argc, char** argv)
     Fields nodeFields;
     loadFields(nodeFields, node, creator->getFieldNames());
     std::string const nodeName = node.name.empty() ? node.opType : node.name;
+    checkAttributeRejections(creator, nodeName, dynamicLib);
     for (auto const& dir : caseDirs)
-        runCase(creator, nodeFields, nodeName, readCase(dir), hostOnly, exactWorkspace, buildSms, runSms);
+        runCase(creator, nodeFields, nodeName, readCase(dir), hostOnly, exactWorkspace, buildSms, runSms, dynamicLib);
 
     std::printf("conformance: %d checks, %d failures\n", gChecks, gFailures);
     return gFailures ? 1 : 0;

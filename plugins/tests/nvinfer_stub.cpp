@@ -43,10 +43,12 @@ public:
         *n = static_cast<int32_t>(list.size());
         return list.data();
     }
+#if NV_TENSORRT_MAJOR > 10 || NV_TENSORRT_MINOR >= 10 // added in TensorRT 10.10
     IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const n) noexcept override
     {
         return getAllCreators(n);
     }
+#endif
     IPluginCreatorInterface* getCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override
     {
         return nullptr; // the harness selects creators itself, as the ONNX parser's lookup does

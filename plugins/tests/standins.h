@@ -1,7 +1,7 @@
 /*
  * What TensorRT hands a plugin, stood in for by the conformance harness: a logger (and the
- * finder a dynamic plugin library gets through setLoggerFinder), the resource context of
- * attachToContext, and a working IExprBuilder (constants fold; anything involving a symbol
+ * finder a dynamic plugin library gets through setLoggerFinder) that counts the errors logged,
+ * the resource context of attachToContext with an ErrorRecorder that keeps what it is told, and a working IExprBuilder (constants fold; anything involving a symbol
  * is a new symbol) for getOutputShapes. TensorRT's IExprBuilder / IDimensionExpr forward to
  * an implementation object (apiv::VExprBuilder / VDimensionExpr), which is what is built here.
  */
@@ -11,6 +11,9 @@
 
 #include <cstdio>
 #include <deque>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace conformance
 {
@@ -22,7 +25,10 @@ public:
     void log(Severity severity, AsciiChar const* msg) noexcept override
     {
         std::printf("[plugin log %d] %s\n", static_cast<int>(severity), msg);
+        if (severity <= Severity::kERROR)
+            ++errors;
     }
+    int errors = 0; // messages of severity kERROR or worse
 };
 
 class LoggerFinder final : public ILoggerFinder
@@ -32,11 +38,30 @@ public:
     Logger logger;
 };
 
+class ErrorRecorder final : public IErrorRecorder
+{
+public:
+    int32_t getNbErrors() const noexcept override { return static_cast<int32_t>(errors.size()); }
+    ErrorCode getErrorCode(int32_t i) const noexcept override { return errors.at(i).first; }
+    ErrorDesc getErrorDesc(int32_t i) const noexcept override { return errors.at(i).second.c_str(); }
+    bool hasOverflowed() const noexcept override { return false; }
+    void clear() noexcept override { errors.clear(); }
+    bool reportError(ErrorCode code, ErrorDesc desc) noexcept override
+    {
+        errors.emplace_back(code, desc ? desc : "");
+        return true;
+    }
+    RefCount incRefCount() noexcept override { return 1; }
+    RefCount decRefCount() noexcept override { return 1; }
+    std::vector<std::pair<ErrorCode, std::string>> errors;
+};
+
 class ResourceContext final : public IPluginResourceContext
 {
 public:
     IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
-    IErrorRecorder* getErrorRecorder() const noexcept override { return nullptr; }
+    IErrorRecorder* getErrorRecorder() const noexcept override { return const_cast<ErrorRecorder*>(&recorder); }
+    ErrorRecorder recorder;
 };
 
 // A working IExprBuilder: constants fold, anything involving a symbol is a new symbol.

@@ -8,8 +8,8 @@ from .timing import _cleanup
 
 _CATEGORIES = [
     ("scan kernel", ("biscan", "bi_selective", "selective_scan", "scan_chunk")),
-    ("delta (dt_proj + softplus)", ("deltakernel",)),  # plugins/src/delta_softplus.cu
-    ("conv + SiLU + x_proj (one kernel)", ("convsiluxproj",)),  # plugins/src/conv_xproj.cu
+    ("delta (dt_proj + softplus)", ("deltakernel",)),  # plugins/kernels/delta_softplus.cu
+    ("conv + SiLU + x_proj (one kernel)", ("convsiluxproj",)),  # plugins/kernels/conv_xproj.cu
     ("GEMM (linear)", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk")),
     ("conv (patch embed, depthwise 1-D)", ("conv", "implicit", "winograd", "fprop", "dgrad", "depthwise")),
     # before "copies": Inductor names its fused residual add + RMSNorm "..._to_copy_add_mean_mul_pow_rsqrt..."

@@ -1,7 +1,7 @@
 """The native CPU kernel as a PyTorch op: `torch.ops.vimdeploy.bi_selective_scan_cpu`.
 
 Scan backend "cpu". It runs on PyTorch's intra-op thread count (torch.get_num_threads())
-with the library's own pool; see plugins/src/bi_selective_scan_cpu.cpp.
+with the library's own pool; see plugins/cpu/bi_selective_scan_cpu.cpp.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from .native import PluginError, load_library
 __all__ = ["VARIANTS", "bi_selective_scan_cuda", "launch"]
 
 # launch()'s `variant` values besides 0 (automatic): the kernel variants of
-# plugins/src/bi_selective_scan.cu's dispatch (docs/kernel.md lists them)
+# plugins/kernels/bi_selective_scan.cu (named VIMDEPLOY_SCAN_* in bi_selective_scan.h; docs/kernel.md lists them)
 VARIANTS = range(1, 7)
 
 

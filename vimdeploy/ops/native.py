@@ -3,7 +3,7 @@
 Two libraries implement `export/op_contract.md` behind one C struct
 (`plugins/include/vimdeploy/scan_params.h`, mirrored here as `ScanParams`):
 
-* the CPU kernel (`plugins/src/bi_selective_scan_cpu.cpp`): built by `pip install` /
+* the CPU kernel (`plugins/cpu/bi_selective_scan_cpu.cpp`): built by `pip install` /
   `make setup` as `vimdeploy/ops/_scan_cpu*.so` (a setuptools extension, optional: without
   a C++ compiler vimdeploy runs on the PyTorch scan), or by CMake as libvimdeploy_cpu.so;
 * the CUDA kernel (`libvimdeploy_kernels.so`) and the TensorRT plugins: built by CMake +

@@ -35,9 +35,23 @@ VIMDEPLOY_API int vimdeploy_bi_selective_scan(
     VimdeployScanParams const* p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 /*
- * Same, with the tuning knobs exposed (benchmarks and tests): num_chunks = number of
- * chunks L is split into (0 = automatic, 1 = never split; needs the workspace),
- * variant = 0 automatic, else a kernel variant id (see bi_selective_scan.cu).
+ * Kernel variants of vimdeploy_bi_selective_scan_ex (benchmarks and tests force each): how many
+ * time steps of B and C a warp stages per chunk, and how many threads share a channel (each
+ * then holds 16 / threads of its states). When each wins: bi_selective_scan.cu, autoVariant.
+ * The ids are fixed: Python passes them as ints (vimdeploy/ops/cuda.py, VARIANTS).
+ */
+#define VIMDEPLOY_SCAN_AUTO 0 /* what vimdeploy_bi_selective_scan runs */
+#define VIMDEPLOY_SCAN_STEPS4_THREADS1 1
+#define VIMDEPLOY_SCAN_STEPS8_THREADS1 2
+#define VIMDEPLOY_SCAN_STEPS4_THREADS2 3
+#define VIMDEPLOY_SCAN_STEPS8_THREADS2 4
+#define VIMDEPLOY_SCAN_STEPS16_THREADS1 5
+#define VIMDEPLOY_SCAN_STEPS16_THREADS2 6
+#define VIMDEPLOY_SCAN_NUM_VARIANTS 7 /* ids 0 .. 6; any other is VIMDEPLOY_ERROR_INVALID_ARGUMENT */
+
+/*
+ * Same, with the tuning knobs exposed: num_chunks = number of chunks L is split into
+ * (0 = automatic, 1 = never split; needs the workspace), variant = a VIMDEPLOY_SCAN_* id.
  */
 VIMDEPLOY_API int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* p, void* workspace,
     size_t workspace_bytes, cudaStream_t stream, int num_chunks, int variant);

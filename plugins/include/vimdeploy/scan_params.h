@@ -26,6 +26,16 @@ extern "C" {
 #define VIMDEPLOY_API __attribute__((visibility("default")))
 #endif
 
+/* The op (vimdeploy/contract.py holds the same facts for Python; tests/test_contract.py checks
+   that the two agree): its ONNX op_type = the TensorRT plugin's name, the plugin_version and
+   plugin_namespace, d_state, and the attributes' defaults. */
+#define VIMDEPLOY_SCAN_OP_TYPE "BiSelectiveScan"
+#define VIMDEPLOY_SCAN_PLUGIN_VERSION "1"
+#define VIMDEPLOY_SCAN_PLUGIN_NAMESPACE ""
+#define VIMDEPLOY_SCAN_D_STATE 16 /* N: the only d_state the kernels implement */
+#define VIMDEPLOY_SCAN_DEFAULT_DELTA_SOFTPLUS 1
+#define VIMDEPLOY_SCAN_DEFAULT_OUT_SCALE 0.5f
+
 /* Activation dtypes (values fixed: Python passes them as ints). */
 #define VIMDEPLOY_DTYPE_FLOAT32 0
 #define VIMDEPLOY_DTYPE_FLOAT16 1
@@ -33,10 +43,7 @@ extern "C" {
 /* Return codes: 0 success, negative = bad arguments, positive = a cudaError_t. */
 #define VIMDEPLOY_SUCCESS 0
 #define VIMDEPLOY_ERROR_INVALID_ARGUMENT (-1)
-#define VIMDEPLOY_ERROR_UNSUPPORTED (-2) /* N != 16, unknown dtype */
-
-/* Version of the op contract these libraries implement (the plugin_version). */
-#define VIMDEPLOY_BI_SELECTIVE_SCAN_VERSION "1"
+#define VIMDEPLOY_ERROR_UNSUPPORTED (-2) /* N != VIMDEPLOY_SCAN_D_STATE, unknown dtype */
 
 typedef struct VimdeployScanParams
 {
@@ -66,7 +73,7 @@ typedef struct VimdeployScanParams
     int64_t N;
     int32_t dtype;          /* VIMDEPLOY_DTYPE_* */
     int32_t delta_softplus; /* attribute delta_softplus (0 or 1) */
-    float out_scale;        /* attribute out_scale */
+    float out_scale;        /* attribute out_scale (finite) */
     /* Elements between consecutive tokens of B_fwd, C_fwd, B_bwd and C_bwd (each (batch, L, N)
        with unit stride over N and batch stride L * bc_stride); 0 means N (dense). The CUDA
        kernel takes any bc_stride >= N (the model hands it slices of x_proj's output without a
@@ -78,6 +85,10 @@ typedef struct VimdeployScanParams
 /* The 15 input pointers head VimdeployScanParams with no padding, so they can be read and
    written as an array `void const* inputs[15]` at &params.z (TensorRT hands them over so). */
 #define VIMDEPLOY_SCAN_NUM_INPUTS 15
+/* Their names, in the same order (for messages). */
+#define VIMDEPLOY_SCAN_INPUT_NAMES                                                                     \
+    "z", "x_fwd", "dt_fwd", "B_fwd", "C_fwd", "x_bwd", "dt_bwd", "B_bwd", "C_bwd", "A_fwd", "A_bwd",   \
+        "D_fwd", "D_bwd", "dt_bias_fwd", "dt_bias_bwd"
 #ifdef __cplusplus
 static_assert(offsetof(VimdeployScanParams, y) == VIMDEPLOY_SCAN_NUM_INPUTS * sizeof(void const*),
     "the input pointers of VimdeployScanParams must be contiguous");

@@ -2,12 +2,14 @@
 // conversions, exp2 on the special-function unit, mamba_ssm's softplus.
 #pragma once
 
+#include "vimdeploy/scan_numeric.h"
+
 #include <cuda_fp16.h>
 
 namespace vimdeploy
 {
 
-constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLog2e = VIMDEPLOY_LOG2E;
 
 __device__ __forceinline__ float toF(float v) { return v; }
 __device__ __forceinline__ float toF(__half v) { return __half2float(v); }
@@ -26,22 +28,23 @@ __device__ __forceinline__ float ex2Mufu(float x)
     return y;
 }
 
-// mamba_ssm's rule softplus(v) = v if v > 20 else log1p(exp(v)), computed as
-// max(v, 0) + log1p(w), w = exp(-|v|) in (0, 1], with log1p(w) = w * q(w), q a degree-8
-// Chebyshev fit of log1p(w)/w on [0, 1] (rel. error 2.5e-7 in fp32): one MUFU op instead
-// of the ~40 instructions of log1pf(expf(v)), same result at fp32 level.
+// mamba_ssm's softplus as scan_numeric.h writes it (the CPU kernel uses the same fit): one
+// MUFU op instead of the ~40 instructions of log1pf(expf(v)), same result at fp32 level.
 __device__ __forceinline__ float softplus(float v)
 {
+    constexpr float kQ[] = {VIMDEPLOY_SOFTPLUS_LOG1P_COEFFS};
     float const w = ex2Mufu(-fabsf(v) * kLog2e);
-    float q = 5.1261024e-3f;
-    q = fmaf(q, w, -2.9074065e-2f);
-    q = fmaf(q, w, 7.7516086e-2f);
-    q = fmaf(q, w, -1.3602248e-1f);
-    q = fmaf(q, w, 1.9076881e-1f);
-    q = fmaf(q, w, -2.4835399e-1f);
-    q = fmaf(q, w, 3.3318120e-1f);
-    q = fmaf(q, w, -4.9999446e-1f);
-    q = fmaf(q, w, 9.9999994e-1f);
+    // The steps written out: as a loop, nvcc scheduled the scan's hot loop differently.
+    static_assert(VIMDEPLOY_SOFTPLUS_LOG1P_DEGREE == 8, "one Horner step per coefficient");
+    float q = kQ[0];
+    q = fmaf(q, w, kQ[1]);
+    q = fmaf(q, w, kQ[2]);
+    q = fmaf(q, w, kQ[3]);
+    q = fmaf(q, w, kQ[4]);
+    q = fmaf(q, w, kQ[5]);
+    q = fmaf(q, w, kQ[6]);
+    q = fmaf(q, w, kQ[7]);
+    q = fmaf(q, w, kQ[8]);
     // No branch for the v > 20 rule: there w * q < 2.1e-9 is below half an ulp of v (9.5e-7),
     // so max(v, 0) + w * q rounds to v exactly. A branch here split the scan's hot loop into
     // basic blocks (with divergence bookkeeping around every shuffle) and cost more than the FMAs.

@@ -38,6 +38,7 @@
  *   tried and was slower: the kernel is as much issue-bound as MUFU-bound (docs/kernel.md).
  */
 #include "vimdeploy/bi_selective_scan.h"
+#include "vimdeploy/scan_check.h"
 
 #include "numeric.cuh"
 
@@ -54,7 +55,7 @@
 namespace
 {
 
-constexpr int kN = 16;      // d_state (Vim); other values are rejected
+constexpr int kN = VIMDEPLOY_SCAN_D_STATE; // other values are rejected (scan_check.h)
 constexpr int kWarp = 32;   // channels per block (one warp per direction)
 constexpr int kMinChunkL = 64; // shortest chunk worth splitting L into
 
@@ -537,39 +538,39 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     return kernel(std::false_type{});
 }
 
-// Variants (tuned on an H100, docs/kernel.md): <time steps staged per chunk, threads per channel>.
-// Measured on an H100 (bench_scan.py --variants, docs/kernel.md):
+// When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):
 // - the grid has >= 4 blocks per SM (L=197 batch 128, Vim-S/B at batch 32): one thread per
-//   channel; 8 steps per chunk for long sequences (variant 2: L=6085 batch 32 3-8% faster
-//   than variant 1), 4 for short ones (variant 1: L=197 batch 128 1-4% faster than 2);
-// - L split into chunks (batch 1): variant 2 for L >= 2048, else variant 4;
-// - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel (variant
-//   4: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms for
-//   variant 2), fp32 variant 2 (1.28 vs 1.40 ms for variant 4).
+//   channel; 8 steps per chunk for long sequences (STEPS8_THREADS1: L=6085 batch 32 3-8% faster
+//   than STEPS4_THREADS1), 4 for short ones (STEPS4_THREADS1: L=197 batch 128 1-4% faster);
+// - L split into chunks (batch 1): STEPS8_THREADS1 for L >= 2048, else STEPS8_THREADS2;
+// - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel
+//   (STEPS8_THREADS2: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms
+//   for STEPS8_THREADS1), fp32 STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
     bool const split = autoChunks(batch, L, tilesOf(E, kWarp)) > 1;
     if (split)
-        return L >= 2048 ? 2 : 4;
+        return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS8_THREADS2;
     if (blocks >= 4 * smCount())
-        return L >= 2048 ? 2 : 1;
-    return fp32 ? 2 : 4;
+        return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS4_THREADS1;
+    return fp32 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS8_THREADS2;
 }
 
+// launch<T, steps staged per chunk, threads per channel> of each variant (bi_selective_scan.h).
 template <typename T>
 cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail, cudaStream_t stream)
 {
-    switch (variant == 0 ? autoVariant(p.batch, p.L, p.E, std::is_same<T, float>::value) : variant)
+    switch (variant == VIMDEPLOY_SCAN_AUTO ? autoVariant(p.batch, p.L, p.E, std::is_same<T, float>::value) : variant)
     {
-    case 1: return launch<T, 4, 1>(p, numChunks, wsAvail, stream);
-    case 2: return launch<T, 8, 1>(p, numChunks, wsAvail, stream);
-    case 3: return launch<T, 4, 2>(p, numChunks, wsAvail, stream);
-    case 5: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
-    case 6: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
-    case 4:
-    default: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_STEPS4_THREADS1: return launch<T, 4, 1>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_STEPS8_THREADS1: return launch<T, 8, 1>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_STEPS4_THREADS2: return launch<T, 4, 2>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_STEPS8_THREADS2: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_STEPS16_THREADS1: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_STEPS16_THREADS2: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
     }
+    return cudaErrorInvalidValue; // unreachable: vimdeploy_bi_selective_scan_ex checks the id
 }
 
 } // namespace
@@ -592,22 +593,15 @@ size_t vimdeploy_bi_selective_scan_workspace_size(int64_t E, int64_t N)
 int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace, size_t workspace_bytes,
     cudaStream_t stream, int num_chunks, int variant)
 {
-    if (!a)
+    int const rc = vimdeploy_scan_params_check(a);
+    if (rc != VIMDEPLOY_SUCCESS)
+        return rc;
+    // This kernel's own limits: grid.y = batch, 32-bit token indices, the tuning knobs.
+    if (num_chunks < 0 || variant < 0 || variant >= VIMDEPLOY_SCAN_NUM_VARIANTS
+        || a->batch > 65535 || a->L > (int64_t(1) << 31) - 1 || a->bc_stride > (int64_t(1) << 24))
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (a->N != kN || (a->dtype != VIMDEPLOY_DTYPE_FLOAT32 && a->dtype != VIMDEPLOY_DTYPE_FLOAT16))
-        return VIMDEPLOY_ERROR_UNSUPPORTED;
-    if (a->batch < 0 || a->L < 0 || a->E < 0 || num_chunks < 0 || a->batch > 65535 || a->L > (int64_t(1) << 31) - 1)
-        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (a->bc_stride != 0 && (a->bc_stride < a->N || a->bc_stride > (int64_t(1) << 24)))
-        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (a->batch == 0 || a->L == 0 || a->E == 0)
+    if (vimdeploy_scan_is_empty(a))
         return VIMDEPLOY_SUCCESS;
-    void const* const* inputs = &a->z; // the 15 input pointers head the struct, in contract order
-    for (int i = 0; i < VIMDEPLOY_SCAN_NUM_INPUTS; ++i)
-        if (!inputs[i])
-            return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (!a->y)
-        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
 
     Params p;
     p.z = a->z;
@@ -633,7 +627,7 @@ int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace
     p.batch = int(a->batch);
     p.chunks = 1;
     p.chunk_len = int(a->L);
-    p.softplus = a->delta_softplus != 0;
+    p.softplus = a->delta_softplus;
     p.bcStride = a->bc_stride == 0 ? a->N : a->bc_stride;
     size_t const elem = a->dtype == VIMDEPLOY_DTYPE_FLOAT16 ? 2 : 4;
     p.bcVec = ((reinterpret_cast<uintptr_t>(a->B_fwd) | reinterpret_cast<uintptr_t>(a->B_bwd)
@@ -659,7 +653,9 @@ char const* vimdeploy_error_string(int code)
     switch (code)
     {
     case VIMDEPLOY_SUCCESS: return "success";
-    case VIMDEPLOY_ERROR_INVALID_ARGUMENT: return "invalid argument (null pointer, negative size, batch > 65535)";
+    case VIMDEPLOY_ERROR_INVALID_ARGUMENT:
+        return "invalid argument (null pointer, negative size, delta_softplus not 0/1, out_scale not finite, bc_stride < "
+               "d_state, unknown variant, batch > 65535)";
     case VIMDEPLOY_ERROR_UNSUPPORTED:
         return "unsupported (dtype must be float32 or float16; scan: d_state 16; conv: k 1..8, a tiled variant k 4)";
     default: return code > 0 ? cudaGetErrorString(static_cast<cudaError_t>(code)) : "unknown error";

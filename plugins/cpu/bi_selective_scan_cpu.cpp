@@ -20,6 +20,8 @@
  *   10-60x on a 2-core machine). Workers sleep on a condition variable between calls.
  */
 #include "vimdeploy/bi_selective_scan_cpu.h"
+#include "vimdeploy/scan_check.h"
+#include "vimdeploy/scan_numeric.h"
 
 #include <algorithm>
 #include <atomic>
@@ -49,7 +51,7 @@
 namespace
 {
 
-constexpr int kN = 16; // d_state
+constexpr int kN = VIMDEPLOY_SCAN_D_STATE;
 constexpr int kV = 8;  // floats per vector: one AVX2 register, two NEON/SSE registers
 constexpr int kW = 16; // channels per task: two vectors, two independent dependency chains
 
@@ -98,27 +100,20 @@ VIMDEPLOY_INLINE V exp2v(V t)
     return bitcast<V>(bitcast<VI>(p) + (e << 23));
 }
 
-constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLog2e = VIMDEPLOY_LOG2E;
 
 VIMDEPLOY_INLINE V expv(V x) { return exp2v(x * kLog2e); }
 
-// mamba_ssm's rule softplus(v) = v if v > 20 else log1p(exp(v)), computed as
-// max(v, 0) + log1p(w), w = exp(-|v|) in (0, 1], log1p(w) = w q(w) with the degree-8 fit
-// of the CUDA kernel (rel. error 2.5e-7).
+// mamba_ssm's softplus as scan_numeric.h writes it, with the CUDA kernel's fit and steps.
 VIMDEPLOY_INLINE V softplusv(V v)
 {
+    constexpr float kQ[] = {VIMDEPLOY_SOFTPLUS_LOG1P_COEFFS};
     V const w = expv(-vabs(v));
-    V q = splat(5.1261024e-3f);
-    q = q * w - 2.9074065e-2f;
-    q = q * w + 7.7516086e-2f;
-    q = q * w - 1.3602248e-1f;
-    q = q * w + 1.9076881e-1f;
-    q = q * w - 2.4835399e-1f;
-    q = q * w + 3.3318120e-1f;
-    q = q * w - 4.9999446e-1f;
-    q = q * w + 9.9999994e-1f;
+    V q = splat(kQ[0]);
+    for (int i = 1; i <= VIMDEPLOY_SOFTPLUS_LOG1P_DEGREE; ++i)
+        q = q * w + kQ[i];
     V const r = vmax(v, V{}) + w * q;
-    return v > 20.f ? v : r;
+    return v > VIMDEPLOY_SOFTPLUS_THRESHOLD ? v : r;
 }
 
 // silu(v) = v / (1 + exp(-v)); exp's clamp keeps the denominator finite (v < -88 gives ~0).
@@ -436,22 +431,13 @@ extern "C" {
 
 int vimdeploy_bi_selective_scan_cpu(VimdeployScanParams const* p, int num_threads)
 {
-    if (!p)
-        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (p->N != kN || (p->dtype != VIMDEPLOY_DTYPE_FLOAT32 && p->dtype != VIMDEPLOY_DTYPE_FLOAT16))
-        return VIMDEPLOY_ERROR_UNSUPPORTED;
-    if (p->batch < 0 || p->L < 0 || p->E < 0)
-        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    int const rc = vimdeploy_scan_params_check(p);
+    if (rc != VIMDEPLOY_SUCCESS)
+        return rc;
     if (p->bc_stride != 0 && p->bc_stride != p->N) // dense B and C only (scan_params.h)
         return VIMDEPLOY_ERROR_UNSUPPORTED;
-    if (p->batch == 0 || p->L == 0 || p->E == 0)
+    if (vimdeploy_scan_is_empty(p))
         return VIMDEPLOY_SUCCESS;
-    void const* const* inputs = &p->z;
-    for (int i = 0; i < VIMDEPLOY_SCAN_NUM_INPUTS; ++i)
-        if (!inputs[i])
-            return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (!p->y)
-        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
     int const threads = num_threads > 0 ? num_threads : cpusAvailable();
     if (p->dtype == VIMDEPLOY_DTYPE_FLOAT16)
         runScan<uint16_t>(*p, threads);
@@ -481,8 +467,10 @@ char const* vimdeploy_cpu_error_string(int code)
     switch (code)
     {
     case VIMDEPLOY_SUCCESS: return "success";
-    case VIMDEPLOY_ERROR_INVALID_ARGUMENT: return "invalid argument (null pointer or negative size)";
-    case VIMDEPLOY_ERROR_UNSUPPORTED: return "unsupported (d_state must be 16, dtype float32 or float16)";
+    case VIMDEPLOY_ERROR_INVALID_ARGUMENT:
+        return "invalid argument (null pointer, negative size, delta_softplus not 0/1, out_scale not finite, bc_stride < "
+               "d_state)";
+    case VIMDEPLOY_ERROR_UNSUPPORTED: return "unsupported (d_state must be 16, dtype float32 or float16, B and C dense)";
     default: return "unknown error";
     }
 }
