@@ -124,10 +124,10 @@ def test_handler_refusals(reference):
 # A real server
 
 
-def Server(artifact, *options, log: Path) -> ServeProcess:
-    """The server under test, with Triton's own log kept for failure messages."""
+def Server(artifact, *options, log: Path, **kwargs) -> ServeProcess:
+    """The server under test, with Triton's own log kept for failure messages; kwargs go to ServeProcess."""
     try:
-        return ServeProcess(artifact, "--verbose", *options, log=log, startup_timeout_s=STARTUP_S)
+        return ServeProcess(artifact, "--verbose", *options, log=log, startup_timeout_s=STARTUP_S, **kwargs)
     except VimdeployError as e:
         pytest.fail(str(e))
 

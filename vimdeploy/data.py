@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,9 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, formats=None):
     from PIL import Image
 
     try:
-        image = Image.open(source, formats=formats)
+        with warnings.catch_warnings():  # PIL warns between its limit and twice it; the check below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source, formats=formats)
     except Image.DecompressionBombError as e:  # PIL's own limit (Image.MAX_IMAGE_PIXELS), also from the header
         raise InputError(f"too large to decode ({e})") from None
     width, height = image.size

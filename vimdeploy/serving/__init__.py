@@ -25,11 +25,11 @@ from .gate import Gate
 from .handler import ModelSpec, probe
 from .process import free_ports
 from .repository import write_model
-from .server import (API_KEY_HEADER, SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, server_env, triton_distribution,
+from .server import (API_KEY_HEADER, GRPC_API_KEY_HEADER, SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, server_env, triton_distribution,
                      tritonserver_args)
 from .watchdog import Watchdog, make_workspace, remove_shm, shm_prefix, sweep
 
-__all__ = ["serve", "api_key_from_env", "ModelSpec", "API_KEY_HEADER", "MAX_IMAGE_PIXELS", "MAX_REQUEST_BYTES"]
+__all__ = ["serve", "api_key_from_env", "ModelSpec", "API_KEY_HEADER", "GRPC_API_KEY_HEADER", "MAX_IMAGE_PIXELS", "MAX_REQUEST_BYTES"]
 
 #: the largest HTTP request body accepted: 8 Vim-Ti images (8 x 3 x 224 x 224 floats) are about
 #: 24 MB as JSON and 4.8 MB in Triton's binary format; 64 MiB leaves room for larger images or batches

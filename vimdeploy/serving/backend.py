@@ -10,7 +10,6 @@ gRPC INVALID_ARGUMENT) and does not fail the others batched with it.
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the stub; not an installable package
@@ -42,10 +41,8 @@ class TritonPythonModel:
         engine = open_engine(settings["artifact"], **settings.get("engine_options", {}))
         labels = class_names(spec.num_classes, settings.get("labels"))
         max_pixels = int(settings["max_image_pixels"])
-        # PIL's own header check (DecompressionBombError) at the same limit; its warning between
-        # one and two times the limit is noise here: Handler refuses those images itself.
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # PIL's own header check (DecompressionBombError, at twice this) must not refuse what we allow
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
         self.handler = Handler(engine, spec, labels, max_image_pixels=max_pixels)
         # One call before the model reports ready, so that no client pays for lazy setup.
         zeros = np.zeros((1, 3, spec.img_size, spec.img_size), np.float32)

@@ -39,6 +39,8 @@ ADMIN_HEADER = "vimdeploy-admin"
 ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
 #: header a client sends with `vimdeploy serve --api-key-env VAR` (value: the key)
 API_KEY_HEADER = "vimdeploy-api-key"
+#: the same over gRPC: Triton expects restricted-protocol headers with this prefix
+GRPC_API_KEY_HEADER = "triton-grpc-protocol-" + API_KEY_HEADER
 #: Triton's APIs behind API_KEY_HEADER; health stays open for load balancers' probes
 API_KEY_APIS = ("inference", "metadata", "model-config", "statistics")
 INSTALL_HINT = "pip install 'vimdeploy[serve]'  (nvidia-pytriton: Triton Inference Server for Linux x86-64/arm64)"
