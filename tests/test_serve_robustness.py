@@ -508,3 +508,14 @@ def test_sigkill_under_load_leaves_nothing_and_the_ports_serve_again(keyed, refe
     before = collections.Counter(r[2] for r in load.records if r[0] < signalled - 0.05)
     assert set(before) == {200}, before
     assert "wrong answer" not in {r[2] for r in load.records}
+
+
+def test_a_busy_http_port_is_one_error_line(serve_stack, cli):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        grpc, metrics = free_ports(2)
+        result = cli("serve", digits.WEIGHTS, "--http-port", port, "--grpc-port", grpc, "--metrics-port", metrics)
+    assert result.exit_code == 1 and f"cannot listen on 127.0.0.1:{port} (--http-port)" in result.output, result.output
+    assert not list(SHM_DIR.glob(f"vimdeploy{os.getpid()}_*"))  # the server it had started is gone, and its memory

@@ -114,13 +114,13 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
         triton_http = free_ports(1)[0]
         args = tritonserver_args(dist, workspace / "models", backends, name, host, {**ports, "http": triton_http}, shm)
         server = TritonServer(args, server_env(dist), f"http://127.0.0.1:{triton_http}", echo, api_key)
+        server.start()  # before the gate's thread: the fork runs Python code (preexec_fn) in the child
+        watchdog.guard(server.process.pid)
         gate = Gate(host, http_port, triton_http, max_request_bytes)
         try:
             gate.start()
         except OSError as e:
             raise InputError(f"cannot listen on {host}:{http_port} (--http-port): {e.strerror or e}") from None
-        server.start()
-        watchdog.guard(server.process.pid)
         ready = server.wait_ready(startup_timeout_s, stop)
         info = {"model": name, "artifact": str(artifact), "engine": description, "spec": spec.to_dict(),
                 "http": f"http://{probe_host}:{http_port}", "grpc": f"{probe_host}:{grpc_port}",

@@ -111,10 +111,11 @@ def _die_with_parent(parent: int):
     Only tritonserver itself: its backend stubs are its children and do not inherit this.
     They stay in the process group made here, which the watchdog (watchdog.py) kills.
     """
+    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl  # found here, not in the child
+
     def setup():  # pragma: no cover - runs in the child
         os.setsid()  # its own process group: a terminal's Ctrl-C reaches only us; we forward one SIGTERM
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl: no signal will come
             os._exit(1)
     return setup
