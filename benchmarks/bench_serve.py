@@ -9,6 +9,11 @@ send requests of --batch images for --seconds (at most --max-requests per level)
 answer is checked against the direct run of the same artifact (max |diff| <= --atol). Direct:
 the engine in this process, called back to back at --batch and at the largest --max-batch.
 
+The soak of docs/reliability.md (16 clients for 60 s; exit status 1 on any failed or wrong answer):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_serve.py vimdeploy/assets/vim_digits.pth --concurrency 16 \
+        --batch 1 --seconds 60 --max-requests 1000000 --instances 2 --max-batch 8
+
 The clients run on the same machine as the server and share its cores: on a small machine
 they take CPU from it, which is part of what is measured. Nothing leaves the loopback.
 """

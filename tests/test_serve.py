@@ -124,10 +124,10 @@ def test_handler_refusals(reference):
 # A real server
 
 
-def Server(artifact, *options, log: Path) -> ServeProcess:
-    """The server under test, with Triton's own log kept for failure messages."""
+def Server(artifact, *options, log: Path, **kwargs) -> ServeProcess:
+    """The server under test, with Triton's own log kept for failure messages; kwargs go to ServeProcess."""
     try:
-        return ServeProcess(artifact, "--verbose", *options, log=log, startup_timeout_s=STARTUP_S)
+        return ServeProcess(artifact, "--verbose", *options, log=log, startup_timeout_s=STARTUP_S, **kwargs)
     except VimdeployError as e:
         pytest.fail(str(e))
 
@@ -481,8 +481,16 @@ def test_sigint_answers_in_flight_requests_then_stops(serve_stack, reference, tm
         socket.create_connection(("127.0.0.1", s.http_port), timeout=2).close()
 
 
-def test_option_errors_are_one_line(cli):
+def test_option_errors_are_one_line(cli, monkeypatch):
     result = cli("serve", digits.WEIGHTS, "--http-port", 9000, "--grpc-port", 9000)
     assert result.exit_code == 1 and "ports must differ" in result.output
     result = cli("serve", digits.WEIGHTS, "--max-batch", 0)
     assert result.exit_code == 1 and "--max-batch" in result.output
+    result = cli("serve", digits.WEIGHTS, "--api-key-env", "VIMDEPLOY_NO_SUCH_VARIABLE")
+    assert result.exit_code == 1 and "VIMDEPLOY_NO_SUCH_VARIABLE is not set" in result.output
+    monkeypatch.setenv("VIMDEPLOY_SHORT_KEY", "short")
+    result = cli("serve", digits.WEIGHTS, "--api-key-env", "VIMDEPLOY_SHORT_KEY")
+    assert result.exit_code == 1 and "at least 16 characters" in result.output
+    for option in ("--max-image-pixels", "--max-request-bytes"):
+        result = cli("serve", digits.WEIGHTS, option, 0)
+        assert result.exit_code == 1 and option in result.output

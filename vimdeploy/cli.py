@@ -604,11 +604,16 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, 
               help="Class names for top5_labels, one per line. Default: ImageNet-1k's for 1000 classes.")
 @click.option("--exit-timeout", type=int, default=30, show_default=True,
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@click.option("--max-image-pixels", type=int, default=None,
+              help="Largest image (width x height, from its header) image_bytes may hold. Default: 40 MP.")
+@click.option("--max-request-bytes", type=int, default=None, help="Largest HTTP request body. Default: 64 MiB.")
+@click.option("--api-key-env", metavar="VAR", default=None,
+              help="Inference needs the header vimdeploy-api-key: <the key>, read from environment variable VAR.")
 @click.option("--verbose", is_flag=True, help="Print Triton's own log.")
 @ema_option
 @json_option
 def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances,
-              features, labels, exit_timeout, verbose, ema, as_json):
+              features, labels, exit_timeout, max_image_pixels, max_request_bytes, api_key_env, verbose, ema, as_json):
     """Serve ARTIFACT (checkpoint, .onnx or .plan) with Triton Inference Server until Ctrl-C / SIGTERM.
 
     \b
@@ -622,7 +627,7 @@ def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batc
       curl localhost:8000/v2/health/ready
       python samples/triton/client.py cat.jpg --url localhost:8000
     """
-    from .serving import serve
+    from .serving import api_key_from_env, serve
 
     def ready(info):
         if as_json:
@@ -637,7 +642,10 @@ def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batc
     summary = serve(artifact, name=name, host=host, http_port=http_port, grpc_port=grpc_port,
                     metrics_port=metrics_port, max_batch=max_batch, queue_delay_us=max_queue_delay_us,
                     instances=instances, features=features, labels=labels, ema=ema, exit_timeout_s=exit_timeout,
-                    on_ready=ready, echo=(lambda line: click.echo(line, err=True)) if verbose else None)
+                    on_ready=ready, echo=(lambda line: click.echo(line, err=True)) if verbose else None,
+                    api_key=api_key_from_env(api_key_env) if api_key_env else None,
+                    **{k: v for k, v in (("max_image_pixels", max_image_pixels),
+                                         ("max_request_bytes", max_request_bytes)) if v is not None})
     emit({"event": "stopped", **summary}, as_json,
          lambda s: click.echo(f"stopped (tritonserver exit status {s['server_exit_code']})"))
 

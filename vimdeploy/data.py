@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,10 @@ from .errors import InputError
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 CROP_PCT = 0.875  # DeiT / timm default: resize to size / 0.875 (256 for 224), then center-crop
+#: the most pixels (width x height) an image may declare; checked in its header before decoding.
+#: 40 MP covers the photos people take (phones write 12 to 24 MP, most cameras 20 to 33 MP) with
+#: room to spare, while one decoded RGB image stays near 120 MB; what a model sees is 224 px.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 def preprocess(image, img_size=224) -> np.ndarray:
@@ -39,16 +44,42 @@ def preprocess(image, img_size=224) -> np.ndarray:
     return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
 
 
-def load_images(paths, img_size=224) -> np.ndarray:
-    """Files -> (N, 3, H, W) float32 batch (`img_size`: a side or (H, W)), with a clear error for a bad file."""
-    from PIL import Image, UnidentifiedImageError
+def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, formats=None):
+    """`PIL.Image.open` (lazy: only the header is read), refusing an image over `max_pixels`.
+
+    The size comes from the header, so a small file that would decode to gigabytes (a
+    13000 x 13000 PNG of one colour is 164 KB) is refused before any pixel is decoded.
+    Raises InputError for that; PIL's own errors (unknown format, broken header) pass through.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # PIL warns between its limit and twice it; the check below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source, formats=formats)
+    except Image.DecompressionBombError as e:  # PIL's own limit (Image.MAX_IMAGE_PIXELS), also from the header
+        raise InputError(f"too large to decode ({e})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise InputError(f"{width} x {height} pixels ({width * height / 1e6:.1f} MP), over the limit of "
+                         f"{max_pixels / 1e6:g} MP; refused before decoding")
+    return image
+
+
+def load_images(paths, img_size=224, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Files -> (N, 3, H, W) float32 batch (`img_size`: a side or (H, W)), with a clear error for a bad file.
+
+    Images over `max_pixels` (from their header) are refused before decoding (`open_image`).
+    """
+    from PIL import UnidentifiedImageError
 
     batch = []
     for path in paths:
         try:
-            with Image.open(Path(path)) as image:
+            with open_image(Path(path), max_pixels) as image:
                 batch.append(preprocess(image, img_size))
-        except (UnidentifiedImageError, OSError) as e:
+        except (UnidentifiedImageError, OSError, InputError) as e:
             raise InputError(f"cannot read image {path}: {e}") from None
     return np.stack(batch)
 

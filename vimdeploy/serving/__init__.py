@@ -13,22 +13,31 @@ metrics. The server binary is the one in the nvidia-pytriton wheel (server.py).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
-import tempfile
 import threading
 from pathlib import Path
 
+from ..data import MAX_IMAGE_PIXELS
 from ..errors import InputError, VimdeployError
+from .gate import Gate
 from .handler import ModelSpec, probe
+from .process import free_ports
 from .repository import write_model
-from .server import (SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, remove_shm, server_env, shm_prefix,
-                     triton_distribution, tritonserver_args)
+from .server import (API_KEY_HEADER, GRPC_API_KEY_HEADER, SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, server_env, triton_distribution,
+                     tritonserver_args)
+from .watchdog import Watchdog, make_workspace, remove_shm, shm_prefix, sweep
 
-__all__ = ["serve", "ModelSpec"]
+__all__ = ["serve", "api_key_from_env", "ModelSpec", "API_KEY_HEADER", "GRPC_API_KEY_HEADER", "MAX_IMAGE_PIXELS", "MAX_REQUEST_BYTES"]
+
+#: the largest HTTP request body accepted: 8 Vim-Ti images (8 x 3 x 224 x 224 floats) are about
+#: 24 MB as JSON and 4.8 MB in Triton's binary format; 64 MiB leaves room for larger images or batches
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
-def _check_options(name, ports, max_batch, queue_delay_us, instances):
+def _check_options(name, ports, max_batch, queue_delay_us, instances, max_image_pixels, max_request_bytes,
+                   api_key):
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"--name must be a plain model name; got {name!r}.")
     for option, port in ports.items():
@@ -42,14 +51,32 @@ def _check_options(name, ports, max_batch, queue_delay_us, instances):
         raise InputError(f"--max-queue-delay-us must be >= 0; got {queue_delay_us}.")
     if instances < 1:
         raise InputError(f"--instances must be at least 1; got {instances}.")
+    if max_image_pixels < 1:
+        raise InputError(f"--max-image-pixels must be at least 1; got {max_image_pixels}.")
+    if max_request_bytes < 1024:
+        raise InputError(f"--max-request-bytes must be at least 1024; got {max_request_bytes}.")
+    if api_key is not None and not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,}", api_key):
+        raise InputError("the API key must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / - "
+                         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`).")
+
+
+def api_key_from_env(variable: str) -> str:
+    """The API key from environment variable `variable`: a key on the command line would be in `ps`."""
+    key = os.environ.get(variable, "")
+    if not key:
+        raise InputError(f"--api-key-env {variable}: the environment variable {variable} is not set or empty.")
+    return key
 
 
 def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http_port: int = 8000,
           grpc_port: int = 8001, metrics_port: int = 8002, max_batch: int = 8, queue_delay_us: int = 100,
           instances: int = 1, features: bool = False, labels: str | Path | None = None, ema: bool = False,
-          exit_timeout_s: int = 30, startup_timeout_s: float = 300.0, on_ready=None, echo=None) -> dict:
+          exit_timeout_s: int = 30, startup_timeout_s: float = 300.0, max_image_pixels: int = MAX_IMAGE_PIXELS,
+          max_request_bytes: int = MAX_REQUEST_BYTES, api_key: str | None = None, on_ready=None, echo=None) -> dict:
     """Serve `artifact` until SIGINT or SIGTERM; then answer what is in flight and stop.
 
+    Images in `image_bytes` over max_image_pixels and HTTP bodies over max_request_bytes are
+    refused; with api_key, inference and model information need the header `API_KEY_HEADER`.
     on_ready(info) is called once the model is ready; echo(line), if given, gets every line
     the server logs. Returns a summary of the run. Must run in the main thread (signals).
     """
@@ -57,7 +84,7 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
     from ..runtime import open_engine
 
     ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
-    _check_options(name, ports, max_batch, queue_delay_us, instances)
+    _check_options(name, ports, max_batch, queue_delay_us, instances, max_image_pixels, max_request_bytes, api_key)
     dist = triton_distribution()
     artifact = Path(artifact).resolve()
     engine_options = {"ema": True} if ema else {}
@@ -70,25 +97,36 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
     labels = str(Path(labels).resolve()) if labels is not None else None
     class_names(spec.num_classes, labels)  # a labels file of the wrong length fails here
     settings = {"artifact": str(artifact), "engine_options": engine_options, "spec": spec.to_dict(),
-                "labels": labels}
+                "labels": labels, "max_image_pixels": int(max_image_pixels)}
 
-    workspace = Path(tempfile.mkdtemp(prefix="vimdeploy-serve-"))
+    sweep()  # what killed servers left: their processes, shared memory, workspaces
+    workspace = make_workspace()
     shm = shm_prefix()
+    watchdog = Watchdog(workspace, shm)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = None
+    server = gate = None
     try:
         write_model(workspace / "models", name, spec, settings, max_batch, queue_delay_us, instances)
         backends = prepare_backends(workspace, dist)
         probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        args = tritonserver_args(dist, workspace / "models", backends, name, host, ports, shm)
-        server = TritonServer(args, server_env(dist), f"http://{probe_host}:{http_port}", echo)
-        server.start()
+        # Triton's own HTTP on a loopback port; the public one is the gate's (gate.py: body limit)
+        triton_http = free_ports(1)[0]
+        args = tritonserver_args(dist, workspace / "models", backends, name, host, {**ports, "http": triton_http}, shm)
+        server = TritonServer(args, server_env(dist), f"http://127.0.0.1:{triton_http}", echo, api_key)
+        server.start()  # before the gate's thread: the fork runs Python code (preexec_fn) in the child
+        watchdog.guard(server.process.pid)
+        gate = Gate(host, http_port, triton_http, max_request_bytes)
+        try:
+            gate.start()
+        except OSError as e:
+            raise InputError(f"cannot listen on {host}:{http_port} (--http-port): {e.strerror or e}") from None
         ready = server.wait_ready(startup_timeout_s, stop)
         info = {"model": name, "artifact": str(artifact), "engine": description, "spec": spec.to_dict(),
                 "http": f"http://{probe_host}:{http_port}", "grpc": f"{probe_host}:{grpc_port}",
                 "metrics": f"http://{probe_host}:{metrics_port}/metrics", "max_batch": max_batch,
-                "max_queue_delay_us": queue_delay_us, "instances": instances, "pid": os.getpid()}
+                "max_queue_delay_us": queue_delay_us, "instances": instances, "max_image_pixels": max_image_pixels,
+                "max_request_bytes": max_request_bytes, "api_key": api_key is not None, "pid": os.getpid()}
         if ready and on_ready is not None:
             on_ready(info)
         while ready and not stop.wait(0.5):
@@ -102,8 +140,11 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
     finally:
         if server is not None:
             server.stop(SERVER_EXIT_TIMEOUT_S + 15)
+        if gate is not None:
+            gate.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
         shutil.rmtree(workspace, ignore_errors=True)
         remove_shm(shm)
+        watchdog.release()
 

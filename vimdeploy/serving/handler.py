@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from ..data import class_names, preprocess, softmax
+from ..data import MAX_IMAGE_PIXELS, class_names, open_image, preprocess, softmax
 from ..errors import InputError
 from ..runtime import Engine
 
@@ -79,26 +79,43 @@ def probe(engine: Engine, features: bool = False) -> ModelSpec:
     return ModelSpec(img_size=int(size), num_classes=int(out["logits"].shape[-1]), feature_dim=feature_dim)
 
 
-def decode_image(data: bytes, img_size: int) -> np.ndarray:
-    """Encoded JPEG/PNG bytes -> (3, img_size, img_size) float32, preprocessed like `predict`."""
-    from PIL import Image, UnidentifiedImageError
+def open_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Encoded JPEG/PNG bytes -> a lazily opened PIL image (header read, size checked, nothing decoded)."""
+    from PIL import UnidentifiedImageError
 
     kinds = "/".join(IMAGE_FORMATS)
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            return preprocess(image, img_size)
+        return open_image(io.BytesIO(data), max_pixels, formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
         raise InputError(f"not a {kinds} image ({len(data)} bytes that no {kinds} decoder recognises)") from None
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError (broken PNG chunks), ...
+        raise InputError(f"not a readable {kinds} image ({type(e).__name__}: {e})") from None
+
+
+def decode_image(data: bytes, img_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded JPEG/PNG bytes -> (3, img_size, img_size) float32, preprocessed like `predict`."""
+    return _decode(open_image_bytes(data, max_pixels), img_size)
+
+
+def _decode(image, img_size: int) -> np.ndarray:
+    kinds = "/".join(IMAGE_FORMATS)
+    try:
+        with image:
+            return preprocess(image, img_size)
+    except Exception as e:  # noqa: BLE001 - as above: a header that read well, pixel data that does not
         raise InputError(f"not a readable {kinds} image ({type(e).__name__}: {e})") from None
 
 
 class Handler:
     """Turns requests into one engine call and the engine's outputs back into answers."""
 
-    def __init__(self, engine: Engine, spec: ModelSpec, labels: list[str] | None = None):
+    def __init__(self, engine: Engine, spec: ModelSpec, labels: list[str] | None = None,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS):
         self.engine = engine
         self.spec = spec
+        self.max_image_pixels = max_image_pixels
         names = labels if labels is not None else class_names(spec.num_classes)
         self.labels = np.array([n.encode("utf-8") for n in names], dtype=np.object_)
 
@@ -116,14 +133,21 @@ class Handler:
             if images.ndim != 4 or images.shape[1:] != (3, size, size):
                 raise InputError(f"`images` must be N x 3 x {size} x {size}; got {' x '.join(map(str, images.shape))}.")
             return np.ascontiguousarray(images, dtype=np.float32)
-        flat = image_bytes.reshape(-1)
-        decoded = []
-        for i, item in enumerate(flat):
-            data = item if isinstance(item, bytes) else bytes(item)
-            try:
-                decoded.append(decode_image(data, self.spec.img_size))
-            except InputError as e:
-                raise InputError(f"image_bytes[{i}] is {e}") from None
+        # Every header first, then the pixels: an image over the size limit fails the request
+        # before any image of it is decoded.
+        opened = []
+        try:
+            for i, item in enumerate(image_bytes.reshape(-1)):
+                data = item if isinstance(item, bytes) else bytes(item)
+                opened.append(open_image_bytes(data, self.max_image_pixels))
+            decoded = []
+            for i, image in enumerate(opened):
+                decoded.append(_decode(image, self.spec.img_size))
+        except InputError as e:
+            raise InputError(f"image_bytes[{i}] is {e}") from None
+        finally:
+            for image in opened:
+                image.close()
         if not decoded:
             raise InputError("`image_bytes` is empty.")
         return np.stack(decoded)

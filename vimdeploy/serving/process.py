@@ -32,18 +32,20 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 class ServeProcess:
     """`python -m vimdeploy serve ARTIFACT --json ...`; returns once the model is ready.
 
-    Its stderr (Triton's log with --verbose) goes to `log`. Use `stop()` (or the context
+    Its stderr (Triton's log with --verbose) goes to `log`; `ports` (HTTP, gRPC, metrics)
+    default to free ones; `env` is added to this environment. Use `stop()` (or the context
     manager) to end it: the server must never outlive its caller.
     """
 
-    def __init__(self, artifact, *options, log: str | Path, startup_timeout_s: float = 240.0):
+    def __init__(self, artifact, *options, log: str | Path, startup_timeout_s: float = 240.0,
+                 ports: tuple[int, int, int] | None = None, env: dict[str, str] | None = None):
         self.host = "127.0.0.1"
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3, self.host)
+        self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, self.host)
         cmd = [sys.executable, "-m", "vimdeploy", "serve", str(artifact), "--host", self.host,
                "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                "--metrics-port", str(self.metrics_port), "--json", *map(str, options)]
         root = str(Path(__file__).resolve().parents[2])  # this vimdeploy, also from a source tree
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.log = Path(log)
         self._log_file = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
@@ -54,6 +56,7 @@ class ServeProcess:
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
+        self.ports = (self.http_port, self.grpc_port, self.metrics_port)
         self.http = f"{self.host}:{self.http_port}"
         self.grpc = f"{self.host}:{self.grpc_port}"
         self.metrics = f"http://{self.host}:{self.metrics_port}/metrics"

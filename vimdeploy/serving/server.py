@@ -32,8 +32,17 @@ from pathlib import Path
 
 from ..errors import VimdeployError
 
-#: header that unlocks the model-repository API, which only `vimdeploy serve` itself may use
+#: header that unlocks the APIs only `vimdeploy serve` itself may use; its value is random per server
 ADMIN_HEADER = "vimdeploy-admin"
+#: Triton's APIs behind ADMIN_HEADER: loading and unloading models, registering shared memory (a
+#: client could name any region of the host), changing trace and log settings
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
+#: header a client sends with `vimdeploy serve --api-key-env VAR` (value: the key)
+API_KEY_HEADER = "vimdeploy-api-key"
+#: the same over gRPC: Triton expects restricted-protocol headers with this prefix
+GRPC_API_KEY_HEADER = "triton-grpc-protocol-" + API_KEY_HEADER
+#: Triton's APIs behind API_KEY_HEADER; health stays open for load balancers' probes
+API_KEY_APIS = ("inference", "metadata", "model-config", "statistics")
 INSTALL_HINT = "pip install 'vimdeploy[serve]'  (nvidia-pytriton: Triton Inference Server for Linux x86-64/arm64)"
 
 
@@ -75,22 +84,10 @@ def prepare_backends(workspace: Path, dist: dict[str, Path]) -> Path:
 SERVER_EXIT_TIMEOUT_S = 3
 
 
-def shm_prefix() -> str:
-    """A name prefix for the Python backend's shared-memory regions, unique to one server:
-    the names are global to the machine, so two servers with the default prefix collide."""
-    return f"vimdeploy{os.getpid()}_{os.urandom(4).hex()}_"
-
-
-def remove_shm(prefix: str) -> None:
-    """Regions a server that did not exit cleanly left in /dev/shm (Triton unlinks them otherwise)."""
-    for leftover in Path("/dev/shm").glob(prefix + "*"):
-        leftover.unlink(missing_ok=True)
-
-
 def tritonserver_args(dist: dict[str, Path], repo: Path, backends: Path, model: str, host: str,
                       ports: dict[str, int], shm: str) -> list[str]:
     return [str(dist["binary"]), f"--model-repository={repo}", f"--backend-directory={backends}",
-            f"--load-model={model}", f"--http-address={host}", f"--http-port={ports['http']}",
+            f"--load-model={model}", "--http-address=127.0.0.1", f"--http-port={ports['http']}",
             f"--grpc-address={host}", f"--grpc-port={ports['grpc']}", "--allow-metrics=true",
             f"--metrics-address={host}", f"--metrics-port={ports['metrics']}", "--allow-gpu-metrics=false",
             "--allow-cpu-metrics=true", "--disable-auto-complete-config", "--strict-readiness=true",
@@ -108,21 +105,37 @@ def server_env(dist: dict[str, Path]) -> dict[str, str]:
     return env
 
 
-def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
-    """The server gets SIGTERM if `vimdeploy serve` dies (even by SIGKILL): no orphaned servers."""
-    os.setsid()  # its own process group: a terminal's Ctrl-C reaches only us; we forward one SIGTERM
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_parent(parent: int):
+    """For the server's child between fork and exec: SIGTERM when `vimdeploy serve` dies (even by SIGKILL).
+
+    Only tritonserver itself: its backend stubs are its children and do not inherit this.
+    They stay in the process group made here, which the watchdog (watchdog.py) kills.
+    """
+    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl  # found here, not in the child
+
+    def setup():  # pragma: no cover - runs in the child
+        os.setsid()  # its own process group: a terminal's Ctrl-C reaches only us; we forward one SIGTERM
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(1)
+    return setup
 
 
 class TritonServer:
     """One tritonserver process; its output is kept (last lines) and optionally echoed."""
 
-    def __init__(self, args: list[str], env: dict[str, str], url: str, echo=None):
+    def __init__(self, args: list[str], env: dict[str, str], url: str, echo=None, api_key: str | None = None):
         self.token = os.urandom(16).hex()
-        # explicit model control, its API locked to us: the drain on shutdown unloads the model
-        self.args = [*args, "--model-control-mode=explicit", f"--http-restricted-api=model-repository:{ADMIN_HEADER}="
-                     f"{self.token}", f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={self.token}"]
+        # explicit model control, its API locked to us: the drain on shutdown unloads the model.
+        # Triton takes these header values only on its command line, so local users who can read
+        # its command line (ps) can read them; clients over the network cannot.
+        locks = [(ADMIN_APIS, ADMIN_HEADER, self.token)]
+        if api_key is not None:
+            locks.append((API_KEY_APIS, API_KEY_HEADER, api_key))
+        self.args = [*args, "--model-control-mode=explicit"]
+        for apis, header, value in locks:
+            self.args += [f"--http-restricted-api={','.join(apis)}:{header}={value}",
+                          f"--grpc-restricted-protocol={','.join(apis)}:{header}={value}"]
         self.env, self.url, self.echo = env, url, echo
         self.process: subprocess.Popen | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
@@ -130,7 +143,7 @@ class TritonServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(os.getpid()))
         self._reader = threading.Thread(target=self._read, name="tritonserver-log", daemon=True)
         self._reader.start()
 
