@@ -1,7 +1,7 @@
 """The BiSelectiveScan TensorRT plugin (plugins/): one-node engines and the full model.
 
 Needs TensorRT's Python package, a GPU, and the plugin built against a TensorRT SDK with
-headers (pip wheels ship none): `vimdeploy.ops.native.build(tensorrt_root=...)`, or
+headers (pip wheels ship none): `vimdeploy.ops.build.build(tensorrt_root=...)`, or
 $TENSORRT_ROOT set so the fixture builds it. Everything here skips with a reason otherwise.
 
 Tolerances: the plugin runs the same kernel as the PyTorch op, so the one-node checks
