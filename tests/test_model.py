@@ -185,3 +185,43 @@ def test_forward_is_one_torch_compile_graph():
         explained = torch._dynamo.explain(model)(torch.randn(1, 3, 224, 224))
     assert explained.graph_break_count == 0, [b.reason.splitlines()[0] for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_the_front_is_chosen_per_model_and_cpu_takes_the_pytorch_path():
+    """Every front computes the same CPU forward bit for bit (the token-major front runs on CUDA
+    tensors only); the choice is the model's, shared by its blocks and its patch embedding."""
+    from vimdeploy.model import TokenMajorFront, TorchFront
+    from vimdeploy.model import vim
+
+    assert not any(hasattr(vim, flag) for flag in ("TOKEN_MAJOR_ON_GPU", "FUSED_CONV_ON_GPU",
+                                                   "DELTA_KERNEL_ON_GPU", "XPROJ_IN_CONV_ON_GPU"))
+    model = small_model(seed=2)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        want = model(x)
+        for front in ("torch", "token-major", TokenMajorFront(delta=False), "auto"):
+            model.front = front
+            assert all(layer.mixer.front is model.front for layer in model.layers)
+            assert torch.equal(model(x), want), front
+    model.front = "torch"
+    assert isinstance(model.front, TorchFront) and not model.patch_embed.token_major
+    model.front = "auto"
+    assert model.patch_embed.token_major
+    with pytest.raises(ValueError, match="unknown mixer front 'nope'"):
+        model.front = "nope"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+def test_the_fronts_agree_on_the_gpu(monkeypatch):
+    """On CUDA tensors the PyTorch front (transposes, cuDNN's depthwise conv) and the token-major
+    front without and with its kernels compute the same fp32 forward up to summation order."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convs, not TF32
+    model = small_model(seed=4).cuda()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        model.front = "torch"
+        want = model(x)
+        for front in ("token-major", "auto"):
+            model.front = front
+            torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4)

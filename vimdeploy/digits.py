@@ -6,6 +6,7 @@ download), upsampled to 32x32 RGB and put through the same preprocessing as
 `vimdeploy predict`. Same architecture code as Vim-Ti/S/B (bimamba v2, middle class token,
 div2, fp32 residual), only smaller: embed 64, depth 4, patch 8, 17 tokens, 10 classes.
 
+\b
     python -m vimdeploy.digits train -o vimdeploy/assets/vim_digits.pth   # a few minutes on 2 CPU cores
     python -m vimdeploy.digits evaluate vimdeploy/assets/vim_digits.pth
 
