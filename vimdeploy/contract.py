@@ -80,6 +80,10 @@ def check_shapes(shapes) -> tuple[dict[str, int | None], str | None]:
     shapes = [tuple(s) for s in shapes]
     if len(shapes) != NUM_INPUTS:
         return {}, f"the op takes {NUM_INPUTS} inputs, got {len(shapes)}"
+    x, bc = shapes[1], shapes[3]  # the common case first: known sizes that agree
+    if len(x) == 3 and len(bc) == 3 and None not in x + bc and min(x + bc) >= 1:
+        if shapes == list(input_shapes(*x, bc[2])):
+            return dict(zip(("b", "L", "E", "N"), (*x, bc[2]))), None
     for name, shape, dims in zip(INPUT_NAMES, shapes, DIMS):
         if len(shape) != len(dims):
             return {}, f"input {name} must have rank {len(dims)} ({', '.join(dims)}), got shape {shape}"

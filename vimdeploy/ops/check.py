@@ -31,9 +31,15 @@ class ScanInputError(InputError):
         super().__init__(ERROR_PREFIX + reason)
 
 
+_dtype_names: dict = {}
+
+
 def _dtype(t) -> str:
     """"float32" for torch.float32 and numpy's float32 alike."""
-    return str(t.dtype).removeprefix("torch.")
+    name = _dtype_names.get(t.dtype)
+    if name is None:
+        name = _dtype_names[t.dtype] = str(t.dtype).removeprefix("torch.")
+    return name
 
 
 def _contiguous(t) -> bool:
@@ -64,7 +70,7 @@ def check_scan_inputs(inputs: Sequence, delta_softplus, out_scale, *, native: bo
         if not hasattr(t, "shape") or not hasattr(t, "dtype"):
             raise ScanInputError(f"input {name} is a {type(t).__name__}, not a tensor")
     check_scan_attributes(delta_softplus, out_scale)
-    sizes, reason = check_shapes([tuple(int(d) for d in t.shape) for t in inputs])
+    sizes, reason = check_shapes([tuple(t.shape) for t in inputs])
     if reason:
         raise ScanInputError(reason)
     dtypes = {name: _dtype(t) for name, t in zip(INPUT_NAMES, inputs)}
@@ -75,7 +81,7 @@ def check_scan_inputs(inputs: Sequence, delta_softplus, out_scale, *, native: bo
     for name, dtype in dtypes.items():
         if not dtype.startswith(("float", "bfloat")):
             raise ScanInputError(f"input {name} has dtype {dtype}; the op takes floating-point inputs")
-    devices = {str(t.device) for t in inputs if hasattr(t, "device") and not isinstance(t.device, str)}
+    devices = {d for d in (getattr(t, "device", None) for t in inputs) if d is not None and not isinstance(d, str)}
     if len(devices) > 1:
         raise ScanInputError("the inputs are on several devices: " + ", ".join(
             f"{n} {t.device}" for n, t in zip(INPUT_NAMES, inputs)))

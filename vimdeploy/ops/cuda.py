@@ -30,6 +30,7 @@ def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = DEFAUL
     y's dtype fp32/fp16, parameters fp32). num_chunks/variant: the C API's tuning knobs
     (variant 0 = automatic, else one of VARIANTS)."""
     lib = load_library()
+    p = params(inputs, y, delta_softplus, out_scale)  # the contract's check first (ScanInputError)
     b, _, E = inputs.x_fwd.shape
     if num_chunks > 1:
         ws_bytes = 2 * b * num_chunks * (D_STATE + 1) * E * 4
@@ -37,7 +38,6 @@ def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = DEFAUL
         ws_bytes = lib.vimdeploy_bi_selective_scan_workspace_size(E, D_STATE) if num_chunks == 0 else 0
     dev = y.device
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
-    p = params(inputs, y, delta_softplus, out_scale)
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
         rc = lib.vimdeploy_bi_selective_scan_ex(ctypes.byref(p), ws.data_ptr(), ws_bytes, stream,
