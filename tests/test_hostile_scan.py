@@ -204,11 +204,17 @@ def tiny_export(tmp_path_factory):
     return d
 
 
-def hostile_copy(d, case: str, name: str | None = None, value=None, **attrs):
-    """The tiny export with the scan's input `name` replaced by the constant `value`, or with
-    its attributes set to `attrs`."""
+def hostile_copy(d, case: str, name: str | None = None, value=None, tile: str | None = None, **attrs):
+    """The tiny export with the scan's input `name` replaced by the constant `value`, its input
+    `tile` repeated 3 times along L by a Tile node, or its attributes set to `attrs`."""
     model = onnx.load(d / "tiny.onnx")
     (node,) = [n for n in model.graph.node if n.op_type == OP_TYPE]
+    if tile is not None:
+        i = INPUT_NAMES.index(tile)
+        model.graph.initializer.append(numpy_helper.from_array(np.array([1, 3, 1], np.int64), "hostile_reps"))
+        tiled = helper.make_node("Tile", [node.input[i], "hostile_reps"], [f"hostile_{tile}"])
+        model.graph.node.insert(list(model.graph.node).index(node), tiled)
+        node.input[i] = tiled.output[0]
     if name is not None:
         new = f"hostile_{name}"
         model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), new))
@@ -221,9 +227,10 @@ def hostile_copy(d, case: str, name: str | None = None, value=None, **attrs):
     return path
 
 
-INFER_CASES = [  # the issue's: D of length 1, A of 1x1; and attributes out of range
+INFER_CASES = [  # D of length 1, A of 1x1 (a kernel that trusts x_fwd's sizes reads past their end); attributes
     ("D-of-one", {"name": "D_fwd", "value": np.ones(1)}),
     ("A-1x1", {"name": "A_bwd", "value": -np.ones((1, 1))}),
+    ("x-tiled-along-L", {"tile": "x_fwd"}),
     ("softplus-2", {"delta_softplus": 2}),
     ("scale-nan", {"out_scale": math.nan}),
 ]
@@ -236,7 +243,7 @@ def test_inspect_calls_a_hostile_node_incompatible(tiny_export, case, edit):
     assert inspect_onnx(tiny_export / "tiny.onnx")["tensorrt"]["compatible"]
     report = inspect_onnx(hostile_copy(tiny_export, case, **edit))["tensorrt"]
     assert not report["compatible"]
-    wanted = edit.get("name") or next(iter(k for k in edit))
+    wanted = edit.get("name") or edit.get("tile") or next(iter(edit))
     assert any(wanted in e for e in report["errors"]), report["errors"]
 
 
