@@ -12,7 +12,7 @@ import json
 
 from vimdeploy import bench
 from vimdeploy.fileio import atomic_path
-from vimdeploy.model import vim
+from vimdeploy.model import TokenMajorFront
 
 CONFIGS = [(224, 128), (1248, 32), (1248, 128), (1248, 1)]
 
@@ -65,13 +65,13 @@ def main():
         parser.error(f"--deit: unknown {', '.join(sorted(unknown))}; known: {', '.join(deit)}")
     env = bench.environment()
     rows = []
-    for label, flag in (() if args.only_compile else (("transposing", False), ("token-major", True))):
-        vim.TOKEN_MAJOR_ON_GPU = flag
-        runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, name=f"Vim-Ti cuda+graphs, {label}")
+    for label, front in (() if args.only_compile else (("transposing", "torch"), ("token-major", "auto"))):
+        runner = bench.vim_runner("vim_tiny", scan="cuda", front=front, cuda_graphs=True,
+                                  name=f"Vim-Ti cuda+graphs, {label}")
         for size, batch in CONFIGS:
             rows.append({"model": runner.name, "size": size, **bench.measure(runner, size, batch)})
             emit(rows, args.json, env)
-        if flag:
+        if front == "auto":
             for size, batch in CONFIGS[:2]:  # where the time goes: 224/128 and 1248/32
                 rows.append({"model": runner.name, "size": size, "profile": bench.profile_breakdown(runner, size, batch)})
                 emit(rows, args.json, env)
@@ -79,15 +79,14 @@ def main():
     if args.compile:
         # The element-wise work around the scan (norms, SiLU, conv taps, casts), fused by
         # Inductor; the scan stays our opaque custom op; then replayed as a CUDA graph.
-        vim.TOKEN_MAJOR_ON_GPU = True
         mode = args.compile_mode or True
         choice = {"on": (True,), "off": (False,), "both": (True, False)}
         variants = [(d, xp, False) for d in choice[args.delta] for xp in choice[args.xproj]]
         variants += [(True, True, True)] if args.freeze else []
         ab = len(variants) > 1
         for delta, xproj, freeze in variants:
-            vim.DELTA_KERNEL_ON_GPU, vim.XPROJ_IN_CONV_ON_GPU = delta, xproj
-            runner = bench.vim_runner("vim_tiny", scan="cuda", cuda_graphs=True, compile=mode, freeze=freeze,
+            runner = bench.vim_runner("vim_tiny", scan="cuda", front=TokenMajorFront(delta=delta, xproj=xproj),
+                                      cuda_graphs=True, compile=mode, freeze=freeze,
                                       name="Vim-Ti cuda+graphs, token-major, torch.compile"
                                       + (f" {args.compile_mode}" if args.compile_mode else "")
                                       + ("" if not ab else
@@ -106,7 +105,6 @@ def main():
                                  "profile": bench.profile_breakdown(runner, size, batch, top=16)})
                     emit(rows, args.json, env)
             del runner
-        vim.DELTA_KERNEL_ON_GPU = vim.XPROJ_IN_CONV_ON_GPU = True
     if args.skip_deit:
         CONFIGS.clear()
     # DeiT-Ti as the issue measured it (eager PyTorch, no graphs), and SDPA with the same

@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto as T
 from onnx import helper
 
-from vimdeploy.export import op as o
+from vimdeploy import contract as o
 from vimdeploy.export.ort_op import _native, session_options
 from vimdeploy.ops import ScanInputs
 from vimdeploy.ops.reference import bi_selective_scan_fast

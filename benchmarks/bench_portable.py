@@ -145,7 +145,7 @@ def main():
         ckpt = d / "vim_tiny_random.pth"
         torch.manual_seed(0)
         model = VisionMamba(VimConfig(embed_dim=192))
-        bench._init_untrained(model)  # a trained model's scale: the default init gives features = 0
+        model.init_weights("untrained")  # a trained model's scale: the default init gives features = 0
         torch.save({"model": model.state_dict()}, ckpt)
     import onnxruntime as ort
 

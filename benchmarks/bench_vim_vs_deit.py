@@ -36,7 +36,7 @@ def fp16_check():
     from vimdeploy.model import VARIANTS, VisionMamba
 
     m32 = VisionMamba(VARIANTS["tiny"], scan="cuda")
-    bench._init_untrained(m32)
+    m32.init_weights("untrained")
     m32 = m32.cuda().eval()
     m16 = VisionMamba(VARIANTS["tiny"], scan="cuda")
     m16.load_state_dict(m32.state_dict())

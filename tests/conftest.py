@@ -66,10 +66,11 @@ def cuda_kernels():
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
     from vimdeploy.ops import native
+    from vimdeploy.ops.build import build
 
     if not os.environ.get("VIMDEPLOY_KERNEL_LIBRARY"):
         major, minor = torch.cuda.get_device_capability()
-        native.build(cuda_archs=f"{major}{minor}")
+        build(cuda_archs=f"{major}{minor}")
     return native.load_library()
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vimdeploy.export import export_onnx
-from vimdeploy.export.op import OP_TYPE
+from vimdeploy.contract import OP_TYPE
 from vimdeploy.model import load_model
 from vimdeploy.runtime import open_engine
 

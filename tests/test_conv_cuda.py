@@ -1,7 +1,7 @@
 """The fused depthwise conv + SiLU kernel (plugins/kernels/conv_silu.cu, `torch.ops.vimdeploy.conv_silu_bidir`).
 
 * test_reference_matches_the_model_convs: runs anywhere (CPU): the op's PyTorch form equals
-  the model's `_depthwise_conv` + SiLU in both directions.
+  the model's `depthwise_conv` (model/front.py) + SiLU in both directions.
 * test_aligned_x_proj_is_x_proj: runs anywhere: the padded x_proj weight the conv + x_proj kernel
   takes gives the model's (dt, B, C) (fp64, up to the GEMM's summation order).
 * The conv + x_proj kernel (plugins/kernels/conv_xproj.cu, `conv_silu_xproj_bidir`): its conv outputs
@@ -34,7 +34,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an N
 
 
 def test_reference_matches_the_model_convs():
-    from vimdeploy.model.vim import _depthwise_conv
+    from vimdeploy.model.front import depthwise_conv
     from vimdeploy.ops.conv import conv_silu_bidir
 
     torch.manual_seed(0)
@@ -42,20 +42,20 @@ def test_reference_matches_the_model_convs():
         cf, cb = nn.Conv1d(37, 37, k, groups=37), nn.Conv1d(37, 37, k, groups=37)
         x = torch.randn(3, 5, 37)
         y_fwd, y_bwd = conv_silu_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias)
-        torch.testing.assert_close(y_fwd, F.silu(_depthwise_conv(x, cf, anti_causal=False)), rtol=0, atol=0)
-        torch.testing.assert_close(y_bwd, F.silu(_depthwise_conv(x, cb, anti_causal=True)), rtol=0, atol=0)
+        torch.testing.assert_close(y_fwd, F.silu(depthwise_conv(x, cf, anti_causal=False)), rtol=0, atol=0)
+        torch.testing.assert_close(y_bwd, F.silu(depthwise_conv(x, cb, anti_causal=True)), rtol=0, atol=0)
 
 
 def test_aligned_x_proj_is_x_proj():
-    from vimdeploy.model.vim import _split_x_proj, _x_proj_weight_aligned
+    from vimdeploy.model.front import split_x_proj, x_proj_weight_aligned
 
     torch.manual_seed(0)
     for rank, n, E in ((12, 16, 384), (24, 16, 768), (48, 16, 1536), (5, 3, 64)):
         x_proj = nn.Linear(E, rank + 2 * n, bias=False).double()
         xc = torch.randn(2, 7, E, dtype=torch.float64)
-        w = _x_proj_weight_aligned(x_proj.weight, rank, n)
+        w = x_proj_weight_aligned(x_proj.weight, rank, n)
         assert w.shape[0] % 8 == 0 and w.shape[0] == rank + (-rank % 8) + 2 * n + (-2 * n % 8)
-        dt, B, C = _split_x_proj(F.linear(xc, w), rank, n)
+        dt, B, C = split_x_proj(F.linear(xc, w), rank, n)
         want = x_proj(xc).split([rank, n, n], dim=-1)
         assert dt.shape[-1] % 8 == 0 and not dt[..., rank:].any(), "dt's padding columns must be zero"
         for got, ref in zip((dt[..., :rank], B, C), want):  # fp64: only the GEMM's blocking differs
@@ -218,7 +218,7 @@ def _count_fused(monkeypatch):
 @needs_gpu
 def test_model_fused_equals_multiply_adds(kernel_lib, monkeypatch):
     """The model's CUDA forward with the fused kernel equals the addcmul path (fp32)."""
-    from vimdeploy.model import vim
+    from vimdeploy.model import TokenMajorFront
 
     model = small_model(seed=3).cuda()
     x = torch.randn(2, 3, 224, 224, device="cuda")
@@ -226,7 +226,7 @@ def test_model_fused_equals_multiply_adds(kernel_lib, monkeypatch):
     with torch.no_grad():
         fused = model(x)
         assert len(calls) == len(model.layers), "the fused kernel was not used"
-        monkeypatch.setattr(vim, "FUSED_CONV_ON_GPU", False)
+        model.front = TokenMajorFront(conv=False)
         ref = model(x)
     assert len(calls) == len(model.layers)
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
@@ -349,7 +349,7 @@ def test_conv_xproj_fallbacks_graph_and_compile(kernel_lib):
 def test_model_xproj_in_conv_equals_gemm(kernel_lib, monkeypatch):
     """The fp16 model on the GPU with x_proj inside the conv kernel against x_proj as a GEMM:
     the same up to the products' summation order (fp16-level agreement)."""
-    from vimdeploy.model import vim
+    from vimdeploy.model import TokenMajorFront
     from vimdeploy.ops import conv as conv_ops
 
     model = small_model(seed=7).cuda().half()
@@ -358,7 +358,7 @@ def test_model_xproj_in_conv_equals_gemm(kernel_lib, monkeypatch):
     with torch.no_grad():
         fused = model.forward_features(x).float()
         assert len(calls) == len(model.layers), "the conv + x_proj kernel was not used"
-        monkeypatch.setattr(vim, "XPROJ_IN_CONV_ON_GPU", False)
+        model.front = TokenMajorFront(xproj=False)
         ref = model.forward_features(x).float()
     assert len(calls) == len(model.layers)
     torch.testing.assert_close(fused, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())

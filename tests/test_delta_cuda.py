@@ -111,7 +111,7 @@ def test_every_element_written_and_batched_shapes(kernel_lib):
     import ctypes
 
     from vimdeploy.ops.delta import DeltaParams, _entry, delta_softplus
-    from vimdeploy.ops.native import DTYPES
+    from vimdeploy.contract import DTYPES
 
     dt, weight, bias = make_case(2 * 301, 12, 100, 48, seed=7)
     got = delta_softplus(dt.reshape(2, 301, 12), weight, bias)
@@ -172,7 +172,7 @@ def _count_delta(monkeypatch):
 def test_model_with_delta_equals_without(kernel_lib, scan, monkeypatch):
     """The fp16 model on the GPU through the delta kernel (the scan without softplus) against the
     same model with dt_proj's GEMM and the scan's softplus: fp16-level agreement, any backend."""
-    from vimdeploy.model import vim
+    from vimdeploy.model import TokenMajorFront
 
     model = small_model(seed=5).cuda().half()
     model.scan = scan
@@ -181,7 +181,7 @@ def test_model_with_delta_equals_without(kernel_lib, scan, monkeypatch):
     with torch.no_grad():
         with_delta = model.forward_features(x).float()
         assert len(calls) == 2 * len(model.layers), "the delta kernel was not used"
-        monkeypatch.setattr(vim, "DELTA_KERNEL_ON_GPU", False)
+        model.front = TokenMajorFront(delta=False)
         without = model.forward_features(x).float()
     assert len(calls) == 2 * len(model.layers)
     torch.testing.assert_close(with_delta, without, rtol=2e-2, atol=2e-2 * without.abs().max().item())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vimdeploy.export import export_onnx
-from vimdeploy.export.op import ATTRIBUTES, DOMAIN, INPUT_NAMES, OP_TYPE
+from vimdeploy.contract import ATTRIBUTES, DOMAIN, INPUT_NAMES, OP_TYPE
 from vimdeploy.export.portable import CHUNK, bi_selective_scan_onnx
 from vimdeploy.ops import ScanInputs, get_scan
 from vimdeploy.ops.reference import bi_selective_scan_reference

@@ -129,15 +129,15 @@ def test_high_resolution_1248_is_finite_and_sensible(golden_model):
 @pytest.mark.parametrize("anti_causal", [False, True])
 def test_token_major_conv_matches_the_transposing_conv(anti_causal):
     """The GPU path's shifted multiply-adds compute the same depthwise conv (both directions)."""
-    from vimdeploy.model.vim import _depthwise_conv, _depthwise_conv_token_major
+    from vimdeploy.model.front import depthwise_conv, depthwise_conv_token_major
 
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(16, 16, 4, groups=16, padding=3)
     for L in (1, 2, 5, 33):
         x = torch.randn(3, L, 16)
         padded = torch.nn.functional.pad(x, (0, 0, 3, 3))
-        torch.testing.assert_close(_depthwise_conv_token_major(padded, conv, anti_causal, L),
-                                   _depthwise_conv(x, conv, anti_causal), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(depthwise_conv_token_major(padded, conv, anti_causal, L),
+                                   depthwise_conv(x, conv, anti_causal), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(224, 224), (240, 256), (230, 250)])
@@ -158,7 +158,7 @@ def test_patch_embed_as_one_gemm_matches_the_conv(size):
 def test_aligned_projections_give_the_same_dt_B_C():
     """The GPU path's padded x_proj/dt_proj against the plain ones, in fp64; in fp16 every
     GEMM operand and output slice starts and strides at multiples of 8 halves (16 bytes)."""
-    from vimdeploy.model.vim import _dt_proj_aligned, _x_proj_aligned
+    from vimdeploy.model.front import dt_proj_aligned, x_proj_aligned
 
     torch.manual_seed(0)
     x_proj = torch.nn.Linear(384, 12 + 2 * 16, bias=False).double()
@@ -166,13 +166,13 @@ def test_aligned_projections_give_the_same_dt_B_C():
     xc = torch.randn(2, 50, 384, dtype=torch.float64)
     dt, B, C = x_proj(xc).split([12, 16, 16], dim=-1)
     want = (dt_proj(dt), B, C)
-    dt_padded, B, C = _x_proj_aligned(xc, x_proj.weight, 12, 16)
+    dt_padded, B, C = x_proj_aligned(xc, x_proj.weight, 12, 16)
     assert dt_padded.shape[-1] == 16 and not dt_padded[..., 12:].any()  # zero columns up to a multiple of 8
     torch.testing.assert_close(dt_padded[..., :12], dt, rtol=1e-12, atol=1e-12)
-    for g, w in zip((_dt_proj_aligned(dt_padded, dt_proj.weight), B, C), want):
+    for g, w in zip((dt_proj_aligned(dt_padded, dt_proj.weight), B, C), want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
-    dt16, B16, C16 = _x_proj_aligned(xc.half(), x_proj.weight.half(), 12, 16)
-    for t in (dt16, B16, C16, _dt_proj_aligned(dt16, dt_proj.weight.half())):
+    dt16, B16, C16 = x_proj_aligned(xc.half(), x_proj.weight.half(), 12, 16)
+    for t in (dt16, B16, C16, dt_proj_aligned(dt16, dt_proj.weight.half())):
         assert t.stride(1) % 8 == 0 and t.storage_offset() % 8 == 0
 
 
@@ -185,3 +185,43 @@ def test_forward_is_one_torch_compile_graph():
         explained = torch._dynamo.explain(model)(torch.randn(1, 3, 224, 224))
     assert explained.graph_break_count == 0, [b.reason.splitlines()[0] for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_the_front_is_chosen_per_model_and_cpu_takes_the_pytorch_path():
+    """Every front computes the same CPU forward bit for bit (the token-major front runs on CUDA
+    tensors only); the choice is the model's, shared by its blocks and its patch embedding."""
+    from vimdeploy.model import TokenMajorFront, TorchFront
+    from vimdeploy.model import vim
+
+    assert not any(hasattr(vim, flag) for flag in ("TOKEN_MAJOR_ON_GPU", "FUSED_CONV_ON_GPU",
+                                                   "DELTA_KERNEL_ON_GPU", "XPROJ_IN_CONV_ON_GPU"))
+    model = small_model(seed=2)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        want = model(x)
+        for front in ("torch", "token-major", TokenMajorFront(delta=False), "auto"):
+            model.front = front
+            assert all(layer.mixer.front is model.front for layer in model.layers)
+            assert torch.equal(model(x), want), front
+    model.front = "torch"
+    assert isinstance(model.front, TorchFront) and not model.patch_embed.token_major
+    model.front = "auto"
+    assert model.patch_embed.token_major
+    with pytest.raises(ValueError, match="unknown mixer front 'nope'"):
+        model.front = "nope"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+def test_the_fronts_agree_on_the_gpu(monkeypatch):
+    """On CUDA tensors the PyTorch front (transposes, cuDNN's depthwise conv) and the token-major
+    front without and with its kernels compute the same fp32 forward up to summation order."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convs, not TF32
+    model = small_model(seed=4).cuda()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        model.front = "torch"
+        want = model(x)
+        for front in ("token-major", "auto"):
+            model.front = front
+            torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4)

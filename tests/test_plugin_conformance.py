@@ -70,7 +70,7 @@ def build(request, tmp_path_factory) -> dict:
     """The plugins and the harness built against one header set (one CUDA architecture)."""
     if shutil.which("cmake") is None:
         pytest.skip("cmake not found")
-    from vimdeploy.ops.native import find_nvcc
+    from vimdeploy.ops.build import find_nvcc
 
     nvcc = find_nvcc()
     if nvcc is None:

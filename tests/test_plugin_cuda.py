@@ -49,7 +49,8 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
     """CI (nvcc, no GPU) compiles the kernel library on every run: through CMake as
     `vimdeploy plugin build` does, or with nvcc alone where CMake is missing. One
     architecture ($VIMDEPLOY_TEST_CUDA_ARCHS, default 80) keeps it to ~20-40 s on 2 cores."""
-    from vimdeploy.ops.native import PLUGIN_SRC, build, find_nvcc, load_library
+    from vimdeploy.ops.build import build, find_nvcc
+    from vimdeploy.ops.native import PLUGIN_SRC, load_library
 
     nvcc = find_nvcc()
     if nvcc is None:

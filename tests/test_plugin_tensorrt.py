@@ -1,7 +1,7 @@
 """The BiSelectiveScan TensorRT plugin (plugins/): one-node engines and the full model.
 
 Needs TensorRT's Python package, a GPU, and the plugin built against a TensorRT SDK with
-headers (pip wheels ship none): `vimdeploy.ops.native.build(tensorrt_root=...)`, or
+headers (pip wheels ship none): `vimdeploy.ops.build.build(tensorrt_root=...)`, or
 $TENSORRT_ROOT set so the fixture builds it. Everything here skips with a reason otherwise.
 
 Tolerances: the plugin runs the same kernel as the PyTorch op, so the one-node checks
@@ -44,6 +44,7 @@ def trt():
 @pytest.fixture(scope="module")
 def plugin_paths(trt):
     from vimdeploy.ops import native as plugin
+    from vimdeploy.ops.build import build
 
     paths = plugin.library_paths()
     if "trt_plugin" not in paths:
@@ -51,7 +52,7 @@ def plugin_paths(trt):
         if not root:
             pytest.skip("TensorRT plugin not built and $TENSORRT_ROOT (SDK with include/) not set")
         major, minor = torch.cuda.get_device_capability()
-        paths = plugin.build(cuda_archs=f"{major}{minor}", tensorrt_root=root)
+        paths = build(cuda_archs=f"{major}{minor}", tensorrt_root=root)
     if "trt_plugin" not in paths:
         pytest.skip("the build found no TensorRT headers")
     import ctypes

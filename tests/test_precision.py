@@ -9,7 +9,8 @@ pytest.importorskip("onnxconverter_common")
 
 from vimdeploy import digits  # noqa: E402
 from vimdeploy.export import export_onnx  # noqa: E402
-from vimdeploy.export.precision import convert_precision, sensitive_nodes  # noqa: E402
+from vimdeploy.export.fp16 import sensitive_nodes  # noqa: E402
+from vimdeploy.export.precision import convert_precision  # noqa: E402
 from vimdeploy.runtime import open_engine  # noqa: E402
 from vimdeploy.tensorrt.onnx_compat import check_onnx  # noqa: E402
 
@@ -149,7 +150,7 @@ def test_export_preset_sets_defaults_and_command_line_wins(cli, tmp_path):
 
 
 def test_calibration_batches_fit_a_fixed_batch():
-    from vimdeploy.export.precision import calibration_batches
+    from vimdeploy.export.int8 import calibration_batches
 
     images = np.arange(7)[:, None, None, None] * np.ones((1, 3, 2, 2), np.float32)
     assert [len(b) for b in calibration_batches(images, 8)] == [7]

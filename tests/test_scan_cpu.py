@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from vimdeploy.errors import VimdeployError
 from vimdeploy.ops import ScanInputs, get_scan, native
 
 from .test_scan import close, reference64, scan_inputs
@@ -76,10 +77,10 @@ def test_non_contiguous_and_bf16_inputs_are_handled():
 
 def test_bad_shapes_are_refused():
     inputs = scan_inputs(1, 5, 8, N=4)  # d_state 4: the kernel supports 16 only
-    with pytest.raises(native.PluginError, match=r"A \(E, 16\)"):
+    with pytest.raises(VimdeployError, match=r"A \(E, 16\)"):
         cpu_scan(inputs)
     inputs = scan_inputs(1, 5, 8)
-    with pytest.raises(native.PluginError, match="B_fwd"):
+    with pytest.raises(VimdeployError, match="B_fwd"):
         cpu_scan(inputs._replace(B_fwd=inputs.B_fwd[:, :4]))
 
 

@@ -333,7 +333,7 @@ def export_cmd(checkpoint, output, img_size, feature_map, out_indices, batch, op
     TensorRT 11's strongly typed builder needs; ONNX Runtime runs every variant.
     """
     from .export import DEFAULT_OPSET
-    from .export.precision import export_at_precision
+    from .export.exporter import export_at_precision
 
     summary = export_at_precision(checkpoint, output, precision=precision, force=force,
                                   progress=_progress(as_json), convert_options=convert_options,
@@ -465,7 +465,7 @@ def plugin():
 @json_option
 def plugin_build(build_dir, cuda_archs, tensorrt_root, jobs, as_json):
     """Configure and build plugins/ and print the library paths."""
-    from .ops.native import build
+    from .ops.build import build
 
     paths = build(build_dir=build_dir, cuda_archs=cuda_archs, tensorrt_root=tensorrt_root, jobs=jobs)
     emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])

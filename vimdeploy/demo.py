@@ -16,12 +16,7 @@ UNTRAINED_NAME = "vim_tiny_UNTRAINED_seed0.pth"
 
 def make_untrained_checkpoint(path: Path, seed: int = 0) -> Path:
     """An official-format checkpoint ({'model': state_dict}) of a randomly initialised Vim-Tiny."""
-    torch.manual_seed(seed)
-    model = VisionMamba(VimConfig())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("pos_embed", "cls_token")) or "proj.weight" in name or name.startswith("head."):
-                p.normal_(0, 0.02)
+    model = VisionMamba(VimConfig()).init_weights("untrained", seed=seed)
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "note": "UNTRAINED: random weights made by `vimdeploy demo`"}, tmp)
     return path

@@ -6,6 +6,7 @@ download), upsampled to 32x32 RGB and put through the same preprocessing as
 `vimdeploy predict`. Same architecture code as Vim-Ti/S/B (bimamba v2, middle class token,
 div2, fp32 residual), only smaller: embed 64, depth 4, patch 8, 17 tokens, 10 classes.
 
+\b
     python -m vimdeploy.digits train -o vimdeploy/assets/vim_digits.pth   # a few minutes on 2 CPU cores
     python -m vimdeploy.digits evaluate vimdeploy/assets/vim_digits.pth
 
@@ -14,12 +15,12 @@ The split is fixed (stratified, seed 0, 25% held out = 450 images); training is 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -90,10 +91,7 @@ def train(epochs: int = 12, batch_size: int = 32, lr: float = 3e-3, log=print) -
     np.random.seed(SEED)
     x, y = (torch.from_numpy(a) for a in digit_batch("train"))
     # The sequential scan: exact, and cheaper to differentiate than the chunked one at 17 tokens.
-    model = VisionMamba(CONFIG, scan="reference")
-    with torch.no_grad():  # the official init for what our module leaves at zero
-        torch.nn.init.trunc_normal_(model.pos_embed, std=0.02)
-        torch.nn.init.trunc_normal_(model.cls_token, std=0.02)
+    model = VisionMamba(CONFIG, scan="reference").init_weights("official")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(x) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -132,26 +130,30 @@ def evaluate(model_or_path) -> dict:
     return {"accuracy": accuracy(logits, y), "images": int(len(y))}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m vimdeploy.digits", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train and save the model")
-    t.add_argument("-o", "--output", type=Path, default=WEIGHTS)
-    t.add_argument("--epochs", type=int, default=12)
-    t.add_argument("--force", action="store_true", help="replace an existing output")
-    e = sub.add_parser("evaluate", help="held-out accuracy of a checkpoint")
-    e.add_argument("checkpoint", type=Path, nargs="?", default=WEIGHTS)
-    args = parser.parse_args(argv)
-    if args.cmd == "train":
-        start = time.perf_counter()
-        model = train(epochs=args.epochs)
-        result = {**evaluate(model), "train_seconds": round(time.perf_counter() - start, 1), "epochs": args.epochs}
-        with atomic_path(args.output, force=args.force) as tmp:
-            torch.save({"model": model.state_dict(), "digits_eval": result}, tmp)
-        print(json.dumps({"output": str(args.output), **result}))
-    else:
-        print(json.dumps(evaluate(args.checkpoint)))
+@click.group(name="python -m vimdeploy.digits", help=__doc__)
+def main():
+    pass
+
+
+@main.command("train")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=WEIGHTS, show_default=True)
+@click.option("--epochs", type=int, default=12, show_default=True)
+@click.option("--force", is_flag=True, help="replace an existing output")
+def train_command(output: Path, epochs: int, force: bool):
+    """Train and save the model."""
+    start = time.perf_counter()
+    model = train(epochs=epochs)
+    result = {**evaluate(model), "train_seconds": round(time.perf_counter() - start, 1), "epochs": epochs}
+    with atomic_path(output, force=force) as tmp:
+        torch.save({"model": model.state_dict(), "digits_eval": result}, tmp)
+    click.echo(json.dumps({"output": str(output), **result}))
+
+
+@main.command("evaluate")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=WEIGHTS, required=False)
+def evaluate_command(checkpoint: Path):
+    """Held-out accuracy of a checkpoint."""
+    click.echo(json.dumps(evaluate(checkpoint)))
 
 
 if __name__ == "__main__":

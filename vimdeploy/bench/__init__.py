@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from .command import check_device, main_bench
 from .common import BenchError, environment, is_oom, parse_int_list, snap_size
-from .models import DEIT_MODES, DeiTRunner, _init_untrained, _vim_fp16, deit_runner, vim_runner
+from .models import DEIT_MODES, DeiTRunner, _vim_fp16, deit_runner, vim_runner
 from .profiler import categorize, profile_breakdown
 from .report import format_table, plot
 from .runners import EngineRunner, Runner, TorchRunner, engine_runner

@@ -4,7 +4,6 @@ test's autocast has it) and timm's DeiT-Ti with eager or SDPA attention."""
 from __future__ import annotations
 
 import gc
-import math
 
 from .common import BenchError, _need
 from .runners import TorchRunner
@@ -34,9 +33,10 @@ def _vim_fp16(model):
 
 
 def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda_graphs=False, ema=False,
-               name=None, compile=False, freeze=False) -> TorchRunner:
+               name=None, compile=False, freeze=False, front="auto") -> TorchRunner:
     """Vim from a checkpoint path, or untrained from VARIANTS ("vim_tiny", "vim_small", "vim_base").
-    `freeze` (with `compile`): Inductor's freezing, see `compiled`."""
+    `freeze` (with `compile`): Inductor's freezing, see `compiled`. `front`: the mixer's front
+    (vimdeploy.model.front: "auto", "torch", "token-major" or a MixerFront)."""
     import torch
 
     from ..model import VARIANTS, VisionMamba, load_model
@@ -52,12 +52,12 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
             raise BenchError(f"--scan cuda needs the kernel library ({e}); build it with `vimdeploy plugin build`") from None
     key = str(source)
     if key.startswith("vim_") and key[4:] in VARIANTS:
-        model = VisionMamba(VARIANTS[key[4:]], scan=scan)
-        _init_untrained(model)
+        model = VisionMamba(VARIANTS[key[4:]], scan=scan).init_weights("untrained")
         label = "Vim-" + {"tiny": "Ti", "small": "S", "base": "B"}.get(key[4:], key[4:])
     else:
         model, _ = load_model(source, ema=ema, scan=scan)
         label = f"Vim {model.cfg.variant}"
+    model.front = front
     if dtype == "fp16":
         _vim_fp16(model)
     label = name or (f"{label} ({scan} scan{', torch.compile' if compile else ''}"
@@ -81,24 +81,6 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
     return TorchRunner(label, module, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
                        cuda_graphs=cuda_graphs, on_size=on_size, patch=model.cfg.patch_size, stride=model.cfg.stride,
                        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)})
-
-
-def _init_untrained(model):
-    """Untrained weights at a trained model's scale (so fp16 neither overflows nor underflows):
-    small normal linear/conv weights, dt bias as mamba_ssm initialises it (softplus^-1 of
-    dt in [1e-3, 1e-1])."""
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith(("dt_proj.bias", "dt_proj_b.bias")):
-                dt = torch.exp(torch.rand(p.shape, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-                p.copy_(dt + torch.log(-torch.expm1(-dt)))
-            elif n.endswith("weight") and p.dim() >= 2:
-                p.normal_(0, 0.02, generator=g)
-            elif n == "pos_embed":
-                p.normal_(0, 0.02, generator=g)
 
 
 def _params_m(model) -> float:

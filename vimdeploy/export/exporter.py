@@ -26,14 +26,16 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..contract import ATTRIBUTES, DOMAIN, NUM_INPUTS, OP_TYPE, PLUGIN_VERSION
 from ..errors import InputError, VimdeployError
 from ..fileio import atomic_path
 from ..model import DYNAMIC, format_img_size, load_model, output_names, parse_img_size
 from ..model.checkpoint import file_sha256
 from . import op as _op  # registers the ONNX schema of BiSelectiveScan
 from .portable import bi_selective_scan_onnx
+from .precision import PRECISIONS, convert_precision
 
-__all__ = ["export_onnx", "FLAVORS", "INPUT_NAME", "OUTPUT_NAMES", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "export_at_precision", "FLAVORS", "INPUT_NAME", "OUTPUT_NAMES", "DEFAULT_OPSET"]
 
 FLAVORS = {"plugin": _op.scan_op, "onnx": bi_selective_scan_onnx}  # flavor -> scan traced
 INPUT_NAME = "images"
@@ -215,7 +217,7 @@ def export_onnx(
         "scan": scan, "batch": str(fixed_batch or "dynamic"), "precision": "fp32",
         "version": __version__, "checkpoint_sha256": sha,
         "checkpoint_weights": "model_ema" if ema else "model",
-        "op_contract": f"{_op.DOMAIN}::{_op.OP_TYPE} v{_op.PLUGIN_VERSION}" if scan == "plugin" else "none",
+        "op_contract": f"{DOMAIN}::{OP_TYPE} v{PLUGIN_VERSION}" if scan == "plugin" else "none",
     }
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -251,13 +253,35 @@ def op_counts(proto) -> dict[str, int]:
 
 def _check_contract(proto, scan: str, cfg) -> str | None:
     """What the contract promises TensorRT: one node per layer, 15 inputs, 4 attributes."""
-    nodes = [n for n in proto.graph.node if n.op_type == _op.OP_TYPE]
+    nodes = [n for n in proto.graph.node if n.op_type == OP_TYPE]
     if scan == "onnx":
-        return f"{len(nodes)} {_op.OP_TYPE} nodes in the portable flavor" if nodes else None
+        return f"{len(nodes)} {OP_TYPE} nodes in the portable flavor" if nodes else None
     if len(nodes) != cfg.depth:
-        return f"{len(nodes)} {_op.OP_TYPE} nodes for {cfg.depth} layers"
+        return f"{len(nodes)} {OP_TYPE} nodes for {cfg.depth} layers"
     for n in nodes:
         attrs = {a.name for a in n.attribute}
-        if n.domain != _op.DOMAIN or len(n.input) != len(_op.INPUT_NAMES) or attrs != set(_op.ATTRIBUTES):
+        if n.domain != DOMAIN or len(n.input) != NUM_INPUTS or attrs != set(ATTRIBUTES):
             return f"node {n.name}: domain {n.domain!r}, {len(n.input)} inputs, attributes {sorted(attrs)}"
     return None
+
+
+def export_at_precision(checkpoint, output, precision: str = "fp32", force: bool = False, progress=None,
+                        convert_options: dict | None = None, **export_options) -> dict:
+    """`vimdeploy export --precision`: the fp32 export, then the precision pass, one output file."""
+    import tempfile
+
+    output = Path(output)
+    if precision == "fp32":
+        return export_onnx(checkpoint, output, force=force, progress=progress, **export_options)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    if output.exists() and not force:
+        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        summary = export_onnx(checkpoint, fp32, progress=progress, **export_options)
+        if progress:
+            progress(f"converting to {precision}")
+        converted = convert_precision(fp32, output, precision, force=force, **(convert_options or {}))
+    summary.update(output=str(output), size_mb=converted["size_mb"], precision_info=converted)
+    return summary

@@ -15,23 +15,13 @@ import onnx
 import torch
 from onnx.defs import OpSchema
 
-from ..ops import ACTIVATIONS, INPUT_NAMES, PARAMETERS
+from ..contract import (
+    ACTIVATIONS, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, DOMAIN, NUM_INPUTS, OP_TYPE, OUTPUT_NAME,
+    PARAMETERS, PLUGIN_NAMESPACE, PLUGIN_VERSION, SCHEMA_VERSION,
+)
 from ..ops.dispatch import bi_selective_scan as scan_op
 
-DOMAIN = "trt.plugins"
-OP_TYPE = "BiSelectiveScan"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = ""
-SCHEMA_VERSION = 1  # the opset version of our custom domain
-
-# The op's defaults (ops.inputs.op_schema). torch.export drops keyword arguments equal to
-# their defaults, so the translation below must fall back to exactly these.
-DEFAULT_DELTA_SOFTPLUS = True
-DEFAULT_OUT_SCALE = 0.5
-ATTRIBUTES = ("delta_softplus", "out_scale", "plugin_version", "plugin_namespace")
-
-__all__ = ["DOMAIN", "OP_TYPE", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "INPUT_NAMES", "ATTRIBUTES", "SCHEMA",
-           "scan_op", "custom_translation_table"]
+__all__ = ["SCHEMA", "scan_op", "custom_translation_table"]
 
 
 def _make_schema() -> OpSchema:
@@ -43,11 +33,11 @@ def _make_schema() -> OpSchema:
         OP_TYPE, DOMAIN, SCHEMA_VERSION,
         doc="Bidirectional selective scan of one Vim layer (vimdeploy export/op_contract.md).",
         inputs=activations + params,
-        outputs=[f("y", T)],
+        outputs=[f(OUTPUT_NAME, T)],
         type_constraints=[(T, ["tensor(float)", "tensor(float16)"], "activations")],
         attributes=[
             OpSchema.Attribute("delta_softplus", OpSchema.AttrType.INT, "softplus(dt + dt_bias) if 1"),
-            OpSchema.Attribute("out_scale", OpSchema.AttrType.FLOAT, "0.5 for the div2 models"),
+            OpSchema.Attribute("out_scale", OpSchema.AttrType.FLOAT, f"{DEFAULT_OUT_SCALE} for the div2 models"),
             OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version"),
             OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"),
         ],
@@ -72,7 +62,7 @@ def _onnxscript_translation():
     trt = Opset(DOMAIN, SCHEMA_VERSION)
 
     def translate(*inputs, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
-        assert len(inputs) == len(INPUT_NAMES)
+        assert len(inputs) == NUM_INPUTS
         return trt.BiSelectiveScan(
             *inputs,
             delta_softplus=int(bool(delta_softplus)), out_scale=float(out_scale),

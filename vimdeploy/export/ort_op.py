@@ -1,4 +1,5 @@
-"""ONNX Runtime CPU implementation of `trt.plugins::BiSelectiveScan`.
+"""ONNX Runtime CPU implementation of `trt.plugins::BiSelectiveScan`: the op, the session
+options that know it, and the casts that let it run fp16 graphs.
 
 A Python custom op of onnxruntime-extensions: ONNX Runtime calls back into Python with
 numpy arrays over its own buffers, and the callback hands their addresses to the native
@@ -23,16 +24,24 @@ header, which no package that can be installed here ships.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
+import threading
 import warnings
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
-from ..ops import INPUT_NAMES, D_STATE, ScanInputs
-from ..ops.native import PluginError, ScanParams, load_cpu_library
-from .op import DOMAIN, OP_TYPE
+from ..contract import (
+    ACTIVATION_INDICES, D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, DOMAIN, NUM_INPUTS, OP_TYPE,
+)
+from ..ops import ScanInputs
+from ..ops.check import check_scan_inputs
+from ..ops.native import PluginError, load_cpu_library
+from ..ops.params import ScanParams
 
 
 def _threads() -> int:
@@ -45,9 +54,11 @@ def _threads() -> int:
 
 
 def _native(arrays: list[np.ndarray], delta_softplus: bool, out_scale: float, threads: int | None = None) -> np.ndarray:
-    lib = load_cpu_library()
+    """The native CPU kernel on arrays that `check_scan_inputs(native=True)` took."""
     arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]  # no copy for ORT's fp32 buffers
-    b, L, E = arrays[1].shape
+    sizes = {"b": arrays[1].shape[0], "L": arrays[1].shape[1], "E": arrays[1].shape[2]}
+    lib = load_cpu_library()
+    b, L, E = sizes["b"], sizes["L"], sizes["E"]
     y = np.empty((b, L, E), dtype=np.float32)
     p = ScanParams.from_pointers(ScanInputs(*(a.ctypes.data for a in arrays)), y.ctypes.data, b, L, E, D_STATE,
                                  "float32", delta_softplus, out_scale)
@@ -76,8 +87,11 @@ class _ArrayResult(np.ndarray):
         return self.view(np.ndarray).reshape(-1)
 
 
-def bi_selective_scan_numpy(arrays: list[np.ndarray], delta_softplus: bool = True, out_scale: float = 0.5) -> np.ndarray:
-    """The op on numpy arrays: the native CPU kernel where built, else the PyTorch scan."""
+def bi_selective_scan_numpy(arrays: list[np.ndarray], delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE) -> np.ndarray:
+    """The op on numpy arrays: the native CPU kernel where built, else the PyTorch scan; a
+    ScanInputError (vimdeploy.ops.check) for inputs or attributes that break the contract."""
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    check_scan_inputs(arrays, delta_softplus, out_scale, native=True)
     try:
         return _native(arrays, delta_softplus, out_scale)
     except PluginError as e:
@@ -91,6 +105,37 @@ def _warn_once(message: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+_failures = threading.local()  # the op's exception in this thread's session.run (ONNX Runtime runs it there)
+
+
+def _failed(error: Exception) -> np.ndarray:
+    """Keep what the op raised for `scan_errors` and give ONNX Runtime an empty output. No
+    exception may leave the callback: onnxruntime-extensions calls it from C++, where one
+    ends the process (std::terminate, SIGABRT). The empty output cannot pass for the op's
+    (b, L, E): the nodes that read it fail, or the model's outputs are empty."""
+    if getattr(_failures, "error", None) is None:
+        _failures.error = error
+    return np.empty((0,), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def scan_errors():
+    """Around `session.run` of a session with the op: raise what the op refused (a
+    ScanInputError for inputs that break the contract, a PluginError from the kernel) in place
+    of ONNX Runtime's own error or of the outputs computed from the op's empty output."""
+    _failures.error = None
+    try:
+        yield
+    except Exception:
+        error, _failures.error = getattr(_failures, "error", None), None
+        if error is not None:
+            raise error from None
+        raise
+    error, _failures.error = _failures.error, None
+    if error is not None:
+        raise error
+
+
 @functools.lru_cache(maxsize=None)
 def custom_ops_library() -> str:
     """Define the Python op (once per process) and return the library path to register."""
@@ -98,7 +143,7 @@ def custom_ops_library() -> str:
 
     @onnx_op(
         op_type=f"{DOMAIN}::{OP_TYPE}",
-        inputs=[PyCustomOpDef.dt_float] * len(INPUT_NAMES),
+        inputs=[PyCustomOpDef.dt_float] * NUM_INPUTS,
         outputs=[PyCustomOpDef.dt_float],
         attrs={
             "delta_softplus": PyCustomOpDef.dt_int64,
@@ -108,7 +153,11 @@ def custom_ops_library() -> str:
         },
     )
     def bi_selective_scan(*inputs, **attrs):
-        y = bi_selective_scan_numpy(list(inputs), bool(attrs["delta_softplus"]), float(attrs["out_scale"]))
+        try:
+            # the attributes as the node has them: the check refuses e.g. delta_softplus 2 or a NaN scale
+            y = bi_selective_scan_numpy(list(inputs), attrs["delta_softplus"], attrs["out_scale"])
+        except Exception as e:  # noqa: BLE001 - none may leave the callback, see _failed
+            y = _failed(e)
         return y.view(_ArrayResult)
 
     return get_library_path()
@@ -123,3 +172,58 @@ def session_options(threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
     return so
+
+
+@contextlib.contextmanager
+def sessions_with_scan_op():
+    """Let ONNX Runtime's calibrator open sessions that know BiSelectiveScan.
+
+    The calibrator builds its own `onnxruntime.SessionOptions()` with no hook for custom
+    op libraries; substitute a subclass that registers ours, for the duration only.
+    """
+    import onnxruntime as ort
+
+    library = custom_ops_library()
+    original = ort.SessionOptions
+
+    class WithScanOp(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.register_custom_ops_library(library)
+
+    ort.SessionOptions = WithScanOp
+    try:
+        yield
+    finally:
+        ort.SessionOptions = original
+
+
+# ---- fp16 graphs: the op takes fp32 only
+
+def with_fp32_scan_nodes(model: onnx.ModelProto) -> bool:
+    """Make fp16 BiSelectiveScan nodes runnable by the fp32-only ONNX Runtime op, in place.
+
+    Casts fp16 activations to fp32 before the node and its output back to fp16 after it.
+    That is exact emulation of the fp16 plugin, which widens fp16 to fp32 on load, computes
+    in fp32 and rounds the result to fp16 on store. Returns whether anything changed.
+    """
+    g = model.graph
+    typed = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
+    typed.update({t.name: t.data_type for t in g.initializer})
+    nodes, changed = [], False
+    for node in g.node:
+        if node.op_type != OP_TYPE or typed.get(node.input[0]) != TensorProto.FLOAT16:
+            nodes.append(node)
+            continue
+        changed = True
+        for i in ACTIVATION_INDICES:
+            wide = f"{node.name}_in{i}_fp32"
+            nodes.append(helper.make_node("Cast", [node.input[i]], [wide], to=TensorProto.FLOAT))
+            node.input[i] = wide
+        out = node.output[0]
+        node.output[0] = f"{node.name}_out_fp32"
+        nodes += [node, helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT16)]
+    if changed:
+        del g.node[:]
+        g.node.extend(nodes)
+    return changed

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch._higher_order_ops.scan import scan  # prototype API (torch>=2.6); FINDINGS: exports to ONNX Scan
 
+from ..contract import DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE
 from ..ops import ScanInputs
 
 CHUNK = 8  # tokens per loop iteration; chosen by benchmarks/bench_portable.py (docs/export.md)
@@ -64,7 +65,7 @@ def _prepare(x, dt, B, C, dt_bias, delta_softplus, f):
     return delta, delta * x.to(f), B.to(f), C.to(f)
 
 
-def bi_selective_scan_onnx(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5,
+def bi_selective_scan_onnx(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE,
                            chunk: int = CHUNK):
     """The op contract as ONE `scan` over chunks of `chunk` tokens carrying both directions' states."""
     if chunk < 1:

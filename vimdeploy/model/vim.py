@@ -18,14 +18,15 @@ backward scan runs in reverse, which is the same computation (see export/op_cont
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import VimConfig
 from ..ops import ScanFn, ScanInputs, get_scan
-from ..ops import conv as conv_ops
-from ..ops import delta as delta_ops
+from .front import MixerFront, get_front
 
 __all__ = ["VisionMamba", "RMSNorm", "Mamba", "Block", "PatchEmbed", "resample_pos_embed", "output_names",
            "parse_output_name", "feature_map_name", "LOGITS", "FEATURES", "FEATURE_MAP"]
@@ -53,13 +54,14 @@ class RMSNorm(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, cfg: VimConfig):
+    def __init__(self, cfg: VimConfig, token_major: bool = True):
         super().__init__()
         self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.stride)
+        self.token_major = token_major  # on CUDA tensors, `_patch_embed_gemm` where it applies
 
     def forward(self, x):
         conv = self.proj
-        if x.is_cuda and TOKEN_MAJOR_ON_GPU and conv.kernel_size == conv.stride:
+        if x.is_cuda and self.token_major and conv.kernel_size == conv.stride:
             return _patch_embed_gemm(x, conv)
         return conv(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, M, C)
 
@@ -74,96 +76,15 @@ def _patch_embed_gemm(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return F.linear(x.reshape(b, gh * gw, c * ph * pw), conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
 
-def _depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, anti_causal: bool) -> torch.Tensor:
-    """Depthwise conv over the token axis of x (B, L, E), causal or anti-causal.
-
-    Anti-causal with the flipped kernel equals flip(causal_conv(flip(x))): what the
-    official backward branch computes on its flipped sequence.
-    """
-    k = conv.weight.shape[-1]
-    x = x.transpose(1, 2)
-    w, b = conv.weight.to(x.dtype), conv.bias.to(x.dtype)  # fp32 taps in an fp16 model (bench's)
-    if anti_causal:
-        out = F.conv1d(F.pad(x, (0, k - 1)), w.flip(-1), b, groups=x.shape[1])
-    else:
-        out = F.conv1d(F.pad(x, (k - 1, 0)), w, b, groups=x.shape[1])
-    return out.transpose(1, 2)
-
-
-# The GPU layout of the mixer's front (two in_proj GEMMs, shifted multiply-adds for the
-# convs); False restores the transposing path, for side-by-side measurement.
-TOKEN_MAJOR_ON_GPU = True
-# On that path, both convs + SiLU as one CUDA kernel (ops/conv.py) where the kernel library is
-# built and x is fp16/fp32; False (or no library) keeps the multiply-adds, for side-by-side
-# measurement (benchmarks/bench_conv.py).
-FUSED_CONV_ON_GPU = True
-# On that path in fp16, dt_proj + dt bias + softplus as one CUDA kernel (ops/delta.py), so that
-# the scan gets delta (delta_softplus=False) and skips its per-step softplus; False keeps
-# dt_proj's GEMM and the scan's softplus, for side-by-side measurement (bench_layout.py).
-DELTA_KERNEL_ON_GPU = True
-# With the fused conv in fp16, each direction's x_proj in the same kernel (ops/conv.py,
-# conv_silu_xproj_bidir: the product reads the conv outputs from shared memory, not once more
-# from global memory); False keeps x_proj as a GEMM, for side-by-side measurement (bench_layout.py).
-XPROJ_IN_CONV_ON_GPU = True
-
-
-def _depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_causal: bool, length: int):
-    """`_depthwise_conv` as k multiply-adds of shifted views, with no transpose.
-
-    `x_padded` is x (B, L, E) padded by k-1 tokens on BOTH sides, so that one copy serves
-    both directions: causal y_t = b + sum_j w_j x_{t-(k-1)+j} reads x_padded[t + j];
-    anti-causal y_t = b + sum_j w_j x_{t+(k-1)-j} reads x_padded[t + 2(k-1) - j].
-    Used on GPUs, where it replaced two transposes and cuDNN's generic depthwise kernel
-    (measured in docs/bench.md: those copies and that kernel were 60-70% of Vim-Ti's time).
-    """
-    w = conv.weight[:, 0, :].to(x_padded.dtype)  # (E, k)
-    k = w.shape[-1]
-    out = conv.bias.to(x_padded.dtype).expand(x_padded.shape[0], length, -1)
-    for j in range(k):
-        start = 2 * (k - 1) - j if anti_causal else j
-        out = torch.addcmul(out, x_padded[:, start : start + length], w[:, j])
-    return out
-
-
-def _pad8(rows: int) -> int:
-    return rows + -rows % 8
-
-
-def _x_proj_weight_aligned(x_proj_w: torch.Tensor, rank: int, n: int) -> torch.Tensor:
-    """x_proj's weight (rank + 2n, E) with dt's and (B, C)'s rows each zero-padded to a multiple
-    of 8, _pad8(rank) + _pad8(2n) rows: the layout `_split_x_proj` reads (Vim-Ti: 12 + 32 -> 16 + 32)."""
-    dt_w, bc_w = x_proj_w.split([rank, 2 * n])
-    return torch.cat([F.pad(dt_w, (0, 0, 0, _pad8(rank) - rank)), F.pad(bc_w, (0, 0, 0, _pad8(2 * n) - 2 * n))])
-
-
-def _split_x_proj(out: torch.Tensor, rank: int, n: int):
-    """(dt, B, C) views of x_proj's output through `_x_proj_weight_aligned`; dt keeps its zero
-    columns up to the next multiple of 8 (dt_proj reads it with zero weight columns)."""
-    r = _pad8(rank)
-    return out[..., :r], out[..., r : r + n], out[..., r + n : r + 2 * n]
-
-
-def _x_proj_aligned(xc: torch.Tensor, x_proj_w: torch.Tensor, rank: int, n: int):
-    """x_proj(xc) as (dt, B, C) with every GEMM operand 16-byte aligned: x_proj's output rows
-    are padded to multiples of 8 (zero weight rows). Same values; with Vim's 12 + 16 + 16 = 44
-    outputs and K = 12 cuBLAS ran its 2-byte-aligned kernels (H100, Vim-Ti at 1248 px batch
-    32: ~8 ms of x_proj + dt_proj in a 59 ms forward)."""
-    return _split_x_proj(F.linear(xc, _x_proj_weight_aligned(x_proj_w, rank, n)), rank, n)
-
-
-def _dt_proj_aligned(dt_padded: torch.Tensor, dt_proj_w: torch.Tensor) -> torch.Tensor:
-    """dt_proj (without bias) of `_x_proj_aligned`'s zero-padded dt."""
-    return F.linear(dt_padded, F.pad(dt_proj_w, (0, dt_padded.shape[-1] - dt_proj_w.shape[-1])))
-
-
 class Mamba(nn.Module):
     """The bimamba-v2 mixer (inference only)."""
 
-    def __init__(self, cfg: VimConfig, scan: str | ScanFn = "auto"):
+    def __init__(self, cfg: VimConfig, scan: str | ScanFn = "auto", front: str | MixerFront = "auto"):
         super().__init__()
         d, e, n, r, k = cfg.embed_dim, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
         self.d_state, self.dt_rank, self.out_scale = n, r, cfg.out_scale
         self.scan = scan  # the backend's name (or a function); resolved once, see the setter
+        self.front = front  # what computes the scan's activations (model/front.py)
         self.in_proj = nn.Linear(d, 2 * e, bias=False)
         self.out_proj = nn.Linear(e, d, bias=False)
         for suffix in ("", "_b"):
@@ -186,60 +107,18 @@ class Mamba(nn.Module):
         # inside forward is a torch.compile graph break (one per layer).
         self._scan, self._scan_fn = name, get_scan(name)
 
+    @property
+    def front(self) -> MixerFront:
+        return self._front
+
+    @front.setter
+    def front(self, front: str | MixerFront):
+        self._front = get_front(front)
+
     def scan_inputs(self, hidden_states: torch.Tensor) -> tuple[ScanInputs, bool]:
         """Everything the BiSelectiveScan op consumes (export/op_contract.md), and its
-        delta_softplus: True, except where dt is already delta (DELTA_KERNEL_ON_GPU)."""
-        token_major = hidden_states.is_cuda and TOKEN_MAJOR_ON_GPU  # see _depthwise_conv_token_major
-        fused = dbl = None
-        if token_major:
-            # Two GEMMs give contiguous x and z (the scan kernel wants z contiguous; a chunk
-            # of one GEMM's output would be copied).
-            x, z = (F.linear(hidden_states, w) for w in self.in_proj.weight.chunk(2, dim=0))
-            convs = (self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias)
-            if FUSED_CONV_ON_GPU and x.dtype in (torch.float16, torch.float32) and conv_ops.fused_conv_available():
-                rows = _pad8(self.dt_rank) + _pad8(2 * self.d_state)  # of _x_proj_weight_aligned
-                if (XPROJ_IN_CONV_ON_GPU and conv_ops.xproj_kernel_applies(x, convs[0].shape[-1], rows)
-                        and conv_ops.fused_xproj_available()):
-                    y_fwd, y_bwd, out_fwd, out_bwd = conv_ops.conv_silu_xproj_bidir(x, *convs, *(
-                        _x_proj_weight_aligned(m.weight, self.dt_rank, self.d_state) for m in (self.x_proj, self.x_proj_b)))
-                    fused, dbl = {"fwd": y_fwd, "bwd": y_bwd}, {"fwd": out_fwd, "bwd": out_bwd}
-                else:
-                    fused = dict(zip(("fwd", "bwd"), conv_ops.conv_silu_bidir(x, *convs)))
-            else:
-                k = self.conv1d.weight.shape[-1]
-                x_padded = F.pad(x, (0, 0, k - 1, k - 1))
-        else:
-            x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
-        delta = token_major and DELTA_KERNEL_ON_GPU and x.dtype == torch.float16 and delta_ops.delta_kernel_available()
-        inputs = {"z": z}
-        for direction, suffix in (("fwd", ""), ("bwd", "_b")):
-            conv = getattr(self, "conv1d" + suffix)
-            x_proj = getattr(self, "x_proj" + suffix)
-            dt_proj = getattr(self, "dt_proj" + suffix)
-            if fused is not None:
-                xc = fused[direction]
-            elif token_major:
-                xc = F.silu(_depthwise_conv_token_major(x_padded, conv, direction == "bwd", x.shape[1]))
-            else:
-                xc = F.silu(_depthwise_conv(x, conv, anti_causal=direction == "bwd"))
-            # dt_proj's bias goes in the scan, in fp32 (or, with `delta`, into delta_softplus)
-            if dbl is not None:  # x_proj ran in the conv kernel
-                dt, B, C = _split_x_proj(dbl[direction], self.dt_rank, self.d_state)
-            elif token_major:
-                dt, B, C = _x_proj_aligned(xc, x_proj.weight, self.dt_rank, self.d_state)
-            if token_major:
-                if delta:
-                    # (the bias cast here, not inside the opaque op: Inductor fuses it with the other casts)
-                    dt = delta_ops.delta_softplus(dt[..., : self.dt_rank], dt_proj.weight, dt_proj.bias.float())
-                else:
-                    dt = _dt_proj_aligned(dt, dt_proj.weight)
-            else:
-                dt, B, C = x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-                dt = F.linear(dt, dt_proj.weight)
-            inputs[f"x_{direction}"] = xc
-            inputs[f"dt_{direction}"] = dt
-            inputs[f"B_{direction}"] = B
-            inputs[f"C_{direction}"] = C
+        delta_softplus: True, except where the front computed delta itself (its delta kernel)."""
+        inputs, delta = self.front.activations(self, hidden_states)
         inputs["A_fwd"] = -torch.exp(self.A_log.float())
         inputs["A_bwd"] = -torch.exp(self.A_b_log.float())
         inputs["D_fwd"], inputs["D_bwd"] = self.D.float(), self.D_b.float()
@@ -258,9 +137,9 @@ class Mamba(nn.Module):
 class Block(nn.Module):
     """Add -> RMSNorm -> mixer; returns (mixer output, fp32 residual)."""
 
-    def __init__(self, cfg: VimConfig, scan: str | ScanFn = "auto"):
+    def __init__(self, cfg: VimConfig, scan: str | ScanFn = "auto", front: str | MixerFront = "auto"):
         super().__init__()
-        self.mixer = Mamba(cfg, scan)
+        self.mixer = Mamba(cfg, scan, front)
         self.norm = RMSNorm(cfg.embed_dim, cfg.norm_eps)
 
     def forward(self, hidden_states, residual=None):
@@ -327,15 +206,19 @@ def output_names(features: bool = True, feature_map: bool = False, out_indices=(
 
 class VisionMamba(nn.Module):
     """Vim for image classification. `scan` picks the selective-scan backend: a name of
-    `vimdeploy.ops.SCANS` ("auto", "reference", "fast", "cpu", "cuda") or a function."""
+    `vimdeploy.ops.SCANS` ("auto", "reference", "fast", "cpu", "cuda") or a function; `front`
+    what computes the scan's inputs: a name of `vimdeploy.model.front.FRONTS` ("auto",
+    "torch", "token-major") or a `MixerFront`. Both can be changed later (`model.scan = ...`,
+    `model.front = ...`)."""
 
-    def __init__(self, cfg: VimConfig = VimConfig(), scan: str | ScanFn = "auto"):
+    def __init__(self, cfg: VimConfig = VimConfig(), scan: str | ScanFn = "auto", front: str | MixerFront = "auto"):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg)
+        front = get_front(front)  # one object, shared by the blocks
+        self.patch_embed = PatchEmbed(cfg, front.token_major)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.tokens(), cfg.embed_dim))
-        self.layers = nn.ModuleList(Block(cfg, scan) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(Block(cfg, scan, front) for _ in range(cfg.depth))
         self.norm_f = RMSNorm(cfg.embed_dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
         # The patch grid `pos_embed` is laid out for: the trained one, unless an exporter baked
@@ -351,6 +234,48 @@ class VisionMamba(nn.Module):
         get_scan(name)  # fail early on an unknown name
         for layer in self.layers:
             layer.mixer.scan = name
+
+    def init_weights(self, mode: str = "official", seed: int = 0) -> "VisionMamba":
+        """Initialise the weights in place (as timm's `init_weights`); returns the model.
+
+        "official": hustvl/Vim's start of training for what the modules leave at zero: pos_embed
+        and cls_token truncated normal (std 0.02), from torch's global generator (seed it before
+        building the model: `vimdeploy.digits` trains from this).
+        "untrained": weights at a trained model's scale, for models that run without training
+        (the demo, benchmarks; fp16 neither overflows nor underflows): every matrix and pos_embed
+        normal (std 0.02), the dt biases as mamba_ssm initialises them (softplus^-1 of dt
+        log-uniform in [1e-3, 1e-1]), the other biases zero; the scan's A_log, D, the norms and
+        cls_token as built. All drawn from a generator seeded with `seed`: one seed, one set of weights.
+        """
+        if mode not in ("official", "untrained"):
+            raise ValueError(f"unknown init mode {mode!r}; known: official, untrained")
+        with torch.no_grad():
+            if mode == "official":
+                nn.init.trunc_normal_(self.pos_embed, std=0.02)
+                nn.init.trunc_normal_(self.cls_token, std=0.02)
+                return self
+            g = torch.Generator().manual_seed(seed)
+            lo, hi = math.log(1e-3), math.log(0.1)
+            for name, p in self.named_parameters():
+                if name.endswith(("dt_proj.bias", "dt_proj_b.bias")):
+                    dt = torch.exp(torch.rand(p.shape, generator=g) * (hi - lo) + lo)
+                    p.copy_(dt + torch.log(-torch.expm1(-dt)))
+                elif (name.endswith("weight") and p.dim() >= 2) or name == "pos_embed":
+                    p.normal_(0, 0.02, generator=g)
+                elif name.endswith("bias"):
+                    p.zero_()
+        return self
+
+    @property
+    def front(self) -> MixerFront:
+        return self.layers[0].mixer.front
+
+    @front.setter
+    def front(self, front: str | MixerFront):
+        front = get_front(front)
+        self.patch_embed.token_major = front.token_major
+        for layer in self.layers:
+            layer.mixer.front = front
 
     def grid_for(self, height, width) -> tuple:
         """(rows, cols) of the patch grid for an input of height x width pixels.

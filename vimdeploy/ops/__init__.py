@@ -1,6 +1,7 @@
 """The bidirectional selective scan of Vim (export/op_contract.md) behind one interface.
 
-Every backend is `fn(inputs: ScanInputs, *, delta_softplus=True, out_scale=0.5) -> y` and
+Every backend is `fn(inputs: ScanInputs, *, delta_softplus=True, out_scale=0.5) -> y` (the
+contract's defaults, `vimdeploy.contract`) and
 is named in `SCANS`, imported only when asked for (`get_scan(name)`):
 
 | name | what |
@@ -17,7 +18,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from .inputs import ACTIVATIONS, D_STATE, INPUT_NAMES, PARAMETERS, ScanInputs
+from ..contract import ACTIVATIONS, D_STATE, INPUT_NAMES, PARAMETERS
+from .inputs import ScanInputs
 
 __all__ = ["ScanInputs", "INPUT_NAMES", "ACTIVATIONS", "PARAMETERS", "D_STATE", "SCANS", "get_scan", "ScanFn"]
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from . import native
 from .library import _LIB, NAMESPACE
-from .native import DTYPES, PluginError
+from ..contract import DTYPES
+from .native import PluginError
 
 __all__ = ["conv_silu_bidir", "conv_silu_bidir_reference", "launch", "fused_conv_available", "ConvSiluParams",
            "VARIANTS", "MAX_K", "conv_silu_xproj_bidir", "conv_silu_xproj_bidir_reference", "fused_xproj_available",

@@ -10,6 +10,7 @@ import ctypes
 
 import torch
 
+from ..contract import DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE
 from .common import params, prepare
 from .inputs import ScanInputs
 from .library import call, define_scan_op
@@ -18,7 +19,7 @@ from .native import PluginError, load_cpu_library
 __all__ = ["bi_selective_scan_cpu", "run"]
 
 
-def run(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5,
+def run(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE,
         threads: int | None = None) -> torch.Tensor:
     """The op on CPU tensors with the native kernel (no torch op dispatch)."""
     lib = load_cpu_library()
@@ -40,6 +41,6 @@ def _kernel(inputs, *, delta_softplus, out_scale):
 _op = define_scan_op("bi_selective_scan_cpu", {"CPU": _kernel, "CUDA": _kernel})
 
 
-def bi_selective_scan_cpu(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):
+def bi_selective_scan_cpu(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
     """Scan backend "cpu": the native CPU kernel (PluginError if it is not built)."""
     return call(_op, inputs, delta_softplus, out_scale)

@@ -12,7 +12,8 @@ import ctypes
 import torch
 
 from .common import params, prepare
-from .inputs import D_STATE, ScanInputs
+from ..contract import D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE
+from .inputs import ScanInputs
 from .library import call, define_scan_op
 from .native import PluginError, load_library
 
@@ -23,12 +24,13 @@ __all__ = ["VARIANTS", "bi_selective_scan_cuda", "launch"]
 VARIANTS = range(1, 7)
 
 
-def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5,
+def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE,
            num_chunks: int = 0, variant: int = 0) -> torch.Tensor:
     """Run the kernel into `y` (inputs already prepared: contiguous, one GPU, activations of
     y's dtype fp32/fp16, parameters fp32). num_chunks/variant: the C API's tuning knobs
     (variant 0 = automatic, else one of VARIANTS)."""
     lib = load_library()
+    p = params(inputs, y, delta_softplus, out_scale)  # the contract's check first (ScanInputError)
     b, _, E = inputs.x_fwd.shape
     if num_chunks > 1:
         ws_bytes = 2 * b * num_chunks * (D_STATE + 1) * E * 4
@@ -36,7 +38,6 @@ def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = True, 
         ws_bytes = lib.vimdeploy_bi_selective_scan_workspace_size(E, D_STATE) if num_chunks == 0 else 0
     dev = y.device
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
-    p = params(inputs, y, delta_softplus, out_scale)
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
         rc = lib.vimdeploy_bi_selective_scan_ex(ctypes.byref(p), ws.data_ptr(), ws_bytes, stream,
@@ -57,6 +58,6 @@ def _kernel(inputs, *, delta_softplus, out_scale):
 _op = define_scan_op("bi_selective_scan_cuda", {"CUDA": _kernel, "CPU": _kernel})
 
 
-def bi_selective_scan_cuda(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):
+def bi_selective_scan_cuda(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
     """Scan backend "cuda": the CUDA kernel (PluginError if it is not built)."""
     return call(_op, inputs, delta_softplus, out_scale)

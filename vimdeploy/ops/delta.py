@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from . import native
 from .library import _LIB, NAMESPACE
-from .native import DTYPES, PluginError
+from ..contract import DTYPES
+from .native import PluginError
 
 __all__ = ["delta_softplus", "delta_softplus_reference", "delta_kernel_available", "DeltaParams", "MAX_R"]
 

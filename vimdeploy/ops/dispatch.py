@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import warnings
 
-from .inputs import D_STATE, ScanInputs
+from ..contract import D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE
+from .inputs import ScanInputs
 from .library import call, define_scan_op
 from .native import cpu_available, cuda_available
 from .reference import bi_selective_scan_fast
@@ -63,7 +64,7 @@ def resolve(device_type: str) -> str:
     return "cpu" if cpu_available() else "fast"
 
 
-def bi_selective_scan(inputs: ScanInputs, *, delta_softplus: bool = True, out_scale: float = 0.5):
+def bi_selective_scan(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
     """Scan backend "auto": the native kernel of the inputs' device where built, else "fast"."""
     return call(_op, inputs, delta_softplus, out_scale)
 

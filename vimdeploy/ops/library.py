@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from ..contract import DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, NUM_INPUTS
+from .check import check_scan_attributes, check_scan_inputs
 from .inputs import ScanInputs, op_schema
 
 NAMESPACE = "vimdeploy"
@@ -20,10 +22,13 @@ Kernel = Callable[..., torch.Tensor]  # (inputs: ScanInputs, *, delta_softplus, 
 
 
 def _unpack(args, kwargs):
-    """The dispatcher passes the attributes positionally or by keyword: accept both."""
-    inputs = ScanInputs(*args[:15])
-    rest = dict(zip(("delta_softplus", "out_scale"), args[15:]), **kwargs)
-    return inputs, bool(rest.get("delta_softplus", True)), float(rest.get("out_scale", 0.5))
+    """The dispatcher passes the attributes positionally or by keyword: accept both. The
+    inputs and attributes are checked against the contract here, before any kernel runs."""
+    inputs = ScanInputs(*args[:NUM_INPUTS])
+    rest = dict(zip(("delta_softplus", "out_scale"), args[NUM_INPUTS:]), **kwargs)
+    softplus, scale = rest.get("delta_softplus", DEFAULT_DELTA_SOFTPLUS), rest.get("out_scale", DEFAULT_OUT_SCALE)
+    check_scan_inputs(inputs, softplus, scale)
+    return inputs, bool(softplus), float(scale)
 
 
 def define_scan_op(name: str, kernels: dict[str, Kernel]):
@@ -44,6 +49,9 @@ def define_scan_op(name: str, kernels: dict[str, Kernel]):
     return getattr(getattr(torch.ops, NAMESPACE), name)
 
 
-def call(op, inputs: ScanInputs, delta_softplus: bool = True, out_scale: float = 0.5) -> torch.Tensor:
-    """Call a scan op with a ScanInputs."""
+def call(op, inputs: ScanInputs, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE) -> torch.Tensor:
+    """Call a scan op with a ScanInputs. The attributes are checked here, as given (the op's
+    schema would make a bool of delta_softplus 2); the tensors inside the op (`_unpack`), where
+    they are real tensors: torch.export and torch.compile trace this function symbolically."""
+    check_scan_attributes(delta_softplus, out_scale)
     return op(*inputs, delta_softplus=bool(delta_softplus), out_scale=float(out_scale))

@@ -1,15 +1,15 @@
-"""The native libraries of the scan: build, locate, load, and the C params struct.
+"""The native libraries of the scan: where they are, and loading them.
 
 Two libraries implement `export/op_contract.md` behind one C struct
-(`plugins/include/vimdeploy/scan_params.h`, mirrored here as `ScanParams`):
+(`plugins/include/vimdeploy/scan_params.h`, mirrored by `vimdeploy.ops.params.ScanParams`):
 
 * the CPU kernel (`plugins/cpu/bi_selective_scan_cpu.cpp`): built by `pip install` /
   `make setup` as `vimdeploy/ops/_scan_cpu*.so` (a setuptools extension, optional: without
   a C++ compiler vimdeploy runs on the PyTorch scan), or by CMake as libvimdeploy_cpu.so;
 * the CUDA kernel (`libvimdeploy_kernels.so`) and the TensorRT plugins: built by CMake +
-  nvcc with `vimdeploy plugin build` (`build()` here).
+  nvcc with `vimdeploy plugin build` (`vimdeploy.ops.build.build()`).
 
-Build directory of `build()`: build_dir, else $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build
+Build directory: build_dir, else $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build
 in a checkout, else ~/.cache/vimdeploy/plugins-<version>-<hash of the sources' path> (`default_build_dir`).
 $VIMDEPLOY_KERNEL_LIBRARY / $VIMDEPLOY_CPU_LIBRARY may point straight at a library.
 """
@@ -19,23 +19,23 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
 from ..errors import VimdeployError
-from .inputs import INPUT_NAMES, ScanInputs
+from .params import ScanParams
 
 __all__ = [
-    "PluginError", "ScanParams", "build", "library_paths", "load_library", "cpu_library_path", "load_cpu_library",
-    "find_nvcc", "entry_point", "check_call",
+    "PluginError", "library_paths", "load_library", "cpu_library_path", "load_cpu_library", "entry_point",
+    "check_call", "default_build_dir", "PLUGIN_SRC", "CPU_EXTENSION",
 ]
+
+# ---- where the sources and the libraries are (every path of the native side) --------------
 
 # The CMake project ships inside the package (package data); in a checkout vimdeploy/plugins
 # is a symlink to the repository's plugins/, so both read the same files.
 PLUGIN_SRC = Path(__file__).resolve().parent.parent / "plugins"
-DTYPES = {"float32": 0, "float16": 1}  # VIMDEPLOY_DTYPE_*
+# What CMake builds in the build folder (plugins/CMakeLists.txt's targets), by key.
 _LIB_NAMES = {
     "kernels": "libvimdeploy_kernels.so",
     "trt_plugin": "libvimdeploy_trt_plugin.so",
@@ -47,30 +47,6 @@ CPU_EXTENSION = "_scan_cpu"  # vimdeploy/ops/_scan_cpu<EXT_SUFFIX>, built by set
 
 class PluginError(VimdeployError):
     """A native scan library cannot be built, found, loaded or called."""
-
-
-class ScanParams(ctypes.Structure):
-    """`VimdeployScanParams`: the contract's inputs by name, then y and the sizes."""
-
-    _fields_ = [(name, ctypes.c_void_p) for name in INPUT_NAMES] + [
-        ("y", ctypes.c_void_p),
-        ("batch", ctypes.c_int64),
-        ("L", ctypes.c_int64),
-        ("E", ctypes.c_int64),
-        ("N", ctypes.c_int64),
-        ("dtype", ctypes.c_int32),
-        ("delta_softplus", ctypes.c_int32),
-        ("out_scale", ctypes.c_float),
-        ("bc_stride", ctypes.c_int64),  # 0: dense B/C
-    ]
-
-    @classmethod
-    def from_pointers(cls, pointers: ScanInputs, y: int, batch: int, L: int, E: int, N: int, dtype: str,
-                      delta_softplus: bool, out_scale: float, bc_stride: int = 0) -> "ScanParams":
-        """`pointers`: a ScanInputs of addresses (ints) of dense row-major buffers (B and C:
-        `bc_stride` elements between tokens, 0 = dense; CUDA kernel only)."""
-        return cls(*pointers, y, batch, L, E, N, DTYPES[dtype], int(bool(delta_softplus)), float(out_scale),
-                   int(bc_stride))
 
 
 def _declare(lib: ctypes.CDLL, name: str, argtypes, restype) -> None:
@@ -151,44 +127,6 @@ def cpu_library_path() -> Path | None:
     return library_paths().get("cpu")
 
 
-# ---- building -----------------------------------------------------------------------------
-
-def find_nvcc() -> str | None:
-    for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if cand and Path(cand).is_file():
-            return cand
-    return None
-
-
-def build(build_dir=None, cuda_archs=None, tensorrt_root=None, jobs=None) -> dict[str, Path]:
-    """Configure + build plugins/ with CMake (nvcc needed, TensorRT optional); returns
-    library_paths(build_dir). cuda_archs: "80;86;87;89;90" style string or list."""
-    d = Path(build_dir) if build_dir else default_build_dir()
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        raise PluginError("cmake not found: install CMake >= 3.18 to build the CUDA kernels")
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise PluginError("nvcc not found (PATH, $CUDACXX, /usr/local/cuda/bin): install the CUDA toolkit 12.x or 13.x")
-    if not (PLUGIN_SRC / "CMakeLists.txt").is_file():
-        raise PluginError(f"plugin sources not found at {PLUGIN_SRC} (reinstall vimdeploy, or build from a checkout)")
-    cfg = [cmake, "-S", str(PLUGIN_SRC.resolve()), "-B", str(d), f"-DCMAKE_CUDA_COMPILER={nvcc}", "-DCMAKE_BUILD_TYPE=Release"]
-    if cuda_archs:
-        archs = cuda_archs if isinstance(cuda_archs, str) else ";".join(str(a) for a in cuda_archs)
-        cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
-    if tensorrt_root:
-        cfg.append(f"-DTENSORRT_ROOT={Path(tensorrt_root).resolve()}")
-    steps = [cfg, [cmake, "--build", str(d), "-j", str(jobs or os.cpu_count() or 2)]]
-    for cmd in steps:
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if r.returncode != 0:
-            raise PluginError(f"plugin build failed ({' '.join(cmd[:2])} ...):\n{r.stdout[-4000:]}")
-    paths = library_paths(d)
-    if "kernels" not in paths:
-        raise PluginError(f"build finished but {_LIB_NAMES['kernels']} is missing in {d}")
-    return paths
-
-
 # ---- loading ------------------------------------------------------------------------------
 
 _loaded: dict[str, ctypes.CDLL] = {}
@@ -215,7 +153,7 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
             if path is None:
                 raise PluginError(
                     f"{_LIB_NAMES['kernels']} not found in {default_build_dir()}: run `vimdeploy plugin build` "
-                    "(or vimdeploy.ops.native.build()), or set VIMDEPLOY_KERNEL_LIBRARY")
+                    "(or vimdeploy.ops.build.build()), or set VIMDEPLOY_KERNEL_LIBRARY")
 
         def declare(lib):
             p, vp, i64, i32 = ctypes.POINTER(ScanParams), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int

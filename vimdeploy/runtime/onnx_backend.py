@@ -8,6 +8,7 @@ its padding dropped): Vim treats every image independently, so this is exact.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,11 @@ class OnnxEngine(Engine):
         self.metadata = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props
                          if p.key.startswith(META_PREFIX)}
         self.custom_op = any(n.domain == "trt.plugins" for n in proto.graph.node)
+        self.op_errors = contextlib.nullcontext  # the op's refusals, raised around session.run
         if self.custom_op:
-            from ..export.ort_op import session_options
+            from ..export.ort_op import scan_errors, session_options
 
-            options = session_options(threads)
+            options, self.op_errors = session_options(threads), scan_errors
         else:
             options = ort.SessionOptions()
             if threads:
@@ -46,8 +48,8 @@ class OnnxEngine(Engine):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         source = str(self.path)
         if self.custom_op and self.metadata.get("precision", "fp32") != "fp32":
-            # fp16 scan nodes: ORT's op is fp32-only; wrap them in exact casts (precision.py).
-            from ..export.precision import with_fp32_scan_nodes
+            # fp16 scan nodes: ORT's op is fp32-only; wrap them in exact casts (ort_op.py).
+            from ..export.ort_op import with_fp32_scan_nodes
 
             full = onnx.load(self.path)
             if with_fp32_scan_nodes(full):
@@ -86,7 +88,8 @@ class OnnxEngine(Engine):
             real = len(chunk)
             if real < step:
                 chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), chunk.dtype)])
-            out = self.session.run(names, {self.input_name: chunk})
+            with self.op_errors():
+                out = self.session.run(names, {self.input_name: chunk})
             parts.append([o[:real] for o in out])
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
 

@@ -9,9 +9,11 @@ TensorRT's IQuantizeLayer/IDequantizeLayer documentation):
     finite and > 0, per-channel scales only on weights (initializers);
   * Resize: modes nearest/linear/cubic, no antialias;
   * our BiSelectiveScan node against its contract (export/op_contract.md): 15 inputs, one
-    output, `delta_softplus` (INT) and `out_scale` (FLOAT), `plugin_version` "1" and
-    `plugin_namespace` "" if present (they select the creator: exact match), activations
-    fp32 or fp16 alike, A/D/dt biases fp32, the output the activations' type.
+    output, `delta_softplus` (INT, 0 or 1) and `out_scale` (FLOAT, finite), `plugin_version`
+    "1" and `plugin_namespace` "" if present (they select the creator: exact match),
+    activations fp32 or fp16 alike, A/D/dt biases fp32, the output the activations' type, and
+    the inputs' shapes (as far as the file or shape inference gives them) consistent with
+    (b, L, E) / (b, L, N) / (E, N) / (E,) with N = 16.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ..contract import (
+    ACTIVATION_INDICES, D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, DIMS, INPUT_NAMES, NUM_INPUTS, OP_TYPE,
+    PARAMETERS, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_attributes, check_shapes,
+)
 from .onnx_ops import OPSET_RANGE, SUPPORTED, TABLE_VERSION, UNSUPPORTED
-from .plugin import PLUGIN_OP
 
 __all__ = ["Finding", "check_onnx", "PLUGIN_CONTRACT"]
 
@@ -32,15 +37,15 @@ __all__ = ["Finding", "check_onnx", "PLUGIN_CONTRACT"]
 class PluginContract:
     """BiSelectiveScan as TensorRT sees it (export/op_contract.md, the plugin's creator)."""
 
-    inputs: int = 15
+    inputs: int = NUM_INPUTS
     outputs: int = 1
-    activations: range = range(9)  # z, x/dt/B/C of both directions: all fp32 or all fp16
-    fp32_inputs: range = range(9, 15)  # A, D, dt biases
+    activations: tuple[int, ...] = ACTIVATION_INDICES  # z, x/dt/B/C of both directions: all fp32 or all fp16
+    fp32_inputs: tuple[int, ...] = tuple(INPUT_NAMES.index(name) for name in PARAMETERS)  # A, D, dt biases
     # the creator's fields (getFieldNames) with the ONNX attribute types loadFields maps to them
     attributes: tuple[tuple[str, int], ...] = (("delta_softplus", onnx.AttributeProto.INT),
                                                ("out_scale", onnx.AttributeProto.FLOAT))
     # the attributes that select the creator, with the values it is registered under
-    selectors: tuple[tuple[str, str], ...] = (("plugin_version", "1"), ("plugin_namespace", ""))
+    selectors: tuple[tuple[str, str], ...] = (("plugin_version", PLUGIN_VERSION), ("plugin_namespace", PLUGIN_NAMESPACE))
 
 
 PLUGIN_CONTRACT = PluginContract()
@@ -71,11 +76,15 @@ class _Graph:
             pass
         g = model.graph
         self.types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+        # shapes as far as known: a dimension without a value (symbolic) is None
+        self.shapes = {v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+                       for v in [*g.value_info, *g.input, *g.output] if v.type.tensor_type.HasField("shape")}
         self.constants = {t.name: t for t in g.initializer}
         for n in g.node:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
                 self.constants[n.output[0]] = n.attribute[0].t
         self.types.update({k: t.data_type for k, t in self.constants.items()})
+        self.shapes.update({k: tuple(t.dims) for k, t in self.constants.items()})
         self.nodes = list(g.node)
 
     def value(self, name: str) -> np.ndarray | None:
@@ -138,7 +147,7 @@ def _resize(node: onnx.NodeProto) -> Iterator[Finding]:
 def _scan_node(g: _Graph, node: onnx.NodeProto) -> Iterator[Finding]:
     name, c = _name(node), PLUGIN_CONTRACT
     if len(node.input) != c.inputs or len(node.output) != c.outputs:
-        yield Finding("error", name, f"{PLUGIN_OP} takes {c.inputs} inputs and gives {c.outputs} output; "
+        yield Finding("error", name, f"{OP_TYPE} takes {c.inputs} inputs and gives {c.outputs} output; "
                       f"this node has {len(node.input)} and {len(node.output)}")
         return
     attrs = {a.name: a for a in node.attribute}
@@ -169,6 +178,22 @@ def _scan_node(g: _Graph, node: onnx.NodeProto) -> Iterator[Finding]:
     out = g.types.get(node.output[0], 0)
     if len(act) == 1 and out and out not in act:
         yield Finding("error", name, f"output is {_type_name(out)}, the activations {_type_name(next(iter(act)))}")
+    values = {k: onnx.helper.get_attribute_value(a) for k, a in attrs.items()}
+    reason = check_attributes(values.get("delta_softplus", DEFAULT_DELTA_SOFTPLUS), values.get("out_scale", DEFAULT_OUT_SCALE))
+    if reason:
+        yield Finding("error", name, reason)
+    yield from _scan_shapes(g, node)
+
+
+def _scan_shapes(g: _Graph, node: onnx.NodeProto) -> Iterator[Finding]:
+    """The inputs' shapes against the contract's (b, L, E, N), where the graph gives them: an
+    input of unknown shape agrees with anything (TensorRT checks it when the engine is built)."""
+    shapes = [g.shapes.get(i, (None,) * len(dims)) for i, dims in zip(node.input, DIMS)]
+    sizes, reason = check_shapes(shapes)
+    if reason:
+        yield Finding("error", _name(node), f"input shapes break the op contract: {reason}")
+    elif sizes.get("N") not in (None, D_STATE):
+        yield Finding("error", _name(node), f"d_state N = {sizes['N']}: the plugin implements N = {D_STATE}")
 
 
 def check_onnx(model: onnx.ModelProto) -> list[Finding]:
@@ -180,7 +205,7 @@ def check_onnx(model: onnx.ModelProto) -> list[Finding]:
                                 f"range of the support table ({TABLE_VERSION})"))
     g = _Graph(model)
     for node in g.nodes:
-        if node.op_type == PLUGIN_OP:
+        if node.op_type == OP_TYPE:
             findings += _scan_node(g, node)
         elif node.domain not in ("", "ai.onnx"):
             findings.append(Finding("error", _name(node), f"{node.domain}::{node.op_type} is not an ONNX op: "

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..contract import OP_TYPE
 from ..errors import ArtifactError
 from ..fileio import file_sha256
 from .imports import LazyModule, import_tensorrt
@@ -18,7 +19,7 @@ else:
 
 __all__ = ["PLUGIN_OP", "find_plugin", "load_plugin", "plugin_record"]
 
-PLUGIN_OP = "BiSelectiveScan"
+PLUGIN_OP = OP_TYPE  # the plugin is registered under the op's name
 
 _loaded_plugins: dict[str, str] = {}
 

@@ -1,0 +1,210 @@
+"""The mixer's front: everything a bimamba-v2 mixer computes before its scan (in_proj, the
+two depthwise convs + SiLU, x_proj, dt_proj), chosen once per model as an object.
+
+A front turns a mixer's weights and its hidden states into the activations of the scan's
+inputs (export/op_contract.md). Two implementations, picked by name like a scan backend
+(`get_front`), or given as an object (`TokenMajorFront(conv=False)`):
+
+| name | what |
+| --- | --- |
+| auto | `TokenMajorFront()`: on CUDA tensors the token-major layout with every CUDA kernel that applies; elsewhere the PyTorch path (default) |
+| torch | `TorchFront()`: the transposing PyTorch path, the official model's computation, on every device |
+| token-major | `TokenMajorFront(conv=False, xproj=False, delta=False)`: the token-major layout in PyTorch alone on CUDA tensors |
+
+The token-major front's kernels (`ops/conv.py`, `ops/delta.py`) each run where they apply:
+the kernel library is built and the tensors have the dtype and shape it takes (checked per
+call: the same model runs in fp32, in fp16 and under autocast); the model's CPU forward and
+every export take the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import conv as conv_ops
+from ..ops import delta as delta_ops
+
+__all__ = ["MixerFront", "TorchFront", "TokenMajorFront", "FRONTS", "get_front", "depthwise_conv",
+           "depthwise_conv_token_major", "x_proj_weight_aligned", "split_x_proj", "x_proj_aligned",
+           "dt_proj_aligned"]
+
+DIRECTIONS = (("fwd", ""), ("bwd", "_b"))  # the scan's direction, the suffix of its mixer weights
+
+
+def depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, anti_causal: bool) -> torch.Tensor:
+    """Depthwise conv over the token axis of x (B, L, E), causal or anti-causal.
+
+    Anti-causal with the flipped kernel equals flip(causal_conv(flip(x))): what the
+    official backward branch computes on its flipped sequence.
+    """
+    k = conv.weight.shape[-1]
+    x = x.transpose(1, 2)
+    w, b = conv.weight.to(x.dtype), conv.bias.to(x.dtype)  # fp32 taps in an fp16 model (bench's)
+    if anti_causal:
+        out = F.conv1d(F.pad(x, (0, k - 1)), w.flip(-1), b, groups=x.shape[1])
+    else:
+        out = F.conv1d(F.pad(x, (k - 1, 0)), w, b, groups=x.shape[1])
+    return out.transpose(1, 2)
+
+
+def depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_causal: bool, length: int):
+    """`depthwise_conv` as k multiply-adds of shifted views, with no transpose.
+
+    `x_padded` is x (B, L, E) padded by k-1 tokens on BOTH sides, so that one copy serves
+    both directions: causal y_t = b + sum_j w_j x_{t-(k-1)+j} reads x_padded[t + j];
+    anti-causal y_t = b + sum_j w_j x_{t+(k-1)-j} reads x_padded[t + 2(k-1) - j].
+    Used on GPUs, where it replaced two transposes and cuDNN's generic depthwise kernel
+    (measured in docs/bench.md: those copies and that kernel were 60-70% of Vim-Ti's time).
+    """
+    w = conv.weight[:, 0, :].to(x_padded.dtype)  # (E, k)
+    k = w.shape[-1]
+    out = conv.bias.to(x_padded.dtype).expand(x_padded.shape[0], length, -1)
+    for j in range(k):
+        start = 2 * (k - 1) - j if anti_causal else j
+        out = torch.addcmul(out, x_padded[:, start : start + length], w[:, j])
+    return out
+
+
+def _pad8(rows: int) -> int:
+    return rows + -rows % 8
+
+
+def x_proj_weight_aligned(x_proj_w: torch.Tensor, rank: int, n: int) -> torch.Tensor:
+    """x_proj's weight (rank + 2n, E) with dt's and (B, C)'s rows each zero-padded to a multiple
+    of 8, _pad8(rank) + _pad8(2n) rows: the layout `split_x_proj` reads (Vim-Ti: 12 + 32 -> 16 + 32)."""
+    dt_w, bc_w = x_proj_w.split([rank, 2 * n])
+    return torch.cat([F.pad(dt_w, (0, 0, 0, _pad8(rank) - rank)), F.pad(bc_w, (0, 0, 0, _pad8(2 * n) - 2 * n))])
+
+
+def split_x_proj(out: torch.Tensor, rank: int, n: int):
+    """(dt, B, C) views of x_proj's output through `x_proj_weight_aligned`; dt keeps its zero
+    columns up to the next multiple of 8 (dt_proj reads it with zero weight columns)."""
+    r = _pad8(rank)
+    return out[..., :r], out[..., r : r + n], out[..., r + n : r + 2 * n]
+
+
+def x_proj_aligned(xc: torch.Tensor, x_proj_w: torch.Tensor, rank: int, n: int):
+    """x_proj(xc) as (dt, B, C) with every GEMM operand 16-byte aligned: x_proj's output rows
+    are padded to multiples of 8 (zero weight rows). Same values; with Vim's 12 + 16 + 16 = 44
+    outputs and K = 12 cuBLAS ran its 2-byte-aligned kernels (H100, Vim-Ti at 1248 px batch
+    32: ~8 ms of x_proj + dt_proj in a 59 ms forward)."""
+    return split_x_proj(F.linear(xc, x_proj_weight_aligned(x_proj_w, rank, n)), rank, n)
+
+
+def dt_proj_aligned(dt_padded: torch.Tensor, dt_proj_w: torch.Tensor) -> torch.Tensor:
+    """dt_proj (without bias) of `x_proj_aligned`'s zero-padded dt."""
+    return F.linear(dt_padded, F.pad(dt_proj_w, (0, dt_padded.shape[-1] - dt_proj_w.shape[-1])))
+
+
+class MixerFront:
+    """How a mixer computes the scan's activations. `activations(mixer, hidden_states)` returns
+    {"z", "x_fwd", "dt_fwd", "B_fwd", "C_fwd", "x_bwd", ...} and whether dt is already delta
+    (softplus(dt_proj(dt) + bias) computed, so the scan must not apply it again)."""
+
+    name = "front"
+    # The patch embedding as one GEMM over token-major patches on CUDA tensors (PatchEmbed).
+    token_major = False
+
+    def activations(self, mixer, hidden_states: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class TorchFront(MixerFront):
+    """The official model's computation: in_proj, x transposed for cuDNN's depthwise convs,
+    x_proj and dt_proj as GEMMs; the scan applies dt_proj's bias and the softplus."""
+
+    name = "torch"
+
+    def activations(self, mixer, hidden_states):
+        x, z = mixer.in_proj(hidden_states).chunk(2, dim=-1)
+        out = {"z": z}
+        for direction, suffix in DIRECTIONS:
+            conv = getattr(mixer, "conv1d" + suffix)
+            xc = F.silu(depthwise_conv(x, conv, anti_causal=direction == "bwd"))
+            # dt_proj's bias goes in the scan, in fp32
+            dt, B, C = getattr(mixer, "x_proj" + suffix)(xc).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+            dt = F.linear(dt, getattr(mixer, "dt_proj" + suffix).weight)
+            out.update({f"x_{direction}": xc, f"dt_{direction}": dt, f"B_{direction}": B, f"C_{direction}": C})
+        return out, False
+
+
+_TORCH = TorchFront()
+
+
+class TokenMajorFront(MixerFront):
+    """On CUDA tensors: in_proj as two GEMMs (contiguous x and z), the convs on token-major x
+    (`depthwise_conv_token_major`), x_proj and dt_proj with 16-byte aligned operands; and, where
+    they apply, the CUDA kernels: `conv` both convs + SiLU as one kernel (fp16/fp32), `xproj`
+    each direction's x_proj inside that kernel (fp16), `delta` dt_proj + dt bias + softplus as
+    one kernel (fp16). Elsewhere (CPU tensors) the `TorchFront`'s path."""
+
+    token_major = True
+
+    def __init__(self, conv: bool = True, xproj: bool = True, delta: bool = True):
+        self.conv, self.xproj, self.delta = conv, xproj, delta
+        kernels = [k for k, on in (("conv", conv), ("xproj", xproj), ("delta", delta)) if on]
+        self.name = "auto" if len(kernels) == 3 else f"token-major({', '.join(kernels) or 'no kernels'})"
+
+    def activations(self, mixer, hidden_states):
+        if not hidden_states.is_cuda:
+            return _TORCH.activations(mixer, hidden_states)
+        rank, n = mixer.dt_rank, mixer.d_state
+        # Two GEMMs give contiguous x and z (the scan kernel wants z contiguous; a chunk
+        # of one GEMM's output would be copied).
+        x, z = (F.linear(hidden_states, w) for w in mixer.in_proj.weight.chunk(2, dim=0))
+        convs = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.conv1d_b.weight, mixer.conv1d_b.bias)
+        fused = dbl = None
+        if self.conv and x.dtype in (torch.float16, torch.float32) and conv_ops.fused_conv_available():
+            rows = _pad8(rank) + _pad8(2 * n)  # of x_proj_weight_aligned
+            if (self.xproj and conv_ops.xproj_kernel_applies(x, convs[0].shape[-1], rows)
+                    and conv_ops.fused_xproj_available()):
+                y_fwd, y_bwd, out_fwd, out_bwd = conv_ops.conv_silu_xproj_bidir(x, *convs, *(
+                    x_proj_weight_aligned(m.weight, rank, n) for m in (mixer.x_proj, mixer.x_proj_b)))
+                fused, dbl = {"fwd": y_fwd, "bwd": y_bwd}, {"fwd": out_fwd, "bwd": out_bwd}
+            else:
+                fused = dict(zip(("fwd", "bwd"), conv_ops.conv_silu_bidir(x, *convs)))
+        else:
+            k = mixer.conv1d.weight.shape[-1]
+            x_padded = F.pad(x, (0, 0, k - 1, k - 1))
+        delta = self.delta and x.dtype == torch.float16 and delta_ops.delta_kernel_available()
+        out = {"z": z}
+        for direction, suffix in DIRECTIONS:
+            dt_proj = getattr(mixer, "dt_proj" + suffix)
+            if fused is not None:
+                xc = fused[direction]
+            else:
+                xc = F.silu(depthwise_conv_token_major(x_padded, getattr(mixer, "conv1d" + suffix),
+                                                       direction == "bwd", x.shape[1]))
+            if dbl is not None:  # x_proj ran in the conv kernel
+                dt, B, C = split_x_proj(dbl[direction], rank, n)
+            else:
+                dt, B, C = x_proj_aligned(xc, getattr(mixer, "x_proj" + suffix).weight, rank, n)
+            if delta:
+                # (the bias cast here, not inside the opaque op: Inductor fuses it with the other casts)
+                dt = delta_ops.delta_softplus(dt[..., :rank], dt_proj.weight, dt_proj.bias.float())
+            else:
+                dt = dt_proj_aligned(dt, dt_proj.weight)  # dt_proj's bias goes in the scan, in fp32
+            out.update({f"x_{direction}": xc, f"dt_{direction}": dt, f"B_{direction}": B, f"C_{direction}": C})
+        return out, delta
+
+
+FRONTS = {
+    "auto": TokenMajorFront,
+    "torch": TorchFront,
+    "token-major": lambda: TokenMajorFront(conv=False, xproj=False, delta=False),
+}
+
+
+def get_front(front: str | MixerFront) -> MixerFront:
+    """The front called `front` (a MixerFront is returned as it is)."""
+    if isinstance(front, MixerFront):
+        return front
+    try:
+        return FRONTS[front]()
+    except KeyError:
+        raise ValueError(f"unknown mixer front {front!r}; known: {', '.join(FRONTS)}") from None
