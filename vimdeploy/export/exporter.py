@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import InputError, VimdeployError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_target
 from ..model import DYNAMIC, format_img_size, load_model, output_names, parse_img_size
 from ..model.checkpoint import file_sha256
 from . import op as _op  # registers the ONNX schema of BiSelectiveScan
@@ -156,10 +156,7 @@ def export_onnx(
     size = parse_img_size(img_size)
     if not MIN_OPSET <= int(opset) <= 23:
         raise InputError(f"--opset must be between {MIN_OPSET} and 23 for the dynamo exporter; got {opset}.")
-    if output.exists() and not force:
-        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
-    if not output.parent.exists():
-        raise VimdeployError(f"output folder {output.parent} does not exist.")
+    check_target(output, force)
 
     timings = {}
     t0 = time.perf_counter()

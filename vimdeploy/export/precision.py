@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import InputError, VimdeployError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_target, load_onnx
 from .op import OP_TYPE
 
 __all__ = ["PRECISIONS", "CALIB_METHODS", "convert_precision", "to_fp16", "to_int8", "sensitive_nodes",
@@ -377,9 +377,8 @@ def convert_precision(source: str | Path, output: str | Path, precision: str, ca
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     output = Path(output)
-    if output.exists() and not force:
-        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
-    model = onnx.load(source)
+    check_target(output, force)
+    model = load_onnx(source)
     if model_precision(model) != "fp32":
         raise InputError(f"{source} is already {model_precision(model)}; convert from the fp32 export.")
     info: dict = {"precision": precision}
@@ -448,8 +447,7 @@ def export_at_precision(checkpoint, output, precision: str = "fp32", force: bool
         return export_onnx(checkpoint, output, force=force, progress=progress, **export_options)
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
-    if output.exists() and not force:
-        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
+    check_target(output, force)
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         summary = export_onnx(checkpoint, fp32, progress=progress, **export_options)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError, VimdeployError
 from .handler import ModelSpec, probe
-from .repository import write_model
+from ..triton import write_model
 from .server import (SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, remove_shm, server_env, shm_prefix,
                      triton_distribution, tritonserver_args)
 

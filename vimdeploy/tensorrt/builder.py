@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
 from ..errors import ArtifactError, InputError, VimdeployError
-from ..fileio import atomic_path, file_sha256
+from ..fileio import atomic_path, check_target, file_sha256, load_onnx
 from .imports import LazyModule, import_cudart, import_tensorrt
 from .plugin import PLUGIN_OP, find_plugin, load_plugin, plugin_record
 from .profiles import check_profile_grid, parse_size_range
@@ -114,10 +114,7 @@ def onnx_summary(path: str | Path) -> dict:
     """Input name/shape, precision metadata and plugin nodes of an ONNX (structure only)."""
     import onnx
 
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types on bad bytes
-        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
+    proto = load_onnx(path, load_external_data=False)
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if len(inputs) != 1:
         raise ArtifactError(f"{path}: expected one input (images), found {len(inputs)}.")
@@ -301,14 +298,10 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
     batch_range = parse_range(batch, "--batch")
     size_range = parse_size_range(img_size)
     for p in (output, sidecar_path(output)):
-        if p.exists() and not force:
-            raise VimdeployError(f"{p} already exists; pass --force to replace it.")
-    if not output.parent.exists():
-        raise VimdeployError(f"output folder {output.parent} does not exist.")
-    import_tensorrt()  # before any work: without TensorRT nothing else matters
+        check_target(p, force)
+    info = onnx_summary(onnx_path)  # a malformed ONNX is named before anything else
+    import_tensorrt()  # before any real work: without TensorRT nothing else matters
     import_cudart()
-
-    info = onnx_summary(onnx_path)
     profile = make_profile(info["shape"], batch_range, size_range)
     check_profile_grid(profile, info["metadata"])
     convert_to = resolve_precision(info["precision"], precision)
