@@ -172,14 +172,21 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, as_
     """
     from ..evaluation import evaluate as run_evaluation, format_results
 
+    bars = []
+
     def progress(label, total):
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=False, disable=as_json)
+        bars.append(tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=False, disable=as_json))
+        bar = bars[-1]
         return lambda n: (bar.update(n), bar.n >= total and bar.close())
 
-    results = run_evaluation(artifacts, data, labels_file=labels_file, limit=limit, batch_size=batch_size,
-                             img_size=img_size, ema=ema, progress=progress)
+    try:
+        results = run_evaluation(artifacts, data, labels_file=labels_file, limit=limit, batch_size=batch_size,
+                                 img_size=img_size, ema=ema, progress=progress)
+    finally:
+        for bar in bars:  # cleared before an error line, which then starts the line
+            bar.close()
     emit(results, as_json, lambda r: click.echo(format_results(r)))
 
 
