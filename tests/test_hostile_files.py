@@ -116,6 +116,7 @@ def test_unwritable_output_folder(files, tmp_path, target):
     folder = target if target.startswith("/") else tmp_path / target
     assert_one_error(run("infer", files / "small.pth", "--input", files / "batch.npy", "-o", f"{folder}/o.npz"))
     assert_one_error(run("convert", files / "model.onnx", "-o", f"{folder}/c.onnx", "--precision", "fp16"))
+    assert_one_error(run("export", files / "small.pth", "-o", f"{folder}/e.onnx", "--precision", "fp16"))
     assert (tmp_path / "file").read_text() == "x"
 
 

@@ -24,11 +24,17 @@ def write_error(path: str | Path, error: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {error.strerror or error}.")
 
 
-def check_target(path: str | Path, force: bool = False) -> Path:
-    """Refuse an existing `path` unless `force`, and a `path` whose folder does not exist."""
+def refuse_existing(path: str | Path, force: bool = False) -> Path:
+    """Refuse an existing `path` (file or folder) unless `force`."""
     path = Path(path)
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; pass --force to replace it.")
+    return path
+
+
+def check_target(path: str | Path, force: bool = False) -> Path:
+    """Refuse an existing `path` unless `force`, and a `path` whose folder does not exist."""
+    path = refuse_existing(path, force)
     if not path.parent.is_dir():
         raise OutputError(f"output folder {path.parent} does not exist.")
     return path
@@ -71,9 +77,7 @@ def atomic_path(path: str | Path, force: bool = True):
 def atomic_folder(path: str | Path, force: bool = False):
     """`atomic_path` for a folder: yield an empty temporary folder beside `path` (its parents
     are created) to fill; on success it replaces `path` (an existing one only with `force`)."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise OutputError(f"{path} already exists; pass --force to replace it.")
+    path = refuse_existing(path, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -87,6 +91,21 @@ def atomic_folder(path: str | Path, force: bool = False):
         tmp.rename(path)
     except OSError as e:
         raise write_error(path, e) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_folder(beside: str | Path):
+    """A temporary folder next to the output `beside` (same file system: the final rename is
+    one step), removed afterwards; an OS error creating it is an OutputError naming `beside`."""
+    beside = Path(beside)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{beside.name}.", dir=beside.parent)
+    except OSError as e:
+        raise write_error(beside, e) from None
+    try:
+        yield Path(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import InputError, VimdeployError
-from ..fileio import atomic_path, check_target, load_onnx
+from ..fileio import atomic_path, check_target, load_onnx, scratch_folder
 from .op import OP_TYPE
 
 __all__ = ["PRECISIONS", "CALIB_METHODS", "convert_precision", "to_fp16", "to_int8", "sensitive_nodes",
@@ -438,8 +438,6 @@ def with_fp32_scan_nodes(model: onnx.ModelProto) -> bool:
 def export_at_precision(checkpoint, output, precision: str = "fp32", force: bool = False, progress=None,
                         convert_options: dict | None = None, **export_options) -> dict:
     """`vimdeploy export --precision`: the fp32 export, then the precision pass, one output file."""
-    import tempfile
-
     from .exporter import export_onnx
 
     output = Path(output)
@@ -448,7 +446,7 @@ def export_at_precision(checkpoint, output, precision: str = "fp32", force: bool
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     check_target(output, force)
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+    with scratch_folder(output) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         summary = export_onnx(checkpoint, fp32, progress=progress, **export_options)
         if progress:
