@@ -231,3 +231,27 @@ def test_triton_repo_into_an_unwritable_place_is_one_error_line(engine, tmp_path
     proc = run_cli("triton-repo", engine, "-o", tmp_path / "file" / "models")
     assert_one_error_line(proc)
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_serve_model_config_carries_the_settings(tmp_path):
+    """The Python-backend model `vimdeploy serve` writes: Triton's schema, the settings as JSON,
+    and a model.py that imports this very vimdeploy."""
+    import ast
+    from pathlib import Path
+
+    import vimdeploy
+    from vimdeploy.serving.handler import ModelSpec
+    from vimdeploy.triton import SETTINGS_KEY, write_model
+
+    settings = {"artifact": "/models/vim_t.onnx", "engine_options": {"ema": True}, "labels": None}
+    folder = write_model(tmp_path, "vim", ModelSpec(224, 1000), settings, max_batch=8, queue_delay_us=50,
+                         instances=2)
+    config = parse((folder / "config.pbtxt").read_text())
+    assert (config.name, config.backend, config.max_batch_size) == ("vim", "python", 8)
+    assert json.loads(config.parameters[SETTINGS_KEY].string_value) == settings
+    assert [(i.name, i.optional) for i in config.input] == [("images", True), ("image_bytes", True)]
+    assert pb.DataType.Name(config.input[1].data_type) == "TYPE_STRING"
+    assert (config.instance_group[0].kind, config.instance_group[0].count) == (pb.ModelInstanceGroup.KIND_CPU, 2)
+    inserted = next(n for n in ast.walk(ast.parse((folder / "1" / "model.py").read_text()))
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("/"))
+    assert Path(inserted.value) / "vimdeploy" == Path(vimdeploy.__file__).resolve().parent
