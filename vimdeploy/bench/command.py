@@ -1,5 +1,5 @@
 """`vimdeploy bench` itself: checks the request, builds the runners, runs the sweep, writes
-JSON and plots. cli.py only parses and prints."""
+JSON and plots. The CLI (vimdeploy/cli/serve.py) only parses and prints."""
 
 from __future__ import annotations
 
