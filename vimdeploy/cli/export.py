@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
+from ..contract import PRECISIONS
 from .options import BatchType, arch_options, ema_option, emit, json_option, progress_bar, progress_echo
-
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "export" / "presets"  # package data
 
@@ -54,7 +54,7 @@ def _calibration_dir(_ctx, _param, value):
 def precision_options(fn):
     """--precision and the FP16/INT8 knobs, shared by `export` and `convert`."""
 
-    @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+    @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                   help="fp16: fp16 casts (RMSNorm/residual kept fp32 unless --keep-fp32 none); int8: Q/DQ, needs --calib.")
     @click.option("--calib", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_calibration_dir,
                   help="INT8: a folder of .jpg/.png calibration images (preprocessed like `predict`), or 'digits' "
