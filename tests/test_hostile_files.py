@@ -99,10 +99,23 @@ def test_malformed_onnx_in_every_command_that_reads_one(files, tmp_path, name):
     for args in (["inspect", bad],
                  ["infer", bad, "--input", files / "batch.npy", "-o", out / "o.npz"],
                  ["validate", bad, "--ref", files / "small.pth", "--batch", "1"],
-                 ["convert", bad, "-o", out / "c.onnx", "--precision", "fp16"],
-                 ["build", bad, "-o", out / "e.plan"]):
+                 ["convert", bad, "-o", out / "c.onnx", "--precision", "fp16"]):
         assert_one_error(run(*args), str(bad))
+    # build checks for TensorRT first: without it, its (multi-line) install hint is the error;
+    # with it, the ONNX's (test_malformed_onnx_before_the_tensorrt_build)
+    code, stderr = run("build", bad, "-o", out / "e.plan")
+    assert code == 1 and stderr.startswith("error:") and "Traceback" not in stderr, stderr
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", BAD_ONNX)
+def test_malformed_onnx_before_the_tensorrt_build(files, name):
+    """What `build` reads first once TensorRT is there (vimdeploy.tensorrt.builder.onnx_summary)."""
+    from vimdeploy.errors import ArtifactError
+    from vimdeploy.tensorrt.builder import onnx_summary
+
+    with pytest.raises(ArtifactError, match=str(files / name)):
+        onnx_summary(files / name)
 
 
 def test_escaping_external_data_names_the_location(files):

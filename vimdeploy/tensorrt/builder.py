@@ -299,9 +299,10 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
     size_range = parse_size_range(img_size)
     for p in (output, sidecar_path(output)):
         check_target(p, force)
-    info = onnx_summary(onnx_path)  # a malformed ONNX is named before anything else
-    import_tensorrt()  # before any real work: without TensorRT nothing else matters
+    import_tensorrt()  # before any work: without TensorRT nothing else matters
     import_cudart()
+
+    info = onnx_summary(onnx_path)
     profile = make_profile(info["shape"], batch_range, size_range)
     check_profile_grid(profile, info["metadata"])
     convert_to = resolve_precision(info["precision"], precision)
