@@ -150,3 +150,13 @@ def test_inspect_engine_reads_its_sidecar(cli, tmp_path):
     r = json.loads(result.output)
     assert r["kind"] == "tensorrt-engine" and r["precision"] == "fp16" and r["built_with"]["tensorrt"] == "10.16.0.1"
     assert cli("inspect", tmp_path / "m.plan.json").exit_code == 1  # not an artifact it knows
+
+
+def test_support_table_holds_one_type_name_per_entry():
+    """Each entry is one of the type names onnx-tensorrt's operators.md uses (two strings side by side
+    concatenate silently: 'INT64' 'BOOL' would read as one unknown type and drop Split's INT64 and BOOL)."""
+    from vimdeploy.tensorrt.onnx_ops import SUPPORTED
+
+    known = {"FP32", "FP16", "BF16", "FP8", "INT4", "INT8", "INT32", "INT64", "UINT8", "BOOL"}
+    assert {op: t for op, types in SUPPORTED.items() for t in types if t not in known} == {}
+    assert {"INT64", "BOOL"} <= set(SUPPORTED["Split"])

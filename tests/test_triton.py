@@ -1,14 +1,20 @@
-"""`vimdeploy triton-repo`: layout and config.pbtxt from a fake engine + sidecar (no TensorRT)."""
+"""`vimdeploy triton-repo`: layout and config.pbtxt from a fake engine + sidecar (no TensorRT).
+
+Configs are read back as Triton reads them: protobuf's text format into its ModelConfig message.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from vimdeploy.errors import ArtifactError, InputError
 from vimdeploy.triton import config_pbtxt
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (vimdeploy[serve]) carries Triton's ModelConfig")
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2 as pb  # noqa: E402
 
 
 def sidecar(min_batch=1, opt=8, max_batch=32, dtype="FP32", classes=1000):
@@ -29,9 +35,14 @@ def engine(tmp_path):
     return plan
 
 
-def entries(text: str) -> list[str]:
-    """config.pbtxt lines without comments and indentation."""
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+def parse(text: str):
+    """config.pbtxt as Triton reads it."""
+    return text_format.Parse(text, pb.ModelConfig())
+
+
+def tensors(entries) -> dict:
+    """{name: (data type, dims, label file)} of a config's inputs or outputs (inputs have no label file)."""
+    return {e.name: (pb.DataType.Name(e.data_type), list(e.dims), getattr(e, "label_filename", "")) for e in entries}
 
 
 def test_repository_layout_and_config(cli, engine, tmp_path):
@@ -43,15 +54,15 @@ def test_repository_layout_and_config(cli, engine, tmp_path):
                      "vim_t/labels.txt"]
     assert (repo / "vim_t/1/model.plan").read_bytes() == engine.read_bytes()
     text = (repo / "vim_t/config.pbtxt").read_text()
-    lines = entries(text)
-    assert lines[:3] == ['name: "vim_t"', 'platform: "tensorrt_plan"', "max_batch_size: 16"]
-    joined = "\n".join(lines)
-    assert re.search(r'name: "images"\ndata_type: TYPE_FP32\ndims: \[ 3, 224, 224 \]', joined)
-    assert re.search(r'name: "logits"\ndata_type: TYPE_FP32\ndims: \[ 1000 \]\nlabel_filename: "labels.txt"', joined)
-    assert re.search(r'name: "features"\ndata_type: TYPE_FP32\ndims: \[ 192 \]', joined)
-    assert "preferred_batch_size: [ 8, 16 ]" in lines and "max_queue_delay_microseconds: 100" in lines
-    assert "kind: KIND_GPU" in lines and "count: 1" in lines
-    assert text.count("{") == text.count("}") and text.count("[") == text.count("]")
+    config = parse(text)
+    assert (config.name, config.platform, config.max_batch_size) == ("vim_t", "tensorrt_plan", 16)
+    assert tensors(config.input) == {"images": ("TYPE_FP32", [3, 224, 224], "")}
+    assert tensors(config.output) == {"logits": ("TYPE_FP32", [1000], "labels.txt"),
+                                      "features": ("TYPE_FP32", [192], "")}
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    group = config.instance_group[0]
+    assert (group.kind, group.count, list(group.gpus)) == (pb.ModelInstanceGroup.KIND_GPU, 1, [])
     # how the plugin gets into the server, in the config comment and the README
     readme = (repo / "README.md").read_text()
     for t in (text, readme):
@@ -71,15 +82,16 @@ def test_existing_model_kept_without_force(cli, engine, tmp_path):
 
 
 def test_fp16_input_and_defaults():
-    lines = entries(config_pbtxt(sidecar(dtype="FP16", opt=4, max_batch=8)))
-    assert "data_type: TYPE_FP16" in lines and "max_batch_size: 8" in lines
-    assert "preferred_batch_size: [ 4, 8 ]" in lines
+    config = parse(config_pbtxt(sidecar(dtype="FP16", opt=4, max_batch=8)))
+    assert config.input[0].data_type == pb.TYPE_FP16 and config.max_batch_size == 8
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
 
 
 def test_fixed_batch_engine_has_no_batching():
-    lines = entries(config_pbtxt(sidecar(min_batch=4, opt=4, max_batch=4)))
-    assert "max_batch_size: 0" in lines and "dims: [ 4, 3, 224, 224 ]" in lines and "dims: [ 4, 1000 ]" in lines
-    assert not any(line.startswith("dynamic_batching") for line in lines)
+    config = parse(config_pbtxt(sidecar(min_batch=4, opt=4, max_batch=4)))
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [4, 3, 224, 224]
+    assert tensors(config.output)["logits"][1] == [4, 1000]
+    assert not config.HasField("dynamic_batching")
 
 
 def test_refusals(engine, tmp_path):
@@ -124,12 +136,14 @@ def test_own_labels_and_no_labels_for_other_class_counts(cli, tmp_path):
 def test_warmup_and_instance_groups(cli, engine, tmp_path):
     repo = tmp_path / "models"
     assert cli("triton-repo", engine, "-o", repo, "--instances", "2", "--gpus", "0,1", "--max-batch", "16").exit_code == 0
-    lines = entries((repo / "vim/config.pbtxt").read_text())
-    assert "count: 2" in lines and "gpus: [ 0, 1 ]" in lines and "kind: KIND_GPU" in lines
-    joined = "\n".join(lines)
-    for b in (1, 16):  # a batch of 1 and the largest, random data at the input's dims
-        assert re.search(rf'name: "random_batch_{b}"\nbatch_size: {b}\ninputs \[\n{{\nkey: "images"\nvalue {{\n'
-                         r'data_type: TYPE_FP32\ndims: \[ 3, 224, 224 \]\nrandom_data: true', joined), b
+    config = parse((repo / "vim/config.pbtxt").read_text())
+    group = config.instance_group[0]
+    assert (group.kind, group.count, list(group.gpus)) == (pb.ModelInstanceGroup.KIND_GPU, 2, [0, 1])
+    # a batch of 1 and the largest, random data at the input's dims
+    assert [(w.name, w.batch_size) for w in config.model_warmup] == [("random_batch_1", 1), ("random_batch_16", 16)]
+    for w in config.model_warmup:
+        data = w.inputs["images"]
+        assert (data.data_type, list(data.dims), data.random_data) == (pb.TYPE_FP32, [3, 224, 224], True)
     assert cli("triton-repo", engine, "-o", repo, "--force", "--no-warmup").exit_code == 0
     assert "model_warmup" not in (repo / "vim/config.pbtxt").read_text()
     result = cli("triton-repo", engine, "-o", repo, "--force", "--gpus", "a,b")
@@ -138,20 +152,15 @@ def test_warmup_and_instance_groups(cli, engine, tmp_path):
 
 
 def test_fixed_batch_engine_warms_up_with_batch_size_1():
-    lines = entries(config_pbtxt(sidecar(min_batch=4, opt=4, max_batch=4)))
-    joined = "\n".join(lines)
-    assert "random_batch_1" in joined and "random_batch_4" not in joined
-    assert re.search(r"batch_size: 1\ninputs \[\n{\nkey: \"images\"\nvalue {\ndata_type: TYPE_FP32\ndims: \[ 4, 3, 224, 224 \]",
-                     joined)
+    config = parse(config_pbtxt(sidecar(min_batch=4, opt=4, max_batch=4)))
+    assert [(w.name, w.batch_size) for w in config.model_warmup] == [("random_batch_1", 1)]
+    assert list(config.model_warmup[0].inputs["images"].dims) == [4, 3, 224, 224]
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "fixed"])
 def test_config_is_valid_for_tritons_own_parser(kind, tmp_path):
     """Triton reads config.pbtxt with protobuf's text format into its ModelConfig message."""
-    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (vimdeploy[serve]) carries Triton's ModelConfig")
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
+    model_config_pb2 = pb
     side = sidecar() if kind == "dynamic" else sidecar(min_batch=4, opt=4, max_batch=4)
     config = text_format.Parse(config_pbtxt(side, "vim_t", instances=2, gpus=[1], labels=True),
                                model_config_pb2.ModelConfig())
@@ -165,3 +174,84 @@ def test_config_is_valid_for_tritons_own_parser(kind, tmp_path):
     images = warm["random_batch_1"].inputs["images"]
     assert images.random_data and images.data_type == model_config_pb2.TYPE_FP32
     assert list(images.dims) == ([3, 224, 224] if kind == "dynamic" else [4, 3, 224, 224])
+
+
+def run_cli(*args):
+    """The installed command in its own process: what a user sees (rc, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vimdeploy", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_error_line(proc):
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("field, value", [
+    ("precision", 'fp16"\ninstance_group [ { kind: KIND_CPU } ]\n#'),
+    ("precision", "fp64"),
+    ("gpu", 'H100"\nbackend: "python'),
+    ("tensorrt", "10.12\nmax_batch_size: 1"),
+    ("input", "images\n"),
+    ("outputs", ["logits", 'x"\ny']),
+    ("io", {"images": {"dtype": "FP32\nX", "shape": [-1, 3, 224, 224]}}),
+    ("io", {"images": {"dtype": "FP32", "shape": [-1, 3, "224", 224]}}),
+    ("profiles", [{"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [0, 3, 224, 224]}]),
+    ("profiles", [{"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, -224, 224]}]),
+])
+def test_hostile_sidecar_is_refused_before_any_config_is_written(engine, tmp_path, field, value):
+    """A sidecar value that is not what `vimdeploy build` writes never reaches config.pbtxt."""
+    side = sidecar()
+    side[field] = value
+    (tmp_path / "vim_t.plan.json").write_text(json.dumps(side))
+    repo = tmp_path / "models"
+    proc = run_cli("triton-repo", engine, "-o", repo)
+    assert_one_error_line(proc)
+    assert "not a valid engine sidecar" in proc.stderr
+    assert not repo.exists() or not any(repo.rglob("config.pbtxt"))
+    with pytest.raises(ArtifactError):
+        config_pbtxt(side)
+
+
+def test_malformed_sidecar_in_inspect_is_one_error_line(engine, tmp_path):
+    for text in ("{not json", "[1, 2]", json.dumps({**sidecar(), "precision": "fp16\nx"})):
+        (tmp_path / "vim_t.plan.json").write_text(text)
+        assert_one_error_line(run_cli("inspect", engine))
+
+
+def test_triton_repo_into_an_unwritable_place_is_one_error_line(engine, tmp_path):
+    """EACCES (/sys is read-only even for root) and ENOTDIR (a folder under a file)."""
+    assert_one_error_line(run_cli("triton-repo", engine, "-o", "/sys/vimdeploy-models"))
+    (tmp_path / "file").write_text("x")
+    proc = run_cli("triton-repo", engine, "-o", tmp_path / "file" / "models")
+    assert_one_error_line(proc)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_serve_model_config_carries_the_settings(tmp_path):
+    """The Python-backend model `vimdeploy serve` writes: Triton's schema, the settings as JSON,
+    and a model.py that imports this very vimdeploy."""
+    import ast
+    from pathlib import Path
+
+    import vimdeploy
+    from vimdeploy.serving.handler import ModelSpec
+    from vimdeploy.triton import SETTINGS_KEY, write_model
+
+    settings = {"artifact": "/models/vim_t.onnx", "engine_options": {"ema": True}, "labels": None}
+    folder = write_model(tmp_path, "vim", ModelSpec(224, 1000), settings, max_batch=8, queue_delay_us=50,
+                         instances=2)
+    config = parse((folder / "config.pbtxt").read_text())
+    assert (config.name, config.backend, config.max_batch_size) == ("vim", "python", 8)
+    assert json.loads(config.parameters[SETTINGS_KEY].string_value) == settings
+    assert [(i.name, i.optional) for i in config.input] == [("images", True), ("image_bytes", True)]
+    assert pb.DataType.Name(config.input[1].data_type) == "TYPE_STRING"
+    assert (config.instance_group[0].kind, config.instance_group[0].count) == (pb.ModelInstanceGroup.KIND_CPU, 2)
+    inserted = next(n for n in ast.walk(ast.parse((folder / "1" / "model.py").read_text()))
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("/"))
+    assert Path(inserted.value) / "vimdeploy" == Path(vimdeploy.__file__).resolve().parent

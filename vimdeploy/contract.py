@@ -15,7 +15,7 @@ __all__ = [
     "OP_TYPE", "DOMAIN", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "SCHEMA_VERSION",
     "D_STATE", "INPUT_NAMES", "NUM_INPUTS", "ACTIVATIONS", "ACTIVATION_INDICES", "PARAMETERS", "OUTPUT_NAME",
     "DEFAULT_DELTA_SOFTPLUS", "DEFAULT_OUT_SCALE", "ATTRIBUTES", "DTYPES", "input_shapes",
-    "check_attributes", "DIMS", "check_shapes",
+    "check_attributes", "DIMS", "check_shapes", "PRECISIONS",
 ]
 
 # The node: op_type, custom domain, TensorRT plugin version / namespace, our opset version.
@@ -44,6 +44,10 @@ OUTPUT_NAME = "y"
 DEFAULT_DELTA_SOFTPLUS = True
 DEFAULT_OUT_SCALE = 0.5  # Vim's div2 models: out_proj((y_f + y_b) / 2)
 ATTRIBUTES = ("delta_softplus", "out_scale", "plugin_version", "plugin_namespace")
+
+# The precisions an artifact is written in (ONNX metadata `vimdeploy.precision`, the engine
+# sidecar's `precision`): fp16 and int8 keep the scan's parameters in fp32.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 # Activation dtypes as the C API numbers them (VIMDEPLOY_DTYPE_*).
 DTYPES = {"float32": 0, "float16": 1}

@@ -47,7 +47,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, echo=None) -> dict:
     report["checkpoint"] = str(checkpoint)
 
     from .data import preprocess, topk
-    from .report import checkpoint_info
+    from .inspection import checkpoint_info
     from .runtime import open_engine
 
     t = time.perf_counter()

@@ -17,3 +17,8 @@ class ArtifactError(VimdeployError):
 
 class InputError(VimdeployError):
     """Input data (arrays, images) that does not fit the model."""
+
+
+class OutputError(VimdeployError):
+    """An output that cannot be written: it exists (without --force), its folder is missing,
+    or the system refused the write (no space, read-only, no permission)."""

@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError
-from .validation import IMAGE_SUFFIXES
+from .errors import ArtifactError, InputError
+from .validation import IMAGE_SUFFIXES, nonfinite
 
 __all__ = ["read_dataset", "evaluate", "format_results"]
 
@@ -97,27 +97,31 @@ def evaluate(artifacts, data, labels_file=None, limit: int | None = None, batch_
         raise InputError("--img-size for evaluate is one size (N or HxW), not 'dynamic'.")
     results, first_top1 = [], None
     for artifact in artifacts:
-        engine = open_engine(artifact, ema=ema)
-        if engine.num_classes < len(classes):
-            raise InputError(f"{artifact} has {engine.num_classes} classes; the data has {len(classes)}.")
-        hw = tuple(engine.input_hw or wanted or (engine.default_input_size,) * 2)
-        advance = progress(Path(artifact).name, len(files)) if progress else (lambda _n: None)
-        start = time.perf_counter()
-        top1, top5, preds = [], [], []
-        for i in range(0, len(files), batch_size):
-            chunk = files[i:i + batch_size]
-            logits = engine.run(load_images(chunk, hw))["logits"]
-            y = labels[i:i + batch_size]
-            top1.append(_topk_hits(logits, y, 1))
-            top5.append(_topk_hits(logits, y, 5))
-            preds.append(logits.argmax(-1))
-            advance(len(chunk))
+        with open_engine(artifact, ema=ema) as engine:
+            if engine.num_classes < len(classes):
+                raise InputError(f"{artifact} has {engine.num_classes} classes; the data has {len(classes)}.")
+            hw = tuple(engine.input_hw or wanted or (engine.default_input_size,) * 2)
+            advance = progress(Path(artifact).name, len(files)) if progress else (lambda _n: None)
+            start = time.perf_counter()
+            top1, top5, preds = [], [], []
+            for i in range(0, len(files), batch_size):
+                chunk = files[i:i + batch_size]
+                logits = engine.run(load_images(chunk, hw))["logits"]
+                if nonfinite({"logits": logits}):
+                    raise ArtifactError(f"{artifact} gives NaN/inf logits (first in {chunk[0]} .. {chunk[-1]}): "
+                                        "its accuracy would mean nothing.")
+                y = labels[i:i + batch_size]
+                top1.append(_topk_hits(logits, y, 1))
+                top5.append(_topk_hits(logits, y, 5))
+                preds.append(logits.argmax(-1))
+                advance(len(chunk))
+            description = engine.describe()
         preds = np.concatenate(preds)
         result = {
             "artifact": str(artifact), "images": len(files), "classes": len(classes),
             "top1": float(np.concatenate(top1).mean()), "top5": float(np.concatenate(top5).mean()),
             "img_size": format_img_size(hw), "seconds": round(time.perf_counter() - start, 2),
-            "engine": engine.describe(),
+            "engine": description,
         }
         if first_top1 is None:
             first_top1 = preds

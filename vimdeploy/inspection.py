@@ -1,4 +1,5 @@
-"""`vimdeploy inspect ARTIFACT`: what an ONNX or an engine holds, and whether TensorRT will take the ONNX.
+"""Descriptions of artifacts, shared by the CLI's human and JSON output: `vimdeploy info` (a
+checkpoint) and `vimdeploy inspect` (an ONNX or an engine, and whether TensorRT will take the ONNX).
 
 Modeled on Polygraphy's `inspect model`: inputs and outputs with types and shapes, the
 metadata vimdeploy writes, the precision, node and op counts; for an ONNX, a TensorRT
@@ -14,10 +15,35 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import ArtifactError, InputError
+from .fileio import file_sha256, load_onnx
+from .tensorrt.sidecar import ENGINE_SUFFIXES
 
-__all__ = ["inspect_artifact", "inspect_onnx", "inspect_engine", "format_report"]
+__all__ = ["checkpoint_info", "inspect_artifact", "inspect_onnx", "inspect_engine", "format_report"]
 
-ENGINE_SUFFIXES = (".plan", ".engine")
+
+def checkpoint_info(path: str | Path, ema: bool = False, **overrides) -> dict:
+    """`vimdeploy info`: the model a checkpoint holds and what the file contains."""
+    from .model import load_model
+
+    model, ckpt = load_model(path, ema=ema, **overrides)
+    cfg = model.cfg
+    grid = cfg.grid()
+    return {
+        "model": {
+            "variant": cfg.variant,
+            **cfg.to_dict(),
+            "d_inner": cfg.d_inner,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "grid": grid,
+            "tokens": cfg.tokens(),
+            "cls_index": grid * grid // 2,
+        },
+        "file": {
+            **ckpt.summary(),
+            "size_mb": Path(path).stat().st_size / 1e6,
+            "sha256": file_sha256(path),
+        },
+    }
 
 
 def _dims(value_info) -> list:
@@ -25,16 +51,12 @@ def _dims(value_info) -> list:
 
 
 def inspect_onnx(path: str | Path) -> dict:
-    import onnx
     from onnx import TensorProto
 
     from .tensorrt.onnx_compat import check_onnx
 
     path = Path(path)
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types on bad bytes
-        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
+    model = load_onnx(path)
     g = model.graph
     weights = {t.name for t in g.initializer}
 

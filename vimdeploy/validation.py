@@ -4,8 +4,11 @@ Inputs are seeded random tensors (they exercise every path, independent of image
 statistics) and real photographs (the activations a deployed model actually sees):
 scikit-image's sample photos by default, or the user's images.
 
-Pass/fail is decided by per-precision tolerances on the logits (TOLERANCES): fp32 is set
-here; fp16 and int8 are hooks a later issue fills in (until then, give --atol).
+Pass/fail is decided by per-precision tolerances (TOLERANCES): fp32 bounds the logits' max
+abs error, cosine similarity and top-1 agreement; fp16 and int8 bound cosine similarity (and
+fp16 top-1 agreement) only, with no max abs error unless --atol gives one. Every other
+output is held to the precision's cosine bound. A NaN or an infinity in any output, of the
+artifact or of the reference, is a failure whatever the tolerance.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ def compare(ref: np.ndarray, out: np.ndarray) -> dict:
     }
 
 
+def nonfinite(outputs: dict[str, np.ndarray]) -> dict[str, int]:
+    """{output name: how many NaN / inf values it holds}, for the outputs that hold any."""
+    counts = {n: int(v.size - np.count_nonzero(np.isfinite(v))) for n, v in outputs.items()}
+    return {n: c for n, c in counts.items() if c}
+
+
 def _topk_agreement(ref: np.ndarray, out: np.ndarray) -> dict:
     top5_r, top5_o = np.argsort(-ref, -1)[:, :5], np.argsort(-out, -1)[:, :5]
     return {
@@ -89,13 +98,17 @@ def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: flo
     """Every output of `artifact` against the PyTorch reference `ref`, at the artifact's
     resolution (or `img_size`, N or "HxW", for one that takes several). Pass/fail: the
     precision's tolerance on the logits, and its cosine bound on every other output."""
-    from .model import DYNAMIC, format_img_size, parse_img_size
     from .runtime import open_engine
 
     say = progress or (lambda _msg: None)
     say(f"opening {artifact} and the reference {ref}")
-    engine = open_engine(artifact)
-    reference = open_engine(ref, ema=ema)
+    with open_engine(artifact) as engine, open_engine(ref, ema=ema) as reference:
+        return _validate(engine, reference, artifact, ref, images, random_batch, atol, seed, precision, say, img_size)
+
+
+def _validate(engine, reference, artifact, ref, images, random_batch, atol, seed, precision, say, img_size) -> dict:
+    from .model import DYNAMIC, format_img_size, parse_img_size
+
     if not hasattr(reference, "model"):
         raise InputError(f"--ref must be a PyTorch checkpoint; got {ref}.")
     meta = getattr(engine, "metadata", {}) or {}
@@ -139,7 +152,9 @@ def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: flo
     art_all = {n: np.concatenate(v) for n, v in art_out.items()}
     overall = {**compare(ref_all["logits"], art_all["logits"]), **_topk_agreement(ref_all["logits"], art_all["logits"])}
     per_output = {n: compare(ref_all[n], art_all[n]) for n in outputs}
-    failures = []
+    bad = {"artifact": nonfinite(art_all), "reference": nonfinite(ref_all)}
+    failures = [f"{n}: {count} NaN/inf values in the {side}'s output" for side, counts in bad.items()
+                for n, count in counts.items()]
     if tol.max_abs is not None and overall["max_abs"] > tol.max_abs:
         failures.append(f"logits max abs {overall['max_abs']:.3g} > {tol.max_abs:.3g}")
     if tol.min_cosine is not None and overall["min_cosine"] < tol.min_cosine:
@@ -153,7 +168,7 @@ def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: flo
         "artifact": str(artifact), "reference": str(ref), "engine": engine.describe(), "precision": precision,
         "img_size": format_img_size(hw), "outputs": outputs, "photos": names, "note": note,
         "tolerance": asdict(tol), "sets": results, "overall": overall, "per_output": per_output,
-        "passed": not failures, "failures": failures,
+        "nonfinite": bad, "passed": not failures, "failures": failures,
     }
 
 

@@ -1,5 +1,5 @@
 """`vimdeploy bench` itself: checks the request, builds the runners, runs the sweep, writes
-JSON and plots. cli.py only parses and prints."""
+JSON and plots. The CLI (vimdeploy/cli/serve.py) only parses and prints."""
 
 from __future__ import annotations
 
@@ -30,12 +30,14 @@ def main_bench(model=None, model_name=None, scan=None, sizes="224,512,1024", bat
     import json
     from pathlib import Path
 
+    from ..tensorrt.sidecar import ENGINE_SUFFIXES
+
     if (model is None) == (model_name is None):
         raise BenchError("give MODEL (a checkpoint, .onnx or engine) or --model vim_tiny, not both or neither")
     scan = scan or ("cuda" if device == "cuda" else "auto")
     dtype = dtype or ("fp16" if device == "cuda" else "fp32")
     suffix = Path(model).suffix.lower() if model is not None else ""
-    is_engine = suffix in (".onnx", ".plan", ".engine")
+    is_engine = suffix in (".onnx", *ENGINE_SUFFIXES)
     cpu_capable = (suffix == ".onnx") or (not is_engine and scan != "cuda" and not cuda_graphs)
     check_device(device, cpu_capable)
     if device == "cpu" and compare:

@@ -116,12 +116,13 @@ def engine_runner(path, device="cpu", scan="auto", **options) -> EngineRunner:
     from pathlib import Path
 
     from ..runtime import open_engine
+    from ..tensorrt.sidecar import ENGINE_SUFFIXES
 
     path = Path(path)
     if path.suffix.lower() == ".onnx" and device != "cpu":
         raise BenchError("an .onnx model runs with ONNX Runtime on the CPU: pass --device cpu "
                          "(for GPU numbers build a TensorRT engine with `vimdeploy build` and bench the .plan)")
-    if path.suffix.lower() in (".plan", ".engine") and device != "cuda":
+    if path.suffix.lower() in ENGINE_SUFFIXES and device != "cuda":
         raise BenchError("a TensorRT engine runs on the GPU: use --device cuda")
     engine = open_engine(path, **options)
     return EngineRunner(f"{path.name} ({type(engine).__name__})", engine, device=device,

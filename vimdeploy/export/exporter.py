@@ -28,7 +28,7 @@ from torch import nn
 from .. import __version__
 from ..contract import ATTRIBUTES, DOMAIN, NUM_INPUTS, OP_TYPE, PLUGIN_VERSION
 from ..errors import InputError, VimdeployError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_target, scratch_folder
 from ..model import DYNAMIC, format_img_size, load_model, output_names, parse_img_size
 from ..model.checkpoint import file_sha256
 from . import op as _op  # registers the ONNX schema of BiSelectiveScan
@@ -158,10 +158,7 @@ def export_onnx(
     size = parse_img_size(img_size)
     if not MIN_OPSET <= int(opset) <= 23:
         raise InputError(f"--opset must be between {MIN_OPSET} and 23 for the dynamo exporter; got {opset}.")
-    if output.exists() and not force:
-        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
-    if not output.parent.exists():
-        raise VimdeployError(f"output folder {output.parent} does not exist.")
+    check_target(output, force)
 
     timings = {}
     t0 = time.perf_counter()
@@ -268,16 +265,13 @@ def _check_contract(proto, scan: str, cfg) -> str | None:
 def export_at_precision(checkpoint, output, precision: str = "fp32", force: bool = False, progress=None,
                         convert_options: dict | None = None, **export_options) -> dict:
     """`vimdeploy export --precision`: the fp32 export, then the precision pass, one output file."""
-    import tempfile
-
     output = Path(output)
     if precision == "fp32":
         return export_onnx(checkpoint, output, force=force, progress=progress, **export_options)
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
-    if output.exists() and not force:
-        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+    check_target(output, force)
+    with scratch_folder(output) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         summary = export_onnx(checkpoint, fp32, progress=progress, **export_options)
         if progress:

@@ -16,13 +16,13 @@ from typing import Callable, Iterable
 import onnx
 
 from ..errors import InputError, VimdeployError
-from ..fileio import atomic_path
+from ..contract import PRECISIONS
+from ..fileio import atomic_path, check_target, load_onnx
 from .fp16 import to_fp16
 from .int8 import default_cache_dir, read_calibration_images, to_int8
 
 __all__ = ["PRECISIONS", "META_PRECISION", "convert_precision", "model_precision"]
 
-PRECISIONS = ("fp32", "fp16", "int8")
 META_PRECISION = "vimdeploy.precision"
 
 
@@ -46,9 +46,8 @@ def convert_precision(source: str | Path, output: str | Path, precision: str, ca
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     output = Path(output)
-    if output.exists() and not force:
-        raise VimdeployError(f"{output} already exists; pass --force to replace it.")
-    model = onnx.load(source)
+    check_target(output, force)
+    model = load_onnx(source)
     if model_precision(model) != "fp32":
         raise InputError(f"{source} is already {model_precision(model)}; convert from the fp32 export.")
     info: dict = {"precision": precision}

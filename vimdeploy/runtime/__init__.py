@@ -1,7 +1,8 @@
 """One way to run any vimdeploy artifact: `open_engine(path)` returns an `Engine`.
 
-Backends: PyTorch checkpoints (`.pth`, `.pt`, `.bin`, `.ckpt`) today; ONNX models and
-TensorRT engines plug in behind the same interface (`register_backend`).
+Backends by suffix: PyTorch checkpoints (`.pth`, `.pt`, `.bin`, `.ckpt`, `.tar`), ONNX models
+(ONNX Runtime) and TensorRT engines (`ENGINE_SUFFIXES`), behind one interface. An engine is a
+context manager: `with open_engine(path) as engine: engine.run(batch)`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ArtifactError
+from ..tensorrt.sidecar import ENGINE_SUFFIXES
 from .base import Engine
 
 __all__ = ["Engine", "open_engine", "register_backend", "BACKENDS"]
@@ -48,7 +50,7 @@ def _tensorrt_engine(path, **options):
     return TensorRTEngine(path, **options)
 
 
-register_backend([".plan", ".engine"], _tensorrt_engine)
+register_backend(ENGINE_SUFFIXES, _tensorrt_engine)
 
 
 def open_engine(path: str | Path, **options) -> Engine:

@@ -2,8 +2,8 @@
 
 Both flavors: graphs with `trt.plugins::BiSelectiveScan` get vimdeploy's CPU implementation
 of it (vimdeploy/export/ort_op.py); portable graphs need nothing extra. A fixed-batch
-export given another batch size is run in chunks of its batch (the last one zero-padded,
-its padding dropped): Vim treats every image independently, so this is exact.
+export given another batch size is run in chunks of its batch (`Engine.run`: the last one
+zero-padded, its padding dropped): Vim treats every image independently, so this is exact.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
+from ..fileio import load_onnx
 from .base import Engine
 
 META_PREFIX = "vimdeploy."
@@ -21,15 +22,11 @@ META_PREFIX = "vimdeploy."
 
 class OnnxEngine(Engine):
     def __init__(self, path, threads: int | None = None, **_ignored):
-        import onnx
         import onnxruntime as ort
 
         self.path = Path(path)
-        try:
-            # Structure only (no weights) to read metadata and find custom nodes.
-            proto = onnx.load(self.path, load_external_data=False)
-        except Exception as e:  # noqa: BLE001 - protobuf raises several types on bad bytes
-            raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
+        # Structure only (no weights) to read metadata and find custom nodes.
+        proto = load_onnx(self.path, load_external_data=False)
         self.metadata = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props
                          if p.key.startswith(META_PREFIX)}
         self.custom_op = any(n.domain == "trt.plugins" for n in proto.graph.node)
@@ -51,7 +48,7 @@ class OnnxEngine(Engine):
             # fp16 scan nodes: ORT's op is fp32-only; wrap them in exact casts (ort_op.py).
             from ..export.ort_op import with_fp32_scan_nodes
 
-            full = onnx.load(self.path)
+            full = load_onnx(self.path)
             if with_fp32_scan_nodes(full):
                 source = full.SerializeToString()
         try:
@@ -62,6 +59,7 @@ class OnnxEngine(Engine):
         self.input_name = inp.name
         n, _c, h, w = inp.shape
         self.fixed_batch = n if isinstance(n, int) else None
+        self.batch_range = (n, n) if self.fixed_batch else None
         self.input_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else None
         self.input_size = h if self.input_hw and h == w else None
         if self.input_size:
@@ -78,20 +76,12 @@ class OnnxEngine(Engine):
                                 "is it a vimdeploy export?")
         self.num_classes = self.session.get_outputs()[self.outputs.index("logits")].shape[-1]
 
-    def run(self, images: np.ndarray, features: bool = False, outputs=None) -> dict[str, np.ndarray]:
-        images = self.check_batch(images, self.input_hw, self.grid)
-        names = self.select_outputs(features, outputs)
-        step = self.fixed_batch or len(images)
-        parts = []
-        for start in range(0, len(images), step):
-            chunk = images[start:start + step]
-            real = len(chunk)
-            if real < step:
-                chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), chunk.dtype)])
-            with self.op_errors():
-                out = self.session.run(names, {self.input_name: chunk})
-            parts.append([o[:real] for o in out])
-        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+    def _infer(self, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        with self.op_errors():
+            return dict(zip(names, self.session.run(names, {self.input_name: images})))
+
+    def close(self) -> None:
+        self.session = None
 
     def describe(self) -> dict:
         return {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "path": str(self.path),

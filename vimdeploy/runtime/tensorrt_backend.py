@@ -12,7 +12,7 @@ not pycuda. Inference is `execute_async_v3` after `set_input_shape` / `set_tenso
   stream, no copies (CPU tensors are moved to the GPU first). No graphs here: the
   addresses change from call to call.
 * A batch above the profile's max is run in chunks of max; one below its min is padded
-  with zeros and cut back (Vim treats every image on its own, so both are exact).
+  with zeros and cut back (`Engine.run`; Vim treats every image on its own, so both are exact).
 
 At load, the sidecar (`model.plan.json`) is checked against this machine: TensorRT
 version, compute capability and plugin library; a mismatch is a clear error instead of
@@ -38,6 +38,8 @@ from .base import Engine
 
 
 class TensorRTEngine(Engine):
+    takes_tensors = True
+
     def __init__(self, path, plugin=None, cuda_graph: bool = False, check: bool = True, device: int = 0,
                  verbose: bool = False, **_ignored):
         self.path = Path(path)
@@ -94,6 +96,7 @@ class TensorRTEngine(Engine):
         self.num_classes = int(self.engine.get_tensor_shape("logits")[-1])
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
 
+        self.batch_range = (self.min_shape[0], self.max_shape[0])
         self.stream = cuda_call(cudart.cudaStreamCreate())
         self.cuda_graph = cuda_graph
         self.graphs: dict[tuple, object] = {}
@@ -106,13 +109,6 @@ class TensorRTEngine(Engine):
             raise InputError(f"{self.path.name} does not accept input shape {tuple(shape)} "
                              f"(profile min {self.min_shape}, max {self.max_shape}).")
         return {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
-
-    def _chunks(self, n: int):
-        """(start, stop, padded batch) covering n images within the profile's batch range."""
-        lo, hi = self.min_shape[0], self.max_shape[0]
-        for start in range(0, n, hi):
-            real = min(hi, n - start)
-            yield start, start + real, max(real, lo)
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self.buffers.get(name, (0, 0))
@@ -150,66 +146,47 @@ class TensorRTEngine(Engine):
 
     # ---------------------------------------------------------------------------- run
 
-    def run(self, images, features: bool = False, outputs=None):
+    def _infer(self, images, names: list[str]) -> dict:
         if type(images).__module__.startswith("torch"):
-            return self._run_torch(images, features, outputs)
-        images = self.check_batch(images, self.input_hw)
-        names = self.select_outputs(features, outputs)
+            return self._infer_torch(images, names)
         cudart, h2d, d2h = self.cudart, *self._copy_kinds()
-        results = {n: [] for n in names}
-        for start, stop, padded in self._chunks(len(images)):
-            chunk = images[start:stop].astype(self.dtypes[self.input_name], copy=False)
-            if padded > len(chunk):
-                chunk = np.concatenate([chunk, np.zeros((padded - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            chunk = np.ascontiguousarray(chunk)
-            shapes = self._set_shape(chunk.shape)
-            max_shapes = {n: (self.max_shape[0], *shapes[n][1:]) for n in self.outputs}
-            inp = self._buffer(self.input_name, int(np.prod(self.max_shape)) * chunk.itemsize)
-            self.context.set_tensor_address(self.input_name, inp)
-            host = {}
-            for n in self.outputs:  # every output needs an address, wanted or not
-                ptr = self._buffer(n, int(np.prod(max_shapes[n])) * self.dtypes[n].itemsize)
-                self.context.set_tensor_address(n, ptr)
-                host[n] = np.empty(shapes[n], self.dtypes[n])
-            cuda_call(cudart.cudaMemcpyAsync(inp, chunk.ctypes.data, chunk.nbytes, h2d, self.stream))
-            self._launch(chunk.shape)
-            for n in names:
-                cuda_call(cudart.cudaMemcpyAsync(host[n].ctypes.data, self.buffers[n][0], host[n].nbytes, d2h, self.stream))
-            cuda_call(cudart.cudaStreamSynchronize(self.stream))
-            for n in names:
-                results[n].append(host[n][: stop - start].astype(np.float32))
-        return {n: np.concatenate(v) for n, v in results.items()}
+        chunk = np.ascontiguousarray(images.astype(self.dtypes[self.input_name], copy=False))
+        shapes = self._set_shape(chunk.shape)
+        max_shapes = {n: (self.max_shape[0], *shapes[n][1:]) for n in self.outputs}
+        inp = self._buffer(self.input_name, int(np.prod(self.max_shape)) * chunk.itemsize)
+        self.context.set_tensor_address(self.input_name, inp)
+        host = {}
+        for n in self.outputs:  # every output needs an address, wanted or not
+            ptr = self._buffer(n, int(np.prod(max_shapes[n])) * self.dtypes[n].itemsize)
+            self.context.set_tensor_address(n, ptr)
+            host[n] = np.empty(shapes[n], self.dtypes[n])
+        cuda_call(cudart.cudaMemcpyAsync(inp, chunk.ctypes.data, chunk.nbytes, h2d, self.stream))
+        self._launch(chunk.shape)
+        for n in names:
+            cuda_call(cudart.cudaMemcpyAsync(host[n].ctypes.data, self.buffers[n][0], host[n].nbytes, d2h, self.stream))
+        cuda_call(cudart.cudaStreamSynchronize(self.stream))
+        return {n: host[n].astype(np.float32) for n in names}
 
     def _copy_kinds(self):
         kind = self.cudart.cudaMemcpyKind
         return kind.cudaMemcpyHostToDevice, kind.cudaMemcpyDeviceToHost
 
-    def _run_torch(self, images, features: bool, outputs=None):
+    def _infer_torch(self, images, names: list[str]) -> dict:
         """torch in/out: CUDA tensors are bound by data_ptr, on torch's current stream."""
         import torch
 
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise InputError(f"expected an NCHW batch of shape (N, 3, H, W); got {tuple(images.shape)}.")
         dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
         device = images.device if images.is_cuda else torch.device("cuda", torch.cuda.current_device())
         x = images.to(device=device, dtype=dtype[self.dtypes[self.input_name]]).contiguous()
         stream = torch.cuda.current_stream(device).cuda_stream
-        names = self.select_outputs(features, outputs)
-        results = {n: [] for n in names}
-        for start, stop, padded in self._chunks(len(x)):
-            chunk = x[start:stop]
-            if padded > len(chunk):
-                chunk = torch.cat([chunk, chunk.new_zeros((padded - len(chunk), *chunk.shape[1:]))])
-            shapes = self._set_shape(chunk.shape)
-            self.context.set_tensor_address(self.input_name, chunk.data_ptr())
-            outs = {n: torch.empty(shapes[n], dtype=dtype[self.dtypes[n]], device=device) for n in self.outputs}
-            for n, t in outs.items():
-                self.context.set_tensor_address(n, t.data_ptr())
-            self._execute(stream)
-            for n in names:
-                results[n].append(outs[n][: stop - start])
+        shapes = self._set_shape(x.shape)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        outs = {n: torch.empty(shapes[n], dtype=dtype[self.dtypes[n]], device=device) for n in self.outputs}
+        for n, out in outs.items():
+            self.context.set_tensor_address(n, out.data_ptr())
+        self._execute(stream)
         # Outputs are on the stream's timeline: the caller's later torch work is ordered after.
-        return {n: torch.cat(v).float() for n, v in results.items()}
+        return {n: outs[n].float() for n in names}
 
     def describe(self) -> dict:
         s = self.sidecar
@@ -218,7 +195,7 @@ class TensorRTEngine(Engine):
                     "min": list(self.min_shape), "opt": list(self.opt_shape), "max": list(self.max_shape)},
                 "plugin": str(self.plugin_path) if self.plugin_path else None, "cuda_graph": self.cuda_graph}
 
-    def close(self):
+    def close(self) -> None:
         for ptr, _ in self.buffers.values():
             self.cudart.cudaFree(ptr)
         for g in self.graphs.values():

@@ -31,9 +31,7 @@ class TorchEngine(Engine):
         return block is None or 0 <= block < self.model.cfg.depth
 
     @torch.inference_mode()
-    def run(self, images: np.ndarray, features: bool = False, outputs=None) -> dict[str, np.ndarray]:
-        images = self.check_batch(images)
-        names = self.select_outputs(features, outputs)
+    def _infer(self, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         self.model.grid_for(images.shape[2], images.shape[3])  # clear error for a bad size
         x = torch.from_numpy(images).to(self.device, self.dtype)
         return {k: v.float().cpu().numpy() for k, v in self.model.forward_outputs(x, names).items()}

@@ -23,10 +23,10 @@ from ..data import MAX_IMAGE_PIXELS
 from ..errors import InputError, VimdeployError
 from .gate import Gate
 from .handler import ModelSpec, probe
+from ..triton import write_model
 from .process import free_ports
-from .repository import write_model
-from .server import (API_KEY_HEADER, GRPC_API_KEY_HEADER, SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends, server_env, triton_distribution,
-                     tritonserver_args)
+from .server import (API_KEY_HEADER, GRPC_API_KEY_HEADER, SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends,
+                     server_env, triton_distribution, tritonserver_args)
 from .watchdog import Watchdog, make_workspace, remove_shm, shm_prefix, sweep
 
 __all__ = ["serve", "api_key_from_env", "ModelSpec", "API_KEY_HEADER", "GRPC_API_KEY_HEADER", "MAX_IMAGE_PIXELS", "MAX_REQUEST_BYTES"]

@@ -1,6 +1,6 @@
 """The Triton Python backend model: runs inside Triton's backend stub process, never elsewhere.
 
-The model repository's `model.py` (repository.py writes it) re-exports `TritonPythonModel`
+The model repository's `model.py` (vimdeploy/triton.py writes it) re-exports `TritonPythonModel`
 from here. Each model instance (`--instances`) is its own stub process with its own engine;
 Triton's dynamic batcher hands `execute` a list of requests, which become one engine call.
 Every request gets its own response: a bad one is answered with INVALID_ARG (HTTP 400,
@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils  # provided by the stub; not an i
 
 from ..errors import VimdeployError
 from .handler import Handler, ModelSpec
-from .repository import SETTINGS_KEY
+from ..triton import SETTINGS_KEY
 
 
 def _input(request, name):

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
 from ..errors import ArtifactError, InputError, VimdeployError
-from ..fileio import atomic_path, file_sha256
+from ..fileio import atomic_path, check_target, file_sha256, load_onnx
 from .imports import LazyModule, import_cudart, import_tensorrt
-from .plugin import PLUGIN_OP, find_plugin, load_plugin, plugin_record
+from ..contract import OP_TYPE
+from .plugin import find_plugin, load_plugin, plugin_record
 from .profiles import check_profile_grid, parse_size_range
 from .sidecar import SIDECAR_FORMAT, current_machine, sidecar_path, write_engine
 
@@ -114,10 +115,7 @@ def onnx_summary(path: str | Path) -> dict:
     """Input name/shape, precision metadata and plugin nodes of an ONNX (structure only)."""
     import onnx
 
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types on bad bytes
-        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
+    proto = load_onnx(path, load_external_data=False)
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if len(inputs) != 1:
         raise ArtifactError(f"{path}: expected one input (images), found {len(inputs)}.")
@@ -130,7 +128,7 @@ def onnx_summary(path: str | Path) -> dict:
                    "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]}
           for v in [inputs[0], *proto.graph.output]}
     plugin_versions = sorted({next((a.s.decode() for a in n.attribute if a.name == "plugin_version"), "1")
-                              for n in proto.graph.node if n.op_type == PLUGIN_OP})
+                              for n in proto.graph.node if n.op_type == OP_TYPE})
     return {"input": inputs[0].name, "shape": dims, "precision": meta.get("vimdeploy.precision", "fp32"),
             "outputs": [o.name for o in proto.graph.output], "io": io, "plugin_versions": plugin_versions,
             "metadata": {k[len("vimdeploy."):]: v for k, v in meta.items() if k.startswith("vimdeploy.")}}
@@ -301,10 +299,7 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
     batch_range = parse_range(batch, "--batch")
     size_range = parse_size_range(img_size)
     for p in (output, sidecar_path(output)):
-        if p.exists() and not force:
-            raise VimdeployError(f"{p} already exists; pass --force to replace it.")
-    if not output.parent.exists():
-        raise VimdeployError(f"output folder {output.parent} does not exist.")
+        check_target(p, force)
     import_tensorrt()  # before any work: without TensorRT nothing else matters
     import_cudart()
 
@@ -318,7 +313,7 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
         load_plugin(plugin_path)
         say(f"plugin {plugin_path} loaded")
     elif plugin:
-        say(f"note: {onnx_path.name} has no {PLUGIN_OP} nodes; --plugin is not needed")
+        say(f"note: {onnx_path.name} has no {OP_TYPE} nodes; --plugin is not needed")
 
     with tempfile.TemporaryDirectory(prefix="vimdeploy-build-") as tmpdir:
         source = onnx_path

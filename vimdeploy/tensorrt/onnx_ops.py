@@ -144,7 +144,7 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "Softplus": ('FP32', 'FP16', 'BF16'),
     "Softsign": ('FP32', 'FP16', 'BF16'),
     "SpaceToDepth": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
-    "Split": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64 BOOL'),
+    "Split": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
     "Sqrt": ('FP32', 'FP16', 'BF16'),
     "Squeeze": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
     "Sub": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),

@@ -17,9 +17,8 @@ if TYPE_CHECKING:
 else:
     trt = LazyModule(import_tensorrt)
 
-__all__ = ["PLUGIN_OP", "find_plugin", "load_plugin", "plugin_record"]
+__all__ = ["find_plugin", "load_plugin", "plugin_record"]
 
-PLUGIN_OP = OP_TYPE  # the plugin is registered under the op's name
 
 _loaded_plugins: dict[str, str] = {}
 
@@ -77,4 +76,4 @@ def plugin_record(path: Path | None, versions: Iterable[str]) -> dict[str, Any] 
     """The sidecar's `plugin` entry: which library (and which build of it) the engine needs."""
     if path is None:
         return None
-    return {"path": str(path), "sha256": file_sha256(path), "plugin_versions": list(versions), "name": PLUGIN_OP}
+    return {"path": str(path), "sha256": file_sha256(path), "plugin_versions": list(versions), "name": OP_TYPE}

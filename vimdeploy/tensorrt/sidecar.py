@@ -8,16 +8,28 @@ read shapes and versions from it. No TensorRT needed except for `current_machine
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from ..contract import PRECISIONS
 from ..errors import ArtifactError
 from ..fileio import atomic_path
 from .imports import cuda_call, import_cudart
 
-__all__ = ["SIDECAR_FORMAT", "sidecar_path", "read_sidecar", "write_engine", "check_sidecar", "current_machine"]
+__all__ = ["SIDECAR_FORMAT", "ENGINE_SUFFIXES", "sidecar_path", "read_sidecar", "validate_sidecar", "write_engine",
+           "check_sidecar", "current_machine"]
 
 SIDECAR_FORMAT = "vimdeploy-engine/1"
+#: the file suffixes of a TensorRT engine, the first one what `vimdeploy build` writes by convention
+ENGINE_SUFFIXES = (".plan", ".engine")
+
+# What a sidecar's strings may hold: they end up in configs, comments and messages.
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}", re.ASCII)  # tensor names
+_DTYPE = re.compile(r"[A-Z0-9]{1,16}", re.ASCII)  # FP32, FP16, INT8, ...
+_TEXT = re.compile(r"[\w .,:;()+/@#-]{0,256}", re.ASCII)  # versions, GPU names, paths: one line, no quotes
+_VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,63}", re.ASCII)
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -38,7 +50,76 @@ def read_sidecar(engine_path: str | Path, required: bool = False) -> dict[str, A
         raise ArtifactError(f"{p} is not a readable engine sidecar ({e}).") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{p} is not an engine sidecar (a JSON object).")
+    problem = validate_sidecar(data)
+    if problem:
+        raise ArtifactError(f"{p} is not a valid engine sidecar: {problem}.")
     return data
+
+
+def _shape_problem(shape, positive: bool) -> str | None:
+    """Why `shape` is not a list of ints (positive ones, or -1 for a dynamic dimension)."""
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 8:
+        return f"{shape!r} is not a list of 1 to 8 dimensions"
+    for d in shape:
+        if type(d) is not int or not (d >= 1 or (d == -1 and not positive)) or d > 1 << 31:
+            return f"{shape!r} holds {d!r}, not a {'positive' if positive else 'positive (or -1)'} integer"
+    return None
+
+
+def validate_sidecar(data: dict) -> str | None:
+    """Why `data` is not a sidecar vimdeploy wrote, or None. Every value the runtime, `inspect`
+    and `triton-repo` read is checked: strings against a safe pattern (one line, no quotes),
+    the precision against PRECISIONS, shapes as positive integers, names as tensor names."""
+    def text(key, pattern=_TEXT):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
+            return f"{key} {value!r} is not a plain one-line value"
+        return None
+
+    for key, pattern in (("format", _TEXT), ("vimdeploy", _TEXT), ("tensorrt", _VERSION), ("gpu", _TEXT),
+                         ("compute_capability", _VERSION), ("cuda_runtime", _VERSION), ("cuda_driver", _VERSION),
+                         ("input", _NAME)):
+        problem = text(key, pattern)
+        if problem:
+            return problem
+    if "precision" in data and data["precision"] not in PRECISIONS:
+        return f"precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}"
+    outputs = data.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in outputs):
+        return f"outputs {outputs!r} is not a list of tensor names"
+    io = data.get("io", {})
+    if not isinstance(io, dict):
+        return f"io {io!r} is not an object"
+    for name, entry in io.items():
+        if not _NAME.fullmatch(name) or not isinstance(entry, dict):
+            return f"io entry {name!r} is not a tensor name with its dtype and shape"
+        if not (isinstance(entry.get("dtype"), str) and _DTYPE.fullmatch(entry["dtype"])):
+            return f"io {name} dtype {entry.get('dtype')!r} is not a type name such as FP32"
+        problem = _shape_problem(entry.get("shape"), positive=False)
+        if problem:
+            return f"io {name} shape {problem}"
+    profiles = data.get("profiles", [])
+    if not isinstance(profiles, list):
+        return f"profiles {profiles!r} is not a list"
+    for profile in profiles:
+        if not isinstance(profile, dict) or not set(profile) <= {"min", "opt", "max"}:
+            return f"profile {profile!r} is not an object of min, opt and max shapes"
+        for key, shape in profile.items():
+            problem = _shape_problem(shape, positive=True)
+            if problem:
+                return f"profile {key} {problem}"
+        shapes = [profile[k] for k in ("min", "opt", "max") if k in profile]
+        if len({len(s) for s in shapes}) > 1 or not all(
+                all(a <= b for a, b in zip(lo, hi)) for lo, hi in zip(shapes, shapes[1:])):
+            return f"profile {profile!r} does not run min <= opt <= max"
+    plugin = data.get("plugin")
+    if plugin is not None:
+        if not isinstance(plugin, dict) or not isinstance(plugin.get("path"), str) or "\n" in plugin["path"]:
+            return f"plugin {plugin!r} is not an object with the library's path"
+        if plugin.get("sha256") is not None and not (isinstance(plugin["sha256"], str)
+                                                     and _SHA256.fullmatch(plugin["sha256"])):
+            return f"plugin sha256 {plugin['sha256']!r} is not a sha256 digest"
+    return None
 
 
 def write_engine(output: str | Path, engine: bytes, sidecar: dict[str, Any], force: bool = False) -> Path:

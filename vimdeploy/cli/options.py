@@ -1,0 +1,94 @@
+"""What every command shares: the one-line error handler, --json printing, common options,
+batch parsing and progress output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from ..errors import VimdeployError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class FriendlyGroup(click.Group):
+    """Turns expected failures (VimdeployError) into one clear line and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VimdeployError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def emit(data, as_json: bool, human):
+    """Print `data` as JSON for scripts, or with `human(data)` for people."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        human(data)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+ema_option = click.option("--ema", is_flag=True, help="Use the checkpoint's `model_ema` weights instead of `model`.")
+
+
+def arch_options(fn):
+    """Overrides for what a checkpoint's shapes cannot tell."""
+
+    @click.option("--stride", type=int, default=None,
+                  help="Patch stride (16, or 8 for the long-sequence models). Default: inferred.")
+    @click.option("--trained-size", type=int, default=None,
+                  help="Resolution the checkpoint was trained at. Default: inferred from its position embedding.")
+    @functools.wraps(fn)
+    def wrapper(*args, stride, trained_size, **kwargs):
+        return fn(*args, overrides={"stride": stride, "img_size": trained_size}, **kwargs)
+
+    return wrapper
+
+
+class BatchType(click.ParamType):
+    """--batch: a positive integer or 'dynamic'."""
+
+    name = "N|dynamic"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == "dynamic":
+            return value if isinstance(value, int) else "dynamic"
+        try:
+            if int(value) >= 1:
+                return int(value)
+        except ValueError:
+            pass
+        self.fail(f"{value!r} is neither a positive integer nor 'dynamic'", param, ctx)
+
+
+def progress_echo():
+    """Progress lines with elapsed time, on stderr so that stdout stays clean for --json."""
+    import time
+
+    start = time.perf_counter()
+    return lambda msg: click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
+
+
+def progress_bar(label: str):
+    """A tqdm progress bar driven by (done, total) callbacks, on stderr."""
+    state = {}
+
+    def update(done: int, total: int):
+        from tqdm import tqdm
+
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=label, unit="batch", file=sys.stderr, leave=False)
+        state["bar"].update(done - state["bar"].n)
+        if done >= total:
+            state["bar"].close()
+
+    return update
