@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import DOMAIN
 from ..errors import ArtifactError
 from ..fileio import load_onnx
 from .base import Engine
@@ -29,7 +30,7 @@ class OnnxEngine(Engine):
         proto = load_onnx(self.path, load_external_data=False)
         self.metadata = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props
                          if p.key.startswith(META_PREFIX)}
-        self.custom_op = any(n.domain == "trt.plugins" for n in proto.graph.node)
+        self.custom_op = any(n.domain == DOMAIN for n in proto.graph.node)
         self.op_errors = contextlib.nullcontext  # the op's refusals, raised around session.run
         if self.custom_op:
             from ..export.ort_op import scan_errors, session_options
