@@ -36,6 +36,7 @@ PARAMS = defines("scan_params.h")
 
 
 def test_op_name_version_namespace():
+    assert c_string(PARAMS["VIMDEPLOY_SCAN_DOMAIN"]) == contract.DOMAIN
     assert c_string(PARAMS["VIMDEPLOY_SCAN_OP_TYPE"]) == contract.OP_TYPE
     assert c_string(PARAMS["VIMDEPLOY_SCAN_PLUGIN_VERSION"]) == contract.PLUGIN_VERSION
     assert c_string(PARAMS["VIMDEPLOY_SCAN_PLUGIN_NAMESPACE"]) == contract.PLUGIN_NAMESPACE

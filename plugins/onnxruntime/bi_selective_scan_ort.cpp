@@ -37,14 +37,13 @@ static_assert(ORT_API_VERSION >= VIMDEPLOY_ORT_API_VERSION, "needs onnxruntime_c
 namespace
 {
 
-constexpr char const* kDomain = "trt.plugins";
-constexpr char const* kOpType = "BiSelectiveScan";
-constexpr int64_t kN = 16; // d_state: the only one the CPU kernel implements
+constexpr char const* kDomain = VIMDEPLOY_SCAN_DOMAIN;
+constexpr char const* kOpType = VIMDEPLOY_SCAN_OP_TYPE;
+constexpr int64_t kN = VIMDEPLOY_SCAN_D_STATE; // the only d_state the CPU kernel implements
 constexpr size_t kNumActivations = 9;
 
 // The contract's inputs, in order (the field order of VimdeployScanParams).
-constexpr char const* kInputNames[VIMDEPLOY_SCAN_NUM_INPUTS] = {"z", "x_fwd", "dt_fwd", "B_fwd", "C_fwd", "x_bwd",
-    "dt_bwd", "B_bwd", "C_bwd", "A_fwd", "A_bwd", "D_fwd", "D_bwd", "dt_bias_fwd", "dt_bias_bwd"};
+constexpr char const* kInputNames[VIMDEPLOY_SCAN_NUM_INPUTS] = {VIMDEPLOY_SCAN_INPUT_NAMES};
 
 // What each input's dimensions are, in terms of the node's (b, L, E) and N.
 enum class Dims
@@ -251,9 +250,9 @@ void* ORT_API_CALL createKernel(OrtCustomOp const* op, OrtApi const* api, OrtKer
         fail("attribute delta_softplus must be 0 or 1, got " + std::to_string(deltaSoftplus));
     if (!std::isfinite(outScale))
         fail("attribute out_scale must be a finite number, got " + std::to_string(outScale));
-    if (version != VIMDEPLOY_BI_SELECTIVE_SCAN_VERSION)
+    if (version != VIMDEPLOY_SCAN_PLUGIN_VERSION)
         fail("attribute plugin_version is '" + version + "', this library implements version '"
-            + VIMDEPLOY_BI_SELECTIVE_SCAN_VERSION + "'");
+            + VIMDEPLOY_SCAN_PLUGIN_VERSION + "'");
     return new Kernel{api, opOf(op).activationType, static_cast<int32_t>(deltaSoftplus), outScale,
         threadsFromEnvironment()};
 }

@@ -27,8 +27,9 @@ extern "C" {
 #endif
 
 /* The op (vimdeploy/contract.py holds the same facts for Python; tests/test_contract.py checks
-   that the two agree): its ONNX op_type = the TensorRT plugin's name, the plugin_version and
+   that the two agree): its ONNX domain, its ONNX op_type = the TensorRT plugin's name, the plugin_version and
    plugin_namespace, d_state, and the attributes' defaults. */
+#define VIMDEPLOY_SCAN_DOMAIN "trt.plugins"
 #define VIMDEPLOY_SCAN_OP_TYPE "BiSelectiveScan"
 #define VIMDEPLOY_SCAN_PLUGIN_VERSION "1"
 #define VIMDEPLOY_SCAN_PLUGIN_NAMESPACE ""
