@@ -4,7 +4,7 @@
 # so that each one fits a 10-minute call on a lent machine (times measured on an H100, plus ~1 min
 # to build the kernels on the first stage of a fresh machine); no stage named = all of them, in
 # this order:
-#   check  the GPU tests (scan, delta, conv kernels, golden, model), compute-sanitizer memcheck,
+#   check  the GPU tests (scan, delta, conv kernels, golden, model, hostile op inputs), compute-sanitizer memcheck,
 #          racecheck and synccheck over the conv + x_proj kernel's tests; with OFFICIAL_SDIST set,
 #          mamba_ssm's selective scan is built for the scan stage meanwhile            (~4 min)
 #   plugin the TensorRT plugin's conformance harness on this GPU, plain and under compute-sanitizer
@@ -73,7 +73,7 @@ for s in $stages; do
             official_pid=$!
         fi
         step tests python3 -m pytest -q tests/test_delta_cuda.py tests/test_plugin_cuda.py tests/test_conv_cuda.py \
-            tests/test_golden.py tests/test_model.py -k "not builds_with_nvcc"
+            tests/test_golden.py tests/test_model.py tests/test_hostile_scan.py -k "not builds_with_nvcc"
         for tool in memcheck racecheck synccheck; do
             step "sanitizer_$tool" compute-sanitizer --tool "$tool" --kernel-name kns=convSiluXProj --error-exitcode 9 \
                 python3 -m pytest -q tests/test_conv_cuda.py -k "xproj_kernel_many_tiles or (xproj_kernel and 197)"

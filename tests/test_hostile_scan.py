@@ -6,6 +6,7 @@ one must be a ScanInputError / one `error:` line: never a crash, never an output
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from vimdeploy.ops.check import ScanInputError
 SIZES = {"b": 2, "L": 5, "E": 8, "N": 16}
 GOOD = input_shapes(*SIZES.values())
 needs_cpu_kernel = pytest.mark.skipif(not native.cpu_available(), reason="the native CPU scan is not built")
+needs_ort_op = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
+                                  reason="onnxruntime-extensions (the Python ONNX Runtime op) is not installed")
 
 
 def shape_cases():
@@ -125,6 +128,26 @@ def test_torch_ops_refuse_attributes_out_of_range(scan, case, softplus, scale):
             torch.ops.vimdeploy.bi_selective_scan(*tensors(), out_scale=scale)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("case, i, shape", SHAPE_CASES, ids=[c for c, _, _ in SHAPE_CASES])
+def test_the_cuda_op_refuses_inconsistent_shapes(case, i, shape):
+    """The CUDA op (the native kernel where built, else the PyTorch scan on the GPU) checks the
+    same contract before any pointer reaches a kernel; afterwards the GPU still works."""
+    with pytest.raises(ScanInputError):
+        get_scan("auto")(tensors(with_shape(i, shape)).map(torch.Tensor.cuda))
+    torch.cuda.synchronize()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("case, softplus, scale", ATTRIBUTE_CASES, ids=[c for c, _, _ in ATTRIBUTE_CASES])
+def test_the_cuda_op_refuses_attributes_out_of_range(case, softplus, scale):
+    with pytest.raises(ScanInputError):
+        get_scan("auto")(tensors().map(torch.Tensor.cuda), delta_softplus=softplus, out_scale=scale)
+    torch.cuda.synchronize()
+
+
 def test_consistent_inputs_still_run():
     y = get_scan("auto")(tensors())
     assert y.shape == GOOD[1] and torch.isfinite(y).all()
@@ -153,6 +176,7 @@ def run_scan_model(model, shapes):
         return session.run(None, dict(zip(INPUT_NAMES, arrays(shapes))))
 
 
+@needs_ort_op
 @pytest.mark.parametrize("case, i, shape", SHAPE_CASES, ids=[c for c, _, _ in SHAPE_CASES])
 def test_the_onnxruntime_op_refuses_inconsistent_shapes(case, i, shape):
     shapes = with_shape(i, shape)
@@ -160,6 +184,7 @@ def test_the_onnxruntime_op_refuses_inconsistent_shapes(case, i, shape):
         run_scan_model(scan_model(shapes), shapes)
 
 
+@needs_ort_op
 @pytest.mark.parametrize("case, softplus, scale", ATTRIBUTE_CASES, ids=[c for c, _, _ in ATTRIBUTE_CASES])
 def test_the_onnxruntime_op_refuses_attributes_out_of_range(case, softplus, scale):
     with pytest.raises(ScanInputError, match="delta_softplus" if case.startswith("softplus") else "out_scale"):
@@ -177,11 +202,13 @@ def test_the_numpy_op_refuses_a_wrong_dtype(name):
         bi_selective_scan_numpy(a)
 
 
+@needs_ort_op
 def test_an_fp64_node_is_refused_by_onnxruntime_when_the_session_opens():
     with pytest.raises(Exception, match="(?i)type"):
         run_scan_model(scan_model(GOOD, dtype=TensorProto.DOUBLE), GOOD)
 
 
+@needs_ort_op
 def test_the_onnxruntime_op_still_runs_consistent_inputs():
     (y,) = run_scan_model(scan_model(GOOD), GOOD)
     want = get_scan("reference")(tensors()).numpy()
@@ -247,6 +274,7 @@ def test_inspect_calls_a_hostile_node_incompatible(tiny_export, case, edit):
     assert any(wanted in e for e in report["errors"]), report["errors"]
 
 
+@needs_ort_op
 @pytest.mark.parametrize("case, edit", INFER_CASES, ids=[c for c, _ in INFER_CASES])
 def test_infer_on_a_hostile_export_is_one_error_line(tiny_export, case, edit):
     path = hostile_copy(tiny_export, case, **edit)

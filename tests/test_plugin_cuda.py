@@ -356,13 +356,14 @@ def test_op_noncontiguous_inputs_cuda_graph_and_compile(kernel_lib):
 @needs_gpu
 def test_op_rejects_bad_input(kernel_lib):
     from vimdeploy.ops.cuda import bi_selective_scan_cuda
+    from vimdeploy.ops.check import ScanInputError
     from vimdeploy.ops.native import PluginError
 
     args = make_inputs(1, 8, 32, torch.float32)
     with pytest.raises(PluginError):
         bi_selective_scan_cuda(args.map(torch.Tensor.cpu))
-    bad = args._replace(B_fwd=args.B_fwd[..., :8])  # B with d_state 8
-    with pytest.raises(PluginError):
+    bad = args._replace(B_fwd=args.B_fwd[..., :8])  # B with d_state 8: refused by the contract check
+    with pytest.raises(ScanInputError):
         bi_selective_scan_cuda(bad)
 
 

@@ -38,6 +38,7 @@ from onnx import TensorProto, helper
 from ..contract import (
     ACTIVATION_INDICES, D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, DOMAIN, NUM_INPUTS, OP_TYPE,
 )
+from ..errors import ArtifactError
 from ..ops import ScanInputs
 from ..ops.check import check_scan_inputs
 from ..ops.native import PluginError, load_cpu_library
@@ -139,7 +140,11 @@ def scan_errors():
 @functools.lru_cache(maxsize=None)
 def custom_ops_library() -> str:
     """Define the Python op (once per process) and return the library path to register."""
-    from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    try:
+        from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    except ImportError:
+        raise ArtifactError(f"running {OP_TYPE} nodes in ONNX Runtime needs onnxruntime-extensions, which is not "
+                            "installed: pip install onnxruntime-extensions") from None
 
     @onnx_op(
         op_type=f"{DOMAIN}::{OP_TYPE}",
