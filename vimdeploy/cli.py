@@ -39,6 +39,8 @@ def emit(data, as_json: bool, human):
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 ema_option = click.option("--ema", is_flag=True, help="Use the checkpoint's `model_ema` weights instead of `model`.")
+nonfinite_option = click.option("--allow-nonfinite", is_flag=True,
+                                help="Load a checkpoint whose weights hold NaN or inf (refused by default).")
 
 
 def arch_options(fn):
@@ -76,6 +78,7 @@ def main():
 @json_option
 def info(checkpoint, ema, overrides, as_json):
     """Describe a Vim checkpoint: variant, parameters, resolution, tokens, file contents."""
+    from .model.checkpoint import describe_nonfinite
     from .report import checkpoint_info
 
     data = checkpoint_info(checkpoint, ema=ema, **overrides)
@@ -90,7 +93,8 @@ def info(checkpoint, ema, overrides, as_json):
                    f"grid {m['grid']}x{m['grid']}, {m['tokens']} tokens (class token in the middle, index {m['cls_index']})")
         click.echo(f"  classes      {m['num_classes']}")
         f = d["file"]
-        click.echo(f"  weights from {f['weights_from']}  (stored as {', '.join(f['stored_dtypes'])})")
+        click.echo(f"  weights from {f['weights_from']}  ({f['format']}, stored as {', '.join(f['stored_dtypes'])})")
+        click.echo(f"  non-finite   {describe_nonfinite(f['nonfinite_weights'])}")
         click.echo(f"  file holds   {', '.join(f['top_level_keys']) or 'a bare state dict'}")
         if f.get("epoch") is not None:
             click.echo(f"  epoch        {f['epoch']}")
@@ -106,8 +110,9 @@ def info(checkpoint, ema, overrides, as_json):
 @click.option("--img-size", default=None, help="Input resolution, N or HxW. Default: the model's own.")
 @click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
 @ema_option
+@nonfinite_option
 @json_option
-def predict(model, images, img_size, k, ema, as_json):
+def predict(model, images, img_size, k, ema, allow_nonfinite, as_json):
     """Classify images: top-k ImageNet classes with probabilities.
 
     Preprocessing is DeiT's evaluation transform (shorter side to size/0.875 with
@@ -117,7 +122,7 @@ def predict(model, images, img_size, k, ema, as_json):
     from .model import DYNAMIC, parse_img_size
     from .runtime import open_engine
 
-    engine = open_engine(model, ema=ema)
+    engine = open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite)
     size = parse_img_size(img_size)
     if size == DYNAMIC:
         raise click.BadParameter("predict runs at one size (N or HxW).", param_hint="--img-size")
@@ -146,8 +151,9 @@ def predict(model, images, img_size, k, ema, as_json):
               help="Comma-separated outputs to write instead, e.g. logits,feature_map,feature_map_11 (a checkpoint "
                    "gives any of them).")
 @ema_option
+@nonfinite_option
 @json_option
-def infer(model, input_path, output, features, output_names, ema, as_json):
+def infer(model, input_path, output, features, output_names, ema, allow_nonfinite, as_json):
     """Run MODEL on a saved batch and write its outputs (the scriptable way to run any artifact).
 
     The batch may have any height and width the model takes (one size for a fixed export, any
@@ -164,7 +170,7 @@ def infer(model, input_path, output, features, output_names, ema, as_json):
         images = np.load(input_path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise InputError(f"cannot read {input_path} as a .npy array: {e}") from None
-    engine = open_engine(model, ema=ema)
+    engine = open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite)
     names = [n.strip() for n in output_names.split(",") if n.strip()] if output_names else engine.default_outputs()
     if features and "features" not in names:
         names.append("features")
@@ -323,10 +329,11 @@ def _bar(label: str):
               help="Defaults from a JSON preset: a file, or a name from vimdeploy/export/presets (tensorrt-fp16, "
                    "tensorrt-int8, portable-fp32). Options given on the command line win.")
 @ema_option
+@nonfinite_option
 @arch_options
 @json_option
 def export_cmd(checkpoint, output, img_size, feature_map, out_indices, batch, opset, scan, no_simplify, force,
-               precision, convert_options, ema, overrides, as_json):
+               precision, convert_options, ema, allow_nonfinite, overrides, as_json):
     """Export a Vim CHECKPOINT to ONNX (validated with onnx.checker and shape inference).
 
     --precision fp16 / int8 writes the precision into the ONNX (fp16 casts, Q/DQ pairs), as
@@ -339,7 +346,8 @@ def export_cmd(checkpoint, output, img_size, feature_map, out_indices, batch, op
                                   progress=_progress(as_json), convert_options=convert_options,
                                   img_size=img_size, feature_map=feature_map, out_indices=out_indices or (),
                                   batch=batch, opset=opset or DEFAULT_OPSET,
-                                  scan=scan, simplify=not no_simplify, ema=ema, overrides=overrides)
+                                  scan=scan, simplify=not no_simplify, ema=ema,
+                                  overrides={**overrides, "allow_nonfinite": allow_nonfinite})
 
     def human(s):
         t = s["timings"]
@@ -381,8 +389,9 @@ def convert(source, output, force, precision, convert_options, as_json):
               help="Size to compare at (N or HxW) for an artifact that takes several. Default: the artifact's, "
                    "else the checkpoint's.")
 @ema_option
+@nonfinite_option
 @json_option
-def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
+def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonfinite, as_json):
     """Compare ARTIFACT with the PyTorch reference on the same inputs; exit 1 beyond tolerance.
 
     Inputs: seeded random tensors and real photographs. Reports max abs / relative error,
@@ -391,7 +400,7 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
     from .validation import format_report, validate_artifact
 
     report = validate_artifact(artifact, ref, images=images, random_batch=batch, atol=atol, seed=seed, ema=ema,
-                               img_size=img_size,
+                               img_size=img_size, allow_nonfinite=allow_nonfinite,
                                progress=None if as_json else _progress(as_json))
     emit(report, as_json, lambda r: click.echo(format_report(r)))
     if not report["passed"]:
@@ -410,8 +419,9 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
               help="Size (N or HxW) for artifacts that take several (checkpoints, dynamic exports). Default: "
                    "each artifact's own, else its trained resolution.")
 @ema_option
+@nonfinite_option
 @json_option
-def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, as_json):
+def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, allow_nonfinite, as_json):
     """Top-1 / top-5 accuracy of each ARTIFACT (checkpoint, .onnx, .plan) on labelled images.
 
     \b
@@ -427,7 +437,7 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, as_
         return lambda n: (bar.update(n), bar.n >= total and bar.close())
 
     results = run_evaluation(artifacts, data, labels_file=labels_file, limit=limit, batch_size=batch_size,
-                             img_size=img_size, ema=ema, progress=progress)
+                             img_size=img_size, ema=ema, allow_nonfinite=allow_nonfinite, progress=progress)
     emit(results, as_json, lambda r: click.echo(format_results(r)))
 
 
@@ -606,9 +616,10 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, 
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 @click.option("--verbose", is_flag=True, help="Print Triton's own log.")
 @ema_option
+@nonfinite_option
 @json_option
 def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances,
-              features, labels, exit_timeout, verbose, ema, as_json):
+              features, labels, exit_timeout, verbose, ema, allow_nonfinite, as_json):
     """Serve ARTIFACT (checkpoint, .onnx or .plan) with Triton Inference Server until Ctrl-C / SIGTERM.
 
     \b
@@ -636,7 +647,8 @@ def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batc
 
     summary = serve(artifact, name=name, host=host, http_port=http_port, grpc_port=grpc_port,
                     metrics_port=metrics_port, max_batch=max_batch, queue_delay_us=max_queue_delay_us,
-                    instances=instances, features=features, labels=labels, ema=ema, exit_timeout_s=exit_timeout,
+                    instances=instances, features=features, labels=labels, ema=ema, allow_nonfinite=allow_nonfinite,
+                    exit_timeout_s=exit_timeout,
                     on_ready=ready, echo=(lambda line: click.echo(line, err=True)) if verbose else None)
     emit({"event": "stopped", **summary}, as_json,
          lambda s: click.echo(f"stopped (tritonserver exit status {s['server_exit_code']})"))

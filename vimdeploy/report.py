@@ -9,7 +9,8 @@ from .model.checkpoint import file_sha256
 
 
 def checkpoint_info(path: str | Path, ema: bool = False, **overrides) -> dict:
-    model, ckpt = load_model(path, ema=ema, **overrides)
+    # info describes the file: NaN/inf weights are reported (file.nonfinite_weights), not refused.
+    model, ckpt = load_model(path, ema=ema, allow_nonfinite=True, **overrides)
     cfg = model.cfg
     grid = cfg.grid()
     return {

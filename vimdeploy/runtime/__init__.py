@@ -1,6 +1,6 @@
 """One way to run any vimdeploy artifact: `open_engine(path)` returns an `Engine`.
 
-Backends: PyTorch checkpoints (`.pth`, `.pt`, `.bin`, `.ckpt`) today; ONNX models and
+Backends: PyTorch checkpoints (`.pth`, `.pt`, `.bin`, `.ckpt`, `.safetensors`) today; ONNX models and
 TensorRT engines plug in behind the same interface (`register_backend`).
 """
 
@@ -30,7 +30,7 @@ def _torch_engine(path, **options):
     return TorchEngine(path, **options)
 
 
-register_backend([".pth", ".pt", ".bin", ".ckpt", ".tar"], _torch_engine)
+register_backend([".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors"], _torch_engine)
 
 
 def _onnx_engine(path, **options):
