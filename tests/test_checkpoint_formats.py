@@ -299,3 +299,12 @@ def test_nonfinite_weights_through_the_cli(tmp_path, cli, model, x):
     allowed = cli("infer", path, "--input", tmp_path / "x.npy", "-o", tmp_path / "out.npz", "--allow-nonfinite")
     assert allowed.exit_code == 0, allowed.output
     assert np.isnan(np.load(tmp_path / "out.npz")["logits"][:, [3, 7]]).all()
+
+
+def test_large_finite_weights_are_not_nonfinite(tmp_path, model):
+    """Weights whose sum overflows fp32 (and fp16) are still finite."""
+    sd = dict(model.state_dict())
+    sd["head.bias"] = torch.full_like(sd["head.bias"], 3e38)
+    sd["layers.0.mixer.D"] = torch.full_like(sd["layers.0.mixer.D"], 6e4).half()
+    torch.save(sd, tmp_path / "big.pth")
+    assert read_checkpoint(tmp_path / "big.pth").nonfinite == {}
