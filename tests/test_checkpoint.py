@@ -154,7 +154,7 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, cli, models, 
 
 
 @pytest.mark.parametrize("content,needle", [
-    (b"this is not a checkpoint\n", "nor any file vimdeploy reads"),
+    (b"this is not a checkpoint\n", "not a PyTorch checkpoint"),
     (b"", "truncated or corrupt"),
 ])
 def test_not_a_checkpoint(tmp_path, cli, content, needle):

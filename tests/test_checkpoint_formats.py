@@ -169,9 +169,9 @@ def cli_info(path):
 
 
 @pytest.mark.parametrize("case,needles", [
-    ("onnx", ["is an ONNX model, not a checkpoint", "vimdeploy inspect"]),
-    ("plan", ["is a TensorRT engine (plan), not a checkpoint", "vimdeploy inspect"]),
-    ("random", ["is not a checkpoint, nor any file vimdeploy reads", "it starts with bytes"]),
+    ("onnx", ["is an ONNX model, not a PyTorch checkpoint", "vimdeploy inspect"]),
+    ("plan", ["is a TensorRT engine (plan), not a PyTorch checkpoint", "vimdeploy inspect"]),
+    ("random", ["is not a PyTorch checkpoint", "nor any file vimdeploy reads", "it starts with bytes"]),
     ("truncated_safetensors", ["safetensors file that is truncated or corrupt"]),
     ("truncated_zip", ["truncated or corrupt"]),
 ])

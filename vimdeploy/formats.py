@@ -120,10 +120,10 @@ def sniff(path: str | Path) -> str:
 
 
 def wrong_kind(path: str | Path, kind: str, wanted: str) -> str:
-    """One line for a file of `kind` given where `wanted` ("a checkpoint") was expected."""
+    """One line for a file of `kind` given where `wanted` ("an ONNX model") was expected."""
     k = KINDS[kind]
     if kind == "unknown":
         with open(path, "rb") as f:
             start = f.read(8).hex(" ")
-        return f"{path} is not {wanted}, nor any file vimdeploy reads (it starts with bytes {start}); {k.hint}."
+        return f"{path} is not {wanted} (nor any file vimdeploy reads: it starts with bytes {start}); {k.hint}."
     return f"{path} is {k.what}, not {wanted}; {k.hint}."

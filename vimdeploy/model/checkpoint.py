@@ -37,6 +37,7 @@ import torch
 from ..errors import CheckpointError
 from ..fileio import file_sha256
 from ..formats import CHECKPOINT_KINDS, sniff, wrong_kind
+from ..ops import get_scan
 from .config import VimConfig, check_declared, config_from_state_dict
 from .vim import VisionMamba
 
@@ -247,7 +248,7 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
         raise CheckpointError(f"no such file: {path}")
     kind = sniff(path)
     if kind not in CHECKPOINT_KINDS:
-        raise CheckpointError(wrong_kind(path, kind, "a checkpoint"))
+        raise CheckpointError(wrong_kind(path, kind, "a PyTorch checkpoint or a safetensors file"))
     if kind == "pickle":
         # torch.load reads only its own pickles (zip, or the legacy format's magic number first).
         raise CheckpointError(
@@ -315,6 +316,7 @@ def load_model(path: str | Path, ema: bool = False, scan="auto", allow_nonfinite
     ckpt = read_checkpoint(path, ema=ema)
     with _about(ckpt.path):
         cfg = config_from_state_dict(ckpt.state_dict, **{**_config_hints(ckpt), **overrides})
+    get_scan(scan)  # the backend's module imported here, not under the meta device
     with torch.device("meta"):
         model = VisionMamba(cfg, scan=scan)
     problem = _mismatch_report(model, ckpt.state_dict, cfg)
