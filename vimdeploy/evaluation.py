@@ -76,7 +76,7 @@ def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(artifacts, data, labels_file=None, limit: int | None = None, batch_size: int = 32, img_size=None,
-             ema: bool = False, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
+             ema: bool = False, allow_nonfinite: bool = False, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
     """One result per artifact: {artifact, images, top1, top5 (fractions), agreement_top1, ...}.
 
     `progress(label, total)` returns an `advance(n)` callback (the CLI draws a tqdm bar).
@@ -97,7 +97,7 @@ def evaluate(artifacts, data, labels_file=None, limit: int | None = None, batch_
         raise InputError("--img-size for evaluate is one size (N or HxW), not 'dynamic'.")
     results, first_top1 = [], None
     for artifact in artifacts:
-        with open_engine(artifact, ema=ema) as engine:
+        with open_engine(artifact, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
             if engine.num_classes < len(classes):
                 raise InputError(f"{artifact} has {engine.num_classes} classes; the data has {len(classes)}.")
             hw = tuple(engine.input_hw or wanted or (engine.default_input_size,) * 2)

@@ -25,7 +25,8 @@ def checkpoint_info(path: str | Path, ema: bool = False, **overrides) -> dict:
     """`vimdeploy info`: the model a checkpoint holds and what the file contains."""
     from .model import load_model
 
-    model, ckpt = load_model(path, ema=ema, **overrides)
+    # info describes the file: NaN/inf weights are reported (file.nonfinite_weights), not refused.
+    model, ckpt = load_model(path, ema=ema, allow_nonfinite=True, **overrides)
     cfg = model.cfg
     grid = cfg.grid()
     return {

@@ -94,7 +94,7 @@ def _topk_agreement(ref: np.ndarray, out: np.ndarray) -> dict:
 
 def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: float | None = None,
                       seed: int = 0, ema: bool = False, precision: str | None = None, progress=None,
-                      img_size=None) -> dict:
+                      img_size=None, allow_nonfinite: bool = False) -> dict:
     """Every output of `artifact` against the PyTorch reference `ref`, at the artifact's
     resolution (or `img_size`, N or "HxW", for one that takes several). Pass/fail: the
     precision's tolerance on the logits, and its cosine bound on every other output."""
@@ -102,7 +102,8 @@ def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: flo
 
     say = progress or (lambda _msg: None)
     say(f"opening {artifact} and the reference {ref}")
-    with open_engine(artifact) as engine, open_engine(ref, ema=ema) as reference:
+    with open_engine(artifact, allow_nonfinite=allow_nonfinite) as engine, \
+            open_engine(ref, ema=ema, allow_nonfinite=allow_nonfinite) as reference:
         return _validate(engine, reference, artifact, ref, images, random_batch, atol, seed, precision, say, img_size)
 
 

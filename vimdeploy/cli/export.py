@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..contract import PRECISIONS
-from .options import BatchType, arch_options, ema_option, emit, json_option, progress_bar, progress_echo
+from .options import BatchType, arch_options, ema_option, emit, json_option, nonfinite_option, progress_bar, progress_echo
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "export" / "presets"  # package data
 
@@ -117,10 +117,11 @@ def tensorrt_recipe(precision: str, **given) -> dict:
               help="Defaults from a JSON preset: a file, or a name from vimdeploy/export/presets (tensorrt-fp16, "
                    "tensorrt-int8, portable-fp32). Options given on the command line win.")
 @ema_option
+@nonfinite_option
 @arch_options
 @json_option
 def export_cmd(checkpoint, output, img_size, feature_map, out_indices, batch, opset, scan, no_simplify, force,
-               precision, convert_options, ema, overrides, as_json):
+               precision, convert_options, ema, allow_nonfinite, overrides, as_json):
     """Export a Vim CHECKPOINT to ONNX (validated with onnx.checker and shape inference).
 
     --precision fp16 / int8 writes the precision into the ONNX (fp16 casts, Q/DQ pairs), as
@@ -133,7 +134,8 @@ def export_cmd(checkpoint, output, img_size, feature_map, out_indices, batch, op
                                   progress=progress_echo(), convert_options=convert_options,
                                   img_size=img_size, feature_map=feature_map, out_indices=out_indices or (),
                                   batch=batch, opset=opset or DEFAULT_OPSET,
-                                  scan=scan, simplify=not no_simplify, ema=ema, overrides=overrides)
+                                  scan=scan, simplify=not no_simplify, ema=ema,
+                                  overrides={**overrides, "allow_nonfinite": allow_nonfinite})
 
     def human(s):
         t = s["timings"]

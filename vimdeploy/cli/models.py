@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import arch_options, ema_option, emit, json_option, progress_echo
+from .options import arch_options, ema_option, emit, json_option, nonfinite_option, progress_echo
 
 
 @click.command()
@@ -19,6 +19,7 @@ from .options import arch_options, ema_option, emit, json_option, progress_echo
 def info(checkpoint, ema, overrides, as_json):
     """Describe a Vim checkpoint: variant, parameters, resolution, tokens, file contents."""
     from ..inspection import checkpoint_info
+    from ..model.checkpoint import describe_nonfinite
 
     data = checkpoint_info(checkpoint, ema=ema, **overrides)
 
@@ -32,7 +33,8 @@ def info(checkpoint, ema, overrides, as_json):
                    f"grid {m['grid']}x{m['grid']}, {m['tokens']} tokens (class token in the middle, index {m['cls_index']})")
         click.echo(f"  classes      {m['num_classes']}")
         f = d["file"]
-        click.echo(f"  weights from {f['weights_from']}  (stored as {', '.join(f['stored_dtypes'])})")
+        click.echo(f"  weights from {f['weights_from']}  ({f['format']}, stored as {', '.join(f['stored_dtypes'])})")
+        click.echo(f"  non-finite   {describe_nonfinite(f['nonfinite_weights'])}")
         click.echo(f"  file holds   {', '.join(f['top_level_keys']) or 'a bare state dict'}")
         if f.get("epoch") is not None:
             click.echo(f"  epoch        {f['epoch']}")
@@ -48,8 +50,9 @@ def info(checkpoint, ema, overrides, as_json):
 @click.option("--img-size", default=None, help="Input resolution, N or HxW. Default: the model's own.")
 @click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
 @ema_option
+@nonfinite_option
 @json_option
-def predict(model, images, img_size, k, ema, as_json):
+def predict(model, images, img_size, k, ema, allow_nonfinite, as_json):
     """Classify images: top-k ImageNet classes with probabilities.
 
     Preprocessing is DeiT's evaluation transform (shorter side to size/0.875 with
@@ -62,7 +65,7 @@ def predict(model, images, img_size, k, ema, as_json):
     size = parse_img_size(img_size)
     if size == DYNAMIC:
         raise click.BadParameter("predict runs at one size (N or HxW).", param_hint="--img-size")
-    with open_engine(model, ema=ema) as engine:
+    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
         size = size or engine.input_hw or engine.default_input_size
         logits = engine.run(load_images(images, size))["logits"]
     results = [{"image": str(p), "top": row} for p, row in zip(images, topk(logits, k))]
@@ -88,8 +91,9 @@ def predict(model, images, img_size, k, ema, as_json):
               help="Comma-separated outputs to write instead, e.g. logits,feature_map,feature_map_11 (a checkpoint "
                    "gives any of them).")
 @ema_option
+@nonfinite_option
 @json_option
-def infer(model, input_path, output, features, output_names, ema, as_json):
+def infer(model, input_path, output, features, output_names, ema, allow_nonfinite, as_json):
     """Run MODEL on a saved batch and write its outputs (the scriptable way to run any artifact).
 
     The batch may have any height and width the model takes (one size for a fixed export, any
@@ -106,7 +110,7 @@ def infer(model, input_path, output, features, output_names, ema, as_json):
         images = np.load(input_path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise InputError(f"cannot read {input_path} as a .npy array: {e}") from None
-    with open_engine(model, ema=ema) as engine:
+    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
         names = [n.strip() for n in output_names.split(",") if n.strip()] if output_names else engine.default_outputs()
         if features and "features" not in names:
             names.append("features")
@@ -133,8 +137,9 @@ def infer(model, input_path, output, features, output_names, ema, as_json):
               help="Size to compare at (N or HxW) for an artifact that takes several. Default: the artifact's, "
                    "else the checkpoint's.")
 @ema_option
+@nonfinite_option
 @json_option
-def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
+def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonfinite, as_json):
     """Compare ARTIFACT with the PyTorch reference on the same inputs; exit 1 beyond tolerance.
 
     Inputs: seeded random tensors and real photographs. Reports max abs / relative error,
@@ -143,7 +148,7 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
     from ..validation import format_report, validate_artifact
 
     report = validate_artifact(artifact, ref, images=images, random_batch=batch, atol=atol, seed=seed, ema=ema,
-                               img_size=img_size,
+                               img_size=img_size, allow_nonfinite=allow_nonfinite,
                                progress=None if as_json else progress_echo())
     emit(report, as_json, lambda r: click.echo(format_report(r)))
     if not report["passed"]:
@@ -162,8 +167,9 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, as_json):
               help="Size (N or HxW) for artifacts that take several (checkpoints, dynamic exports). Default: "
                    "each artifact's own, else its trained resolution.")
 @ema_option
+@nonfinite_option
 @json_option
-def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, as_json):
+def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, allow_nonfinite, as_json):
     """Top-1 / top-5 accuracy of each ARTIFACT (checkpoint, .onnx, .plan) on labelled images.
 
     \b
@@ -183,7 +189,7 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, as_
 
     try:
         results = run_evaluation(artifacts, data, labels_file=labels_file, limit=limit, batch_size=batch_size,
-                                 img_size=img_size, ema=ema, progress=progress)
+                                 img_size=img_size, allow_nonfinite=allow_nonfinite, ema=ema, progress=progress)
     finally:
         for bar in bars:  # cleared before an error line, which then starts the line
             bar.close()

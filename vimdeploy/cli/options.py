@@ -38,6 +38,8 @@ def emit(data, as_json: bool, human):
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 ema_option = click.option("--ema", is_flag=True, help="Use the checkpoint's `model_ema` weights instead of `model`.")
+nonfinite_option = click.option("--allow-nonfinite", is_flag=True,
+                                help="Load a checkpoint whose weights hold NaN or inf (refused by default).")
 
 
 def arch_options(fn):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import ema_option, emit, json_option
+from .options import ema_option, emit, json_option, nonfinite_option
 
 
 @click.command("serve")
@@ -37,9 +37,11 @@ from .options import ema_option, emit, json_option
               help="Inference needs the header vimdeploy-api-key: <the key>, read from environment variable VAR.")
 @click.option("--verbose", is_flag=True, help="Print Triton's own log.")
 @ema_option
+@nonfinite_option
 @json_option
 def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances,
-              features, labels, exit_timeout, max_image_pixels, max_request_bytes, api_key_env, verbose, ema, as_json):
+              features, labels, exit_timeout, max_image_pixels, max_request_bytes, api_key_env, verbose, ema, allow_nonfinite,
+              as_json):
     """Serve ARTIFACT (checkpoint, .onnx or .plan) with Triton Inference Server until Ctrl-C / SIGTERM.
 
     \b
@@ -67,7 +69,8 @@ def serve_cmd(artifact, name, host, http_port, grpc_port, metrics_port, max_batc
 
     summary = serve(artifact, name=name, host=host, http_port=http_port, grpc_port=grpc_port,
                     metrics_port=metrics_port, max_batch=max_batch, queue_delay_us=max_queue_delay_us,
-                    instances=instances, features=features, labels=labels, ema=ema, exit_timeout_s=exit_timeout,
+                    instances=instances, features=features, labels=labels, ema=ema, allow_nonfinite=allow_nonfinite,
+                    exit_timeout_s=exit_timeout,
                     on_ready=ready, echo=(lambda line: click.echo(line, err=True)) if verbose else None,
                     api_key=api_key_from_env(api_key_env) if api_key_env else None,
                     **{k: v for k, v in (("max_image_pixels", max_image_pixels),

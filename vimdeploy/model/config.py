@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import CheckpointError
 
-__all__ = ["VimConfig", "VARIANTS", "config_from_state_dict", "parse_img_size", "format_img_size", "DYNAMIC"]
+__all__ = ["VimConfig", "VARIANTS", "LIMITS", "MAX_VALUES", "config_from_state_dict", "check_declared",
+           "parse_img_size", "format_img_size", "DYNAMIC"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,25 @@ VARIANTS: dict[str, VimConfig] = {
     "base-s8": VimConfig(embed_dim=768, stride=8),
 }
 
+# The largest model vimdeploy builds from a file, checked against the shapes a file declares
+# before anything is allocated. The official family tops out at Vim-B (embed 768, depth 24,
+# 98M parameters, d_state 16, 1,000 classes; ImageNet-21k has 21,841); its longest trained
+# sequence is stride 8 at 224px, 730 tokens. The headroom is generous: a variant nobody has
+# trained yet still loads, a file declaring a 50M-class head does not.
+LIMITS = {
+    "embed_dim": 4096,
+    "depth": 128,
+    "d_state": 256,
+    "expand": 8,
+    "d_conv": 16,
+    "dt_rank": 4096,
+    "patch_size": 128,
+    "in_chans": 64,
+    "num_classes": 100_000,
+    "tokens": 65_537,  # a 256 x 256 patch grid plus the class token
+}
+MAX_VALUES = 1_000_000_000  # values in one state dict: 10x Vim-B, 4 GB in fp32
+
 DYNAMIC = "dynamic"  # an export that takes any resolution on the patch grid
 
 
@@ -128,8 +148,41 @@ def _infer_stride_and_img(grid: int, patch: int) -> tuple[int, int]:
     return patch, grid * patch
 
 
+def _values(shape) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+def check_declared(shapes: dict[str, tuple]) -> None:
+    """Refuse a state dict whose declared shapes hold more values than MAX_VALUES, naming
+    its largest tensors, before any of them is read or allocated."""
+    total = sum(_values(s) for s in shapes.values())
+    if total > MAX_VALUES:
+        largest = sorted(shapes, key=lambda k: _values(shapes[k]), reverse=True)[:3]
+        named = ", ".join(f"{k} {tuple(int(d) for d in shapes[k])}" for k in largest)
+        raise CheckpointError(
+            f"the weights declare {total:,} values (largest: {named}); vimdeploy loads at most {MAX_VALUES:,} "
+            "(10x Vim-B), so the file is refused before anything is allocated."
+        )
+
+
+def _check_limits(cfg: VimConfig, sources: dict[str, str]) -> None:
+    sizes = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int)}
+    for name, value in sizes.items():
+        if value < 1:
+            raise CheckpointError(f"{sources.get(name, name)} gives {name} = {value}; it must be at least 1.")
+    values = {**sizes, "tokens": cfg.tokens()}
+    for name, limit in LIMITS.items():
+        if values[name] > limit:
+            raise CheckpointError(
+                f"{sources.get(name, name)} declares {name} = {values[name]:,}; vimdeploy builds Vim models "
+                f"with {name} <= {limit:,} (vimdeploy.model.config.LIMITS), so the file is refused before "
+                "anything is allocated."
+            )
+
+
 def config_from_state_dict(sd: dict, **overrides) -> VimConfig:
-    """Infer the architecture from the tensor shapes of an official Vim state dict.
+    """Infer the architecture from the shapes of an official Vim state dict (tensors, or
+    their shapes: a file's header is enough), within LIMITS.
 
     `overrides` (stride, img_size, ...) win over what is inferred; they are how users
     resolve the one ambiguity shapes cannot: stride 16 vs 8 for an unusual grid.
@@ -143,28 +196,35 @@ def config_from_state_dict(sd: dict, **overrides) -> VimConfig:
             "this does not look like a Vim state dict: missing " + ", ".join(missing)
             + f" (it has {len(sd)} tensors, e.g. {', '.join(list(sd)[:5]) or 'none'})."
         )
-    embed_dim, in_chans, patch, patch_w = sd["patch_embed.proj.weight"].shape
+    shapes = {k: tuple(int(d) for d in getattr(v, "shape", v)) for k, v in sd.items()}
+    ranks = {"patch_embed.proj.weight": 4, "pos_embed": 3, "head.weight": 2, "layers.0.mixer.A_log": 2,
+             "layers.0.mixer.conv1d.weight": 3, "layers.0.mixer.dt_proj.weight": 2}
+    misranked = [f"{k} {shapes[k]}" for k, rank in ranks.items() if len(shapes[k]) != rank]
+    if misranked:
+        raise CheckpointError("this does not look like a Vim state dict: wrong rank for " + ", ".join(misranked) + ".")
+    embed_dim, in_chans, patch, patch_w = shapes["patch_embed.proj.weight"]
     if patch != patch_w:
         raise CheckpointError(f"non-square patches ({patch}x{patch_w}) are not a Vim model.")
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := _LAYER_KEY.match(k)))
-    d_inner, d_state = sd["layers.0.mixer.A_log"].shape
-    num_patches = sd["pos_embed"].shape[1] - 1
-    grid = math.isqrt(num_patches)
-    if grid * grid != num_patches:
+    last_layer = max((k for k in sd if _LAYER_KEY.match(k)), key=lambda k: int(_LAYER_KEY.match(k).group(1)))
+    depth = 1 + int(_LAYER_KEY.match(last_layer).group(1))
+    d_inner, d_state = shapes["layers.0.mixer.A_log"]
+    num_patches = shapes["pos_embed"][1] - 1
+    grid = math.isqrt(max(num_patches, 0))
+    if num_patches < 1 or grid * grid != num_patches:
         raise CheckpointError(f"pos_embed has {num_patches} patch positions, not a square grid.")
     stride, img_size = _infer_stride_and_img(grid, patch)
     inferred = dict(
         embed_dim=embed_dim,
         depth=depth,
         d_state=d_state,
-        expand=d_inner // embed_dim,
-        d_conv=sd["layers.0.mixer.conv1d.weight"].shape[-1],
-        dt_rank=sd["layers.0.mixer.dt_proj.weight"].shape[1],
+        expand=d_inner // embed_dim if embed_dim else 0,
+        d_conv=shapes["layers.0.mixer.conv1d.weight"][-1],
+        dt_rank=shapes["layers.0.mixer.dt_proj.weight"][1],
         patch_size=patch,
         stride=stride,
         img_size=img_size,
         in_chans=in_chans,
-        num_classes=sd["head.weight"].shape[0],
+        num_classes=shapes["head.weight"][0],
     )
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "stride" in overrides and "img_size" not in overrides:
@@ -172,4 +232,18 @@ def config_from_state_dict(sd: dict, **overrides) -> VimConfig:
     elif "img_size" in overrides and "stride" not in overrides and grid > 1:
         inferred["stride"] = (overrides["img_size"] - patch) // (grid - 1)
     inferred.update(overrides)
-    return VimConfig(**inferred)
+    cfg = VimConfig(**inferred)
+    sources = {**_LIMIT_SOURCES, "depth": last_layer}
+    if {"img_size", "stride"} & set(overrides):
+        sources.update(img_size="--trained-size", stride="--stride", tokens="pos_embed with --trained-size / --stride")
+    _check_limits(cfg, sources)
+    return cfg
+
+
+# Where each limited field is read from, for the message that refuses it.
+_LIMIT_SOURCES = {
+    "embed_dim": "patch_embed.proj.weight", "patch_size": "patch_embed.proj.weight",
+    "in_chans": "patch_embed.proj.weight", "d_state": "layers.0.mixer.A_log", "expand": "layers.0.mixer.A_log",
+    "d_conv": "layers.0.mixer.conv1d.weight", "dt_rank": "layers.0.mixer.dt_proj.weight",
+    "num_classes": "head.weight", "tokens": "pos_embed",
+}

@@ -1,6 +1,6 @@
 """One way to run any vimdeploy artifact: `open_engine(path)` returns an `Engine`.
 
-Backends by suffix: PyTorch checkpoints (`.pth`, `.pt`, `.bin`, `.ckpt`, `.tar`), ONNX models
+Backends by suffix: PyTorch checkpoints (`.pth`, `.pt`, `.bin`, `.ckpt`, `.tar`, `.safetensors`), ONNX models
 (ONNX Runtime) and TensorRT engines (`ENGINE_SUFFIXES`), behind one interface. An engine is a
 context manager: `with open_engine(path) as engine: engine.run(batch)`.
 """
@@ -32,7 +32,7 @@ def _torch_engine(path, **options):
     return TorchEngine(path, **options)
 
 
-register_backend([".pth", ".pt", ".bin", ".ckpt", ".tar"], _torch_engine)
+register_backend([".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors"], _torch_engine)
 
 
 def _onnx_engine(path, **options):

@@ -71,7 +71,7 @@ def api_key_from_env(variable: str) -> str:
 def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http_port: int = 8000,
           grpc_port: int = 8001, metrics_port: int = 8002, max_batch: int = 8, queue_delay_us: int = 100,
           instances: int = 1, features: bool = False, labels: str | Path | None = None, ema: bool = False,
-          exit_timeout_s: int = 30, startup_timeout_s: float = 300.0, max_image_pixels: int = MAX_IMAGE_PIXELS,
+          allow_nonfinite: bool = False, exit_timeout_s: int = 30, startup_timeout_s: float = 300.0, max_image_pixels: int = MAX_IMAGE_PIXELS,
           max_request_bytes: int = MAX_REQUEST_BYTES, api_key: str | None = None, on_ready=None, echo=None) -> dict:
     """Serve `artifact` until SIGINT or SIGTERM; then answer what is in flight and stop.
 
@@ -87,7 +87,7 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
     _check_options(name, ports, max_batch, queue_delay_us, instances, max_image_pixels, max_request_bytes, api_key)
     dist = triton_distribution()
     artifact = Path(artifact).resolve()
-    engine_options = {"ema": True} if ema else {}
+    engine_options = {name: True for name, on in {"ema": ema, "allow_nonfinite": allow_nonfinite}.items() if on}
     # Open the artifact here once: a bad file is one clear error, not a model failing to load
     # inside the server; and the probe tells the config its shapes.
     engine = open_engine(artifact, **engine_options)
