@@ -13,11 +13,15 @@ from setuptools import Extension, setup
 FLAGS = Path(__file__).parent / "plugins" / "cpu" / "compile_flags.txt"
 flags = [line.strip() for line in FLAGS.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
-setup(ext_modules=[Extension(
-    "vimdeploy.ops._scan_cpu",
-    sources=["plugins/cpu/bi_selective_scan_cpu.cpp"],
-    include_dirs=["plugins/include"],
-    extra_compile_args=["-std=c++17", "-fvisibility=hidden", "-pthread", *flags],
-    extra_link_args=["-pthread"],
-    optional=True,
-)])
+setup(
+    ext_modules=[
+        Extension(
+            "vimdeploy.ops._scan_cpu",
+            sources=["plugins/cpu/bi_selective_scan_cpu.cpp"],
+            include_dirs=["plugins/include"],
+            extra_compile_args=["-std=c++17", "-fvisibility=hidden", "-pthread", *flags],
+            extra_link_args=["-pthread"],
+            optional=True,
+        )
+    ]
+)

@@ -51,8 +51,7 @@ def multiply_adds(x, cf, cb):
     """`Mamba.scan_inputs`'s token-major front without the fused kernel."""
     L = x.shape[1]
     xp = F.pad(x, (0, 0, K - 1, K - 1))
-    return (F.silu(_depthwise_conv_token_major(xp, cf, False, L)),
-            F.silu(_depthwise_conv_token_major(xp, cb, True, L)))
+    return (F.silu(_depthwise_conv_token_major(xp, cf, False, L)), F.silu(_depthwise_conv_token_major(xp, cb, True, L)))
 
 
 def parse_shapes(text):
@@ -81,8 +80,14 @@ def main():
     bf, bb = cf.bias.detach(), cb.bias.detach()
     compiled = None if args.no_compile else torch.compile(multiply_adds)
 
-    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "dtype": args.dtype, "E": E, "k": K}
+    env = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "dtype": args.dtype,
+        "E": E,
+        "k": K,
+    }
     env["copy_GBps"] = copy_bandwidth() / 1e9
     rows = []
     with torch.no_grad():
@@ -97,12 +102,18 @@ def main():
             got = conv_silu_bidir(xs[0], cf.weight, cf.bias, cb.weight, cb.bias)
             diff = max((g.float() - r.float()).abs().max().item() for g, r in zip(got, ref))
 
-            row = {"L": L, "batch": b, "bytes": nbytes, "rotated_sets": sets,
-                   "max_abs_diff_fused_vs_multiply_adds": diff}
+            row = {
+                "L": L,
+                "batch": b,
+                "bytes": nbytes,
+                "rotated_sets": sets,
+                "max_abs_diff_fused_vs_multiply_adds": diff,
+            }
             cands = {"fused (op)": [lambda x=x: conv_silu_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias) for x in xs]}
             for v in ("tiled8", "tiled32", "async32", "async16", "generic", "scalar"):
-                cands[f"fused {v}"] = [lambda x=x, y=y, v=v: launch(x, wf, bf, wb, bb, y[0], y[1], variant=v)
-                                       for x, y in zip(xs, ys)]
+                cands[f"fused {v}"] = [
+                    lambda x=x, y=y, v=v: launch(x, wf, bf, wb, bb, y[0], y[1], variant=v) for x, y in zip(xs, ys)
+                ]
             bytes_of = {}
             if dtype == torch.float16:
                 pf, pb = (torch.randn(ROWS, E, device="cuda").half() / E**0.5 for _ in range(2))
@@ -115,7 +126,8 @@ def main():
                 cands["conv, x_proj GEMMs"] = [lambda x=x: apart(x) for x in xs]
                 bytes_of["conv, x_proj GEMMs"] = nbytes + 2 * (b * L * E * elt + out)
                 cands["conv + x_proj kernel"] = [
-                    lambda x=x: conv_silu_xproj_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias, pf, pb) for x in xs]
+                    lambda x=x: conv_silu_xproj_bidir(x, cf.weight, cf.bias, cb.weight, cb.bias, pf, pb) for x in xs
+                ]
                 bytes_of["conv + x_proj kernel"] = nbytes + 2 * out
             cands["multiply-adds eager"] = [lambda x=x: multiply_adds(x, cf, cb) for x in xs]
             if compiled is not None:
@@ -126,23 +138,34 @@ def main():
             for name, fns in cands.items():
                 samples = time_graph(fns, reps=args.reps)
                 med = statistics.median(samples)
-                times[name] = {"median_ms": med, "min_ms": min(samples), "max_ms": max(samples),
-                               "n": len(samples), "GBps": bytes_of.get(name, nbytes) / (med * 1e-3) / 1e9}
+                times[name] = {
+                    "median_ms": med,
+                    "min_ms": min(samples),
+                    "max_ms": max(samples),
+                    "n": len(samples),
+                    "GBps": bytes_of.get(name, nbytes) / (med * 1e-3) / 1e9,
+                }
             row["times"] = times
             rows.append(row)
             torch.cuda.empty_cache()
 
-    print(f"{env['gpu']}, torch {env['torch']} (CUDA {env['cuda']}), {args.dtype}, E={E}, k={K}; "
-          f"device-to-device copy {env['copy_GBps']:.0f} GB/s (read + write)")
+    print(
+        f"{env['gpu']}, torch {env['torch']} (CUDA {env['cuda']}), {args.dtype}, E={E}, k={K}; "
+        f"device-to-device copy {env['copy_GBps']:.0f} GB/s (read + write)"
+    )
     for row in rows:
-        print(f"\nL={row['L']} batch={row['batch']}: {row['bytes'] / 1e6:.1f} MB moved, "
-              f"max |fused - multiply-adds| = {row['max_abs_diff_fused_vs_multiply_adds']:.2e}")
+        print(
+            f"\nL={row['L']} batch={row['batch']}: {row['bytes'] / 1e6:.1f} MB moved, "
+            f"max |fused - multiply-adds| = {row['max_abs_diff_fused_vs_multiply_adds']:.2e}"
+        )
         print(f"  {'path':26s} {'median ms':>10s} {'min..max ms':>17s} {'GB/s':>7s} {'% copy':>7s}")
         base_name = "multiply-adds compiled" if "multiply-adds compiled" in row["times"] else "multiply-adds eager"
         base = row["times"][base_name]["median_ms"]
         for name, t in row["times"].items():
-            print(f"  {name:26s} {t['median_ms']:10.4f} {t['min_ms']:8.4f}..{t['max_ms']:<8.4f} {t['GBps']:7.0f} "
-                  f"{100 * t['GBps'] / env['copy_GBps']:6.1f}%  ({base / t['median_ms']:.2f}x {base_name})")
+            print(
+                f"  {name:26s} {t['median_ms']:10.4f} {t['min_ms']:8.4f}..{t['max_ms']:<8.4f} {t['GBps']:7.0f} "
+                f"{100 * t['GBps'] / env['copy_GBps']:6.1f}%  ({base / t['median_ms']:.2f}x {base_name})"
+            )
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
         print(f"\nwrote {args.json}")

@@ -48,8 +48,9 @@ class ViT(nn.Module):
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, (img_size // patch) ** 2 + 1, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
@@ -76,8 +77,17 @@ def export_deit(size: int, path: Path) -> None:
     model = ViT(size).eval()
     batch = torch.export.Dim("batch")
     with torch.no_grad():
-        torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(path), dynamo=True, input_names=["images"],
-                          output_names=["logits"], dynamic_shapes=({0: batch},), optimize=True, verbose=False)
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 3, size, size),),
+            str(path),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            optimize=True,
+            verbose=False,
+        )
 
 
 def main():
@@ -85,12 +95,18 @@ def main():
     ap.add_argument("--sizes", default="224,512")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--threads", default=None, help="comma-separated; default: 1 and every CPU")
-    ap.add_argument("--paths", default="deit:onnxruntime,deit:pytorch,vim:pytorch:fast,vim:pytorch:cpu,"
-                                       "vim:ort:plugin,vim:ort:portable")
+    ap.add_argument(
+        "--paths",
+        default="deit:onnxruntime,deit:pytorch,vim:pytorch:fast,vim:pytorch:cpu,vim:ort:plugin,vim:ort:portable",
+    )
     ap.add_argument("--budget-s", type=float, default=3.0, help="timed seconds per configuration")
     ap.add_argument("--iters", type=int, default=30, help="at most this many timed calls per configuration")
-    ap.add_argument("--max-call-s", type=float, default=20.0,
-                    help="skip a path at larger sizes/batches once one call took longer than this")
+    ap.add_argument(
+        "--max-call-s",
+        type=float,
+        default=20.0,
+        help="skip a path at larger sizes/batches once one call took longer than this",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -103,10 +119,17 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     paths = args.paths.split(",")
-    env = {"machine": platform.machine(), "cpus": cpus, "cpu": _cpu_name(), "python": platform.python_version(),
-           "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-           "vimdeploy": vimdeploy.__version__, "native_cpu_isa": _isa(native),
-           "command": " ".join(["python"] + sys.argv)}
+    env = {
+        "machine": platform.machine(),
+        "cpus": cpus,
+        "cpu": _cpu_name(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "vimdeploy": vimdeploy.__version__,
+        "native_cpu_isa": _isa(native),
+        "command": " ".join(["python"] + sys.argv),
+    }
     print(json.dumps(env, indent=1), flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_cpu."))
@@ -128,8 +151,13 @@ def main():
         for flavor in ("plugin", "portable"):
             if f"vim:ort:{flavor}" in paths:
                 files[flavor] = tmp / f"vim_{flavor}_{size}.onnx"
-                export_onnx(ckpt, files[flavor], img_size=size, batch="dynamic",
-                            scan="onnx" if flavor == "portable" else "plugin")
+                export_onnx(
+                    ckpt,
+                    files[flavor],
+                    img_size=size,
+                    batch="dynamic",
+                    scan="onnx" if flavor == "portable" else "plugin",
+                )
         torch.manual_seed(0)
         deit = ViT(size).eval()
         for threads in thread_counts:
@@ -157,8 +185,11 @@ def main():
                         slow.add(key)
                     row = {"path": name, "size": size, "batch": batch, "threads": threads, **r}
                     rows.append(row)
-                    print(f"{name:18s} {size:4d}px b{batch:<2d} t{threads}: {r['median_ms']:9.2f} ms "
-                          f"({r['min_ms']:.2f}..{r['max_ms']:.2f}, n={r['n']})", flush=True)
+                    print(
+                        f"{name:18s} {size:4d}px b{batch:<2d} t{threads}: {r['median_ms']:9.2f} ms "
+                        f"({r['min_ms']:.2f}..{r['max_ms']:.2f}, n={r['n']})",
+                        flush=True,
+                    )
     print()
     print(table(rows, paths))
     if args.json:
@@ -191,8 +222,10 @@ def table(rows, paths) -> str:
     """Markdown: one row per (size, batch, threads), median ms per path, and Vim / DeiT-ORT."""
     cols = [p for p in paths if any(r["path"] == p for r in rows)]
     keys = sorted({(r["size"], r["batch"], r["threads"]) for r in rows})
-    out = ["| size | batch | threads | " + " | ".join(cols) + " | best Vim / DeiT ORT |",
-           "|---" * (4 + len(cols)) + "|"]
+    out = [
+        "| size | batch | threads | " + " | ".join(cols) + " | best Vim / DeiT ORT |",
+        "|---" * (4 + len(cols)) + "|",
+    ]
     for key in keys:
         got = {r["path"]: r["median_ms"] for r in rows if (r["size"], r["batch"], r["threads"]) == key}
         vims = [v for k, v in got.items() if k.startswith("vim:")]

@@ -50,8 +50,13 @@ def main():
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     bw = copy_bandwidth()
-    env = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "d2d_bandwidth_GBps": bw / 1e9, "command": " ".join([Path(sys.executable).name] + sys.argv)}
+    env = {
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "d2d_bandwidth_GBps": bw / 1e9,
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+    }
     print(json.dumps(env))
     rows = []
     for name in args.models.split(","):
@@ -69,12 +74,25 @@ def main():
             ours = summary(time_graph([lambda: delta_softplus(dt, w, bias)] * 4, reps=20))
             gemm = summary(time_graph([lambda: F.linear(rows_in[:, :r_pad], w_pad)] * 4, reps=20))
             nbytes = tokens * E * 2 + tokens * R * 2
-            row = {"model": name, "L": L, "batch": b, "tokens": tokens, "R": R, "E": E, "bytes": nbytes,
-                   "roof_ms": nbytes / bw * 1e3, "delta_kernel": ours, "dt_proj_gemm": gemm}
+            row = {
+                "model": name,
+                "L": L,
+                "batch": b,
+                "tokens": tokens,
+                "R": R,
+                "E": E,
+                "bytes": nbytes,
+                "roof_ms": nbytes / bw * 1e3,
+                "delta_kernel": ours,
+                "dt_proj_gemm": gemm,
+            }
             rows.append(row)
-            print(f"Vim-{name} L={L} b={b}: delta kernel {ours['median_ms']:.4f} ms, dt_proj GEMM "
-                  f"{gemm['median_ms']:.4f} ms, copy roof {row['roof_ms']:.4f} ms", flush=True)
-            del rows_in, dt
+            print(
+                f"Vim-{name} L={L} b={b}: delta kernel {ours['median_ms']:.4f} ms, dt_proj GEMM "
+                f"{gemm['median_ms']:.4f} ms, copy roof {row['roof_ms']:.4f} ms",
+                flush=True,
+            )
+            rows_in = dt = None  # free the GPU memory before the next shape
             torch.cuda.empty_cache()
     if args.json:
         with atomic_path(args.json) as tmp:

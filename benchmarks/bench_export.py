@@ -46,8 +46,15 @@ def latency(run, warmup: int, runs: int) -> dict:
         run()
         times.append((time.perf_counter() - t) * 1e3)
     q = np.percentile(times, [25, 75])
-    return {"median_ms": statistics.median(times), "p25_ms": float(q[0]), "p75_ms": float(q[1]),
-            "min_ms": min(times), "max_ms": max(times), "runs": runs, "warmup": warmup}
+    return {
+        "median_ms": statistics.median(times),
+        "p25_ms": float(q[0]),
+        "p75_ms": float(q[1]),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "runs": runs,
+        "warmup": warmup,
+    }
 
 
 def main():
@@ -59,16 +66,30 @@ def main():
     args = ap.parse_args()
     d = args.out_dir or Path(tempfile.mkdtemp(prefix="bench_export_"))
     d.mkdir(parents=True, exist_ok=True)
-    results = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                           "load_avg_at_start": os.getloadavg(), "torch": torch.__version__,
-                           "torch_threads": torch.get_num_threads()},
-               "exports": [], "latency": {}}
+    results = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_avg_at_start": os.getloadavg(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "exports": [],
+        "latency": {},
+    }
     for variant, size in CASES:
         for flavor in ("plugin", "onnx"):
             out = d / f"{variant}_{size}_{flavor}.onnx"
             s = export_onnx(checkpoint(d, variant), out, img_size=size, batch=1, scan=flavor, force=True)
-            row = {"variant": variant, "img_size": size, "tokens": s["tokens"], "flavor": flavor,
-                   "export_s": s["timings"]["total_s"], "size_mb": s["size_mb"], "nodes": s["nodes"]}
+            row = {
+                "variant": variant,
+                "img_size": size,
+                "tokens": s["tokens"],
+                "flavor": flavor,
+                "export_s": s["timings"]["total_s"],
+                "size_mb": s["size_mb"],
+                "nodes": s["nodes"],
+            }
             results["exports"].append(row)
             print(json.dumps(row), flush=True)
 

@@ -36,8 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_cpu import export_deit, timed  # noqa: E402  (also puts the checkout on sys.path)
 
-from vimdeploy.contract import (DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION,  # noqa: E402
-                                input_shapes)
+from vimdeploy.contract import (
+    DOMAIN,
+    INPUT_NAMES,
+    OP_TYPE,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,  # noqa: E402
+    input_shapes,
+)
 from vimdeploy.demo import make_untrained_checkpoint  # noqa: E402
 from vimdeploy.export import export_onnx  # noqa: E402
 from vimdeploy.export.ort_op import _native, session_options  # noqa: E402
@@ -46,8 +52,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_library(include: str, build: Path) -> Path:
-    for cmd in (["cmake", "-S", str(REPO / "plugins" / "onnxruntime"), "-B", str(build),
-                 f"-DONNXRUNTIME_INCLUDE_DIR={include}"], ["cmake", "--build", str(build)]):
+    for cmd in (
+        [
+            "cmake",
+            "-S",
+            str(REPO / "plugins" / "onnxruntime"),
+            "-B",
+            str(build),
+            f"-DONNXRUNTIME_INCLUDE_DIR={include}",
+        ],
+        ["cmake", "--build", str(build)],
+    ):
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return build / "libvimdeploy_onnxruntime.so"
 
@@ -66,20 +81,33 @@ def options(threads: int, library: Path | None) -> ort.SessionOptions:
 
 
 def session(model: bytes | Path, threads: int, library: Path | None = None) -> ort.InferenceSession:
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options(threads, library),
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), options(threads, library), providers=["CPUExecutionProvider"]
+    )
 
 
 def scan_node(b: int, L: int, E: int) -> tuple[bytes, dict]:
     """One fp32 BiSelectiveScan node with its graph inputs, and a feed of Vim-like values."""
     shapes = input_shapes(b, L, E)
-    node = helper.make_node(OP_TYPE, list(INPUT_NAMES), ["y"], domain=DOMAIN, delta_softplus=1, out_scale=0.5,
-                            plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
-    graph = helper.make_graph([node], "scan", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
-                                               for n, s in zip(INPUT_NAMES, shapes)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (b, L, E))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(DOMAIN, 1)],
-                              ir_version=10)
+    node = helper.make_node(
+        OP_TYPE,
+        list(INPUT_NAMES),
+        ["y"],
+        domain=DOMAIN,
+        delta_softplus=1,
+        out_scale=0.5,
+        plugin_version=PLUGIN_VERSION,
+        plugin_namespace=PLUGIN_NAMESPACE,
+    )
+    graph = helper.make_graph(
+        [node],
+        "scan",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(INPUT_NAMES, shapes)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (b, L, E))],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(DOMAIN, 1)], ir_version=10
+    )
     rng = np.random.default_rng(0)
     feed = {n: rng.standard_normal(s).astype(np.float32) for n, s in zip(INPUT_NAMES, shapes)}
     for n in ("A_fwd", "A_bwd"):
@@ -107,8 +135,13 @@ def main():
         library = build_library(include, tmp / "build")
     os.environ["VIMDEPLOY_CPU_THREADS"] = str(args.threads)  # read by both ops when their kernel is made
     torch.set_num_threads(args.threads)
-    env = {"cpus": len(os.sched_getaffinity(0)), "threads": args.threads, "onnxruntime": ort.__version__,
-           "library": str(library), "command": " ".join(["python"] + sys.argv)}
+    env = {
+        "cpus": len(os.sched_getaffinity(0)),
+        "threads": args.threads,
+        "onnxruntime": ort.__version__,
+        "library": str(library),
+        "command": " ".join(["python"] + sys.argv),
+    }
     print(json.dumps(env), flush=True)
 
     rows = {}
@@ -134,12 +167,15 @@ def main():
     export_onnx(tmp / "vim_t.pth", tmp / "vim_t.onnx", img_size=224, batch="dynamic", scan="plugin")
     export_deit(224, tmp / "deit_t.onnx")
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    vim_library, vim_python_op = session(tmp / "vim_t.onnx", args.threads, library), session(tmp / "vim_t.onnx",
-                                                                                            args.threads)
+    vim_library, vim_python_op = (
+        session(tmp / "vim_t.onnx", args.threads, library),
+        session(tmp / "vim_t.onnx", args.threads),
+    )
     deit = session(tmp / "deit_t.onnx", args.threads)
     vim_in, deit_in = vim_library.get_inputs()[0].name, deit.get_inputs()[0].name
-    np.testing.assert_allclose(vim_library.run(None, {vim_in: x})[0], vim_python_op.run(None, {vim_in: x})[0],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        vim_library.run(None, {vim_in: x})[0], vim_python_op.run(None, {vim_in: x})[0], rtol=0, atol=1e-5
+    )
     measure("Vim-Ti: ORT + library", lambda: vim_library.run(None, {vim_in: x}))
     measure("Vim-Ti: ORT + Python op", lambda: vim_python_op.run(None, {vim_in: x}))
     measure("DeiT-Ti-shaped ViT: ORT", lambda: deit.run(None, {deit_in: x}))

@@ -36,7 +36,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from vimdeploy import bench  # noqa: E402
 from vimdeploy.export import exporter  # noqa: E402
 from vimdeploy.export.portable import bi_selective_scan_onnx  # noqa: E402
 from vimdeploy.model import VimConfig, VisionMamba  # noqa: E402
@@ -79,9 +78,12 @@ class TinyViT(nn.Module):
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, (img // patch) ** 2 + 1, dim) * 0.02)
-        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
-                                                               batch_first=True, norm_first=True)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
@@ -97,8 +99,15 @@ def export_vit(path: Path) -> dict:
     torch.manual_seed(0)
     t = time.perf_counter()
     with torch.no_grad():
-        torch.onnx.export(TinyViT().eval(), (torch.randn(1, 3, 224, 224),), str(path), dynamo=True,
-                          input_names=["images"], output_names=["logits"], external_data=False)
+        torch.onnx.export(
+            TinyViT().eval(),
+            (torch.randn(1, 3, 224, 224),),
+            str(path),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            external_data=False,
+        )
     return {"export_s": time.perf_counter() - t}
 
 
@@ -120,11 +129,18 @@ def timed_rounds(sessions: dict, x: np.ndarray, rounds: int, warmup: int = 3) ->
     out = {}
     for k, ts in times.items():
         q = np.percentile(ts, [25, 75])
-        out[k] = {"median_ms": statistics.median(ts), "p25_ms": float(q[0]), "p75_ms": float(q[1]),
-                  "min_ms": min(ts), "max_ms": max(ts), "runs": rounds,
-                  # CPU time of this process (all its threads): what a variant costs, less
-                  # disturbed than wall time when other processes share the cores.
-                  "cpu_median_ms": statistics.median(cpu[k]), "cpu_min_ms": min(cpu[k])}
+        out[k] = {
+            "median_ms": statistics.median(ts),
+            "p25_ms": float(q[0]),
+            "p75_ms": float(q[1]),
+            "min_ms": min(ts),
+            "max_ms": max(ts),
+            "runs": rounds,
+            # CPU time of this process (all its threads): what a variant costs, less
+            # disturbed than wall time when other processes share the cores.
+            "cpu_median_ms": statistics.median(cpu[k]),
+            "cpu_min_ms": min(cpu[k]),
+        }
     return out
 
 
@@ -149,10 +165,17 @@ def main():
         torch.save({"model": model.state_dict()}, ckpt)
     import onnxruntime as ort
 
-    result = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "load_avg_at_start": os.getloadavg(), "torch": torch.__version__,
-                          "onnxruntime": ort.__version__},
-              "command": "python benchmarks/bench_portable.py " + " ".join(sys.argv[1:]), "exports": {}}
+    result = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_avg_at_start": os.getloadavg(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+        },
+        "command": "python benchmarks/bench_portable.py " + " ".join(sys.argv[1:]),
+        "exports": {},
+    }
     variants = {"per_token": per_token_scan}
     for c in (int(v) for v in args.chunks.split(",")):
         variants[f"chunk{c}"] = functools.partial(bi_selective_scan_onnx, chunk=c)
@@ -162,8 +185,11 @@ def main():
             continue
         exporter.FLAVORS["onnx"] = fn  # the scan the "onnx" flavor traces
         s = exporter.export_onnx(ckpt, path, batch=1, scan="onnx", force=True)
-        result["exports"][name] = {"export_s": s["timings"]["total_s"], "nodes": s["nodes"],
-                                   "scan_nodes": s["op_counts"].get("Scan", 0)}
+        result["exports"][name] = {
+            "export_s": s["timings"]["total_s"],
+            "nodes": s["nodes"],
+            "scan_nodes": s["op_counts"].get("Scan", 0),
+        }
         print(name, json.dumps(result["exports"][name]), flush=True)
     exporter.FLAVORS["onnx"] = bi_selective_scan_onnx
     if not (args.reuse and (d / "vit_ti.onnx").exists()):
@@ -181,13 +207,17 @@ def main():
         vit = ort.InferenceSession(str(d / "vit_ti.onnx"), options, providers=["CPUExecutionProvider"])
         sessions[f"deit_ti_shaped_vit@{threads}"] = lambda x, s=vit: s.run(None, {s.get_inputs()[0].name: x})[0]
     base = sessions[next(k for k in sessions if k.startswith("per_token"))](x)
-    result["max_abs_logits_vs_per_token"] = {k: float(np.abs(run(x) - base).max())
-                                             for k, run in sessions.items() if k.startswith("chunk")}
+    result["max_abs_logits_vs_per_token"] = {
+        k: float(np.abs(run(x) - base).max()) for k, run in sessions.items() if k.startswith("chunk")
+    }
     result["latency"] = timed_rounds(sessions, x, args.rounds)
     result["machine"]["load_avg_at_end"] = os.getloadavg()
     for k, v in result["latency"].items():
-        print(f"{k:24s} median {v['median_ms']:8.1f} ms  p25-p75 {v['p25_ms']:.1f}-{v['p75_ms']:.1f}  "
-              f"min-max {v['min_ms']:.1f}-{v['max_ms']:.1f}  cpu median {v['cpu_median_ms']:.1f} min {v['cpu_min_ms']:.1f}")
+        print(
+            f"{k:24s} median {v['median_ms']:8.1f} ms  p25-p75 {v['p25_ms']:.1f}-{v['p75_ms']:.1f}  "
+            f"min-max {v['min_ms']:.1f}-{v['max_ms']:.1f}  "
+            f"cpu median {v['cpu_median_ms']:.1f} min {v['cpu_min_ms']:.1f}"
+        )
     print(json.dumps({k: result[k] for k in ("max_abs_logits_vs_per_token", "machine")}))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

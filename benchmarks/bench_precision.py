@@ -57,17 +57,25 @@ def main():
         path = fp32
         if precision != "fp32":
             path = tmp / f"digits_{i}.onnx"
-            convert_precision(fp32, path, precision, calib=calib if precision == "int8" else None,
-                              cache_dir=tmp / "cache", **options)
+            convert_precision(
+                fp32, path, precision, calib=calib if precision == "int8" else None, cache_dir=tmp / "cache", **options
+            )
         out = logits(path, x)
-        row = {"precision": precision, "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-               "accuracy": digits.accuracy(out, y), "drop": base - digits.accuracy(out, y),
-               "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
-               "min_cosine": float(cosine(out, ref).min())}
+        row = {
+            "precision": precision,
+            "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+            "accuracy": digits.accuracy(out, y),
+            "drop": base - digits.accuracy(out, y),
+            "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+            "min_cosine": float(cosine(out, ref).min()),
+        }
         results["digits"].append(row)
         recipe = ", ".join(f"{k}={'+'.join(v) if isinstance(v, tuple) else v}" for k, v in options.items()) or "-"
-        print(f"| {precision} | {recipe or '-'} | {row['accuracy']:.2f}% | {row['drop']:+.2f} | "
-              f"{row['top1_agreement']:.1%} | {row['min_cosine']:.6f} |", flush=True)
+        print(
+            f"| {precision} | {recipe or '-'} | {row['accuracy']:.2f}% | {row['drop']:+.2f} | "
+            f"{row['top1_agreement']:.1%} | {row['min_cosine']:.6f} |",
+            flush=True,
+        )
 
     # --- the golden Vim-Ti: fidelity to the official code's logits ---------------------------
     if (args.golden / "vim_t_p16_seed30.pth").is_file():
@@ -83,23 +91,42 @@ def main():
         export_onnx(args.golden / "vim_t_p16_seed30.pth", gfp32, batch="dynamic", scan="plugin")
         print("\n| golden Vim-Ti | recipe | max abs vs official | min cosine | top-1 agreement |")
         print("| --- | --- | --- | --- | --- |")
-        for i, (precision, options) in enumerate([("fp32", {}), ("fp16", {"keep_fp32": ("norm", "residual")}),
-                                                  ("fp16", {"keep_fp32": ()}), ("int8", {"method": "max"}),
-                                                  ("int8", {"method": "percentile"}),
-                                                  ("int8", {"method": "max", "exclude": ("x_proj", "dt_proj")})]):
+        for i, (precision, options) in enumerate(
+            [
+                ("fp32", {}),
+                ("fp16", {"keep_fp32": ("norm", "residual")}),
+                ("fp16", {"keep_fp32": ()}),
+                ("int8", {"method": "max"}),
+                ("int8", {"method": "percentile"}),
+                ("int8", {"method": "max", "exclude": ("x_proj", "dt_proj")}),
+            ]
+        ):
             path = gfp32
             if precision != "fp32":
                 path = tmp / f"golden_{i}.onnx"
-                convert_precision(gfp32, path, precision, calib=gcal if precision == "int8" else None,
-                                  cache_dir=tmp / "cache", **options)
+                convert_precision(
+                    gfp32,
+                    path,
+                    precision,
+                    calib=gcal if precision == "int8" else None,
+                    cache_dir=tmp / "cache",
+                    **options,
+                )
             out = logits(path, g["input"])
-            row = {"precision": precision, "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-                   "max_abs": float(np.abs(out - g["logits"]).max()), "min_cosine": float(cosine(out, g["logits"]).min()),
-                   "top1_agreement": float((out.argmax(-1) == g["logits"].argmax(-1)).mean())}
+            row = {
+                "precision": precision,
+                "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+                "max_abs": float(np.abs(out - g["logits"]).max()),
+                "min_cosine": float(cosine(out, g["logits"]).min()),
+                "top1_agreement": float((out.argmax(-1) == g["logits"].argmax(-1)).mean()),
+            }
             results["golden"].append(row)
             recipe = ", ".join(f"{k}={'+'.join(v) if isinstance(v, tuple) else v}" for k, v in options.items()) or "-"
-            print(f"| {precision} | {recipe} | {row['max_abs']:.2e} | {row['min_cosine']:.6f} | {row['top1_agreement']:.0%} |",
-                  flush=True)
+            print(
+                f"| {precision} | {recipe} | {row['max_abs']:.2e} | {row['min_cosine']:.6f} "
+                f"| {row['top1_agreement']:.0%} |",
+                flush=True,
+            )
     else:
         print(f"(golden not found at {args.golden}: skipped)", file=sys.stderr)
     if args.json:

@@ -42,8 +42,16 @@ SHAPES = [(197, 1), (197, 128), (6085, 1), (6085, 32)]
 
 def smi(field):
     try:
-        return subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        return (
+            subprocess.run(
+                ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except Exception:  # noqa: BLE001
         return "?"
 
@@ -104,11 +112,13 @@ def mufu_rate(sms):
 def load_official():
     try:
         import selective_scan_cuda  # mamba_ssm's extension
+
         return selective_scan_cuda
     except ImportError:
         pass
     try:
         from mamba_ssm.ops import selective_scan_interface as ssi
+
         return ssi.selective_scan_cuda
     except Exception:  # noqa: BLE001
         return None
@@ -117,19 +127,33 @@ def load_official():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--variants", nargs="?", const="all", default=None, metavar="LIST",
-                    help="also time kernel variants (all, or a comma-separated subset of "
-                         + ",".join(map(str, VARIANTS)) + ") and forced L splits")
-    ap.add_argument("--shapes", default=None, metavar="LxB,...",
-                    help="comma-separated subset of the shapes " + ",".join(f"{L}x{b}" for L, b in SHAPES))
+    ap.add_argument(
+        "--variants",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="LIST",
+        help="also time kernel variants (all, or a comma-separated subset of "
+        + ",".join(map(str, VARIANTS))
+        + ") and forced L splits",
+    )
+    ap.add_argument(
+        "--shapes",
+        default=None,
+        metavar="LxB,...",
+        help="comma-separated subset of the shapes " + ",".join(f"{L}x{b}" for L, b in SHAPES),
+    )
     ap.add_argument("--quick", action="store_true", help="Vim-Ti only")
     ap.add_argument("--models", default=None, help="comma-separated subset of Ti,S,B (default: all; --quick: Ti)")
     ap.add_argument("--no-fast", action="store_true", help="skip the PyTorch fast scan")
     ap.add_argument("--no-official", action="store_true", help="skip mamba_ssm even if it imports")
-    ap.add_argument("--delta-given", action="store_true",
-                    help="also time the kernel with delta_softplus=False (delta computed before the op, as the "
-                         "fp16 model does with ops/delta.py): column cuda_delta_given (with --variants also "
-                         "cuda_v<N>_delta_given)")
+    ap.add_argument(
+        "--delta-given",
+        action="store_true",
+        help="also time the kernel with delta_softplus=False (delta computed before the op, as the "
+        "fp16 model does with ops/delta.py): column cuda_delta_given (with --variants also "
+        "cuda_v<N>_delta_given)",
+    )
     args = ap.parse_args()
     variants = list(VARIANTS) if args.variants in (None, "all") else [int(v) for v in args.variants.split(",")]
     if any(v not in VARIANTS for v in variants):
@@ -142,7 +166,7 @@ def main():
     from vimdeploy.ops import cuda as plugin
     from vimdeploy.ops.native import load_library
 
-    lib = load_library()
+    load_library()  # fails early, with the build hint, where the kernel library is missing
     props = torch.cuda.get_device_properties(0)
     sms = props.multi_processor_count
     clk = smi("clocks.max.sm")
@@ -153,10 +177,16 @@ def main():
     mufu = mufu_measured or mufu_computed
     official = None if args.no_official else load_official()
     env = {
-        "gpu": torch.cuda.get_device_name(0), "driver": smi("driver_version"), "cuda": torch.version.cuda,
-        "torch": torch.__version__, "sms": sms, "max_sm_clock_mhz": clock_mhz,
-        "d2d_bandwidth_GBps": bw / 1e9, "ex2_rate_measured_per_s": mufu_measured,
-        "ex2_rate_computed_per_s": mufu_computed, "official": official is not None,
+        "gpu": torch.cuda.get_device_name(0),
+        "driver": smi("driver_version"),
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "sms": sms,
+        "max_sm_clock_mhz": clock_mhz,
+        "d2d_bandwidth_GBps": bw / 1e9,
+        "ex2_rate_measured_per_s": mufu_measured,
+        "ex2_rate_computed_per_s": mufu_computed,
+        "official": official is not None,
         "command": " ".join([Path(sys.executable).name] + sys.argv),
     }
     print(json.dumps(env, indent=1))
@@ -175,8 +205,15 @@ def main():
                 sets = max(1, min(8, math.ceil(4 * l2 / nbytes)))
                 inputs = [make_inputs(b, L, E, dtype, seed=s) for s in range(sets)]
                 outs = [torch.empty(b, L, E, dtype=dtype, device="cuda") for _ in range(sets)]
-                row = {"model": mname, "E": E, "L": L, "batch": b, "dtype": str(dtype).replace("torch.", ""),
-                       "mem_roof_ms": nbytes / bw * 1e3, "exp_roof_ms": b * L * E * N * 2 / mufu * 1e3}
+                row = {
+                    "model": mname,
+                    "E": E,
+                    "L": L,
+                    "batch": b,
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "mem_roof_ms": nbytes / bw * 1e3,
+                    "exp_roof_ms": b * L * E * N * 2 / mufu * 1e3,
+                }
                 row["limit_ms"] = max(row["mem_roof_ms"], row["exp_roof_ms"])
 
                 def ours(i, chunks=0, variant=0):
@@ -185,22 +222,43 @@ def main():
                 row["cuda"] = summary(time_graph([ours(i) for i in range(sets)]))
                 if args.delta_given:
                     # the same deltas, given: dt' = softplus(dt + bias) - bias, so that dt' + bias = delta
-                    given = [a._replace(**{f"dt_{d}": (torch.nn.functional.softplus(getattr(a, f"dt_{d}").float()
-                                                                                    + getattr(a, f"dt_bias_{d}"))
-                                                       - getattr(a, f"dt_bias_{d}")).to(dtype)
-                                           for d in ("fwd", "bwd")}) for a in inputs]
-                    row["cuda_delta_given"] = summary(time_graph(
-                        [lambda i=i: plugin.launch(outs[i], given[i], delta_softplus=False) for i in range(sets)]))
+                    given = [
+                        a._replace(
+                            **{
+                                f"dt_{d}": (
+                                    torch.nn.functional.softplus(
+                                        getattr(a, f"dt_{d}").float() + getattr(a, f"dt_bias_{d}")
+                                    )
+                                    - getattr(a, f"dt_bias_{d}")
+                                ).to(dtype)
+                                for d in ("fwd", "bwd")
+                            }
+                        )
+                        for a in inputs
+                    ]
+                    row["cuda_delta_given"] = summary(
+                        time_graph(
+                            [lambda i=i: plugin.launch(outs[i], given[i], delta_softplus=False) for i in range(sets)]
+                        )
+                    )
                     if args.variants:  # the variant choice was tuned with the softplus in the op
                         for v in variants:
-                            row[f"cuda_v{v}_delta_given"] = summary(time_graph(
-                                [lambda i=i, v=v: plugin.launch(outs[i], given[i], delta_softplus=False, variant=v)
-                                 for i in range(sets)], reps=10))
+                            row[f"cuda_v{v}_delta_given"] = summary(
+                                time_graph(
+                                    [
+                                        lambda i=i, v=v: plugin.launch(
+                                            outs[i], given[i], delta_softplus=False, variant=v
+                                        )
+                                        for i in range(sets)
+                                    ],
+                                    reps=10,
+                                )
+                            )
                     del given
                 if args.variants:
                     for v in variants:
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
-                    for ch in ((1, 2, 4, 8, 16, 32, 64) if b == 1 else (1, 2)):
+                    for ch in (1, 2, 4, 8, 16, 32, 64) if b == 1 else (1, 2):
                         if ch <= L // 32:
                             row[f"cuda_chunks{ch}"] = summary(time_graph([ours(i, ch) for i in range(sets)], reps=10))
                 if not args.no_fast and b * L * E <= 32 * 6085 * 384:
@@ -210,13 +268,30 @@ def main():
                         row["fast"] = "OOM"
                     torch.cuda.empty_cache()
                 if official is not None:
+
                     def prep(a):
                         z, xf, dtf, Bf, Cf, xb, dtb, Bb, Cb, Af, Ab, Df, Db, bf, bb = a
                         t = lambda v: v.transpose(1, 2).contiguous()  # noqa: E731
                         fl = lambda v: t(v).flip(-1).contiguous()  # noqa: E731
                         xz = torch.cat([t(xf), t(z)], dim=1)
-                        return dict(xz=xz, x=xz[:, :E], z=xz[:, E:], dt=t(dtf), B=t(Bf).unsqueeze(1), C=t(Cf).unsqueeze(1),
-                                    xb=fl(xb), dtb=fl(dtb), Bb=fl(Bb).unsqueeze(1), Cb=fl(Cb).unsqueeze(1), A=Af, Ab=Ab, D=Df, Db=Db, bias=bf, biasb=bb)
+                        return dict(
+                            xz=xz,
+                            x=xz[:, :E],
+                            z=xz[:, E:],
+                            dt=t(dtf),
+                            B=t(Bf).unsqueeze(1),
+                            C=t(Cf).unsqueeze(1),
+                            xb=fl(xb),
+                            dtb=fl(dtb),
+                            Bb=fl(Bb).unsqueeze(1),
+                            Cb=fl(Cb).unsqueeze(1),
+                            A=Af,
+                            Ab=Ab,
+                            D=Df,
+                            Db=Db,
+                            bias=bf,
+                            biasb=bb,
+                        )
 
                     op = [prep(a) for a in inputs]
 
@@ -225,9 +300,14 @@ def main():
 
                         def run():
                             zb = o["xz"].flip(-1)[:, E:]
-                            yf = official.fwd(o["x"], o["dt"], o["A"], o["B"], o["C"], o["D"], o["z"], o["bias"], True)[-1]
-                            yb = official.fwd(o["xb"], o["dtb"], o["Ab"], o["Bb"], o["Cb"], o["Db"], zb, o["biasb"], True)[-1]
+                            yf = official.fwd(o["x"], o["dt"], o["A"], o["B"], o["C"], o["D"], o["z"], o["bias"], True)[
+                                -1
+                            ]
+                            yb = official.fwd(
+                                o["xb"], o["dtb"], o["Ab"], o["Bb"], o["Cb"], o["Db"], zb, o["biasb"], True
+                            )[-1]
                             return (yf + yb.flip(-1)) * 0.5
+
                         return run
 
                     # check we time the same function
@@ -237,35 +317,46 @@ def main():
                     row["official"] = summary(time_graph([official_call(i) for i in range(sets)], reps=10))
                     del op
                 rows.append(row)
-                del inputs, outs
+                inputs = outs = None  # free the GPU memory before the next shape
                 torch.cuda.empty_cache()
                 med = row["cuda"]["median_ms"]
                 off = row.get("official")
                 fast = row.get("fast")
-                print(f"{mname:2s} L={L:5d} b={b:3d} {row['dtype']:7s} ours {med:8.4f} ms  limit {row['limit_ms']:7.4f} "
-                      f"(mem {row['mem_roof_ms']:.4f} exp {row['exp_roof_ms']:.4f}) x{med / row['limit_ms']:.2f}"
-                      + (f"  official {off['median_ms']:8.4f} ({off['median_ms'] / med:.1f}x)" if off else "")
-                      + (f"  fast {fast['median_ms']:.2f}" if isinstance(fast, dict) else "")
-                      + "".join(f"  {k[5:]}={v['median_ms']:.4f}" for k, v in row.items() if k.startswith("cuda_")),
-                      flush=True)
+                print(
+                    f"{mname:2s} L={L:5d} b={b:3d} {row['dtype']:7s} ours {med:8.4f} ms  limit {row['limit_ms']:7.4f} "
+                    f"(mem {row['mem_roof_ms']:.4f} exp {row['exp_roof_ms']:.4f}) x{med / row['limit_ms']:.2f}"
+                    + (f"  official {off['median_ms']:8.4f} ({off['median_ms'] / med:.1f}x)" if off else "")
+                    + (f"  fast {fast['median_ms']:.2f}" if isinstance(fast, dict) else "")
+                    + "".join(f"  {k[5:]}={v['median_ms']:.4f}" for k, v in row.items() if k.startswith("cuda_")),
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
     print_table(env, rows)
 
 
 def print_table(env, rows):
-    print(f"\n{env['gpu']}, driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}; "
-          f"D2D {env['d2d_bandwidth_GBps']:.0f} GB/s; ex2 {((env['ex2_rate_measured_per_s'] or env['ex2_rate_computed_per_s']) / 1e12):.2f} T/s")
-    print("| model | L | batch | dtype | memory roof ms | exp roof ms | ours ms (min..max) | ours / limit | official ms | official / ours | fast scan ms |")
+    print(
+        f"\n{env['gpu']}, driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}; "
+        f"D2D {env['d2d_bandwidth_GBps']:.0f} GB/s; "
+        f"ex2 {((env['ex2_rate_measured_per_s'] or env['ex2_rate_computed_per_s']) / 1e12):.2f} T/s"
+    )
+    print(
+        "| model | L | batch | dtype | memory roof ms | exp roof ms | ours ms (min..max) | ours / limit "
+        "| official ms | official / ours | fast scan ms |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         c = r["cuda"]
         off = r.get("official")
         fast = r.get("fast")
-        print(f"| Vim-{r['model']} | {r['L']} | {r['batch']} | {r['dtype']} | {r['mem_roof_ms']:.4f} | {r['exp_roof_ms']:.4f} | "
-              f"{c['median_ms']:.4f} ({c['min_ms']:.4f}..{c['max_ms']:.4f}) | {c['median_ms'] / r['limit_ms']:.2f} | "
-              + (f"{off['median_ms']:.4f} | {off['median_ms'] / c['median_ms']:.1f} | " if off else "n/a | n/a | ")
-              + (f"{fast['median_ms']:.2f} |" if isinstance(fast, dict) else f"{fast or 'skipped'} |"))
+        print(
+            f"| Vim-{r['model']} | {r['L']} | {r['batch']} | {r['dtype']} "
+            f"| {r['mem_roof_ms']:.4f} | {r['exp_roof_ms']:.4f} | "
+            f"{c['median_ms']:.4f} ({c['min_ms']:.4f}..{c['max_ms']:.4f}) | {c['median_ms'] / r['limit_ms']:.2f} | "
+            + (f"{off['median_ms']:.4f} | {off['median_ms'] / c['median_ms']:.1f} | " if off else "n/a | n/a | ")
+            + (f"{fast['median_ms']:.2f} |" if isinstance(fast, dict) else f"{fast or 'skipped'} |")
+        )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,14 @@ def machine() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_average": list(os.getloadavg())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average": list(os.getloadavg()),
+    }
 
 
 def percentiles(latencies_s) -> dict:
@@ -67,12 +73,26 @@ def bench_direct(engine, pool: np.ndarray, batch: int, seconds: float, max_calls
         engine.run(x)
         latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - start
-    return {"mode": "direct", "batch": batch, "calls": len(latencies),
-            "images_per_s": round(batch * len(latencies) / wall, 1), **percentiles(latencies)}
+    return {
+        "mode": "direct",
+        "batch": batch,
+        "calls": len(latencies),
+        "images_per_s": round(batch * len(latencies) / wall, 1),
+        **percentiles(latencies),
+    }
 
 
-def bench_server(server: ServeProcess, protocol: str, concurrency: int, batch: int, pool: np.ndarray,
-                 reference: np.ndarray, seconds: float, max_requests: int, atol: float) -> dict:
+def bench_server(
+    server: ServeProcess,
+    protocol: str,
+    concurrency: int,
+    batch: int,
+    pool: np.ndarray,
+    reference: np.ndarray,
+    seconds: float,
+    max_requests: int,
+    atol: float,
+) -> dict:
     if protocol == "http":
         import tritonclient.http as triton
     else:
@@ -114,20 +134,35 @@ def bench_server(server: ServeProcess, protocol: str, concurrency: int, batch: i
     for t in threads:
         t.join(seconds + 120)
     wall = time.perf_counter() - start
-    return {"mode": "server", "protocol": protocol, "concurrency": concurrency, "batch": batch,
-            "requests": len(latencies), "req_per_s": round(len(latencies) / wall, 1),
-            "images_per_s": round(batch * len(latencies) / wall, 1), **percentiles(latencies),
-            "failed": len(failures), "wrong": wrong, "max_abs_diff": worst, "first_failures": failures[:3]}
+    return {
+        "mode": "server",
+        "protocol": protocol,
+        "concurrency": concurrency,
+        "batch": batch,
+        "requests": len(latencies),
+        "req_per_s": round(len(latencies) / wall, 1),
+        "images_per_s": round(batch * len(latencies) / wall, 1),
+        **percentiles(latencies),
+        "failed": len(failures),
+        "wrong": wrong,
+        "max_abs_diff": worst,
+        "first_failures": failures[:3],
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| mode | server | protocol | concurrency | batch | req/s | images/s | p50 ms | p90 ms | p99 ms | failed | wrong |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| mode | server | protocol | concurrency | batch | req/s | images/s "
+        "| p50 ms | p90 ms | p99 ms | failed | wrong |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r.get('server', '-')} | {r.get('protocol', '-')} | {r.get('concurrency', 1)} | "
-                     f"{r['batch']} | {r.get('req_per_s', r.get('images_per_s', 0) / r['batch']):.1f} | "
-                     f"{r['images_per_s']:.1f} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
-                     f"{r.get('failed', 0)} | {r.get('wrong', 0)} |")
+        lines.append(
+            f"| {r['mode']} | {r.get('server', '-')} | {r.get('protocol', '-')} | {r.get('concurrency', 1)} | "
+            f"{r['batch']} | {r.get('req_per_s', r.get('images_per_s', 0) / r['batch']):.1f} | "
+            f"{r['images_per_s']:.1f} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
+            f"{r.get('failed', 0)} | {r.get('wrong', 0)} |"
+        )
     return "\n".join(lines)
 
 
@@ -165,22 +200,47 @@ def main(argv=None):
         for mb in max_batches:
             label = f"{inst} inst, max batch {mb}"
             with tempfile.TemporaryDirectory() as tmp:
-                server = ServeProcess(args.artifact, "--instances", inst, "--max-batch", mb,
-                                      "--max-queue-delay-us", args.max_queue_delay_us, log=Path(tmp) / "serve.log")
+                server = ServeProcess(
+                    args.artifact,
+                    "--instances",
+                    inst,
+                    "--max-batch",
+                    mb,
+                    "--max-queue-delay-us",
+                    args.max_queue_delay_us,
+                    log=Path(tmp) / "serve.log",
+                )
                 try:
                     for c in concurrency:
-                        r = bench_server(server, args.protocol, c, args.batch, pool, reference, args.seconds,
-                                         args.max_requests, args.atol)
+                        r = bench_server(
+                            server,
+                            args.protocol,
+                            c,
+                            args.batch,
+                            pool,
+                            reference,
+                            args.seconds,
+                            args.max_requests,
+                            args.atol,
+                        )
                         rows.append({**r, "server": label})
                         print(table(rows[-1:]).splitlines()[-1], flush=True)
                 finally:
                     code, _ = server.stop(signal.SIGTERM)
-    result = {"artifact": str(args.artifact), "spec": spec.to_dict(), "command": " ".join(sys.argv),
-              "machine_before": before, "load_average_after": list(os.getloadavg()), "rows": rows}
+    result = {
+        "artifact": str(args.artifact),
+        "spec": spec.to_dict(),
+        "command": " ".join(sys.argv),
+        "machine_before": before,
+        "load_average_after": list(os.getloadavg()),
+        "rows": rows,
+    }
     print()
     print(table(rows))
-    print(f"\nload average before {before['load_average']}, after {result['load_average_after']} "
-          f"({before['cores']} cores: {before['cpu']})")
+    print(
+        f"\nload average before {before['load_average']}, after {result['load_average_after']} "
+        f"({before['cores']} cores: {before['cpu']})"
+    )
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")
     bad = sum(r.get("failed", 0) + r.get("wrong", 0) for r in rows)

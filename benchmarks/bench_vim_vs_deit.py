@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from vimdeploy import bench  # noqa: E402
+from vimdeploy.bench.models import _vim_fp16  # noqa: E402
 
 
 def fp16_check():
@@ -40,16 +41,19 @@ def fp16_check():
     m32 = m32.cuda().eval()
     m16 = VisionMamba(VARIANTS["tiny"], scan="cuda")
     m16.load_state_dict(m32.state_dict())
-    m16 = bench._vim_fp16(m16).cuda().eval()
+    m16 = _vim_fp16(m16).cuda().eval()
     x = torch.randn(4, 3, 224, 224, device="cuda")
     with torch.inference_mode():
         ref = m32(x)
         with torch.autocast("cuda", dtype=torch.float16):
             auto = m32(x).float()
         cast = m16(x.half()).float()
-    return {"max_abs_cast_vs_autocast": (cast - auto).abs().max().item(),
-            "max_abs_autocast_vs_fp32": (auto - ref).abs().max().item(),
-            "max_abs_cast_vs_fp32": (cast - ref).abs().max().item(), "max_abs_logit": ref.abs().max().item()}
+    return {
+        "max_abs_cast_vs_autocast": (cast - auto).abs().max().item(),
+        "max_abs_autocast_vs_fp32": (auto - ref).abs().max().item(),
+        "max_abs_cast_vs_fp32": (cast - ref).abs().max().item(),
+        "max_abs_logit": ref.abs().max().item(),
+    }
 
 
 def main():
@@ -111,8 +115,9 @@ def main():
             if key == "profile":
                 jpath.write_text(json.dumps(result, indent=1))
                 continue
-        part = bench.run_bench([runner], sizes, batches, args.max_batch, iters=args.iters, seconds=args.seconds,
-                               progress=True, env=env)
+        part = bench.run_bench(
+            [runner], sizes, batches, args.max_batch, iters=args.iters, seconds=args.seconds, progress=True, env=env
+        )
         result["settings"] = part["settings"]
         result["runners"] += part["runners"]
         result["rows"] += part["rows"]

@@ -19,10 +19,22 @@ import tempfile
 import time
 from pathlib import Path
 
-NVCC_FLAGS = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-              "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-              "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__", "--expt-relaxed-constexpr",
-              "--expt-extended-lambda", "--use_fast_math", "-lineinfo", "--threads", "4"]
+NVCC_FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+    "--expt-relaxed-constexpr",
+    "--expt-extended-lambda",
+    "--use_fast_math",
+    "-lineinfo",
+    "--threads",
+    "4",
+]
 
 
 def forward_only(cpp: str) -> str:
@@ -57,11 +69,14 @@ def main():
         (work / "selective_scan.cpp").write_text(forward_only((src / "selective_scan.cpp").read_text()))
         args.out.mkdir(parents=True, exist_ok=True)
         t = time.time()
-        load(name="selective_scan_cuda",
-             sources=[str(work / "selective_scan.cpp")] + sorted(str(p) for p in work.glob("selective_scan_fwd_*.cu")),
-             extra_cflags=["-O3", "-std=c++17"],
-             extra_cuda_cflags=NVCC_FLAGS + ["-gencode", f"arch=compute_{args.arch},code=sm_{args.arch}"],
-             build_directory=str(args.out), verbose=False)
+        load(
+            name="selective_scan_cuda",
+            sources=[str(work / "selective_scan.cpp")] + sorted(str(p) for p in work.glob("selective_scan_fwd_*.cu")),
+            extra_cflags=["-O3", "-std=c++17"],
+            extra_cuda_cflags=NVCC_FLAGS + ["-gencode", f"arch=compute_{args.arch},code=sm_{args.arch}"],
+            build_directory=str(args.out),
+            verbose=False,
+        )
     print(f"built {args.out}/selective_scan_cuda.so in {time.time() - t:.0f} s")
 
 

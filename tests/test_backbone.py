@@ -13,8 +13,8 @@ import onnx
 import pytest
 import torch
 
-from vimdeploy.export import export_onnx
 from vimdeploy.contract import OP_TYPE
+from vimdeploy.export import export_onnx
 from vimdeploy.model import load_model
 from vimdeploy.runtime import open_engine
 
@@ -39,8 +39,15 @@ def small_ckpt(tmp_path_factory):
 def golden_dynamic(golden, tmp_path_factory):
     """The golden checkpoint in one plugin-flavor ONNX for every resolution, with all backbone outputs."""
     d = tmp_path_factory.mktemp("golden_dynamic")
-    return export_onnx(golden["checkpoint"], d / "vim_t_dyn.onnx", img_size="dynamic", batch="dynamic",
-                       scan="plugin", feature_map=True, out_indices=OUT_INDICES)
+    return export_onnx(
+        golden["checkpoint"],
+        d / "vim_t_dyn.onnx",
+        img_size="dynamic",
+        batch="dynamic",
+        scan="plugin",
+        feature_map=True,
+        out_indices=OUT_INDICES,
+    )
 
 
 def test_feature_map_is_the_normed_patch_grid_in_image_order():
@@ -58,7 +65,7 @@ def test_feature_map_is_the_normed_patch_grid_in_image_order():
         conv = model.patch_embed.proj(x)  # (2, C, 14, 20)
         pe = model.pos_embed_for((14, 20))[0]  # (14*20 + 1, C), class token at the middle
         mid = 14 * 20 // 2
-        pe_grid = torch.cat([pe[:mid], pe[mid + 1:]]).T.reshape(-1, 14, 20)
+        pe_grid = torch.cat([pe[:mid], pe[mid + 1 :]]).T.reshape(-1, 14, 20)
         tokens = (conv + pe_grid).permute(0, 2, 3, 1)  # channels last for the norm
         expected = rms_norm(tokens, model.norm_f.weight).permute(0, 3, 1, 2)
     assert fmap.shape == (2, model.cfg.embed_dim, 14, 20)
@@ -87,11 +94,24 @@ def test_resize_node_matches_torch_bicubic():
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="cubic", cubic_coeff_a=-0.75,
-                            coordinate_transformation_mode="half_pixel", exclude_outside=0)
-    graph = helper.make_graph([node], "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
-                                            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    node = helper.make_node(
+        "Resize",
+        ["x", "", "", "sizes"],
+        ["y"],
+        mode="cubic",
+        cubic_coeff_a=-0.75,
+        coordinate_transformation_mode="half_pixel",
+        exclude_outside=0,
+    )
+    graph = helper.make_graph(
+        [node],
+        "r",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = torch.randn(1, 8, 14, 14)
@@ -179,8 +199,20 @@ def test_fixed_non_square_export(small_ckpt, tmp_path):
 
 def test_cli_dynamic_export_infer_validate(cli, small_ckpt, tmp_path):
     onnx_path = tmp_path / "dyn.onnx"
-    r = cli("export", small_ckpt, "-o", onnx_path, "--img-size", "dynamic", "--feature-map", "--out-indices", "0,1",
-            "--scan", "onnx", "--json")
+    r = cli(
+        "export",
+        small_ckpt,
+        "-o",
+        onnx_path,
+        "--img-size",
+        "dynamic",
+        "--feature-map",
+        "--out-indices",
+        "0,1",
+        "--scan",
+        "onnx",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["outputs"] == ["logits", "features", "feature_map", "feature_map_0", "feature_map_1"]
@@ -195,10 +227,20 @@ def test_cli_dynamic_export_infer_validate(cli, small_ckpt, tmp_path):
         assert sorted(out.files) == sorted(["logits", "features", "feature_map", "feature_map_0", "feature_map_1"])
         _check_outputs(dict(out), _reference(model, x, out.files))
     # A checkpoint gives feature maps on request, and a bad name or size is one clear line.
-    r = cli("infer", small_ckpt, "--input", tmp_path / "x.npy", "-o", tmp_path / "ref.npz", "--outputs",
-            "logits,feature_map_1")
+    r = cli(
+        "infer",
+        small_ckpt,
+        "--input",
+        tmp_path / "x.npy",
+        "-o",
+        tmp_path / "ref.npz",
+        "--outputs",
+        "logits,feature_map_1",
+    )
     assert r.exit_code == 0 and sorted(np.load(tmp_path / "ref.npz").files) == ["feature_map_1", "logits"]
-    r = cli("infer", small_ckpt, "--input", tmp_path / "x.npy", "-o", tmp_path / "ref.npz", "--outputs", "feature_map_9")
+    r = cli(
+        "infer", small_ckpt, "--input", tmp_path / "x.npy", "-o", tmp_path / "ref.npz", "--outputs", "feature_map_9"
+    )
     assert r.exit_code == 1 and "feature_map_9" in r.stderr
     np.save(tmp_path / "bad.npy", np.zeros((1, 3, 230, 224), np.float32))
     r = cli("infer", onnx_path, "--input", tmp_path / "bad.npy", "-o", tmp_path / "bad.npz")
@@ -211,12 +253,15 @@ def test_cli_dynamic_export_infer_validate(cli, small_ckpt, tmp_path):
     assert set(report["per_output"]) == {"logits", "features", "feature_map", "feature_map_0", "feature_map_1"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--img-size", "224x230"], "patch grid"),
-    (["--img-size", "big"], "HxW"),
-    (["--out-indices", "0,2"], "blocks 0..1"),
-    (["--out-indices", "a"], "block numbers"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--img-size", "224x230"], "patch grid"),
+        (["--img-size", "big"], "HxW"),
+        (["--out-indices", "0,2"], "blocks 0..1"),
+        (["--out-indices", "a"], "block numbers"),
+    ],
+)
 def test_bad_backbone_options_are_one_clear_line(cli, small_ckpt, tmp_path, args, message):
     r = cli("export", small_ckpt, "-o", tmp_path / "a.onnx", *args)
     assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.output
@@ -224,6 +269,7 @@ def test_bad_backbone_options_are_one_clear_line(cli, small_ckpt, tmp_path, args
 
 
 # ---------------------------------------------------------------------------------------- evaluate
+
 
 @pytest.fixture(scope="module")
 def digits_folder(tmp_path_factory):
@@ -283,10 +329,11 @@ def test_evaluate_with_a_labels_file_and_bad_data(cli, tmp_path):
 
 # ------------------------------------------------------------------- TensorRT profiles (pure helpers)
 
+
 def test_build_profiles_over_height_and_width():
+    from vimdeploy.errors import InputError
     from vimdeploy.tensorrt.builder import make_profile
     from vimdeploy.tensorrt.profiles import check_profile_grid, parse_size_range
-    from vimdeploy.errors import InputError
 
     assert parse_size_range(None) is None
     assert parse_size_range("224:384:1248") == ((224, 384, 1248), (224, 384, 1248))
@@ -300,8 +347,10 @@ def test_build_profiles_over_height_and_width():
     check_profile_grid(profile, {"patch_size": "16", "stride": "16"})
     check_profile_grid(profile, {})  # an ONNX without the metadata: nothing to check
     with pytest.raises(InputError, match="230"):
-        check_profile_grid(make_profile([None, 3, None, None], None, parse_size_range("224:230:1248")),
-                           {"patch_size": "16", "stride": "16"})
+        check_profile_grid(
+            make_profile([None, 3, None, None], None, parse_size_range("224:230:1248")),
+            {"patch_size": "16", "stride": "16"},
+        )
     # A fixed non-square export: its own size is accepted, another is refused.
     assert make_profile([1, 3, 224, 320], None, parse_size_range("224x320"))["opt"] == [1, 3, 224, 320]
     with pytest.raises(InputError, match="fixed 224x320"):
@@ -313,9 +362,11 @@ def test_public_api_is_lazy_and_complete():
     import subprocess
     import sys
 
-    code = ("import sys, vimdeploy; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt') if m in sys.modules];"
-            "print(heavy); names = [n for n in vimdeploy.__all__ if n != '__version__'];"
-            "print(all(callable(getattr(vimdeploy, n)) for n in names))")
+    code = (
+        "import sys, vimdeploy; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt') if m in sys.modules];"
+        "print(heavy); names = [n for n in vimdeploy.__all__ if n != '__version__'];"
+        "print(all(callable(getattr(vimdeploy, n)) for n in names))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "True"]
 

@@ -63,8 +63,9 @@ def test_find_max_batch_nothing_fits_and_other_errors_propagate():
 
 def test_run_bench_rows_json_and_table():
     r = FakeRunner(fits=8)
-    res = bench.run_bench([r], [224, 738], batches=[1, 16], max_batch=32, warmup=1, iters=3, seconds=0.0,
-                          progress=False)
+    res = bench.run_bench(
+        [r], [224, 738], batches=[1, 16], max_batch=32, warmup=1, iters=3, seconds=0.0, progress=False
+    )
     rows = res["rows"]
     assert len(rows) == 2 * 3
     json.loads(json.dumps(res))  # JSON-ready
@@ -85,8 +86,9 @@ def test_run_bench_rows_json_and_table():
 
 def test_too_slow_skips_larger_sizes():
     r = FakeRunner(delay=0.05)
-    res = bench.run_bench([r], [224, 512], batches=[1], warmup=1, iters=2, seconds=0.0, max_forward_s=0.01,
-                          progress=False)
+    res = bench.run_bench(
+        [r], [224, 512], batches=[1], warmup=1, iters=2, seconds=0.0, max_forward_s=0.01, progress=False
+    )
     assert [row["status"] for row in res["rows"]] == ["too_slow", "skipped"]
     assert res["rows"][0]["est_ms"] >= 40
     assert "too slow" in bench.format_table(res)
@@ -94,8 +96,16 @@ def test_too_slow_skips_larger_sizes():
 
 def test_plot_writes_both_pngs(tmp_path):
     pytest.importorskip("matplotlib")
-    res = bench.run_bench([FakeRunner(name="a"), FakeRunner(name="b", fits=2)], [224, 512], batches=[1],
-                          max_batch=4, warmup=1, iters=2, seconds=0.0, progress=False)
+    res = bench.run_bench(
+        [FakeRunner(name="a"), FakeRunner(name="b", fits=2)],
+        [224, 512],
+        batches=[1],
+        max_batch=4,
+        warmup=1,
+        iters=2,
+        seconds=0.0,
+        progress=False,
+    )
     for row in res["rows"]:  # pretend GPU memory was measured
         row.setdefault("peak_mem_mib", 100.0 * row["size"] / 224)
     paths = bench.plot(res, tmp_path)
@@ -119,8 +129,25 @@ def test_cli_cpu_run_writes_json(cli, tmp_path, monkeypatch):
 
     monkeypatch.setitem(VARIANTS, "tiny", VARIANTS["tiny"].replace(depth=2))  # same code path, CI-fast
     out = tmp_path / "b.json"
-    res = cli("bench", "--model", "vim_tiny", "--device", "cpu", "--sizes", "32", "--batch", "1", "--warmup", "1",
-              "--iters", "1", "--seconds", "0", "--json-out", out)
+    res = cli(
+        "bench",
+        "--model",
+        "vim_tiny",
+        "--device",
+        "cpu",
+        "--sizes",
+        "32",
+        "--batch",
+        "1",
+        "--warmup",
+        "1",
+        "--iters",
+        "1",
+        "--seconds",
+        "0",
+        "--json-out",
+        out,
+    )
     assert res.exit_code == 0, res.output
     # the CPU default is scan "auto" (the native CPU kernel when built, else the fast scan)
     assert "| Vim-Ti (auto scan) | 32 (5) | 1 | ok |" in res.output
@@ -137,16 +164,24 @@ def test_categorize_kernel_names():
     assert categorize("nvjet_sm90_hsh_192x192_64x4_1x2_h_bz_coopB_TNN") == "GEMM (linear)"
     assert categorize("void (anonymous namespace)::deltaKernel<1>(Args)") == "delta (dt_proj + softplus)"
     assert categorize("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "add + RMSNorm"
-    assert categorize("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>") == \
-        "copies / transposes / cat"
-    assert categorize("void (anonymous namespace)::convSiluXProj<6>((anonymous namespace)::Args)") == \
-        "conv + SiLU + x_proj (one kernel)"
-    assert categorize("void (anonymous namespace)::convSiluAsync<__half, 8, 4, 32>(Args)") == \
-        "conv (patch embed, depthwise 1-D)"
+    assert (
+        categorize("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>")
+        == "copies / transposes / cat"
+    )
+    assert (
+        categorize("void (anonymous namespace)::convSiluXProj<6>((anonymous namespace)::Args)")
+        == "conv + SiLU + x_proj (one kernel)"
+    )
+    assert (
+        categorize("void (anonymous namespace)::convSiluAsync<__half, 8, 4, 32>(Args)")
+        == "conv (patch embed, depthwise 1-D)"
+    )
     # Inductor's kernels around the opaque ops carry the ops' names but are element-wise work
     assert categorize("triton_poi_fused__unsafe_view_bi_selective_scan_cuda_exp_neg_new_zeros_slice_3") != "scan kernel"
-    assert categorize("triton_poi_fused__unsafe_view_cat_constant_pad_nd_conv_silu_xproj_bidir_split_with_sizes_2") == \
-        "copies / transposes / cat"
+    assert (
+        categorize("triton_poi_fused__unsafe_view_cat_constant_pad_nd_conv_silu_xproj_bidir_split_with_sizes_2")
+        == "copies / transposes / cat"
+    )
     assert categorize("some_unknown_kernel") == "other"
 
 

@@ -13,7 +13,9 @@ from vimdeploy.model import load_model, read_checkpoint
 from .conftest import small_model
 
 
-def official_training_checkpoint(model, ema_model, model_name="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"):
+def official_training_checkpoint(
+    model, ema_model, model_name="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
+):
     """Shaped like hustvl/Vim main.py's checkpoint.pth."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return {
@@ -23,8 +25,15 @@ def official_training_checkpoint(model, ema_model, model_name="vim_tiny_patch16_
         "epoch": 299,
         "model_ema": ema_model.state_dict(),
         "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 17},
-        "args": argparse.Namespace(model=model_name, input_size=224, batch_size=128, lr=5e-4,
-                                   data_path="/data/imagenet", model_ema=True, drop_path=0.05),
+        "args": argparse.Namespace(
+            model=model_name,
+            input_size=224,
+            batch_size=128,
+            lr=5e-4,
+            data_path="/data/imagenet",
+            model_ema=True,
+            drop_path=0.05,
+        ),
     }
 
 
@@ -82,9 +91,11 @@ def test_other_layouts(tmp_path, models, x, layout):
 
 
 def test_variant_inferred_from_shapes(tmp_path):
-    for cfg, expect in [({"embed_dim": 384, "stride": 8}, (384, 8, 224, 730)),
-                        ({"embed_dim": 192, "stride": 16}, (192, 16, 224, 197)),
-                        ({"embed_dim": 192, "stride": 16, "img_size": 384}, (192, 16, 384, 577))]:
+    for cfg, expect in [
+        ({"embed_dim": 384, "stride": 8}, (384, 8, 224, 730)),
+        ({"embed_dim": 192, "stride": 16}, (192, 16, 224, 197)),
+        ({"embed_dim": 192, "stride": 16, "img_size": 384}, (192, 16, 384, 577)),
+    ]:
         model = small_model(**cfg)
         path = tmp_path / "m.pth"
         torch.save({"model": model.state_dict()}, path)
@@ -103,6 +114,7 @@ def test_stride_override(tmp_path):
 
 # --- bad files: a clear message through `vimdeploy info`, exit status 1, no traceback -------------
 
+
 def assert_refused(cli, path, *needles):
     result = cli("info", path)
     assert result.exit_code == 1, result.output
@@ -119,8 +131,13 @@ def test_mismatched_checkpoint_lists_missing_unexpected_misshaped(tmp_path, cli,
     sd["layers.0.mixer.gamma"] = torch.ones(192)
     sd["layers.0.mixer.x_proj.weight"] = torch.zeros(40, 384)
     torch.save({"model": sd}, tmp_path / "bad.pth")
-    text = assert_refused(cli, tmp_path / "bad.pth", "missing: layers.1.mixer.D_b", "unexpected: layers.0.mixer.gamma",
-                          "mis-shaped: layers.0.mixer.x_proj.weight (40, 384) (expected (44, 384))")
+    text = assert_refused(
+        cli,
+        tmp_path / "bad.pth",
+        "missing: layers.1.mixer.D_b",
+        "unexpected: layers.0.mixer.gamma",
+        "mis-shaped: layers.0.mixer.x_proj.weight (40, 384) (expected (44, 384))",
+    )
     assert text.count("\n") == 1  # one paragraph
 
 
@@ -153,10 +170,13 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, cli, models, 
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b"this is not a checkpoint\n", "not a PyTorch checkpoint"),
-    (b"", "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"this is not a checkpoint\n", "not a PyTorch checkpoint"),
+        (b"", "truncated or corrupt"),
+    ],
+)
 def test_not_a_checkpoint(tmp_path, cli, content, needle):
     (tmp_path / "x.pth").write_bytes(content)
     assert_refused(cli, tmp_path / "x.pth", needle)

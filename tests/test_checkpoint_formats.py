@@ -48,12 +48,14 @@ def onnx_file(path):
     from onnx import TensorProto, helper
 
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])),
-              str(path))
+    onnx.save(
+        helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])), str(path)
+    )
     return path
 
 
 # --- safetensors ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name,prefix", [("vim_t.safetensors", ""), ("renamed.pth", "model.")])
 def test_safetensors_golden_parity(golden, golden_model, tmp_path, name, prefix):
@@ -78,8 +80,10 @@ def test_safetensors_prefixes(tmp_path, model, x, prefix):
 
 def test_safetensors_flattened_training_dict_picks_model_or_ema(tmp_path, x):
     model, ema = small_model(seed=4), small_model(seed=5)
-    flat = {**{"model." + k: v for k, v in model.state_dict().items()},
-            **{"model_ema." + k: v for k, v in ema.state_dict().items()}}
+    flat = {
+        **{"model." + k: v for k, v in model.state_dict().items()},
+        **{"model_ema." + k: v for k, v in ema.state_dict().items()},
+    }
     path = save_safetensors(flat, tmp_path / "train.safetensors")
     loaded, ckpt = load_model(path)
     assert ckpt.source == "model" and sorted(ckpt.top_level_keys) == ["model", "model_ema"]
@@ -120,6 +124,7 @@ def test_safetensors_via_infer_cli(tmp_path, cli, model, x):
 
 
 # --- what a file is, by its content ---------------------------------------------------------------
+
 
 def numpy_bytes(save, **arrays) -> bytes:
     buffer = io.BytesIO()
@@ -168,13 +173,16 @@ def cli_info(path):
     return subprocess.run([sys.executable, "-m", "vimdeploy", "info", str(path)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("case,needles", [
-    ("onnx", ["is an ONNX model, not a PyTorch checkpoint", "vimdeploy inspect"]),
-    ("plan", ["is a TensorRT engine (plan), not a PyTorch checkpoint", "vimdeploy inspect"]),
-    ("random", ["is not a PyTorch checkpoint", "nor any file vimdeploy reads", "it starts with bytes"]),
-    ("truncated_safetensors", ["safetensors file that is truncated or corrupt"]),
-    ("truncated_zip", ["truncated or corrupt"]),
-])
+@pytest.mark.parametrize(
+    "case,needles",
+    [
+        ("onnx", ["is an ONNX model, not a PyTorch checkpoint", "vimdeploy inspect"]),
+        ("plan", ["is a TensorRT engine (plan), not a PyTorch checkpoint", "vimdeploy inspect"]),
+        ("random", ["is not a PyTorch checkpoint", "nor any file vimdeploy reads", "it starts with bytes"]),
+        ("truncated_safetensors", ["safetensors file that is truncated or corrupt"]),
+        ("truncated_zip", ["truncated or corrupt"]),
+    ],
+)
 def test_wrong_or_broken_file_given_to_info(tmp_path, model, case, needles):
     path = tmp_path / "model.pth"
     if case == "onnx":
@@ -185,7 +193,9 @@ def test_wrong_or_broken_file_given_to_info(tmp_path, model, case, needles):
         path.write_bytes(np.random.default_rng(0).bytes(4096))
     else:
         full = tmp_path / "full"
-        save_safetensors(model.state_dict(), full) if case == "truncated_safetensors" else torch.save(model.state_dict(), full)
+        save_safetensors(model.state_dict(), full) if case == "truncated_safetensors" else torch.save(
+            model.state_dict(), full
+        )
         data = full.read_bytes()
         path.write_bytes(data[: len(data) // 2])
     result = cli_info(path)
@@ -206,6 +216,7 @@ def test_plain_pickle_is_refused_without_unpickling(tmp_path, model):
 
 # --- declared shapes within limits ----------------------------------------------------------------
 
+
 def with_head(model, classes: int) -> dict:
     """The model's weights with a head of `classes` rows declared: one stored value, broadcast
     (the file stays small, its shapes say what it would take to build)."""
@@ -215,10 +226,13 @@ def with_head(model, classes: int) -> dict:
     return sd
 
 
-@pytest.mark.parametrize("classes,needles", [
-    (50_000_000, ["head.weight (50000000, 192)", f"at most {MAX_VALUES:,}"]),
-    (LIMITS["num_classes"] + 1, ["head.weight declares num_classes", f"<= {LIMITS['num_classes']:,}"]),
-])
+@pytest.mark.parametrize(
+    "classes,needles",
+    [
+        (50_000_000, ["head.weight (50000000, 192)", f"at most {MAX_VALUES:,}"]),
+        (LIMITS["num_classes"] + 1, ["head.weight declares num_classes", f"<= {LIMITS['num_classes']:,}"]),
+    ],
+)
 def test_huge_head_is_refused_before_allocating(tmp_path, model, cli, classes, needles):
     path = tmp_path / "huge.pth"
     torch.save({"model": with_head(model, classes)}, path)
@@ -252,6 +266,7 @@ def test_safetensors_header_declaring_more_than_its_data(tmp_path):
 
 
 # --- NaN / inf weights ----------------------------------------------------------------------------
+
 
 def nonfinite_weights(model) -> dict:
     sd = {k: v.clone() for k, v in model.state_dict().items()}

@@ -84,11 +84,14 @@ def test_infer_writes_logits_and_features_and_replaces_atomically(cli, small_ckp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz", "x.npy"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("array,needle", [
-    (np.zeros((2, 224, 224), np.float32), "expected an NCHW batch"),
-    (np.zeros((1, 3, 230, 230), np.float32), "does not fit the patch grid"),
-    (np.zeros((0, 3, 224, 224), np.float32), "empty"),
-])
+@pytest.mark.parametrize(
+    "array,needle",
+    [
+        (np.zeros((2, 224, 224), np.float32), "expected an NCHW batch"),
+        (np.zeros((1, 3, 230, 230), np.float32), "does not fit the patch grid"),
+        (np.zeros((0, 3, 224, 224), np.float32), "empty"),
+    ],
+)
 def test_infer_bad_inputs(cli, small_ckpt, tmp_path, array, needle):
     np.save(tmp_path / "x.npy", array)
     result = cli("infer", small_ckpt, "--input", tmp_path / "x.npy", "-o", tmp_path / "o.npz")

@@ -50,8 +50,11 @@ def test_sizes_and_defaults():
 
 
 def test_dtype_codes():
-    codes = {name[len("VIMDEPLOY_DTYPE_"):].lower(): int(v) for name, v in PARAMS.items()
-             if name.startswith("VIMDEPLOY_DTYPE_")}
+    codes = {
+        name[len("VIMDEPLOY_DTYPE_") :].lower(): int(v)
+        for name, v in PARAMS.items()
+        if name.startswith("VIMDEPLOY_DTYPE_")
+    }
     assert codes == contract.DTYPES
 
 
@@ -63,7 +66,7 @@ def test_struct_inputs_are_the_contract_inputs_in_order():
     inputs = [name for ctype, name in fields if ctype.replace(" ", "") == "voidconst*"]
     assert tuple(inputs) == contract.INPUT_NAMES
     # the inputs head the struct (the plugin copies TensorRT's input array onto them), y follows
-    assert [name for _, name in fields[:len(inputs) + 1]] == [*contract.INPUT_NAMES, "y"]
+    assert [name for _, name in fields[: len(inputs) + 1]] == [*contract.INPUT_NAMES, "y"]
     names = re.findall(r'"(\w+)"', PARAMS["VIMDEPLOY_SCAN_INPUT_NAMES"])
     assert tuple(names) == contract.INPUT_NAMES
 
@@ -73,7 +76,9 @@ def test_scan_variant_ids_are_the_ones_python_forces():
     from vimdeploy.ops.cuda import VARIANTS
 
     api = defines("bi_selective_scan.h")
-    ids = {name: int(v.split()[0]) for name, v in api.items() if re.fullmatch(r"VIMDEPLOY_SCAN_STEPS\d+_THREADS\d", name)}
+    ids = {
+        name: int(v.split()[0]) for name, v in api.items() if re.fullmatch(r"VIMDEPLOY_SCAN_STEPS\d+_THREADS\d", name)
+    }
     assert int(api["VIMDEPLOY_SCAN_AUTO"]) == 0
     assert sorted(ids.values()) == list(VARIANTS) == list(range(1, int(api["VIMDEPLOY_SCAN_NUM_VARIANTS"])))
 

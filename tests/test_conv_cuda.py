@@ -30,7 +30,9 @@ from torch import nn
 from .conftest import count_calls, golden_dir, small_model
 
 cuda = pytest.mark.cuda
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)"
+)
 
 
 def test_reference_matches_the_model_convs():
@@ -63,6 +65,7 @@ def test_aligned_x_proj_is_x_proj():
 
 
 # --------------------------------------------------------------------------- GPU
+
 
 @pytest.fixture(scope="session")
 def kernel_lib(cuda_kernels):
@@ -200,8 +203,16 @@ def test_op_cuda_graph_compile_and_errors(kernel_lib):
     taps = w["fwd"][:, 0].contiguous()
     y = torch.empty_like(x)
     with pytest.raises(PluginError, match="unsupported"):
-        launch(x, w["fwd"][:, 0, :3].contiguous(), None, w["bwd"][:, 0, :3].contiguous(), None, y, y.clone(),
-               variant="tiled32")  # tiled kernels are k = 4 only
+        launch(
+            x,
+            w["fwd"][:, 0, :3].contiguous(),
+            None,
+            w["bwd"][:, 0, :3].contiguous(),
+            None,
+            y,
+            y.clone(),
+            variant="tiled32",
+        )  # tiled kernels are k = 4 only
     with pytest.raises(PluginError):
         conv_silu_bidir(x, torch.zeros(E, 1, 9, device="cuda"), None, torch.zeros(E, 1, 9, device="cuda"), None)
     launch(x, taps, None, taps, None, y, y.clone())  # no bias: accepted
@@ -261,6 +272,7 @@ def test_vim_tiny_golden_with_fused_conv(kernel_lib, precision, monkeypatch):
 
 
 # --------------------------------------------------------------------------- conv + x_proj
+
 
 def xproj_case(b, L, E, rows, seed, bias=True):
     x, w, cbias = make_case(b, L, E, 4, torch.float16, seed=seed)
@@ -327,8 +339,12 @@ def test_conv_xproj_fallbacks_graph_and_compile(kernel_lib):
     in a CUDA graph and one opaque node under torch.compile."""
     from vimdeploy.ops.conv import conv_silu_bidir, conv_silu_xproj_bidir, xproj_kernel_applies
 
-    for dtype, E, rows in ((torch.float32, 384, 48), (torch.float16, 96, 48), (torch.float16, 384, 88),
-                           (torch.float16, 384, 44)):
+    for dtype, E, rows in (
+        (torch.float32, 384, 48),
+        (torch.float16, 96, 48),
+        (torch.float16, 384, 88),
+        (torch.float16, 384, 44),
+    ):
         x, conv, proj = xproj_case(2, 197, E, rows, seed=E + rows)
         x = x.to(dtype)
         assert not xproj_kernel_applies(x, 4, rows)

@@ -24,8 +24,9 @@ CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
 def _compile(args, cwd):
-    r = subprocess.run([CXX, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", *args], cwd=cwd,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [CXX, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", *args], cwd=cwd, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-4000:]
 
 
@@ -53,7 +54,9 @@ def _include_dirs():
     dirs = [d for d in os.environ.get("TENSORRT_INCLUDE_DIR", "").split(os.pathsep) if d]
     if not dirs:
         pytest.skip("set TENSORRT_INCLUDE_DIR to TensorRT include folder(s) (':'-separated) to compile the sample")
-    cuda = [Path(p) / "include" for p in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if p]
+    cuda = [
+        Path(p) / "include" for p in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if p
+    ]
     cuda = next((p for p in cuda if (p / "cuda_runtime_api.h").is_file()), None)
     if cuda is None:
         pytest.skip("CUDA headers (cuda_runtime_api.h) not found: set CUDA_HOME")
@@ -66,6 +69,17 @@ def test_sample_compiles_against_tensorrt_headers(tmp_path):
     for i, d in enumerate(dirs):
         assert (Path(d) / "NvInferRuntime.h").is_file(), f"{d} has no NvInferRuntime.h"
         # TensorRT's headers warn about their own deprecated enums: include them as system headers.
-        _compile(["-c", str(SAMPLE / "vim_classify.cpp"), "-isystem", d, "-isystem", str(cuda),
-                  "-o", str(tmp_path / f"vim_classify_{i}.o")], tmp_path)
+        _compile(
+            [
+                "-c",
+                str(SAMPLE / "vim_classify.cpp"),
+                "-isystem",
+                d,
+                "-isystem",
+                str(cuda),
+                "-o",
+                str(tmp_path / f"vim_classify_{i}.o"),
+            ],
+            tmp_path,
+        )
         assert (tmp_path / f"vim_classify_{i}.o").stat().st_size > 0

@@ -18,12 +18,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from .conftest import count_calls, golden_dir, small_model
 
 cuda = pytest.mark.cuda
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)"
+)
 
 
 def mamba_softplus(v):
@@ -43,6 +44,7 @@ def test_reference_is_mamba_softplus_of_dt_proj():
 
 
 # --------------------------------------------------------------------------- GPU
+
 
 @pytest.fixture(scope="session")
 def kernel_lib(cuda_kernels):
@@ -110,16 +112,17 @@ def test_every_element_written_and_batched_shapes(kernel_lib):
     """A (b, L, R) slice gives (b, L, E); an output poisoned with NaN first is fully written."""
     import ctypes
 
-    from vimdeploy.ops.delta import DeltaParams, _entry, delta_softplus
     from vimdeploy.contract import DTYPES
+    from vimdeploy.ops.delta import DeltaParams, _entry, delta_softplus
 
     dt, weight, bias = make_case(2 * 301, 12, 100, 48, seed=7)
     got = delta_softplus(dt.reshape(2, 301, 12), weight, bias)
     assert got.shape == (2, 301, 100)
     check(got.reshape(-1, 100), dt, weight, bias, "batched")
     out = torch.full((dt.shape[0], 100), float("nan"), dtype=torch.float16, device="cuda")
-    p = DeltaParams(dt.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), dt.shape[0], 100, 12, 48,
-                    DTYPES["float16"])
+    p = DeltaParams(
+        dt.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), dt.shape[0], 100, 12, 48, DTYPES["float16"]
+    )
     assert _entry()(ctypes.byref(p), torch.cuda.current_stream().cuda_stream) == 0
     check(out, dt, weight, bias, "poisoned output")
 
@@ -149,11 +152,13 @@ def test_op_cuda_graph_compile_fallbacks_and_errors(kernel_lib):
     compiled = torch.compile(lambda t: delta_softplus(t, weight, bias), fullgraph=True)
     torch.testing.assert_close(compiled(dt), eager, rtol=0, atol=0)
     # fp32, or a rank past the kernel's 64: the PyTorch form
-    torch.testing.assert_close(delta_softplus(dt.float(), weight.float(), bias),
-                               delta_softplus_reference(dt.float(), weight.float(), bias))
+    torch.testing.assert_close(
+        delta_softplus(dt.float(), weight.float(), bias), delta_softplus_reference(dt.float(), weight.float(), bias)
+    )
     wide, w_wide = torch.randn(10, 65, device="cuda").half(), torch.randn(8, 65, device="cuda").half()
-    torch.testing.assert_close(delta_softplus(wide, w_wide, None), delta_softplus_reference(wide, w_wide, None),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        delta_softplus(wide, w_wide, None), delta_softplus_reference(wide, w_wide, None), rtol=0, atol=0
+    )
     with pytest.raises(PluginError, match="weight"):
         delta_softplus(dt, weight[:, :5], bias)
     with pytest.raises(PluginError, match="bias"):

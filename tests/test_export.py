@@ -11,12 +11,12 @@ import onnx
 import pytest
 import torch
 
-from vimdeploy.export import export_onnx
 from vimdeploy.contract import ATTRIBUTES, DOMAIN, INPUT_NAMES, OP_TYPE
+from vimdeploy.export import export_onnx
 from vimdeploy.export.portable import CHUNK, bi_selective_scan_onnx
+from vimdeploy.model.checkpoint import file_sha256
 from vimdeploy.ops import ScanInputs, get_scan
 from vimdeploy.ops.reference import bi_selective_scan_reference
-from vimdeploy.model.checkpoint import file_sha256
 from vimdeploy.runtime import open_engine
 
 from .conftest import small_model
@@ -28,8 +28,10 @@ ATOL = 1e-4  # fp32 golden bound on logits (golden README: real mistakes are ~0.
 def golden_onnx(golden, tmp_path_factory):
     """The golden checkpoint exported in both flavors with a dynamic batch."""
     d = tmp_path_factory.mktemp("golden_onnx")
-    return {flavor: export_onnx(golden["checkpoint"], d / f"vim_t_{flavor}.onnx", batch="dynamic", scan=flavor)
-            for flavor in ("plugin", "onnx")}
+    return {
+        flavor: export_onnx(golden["checkpoint"], d / f"vim_t_{flavor}.onnx", batch="dynamic", scan=flavor)
+        for flavor in ("plugin", "onnx")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,14 @@ def scan_inputs(b=2, L=37, E=12, N=4, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     acts = [r(b, L, E), r(b, L, E), r(b, L, E), r(b, L, N), r(b, L, N), r(b, L, E), r(b, L, E), r(b, L, N), r(b, L, N)]
-    params = [-torch.rand(E, N, generator=g, dtype=dtype) * 2, -torch.rand(E, N, generator=g, dtype=dtype),
-              r(E), r(E), r(E) * 0.5, r(E) * 0.5]
+    params = [
+        -torch.rand(E, N, generator=g, dtype=dtype) * 2,
+        -torch.rand(E, N, generator=g, dtype=dtype),
+        r(E),
+        r(E),
+        r(E) * 0.5,
+        r(E) * 0.5,
+    ]
     return ScanInputs(*acts, *params)
 
 
@@ -57,15 +65,15 @@ TRACED = {"op": get_scan("auto"), "portable": bi_selective_scan_onnx}
 def test_export_scan_backends_match_the_reference(backend, softplus, scale):
     inputs = scan_inputs()
     if not softplus:  # dt must be a positive step size without the softplus, else the scan blows up
-        inputs = inputs._replace(**{k: getattr(inputs, k).abs() * 0.3
-                                    for k in ("dt_fwd", "dt_bwd", "dt_bias_fwd", "dt_bias_bwd")})
+        inputs = inputs._replace(
+            **{k: getattr(inputs, k).abs() * 0.3 for k in ("dt_fwd", "dt_bwd", "dt_bias_fwd", "dt_bias_bwd")}
+        )
     expected = bi_selective_scan_reference(inputs, delta_softplus=softplus, out_scale=scale)
     got = TRACED[backend](inputs, delta_softplus=softplus, out_scale=scale)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # fp64 in, fp64 math: the portable scan is the same recurrence, to rounding.
     inputs64 = scan_inputs(dtype=torch.float64)
-    torch.testing.assert_close(TRACED[backend](inputs64), bi_selective_scan_reference(inputs64),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(TRACED[backend](inputs64), bi_selective_scan_reference(inputs64), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("L", [1, 2, CHUNK - 1, CHUNK, CHUNK + 1, 197, 1031])
@@ -75,8 +83,9 @@ def test_chunked_portable_scan_matches_the_reference_at_every_length(L, softplus
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         inputs = scan_inputs(L=L, seed=L, dtype=dtype)
         if not softplus:
-            inputs = inputs._replace(**{k: getattr(inputs, k).abs() * 0.3
-                                        for k in ("dt_fwd", "dt_bwd", "dt_bias_fwd", "dt_bias_bwd")})
+            inputs = inputs._replace(
+                **{k: getattr(inputs, k).abs() * 0.3 for k in ("dt_fwd", "dt_bwd", "dt_bias_fwd", "dt_bias_bwd")}
+            )
         expected = bi_selective_scan_reference(inputs, delta_softplus=softplus, out_scale=scale)
         got = bi_selective_scan_onnx(inputs, delta_softplus=softplus, out_scale=scale)
         assert got.dtype == dtype and got.shape == expected.shape
@@ -107,8 +116,10 @@ def test_plugin_flavor_follows_the_op_contract(golden, golden_onnx):
     assert len(nodes) == 24  # one per layer
     assert {o.domain: o.version for o in proto.opset_import}[DOMAIN] == 1
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
-    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]}
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
+    }
     for node in nodes:
         assert node.domain == DOMAIN and len(node.input) == len(INPUT_NAMES) == 15 and len(node.output) == 1
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -165,8 +176,7 @@ def test_metadata_and_io(golden, golden_onnx):
 
 def all_nodes(graph) -> int:
     """Nodes of a graph and of every subgraph (Scan / Loop / If bodies) in it."""
-    return sum(1 + sum(all_nodes(a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
-               for n in graph.node)
+    return sum(1 + sum(all_nodes(a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH) for n in graph.node)
 
 
 @pytest.mark.parametrize("flavor", ["plugin", "onnx"])

@@ -26,8 +26,18 @@ def test_golden_through_infer_cli(golden, tmp_path):
     """The scriptable interface, run as users run it: the installed entry point."""
     np.save(tmp_path / "x.npy", golden["input"])
     out = tmp_path / "out.npz"
-    cmd = [sys.executable, "-m", "vimdeploy", "infer", str(golden["checkpoint"]),
-           "--input", str(tmp_path / "x.npy"), "-o", str(out), "--features"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vimdeploy",
+        "infer",
+        str(golden["checkpoint"]),
+        "--input",
+        str(tmp_path / "x.npy"),
+        "-o",
+        str(out),
+        "--features",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     got = np.load(out)
     assert np.abs(got["logits"] - golden["logits"]).max() <= TOL

@@ -49,8 +49,14 @@ def run(*args, full_disk=None, max_file_bytes=None):
     def limit():  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
-    proc = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=300,
-                          preexec_fn=limit if max_file_bytes else None)
+    proc = subprocess.run(
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=limit if max_file_bytes else None,
+    )
     return proc.returncode, proc.stderr
 
 
@@ -96,10 +102,12 @@ def test_malformed_onnx_in_every_command_that_reads_one(files, tmp_path, name):
     bad = files / name
     out = tmp_path / "out"
     out.mkdir()
-    for args in (["inspect", bad],
-                 ["infer", bad, "--input", files / "batch.npy", "-o", out / "o.npz"],
-                 ["validate", bad, "--ref", files / "small.pth", "--batch", "1"],
-                 ["convert", bad, "-o", out / "c.onnx", "--precision", "fp16"]):
+    for args in (
+        ["inspect", bad],
+        ["infer", bad, "--input", files / "batch.npy", "-o", out / "o.npz"],
+        ["validate", bad, "--ref", files / "small.pth", "--batch", "1"],
+        ["convert", bad, "-o", out / "c.onnx", "--precision", "fp16"],
+    ):
         assert_one_error(run(*args), str(bad))
     # build checks for TensorRT first: without it, its (multi-line) install hint is the error;
     # with it, the ONNX's (test_malformed_onnx_before_the_tensorrt_build)
@@ -153,7 +161,6 @@ def test_file_size_limit_during_convert_leaves_nothing(files, tmp_path):
     """A real failing write (EFBIG past RLIMIT_FSIZE) half-way through the ONNX."""
     out = tmp_path / "out"
     out.mkdir()
-    result = run("convert", files / "model.onnx", "-o", out / "c.onnx", "--precision", "fp16",
-                 max_file_bytes=64 << 10)
+    result = run("convert", files / "model.onnx", "-o", out / "c.onnx", "--precision", "fp16", max_file_bytes=64 << 10)
     assert_one_error(result, "File too large", str(out / "c.onnx"))
     assert list(out.iterdir()) == []

@@ -18,7 +18,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from vimdeploy.contract import (
-    ACTIVATIONS, DIMS, DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION, input_shapes,
+    ACTIVATIONS,
+    DIMS,
+    DOMAIN,
+    INPUT_NAMES,
+    OP_TYPE,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    input_shapes,
 )
 from vimdeploy.ops import ScanInputs, get_scan, native
 from vimdeploy.ops.check import ScanInputError
@@ -26,8 +33,10 @@ from vimdeploy.ops.check import ScanInputError
 SIZES = {"b": 2, "L": 5, "E": 8, "N": 16}
 GOOD = input_shapes(*SIZES.values())
 needs_cpu_kernel = pytest.mark.skipif(not native.cpu_available(), reason="the native CPU scan is not built")
-needs_ort_op = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
-                                  reason="onnxruntime-extensions (the Python ONNX Runtime op) is not installed")
+needs_ort_op = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime_extensions") is None,
+    reason="onnxruntime-extensions (the Python ONNX Runtime op) is not installed",
+)
 
 
 def shape_cases():
@@ -37,14 +46,19 @@ def shape_cases():
     for i, (name, shape) in enumerate(zip(INPUT_NAMES, GOOD)):
         for d, dim in enumerate(DIMS[i]):
             for label, size in (("short", shape[d] - 1), ("long", shape[d] + 3)):
-                yield f"{name}-{dim}-{label}", i, shape[:d] + (size,) + shape[d + 1:]
+                yield f"{name}-{dim}-{label}", i, shape[:d] + (size,) + shape[d + 1 :]
         yield f"{name}-rank-up", i, shape + (1,)
         yield f"{name}-rank-down", i, shape[:-1]
 
 
 SHAPE_CASES = list(shape_cases())
-ATTRIBUTE_CASES = [("softplus-2", 2, 0.5), ("softplus-minus-1", -1, 0.5), ("scale-nan", 1, math.nan),
-                   ("scale-inf", 1, math.inf), ("scale-minus-inf", 1, -math.inf)]
+ATTRIBUTE_CASES = [
+    ("softplus-2", 2, 0.5),
+    ("softplus-minus-1", -1, 0.5),
+    ("scale-nan", 1, math.nan),
+    ("scale-inf", 1, math.inf),
+    ("scale-minus-inf", 1, -math.inf),
+]
 
 
 def arrays(shapes=GOOD, seed=0) -> list[np.ndarray]:
@@ -71,6 +85,7 @@ def test_the_corpus_covers_every_input_dimension_and_rank():
 
 
 # ---- the PyTorch ops and the native CPU call ---------------------------------------------------
+
 
 @pytest.mark.parametrize("scan", ["auto", "cpu"])
 @pytest.mark.parametrize("case, i, shape", SHAPE_CASES, ids=[c for c, _, _ in SHAPE_CASES])
@@ -155,15 +170,22 @@ def test_consistent_inputs_still_run():
 
 # ---- the ONNX Runtime op --------------------------------------------------------------------
 
+
 def scan_model(shapes, dtype=TensorProto.FLOAT, **attrs) -> onnx.ModelProto:
     """One BiSelectiveScan node whose inputs are the graph's inputs, of the given shapes."""
-    values = {"delta_softplus": 1, "out_scale": 0.5, "plugin_version": PLUGIN_VERSION,
-              "plugin_namespace": PLUGIN_NAMESPACE, **attrs}
+    values = {
+        "delta_softplus": 1,
+        "out_scale": 0.5,
+        "plugin_version": PLUGIN_VERSION,
+        "plugin_namespace": PLUGIN_NAMESPACE,
+        **attrs,
+    }
     node = helper.make_node(OP_TYPE, list(INPUT_NAMES), ["y"], domain=DOMAIN, **values)
     ins = [helper.make_tensor_value_info(n, dtype, s) for n, s in zip(INPUT_NAMES, shapes)]
     graph = helper.make_graph([node], "scan", ins, [helper.make_tensor_value_info("y", dtype, None)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
-                             ir_version=10)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)], ir_version=10
+    )
 
 
 def run_scan_model(model, shapes):
@@ -216,6 +238,7 @@ def test_the_onnxruntime_op_still_runs_consistent_inputs():
 
 
 # ---- a whole exported model: inspect and infer --------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
@@ -279,8 +302,22 @@ def test_inspect_calls_a_hostile_node_incompatible(tiny_export, case, edit):
 def test_infer_on_a_hostile_export_is_one_error_line(tiny_export, case, edit):
     path = hostile_copy(tiny_export, case, **edit)
     out = tiny_export / f"{case}.npz"
-    r = subprocess.run([sys.executable, "-m", "vimdeploy", "infer", str(path), "--input", str(tiny_export / "batch.npy"),
-                        "-o", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimdeploy",
+            "infer",
+            str(path),
+            "--input",
+            str(tiny_export / "batch.npy"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in r.stderr.splitlines() + r.stdout.splitlines() if line.strip()]
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr, r.stderr

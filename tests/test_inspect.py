@@ -53,12 +53,15 @@ def test_dequantize_over_int32_is_refused(tmp_path, cli):
     assert errors(dq_model(tmp_path, np.arange(4, dtype=np.int8), zero_point=np.int8(0))) == []
 
 
-@pytest.mark.parametrize("scale,zero_point,expect", [
-    (0.1, np.int8(3), "zero point"),                     # asymmetric
-    (-0.1, np.int8(0), "finite and > 0"),               # negative scale
-    (0.0, None, "finite and > 0"),
-    (0.1, np.int8(0), None),                            # symmetric: fine
-])
+@pytest.mark.parametrize(
+    "scale,zero_point,expect",
+    [
+        (0.1, np.int8(3), "zero point"),  # asymmetric
+        (-0.1, np.int8(0), "finite and > 0"),  # negative scale
+        (0.0, None, "finite and > 0"),
+        (0.1, np.int8(0), None),  # symmetric: fine
+    ],
+)
 def test_qdq_scale_and_zero_point_rules(tmp_path, scale, zero_point, expect):
     path = dq_model(tmp_path, np.arange(4, dtype=np.int8), scale, zero_point)
     found = errors(path)
@@ -69,7 +72,10 @@ def test_qdq_scale_and_zero_point_rules(tmp_path, scale, zero_point, expect):
 
 
 def test_quantize_to_uint8_and_per_channel_activation_are_refused(tmp_path):
-    inits = [numpy_helper.from_array(np.full(4, 0.1, np.float32), "s"), numpy_helper.from_array(np.zeros(4, np.uint8), "zp")]
+    inits = [
+        numpy_helper.from_array(np.full(4, 0.1, np.float32), "s"),
+        numpy_helper.from_array(np.zeros(4, np.uint8), "zp"),
+    ]
     node = helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q", axis=0)
     path = save(tmp_path, [node], inits, [f32("x", [4])], [helper.make_tensor_value_info("q", TensorProto.UINT8, [4])])
     found = errors(path)
@@ -77,10 +83,13 @@ def test_quantize_to_uint8_and_per_channel_activation_are_refused(tmp_path):
 
 
 def test_unsupported_op_and_foreign_domain(tmp_path):
-    nodes = [helper.make_node("Unique", ["x"], ["u"], name="uniq"),
-             helper.make_node("Gelu2", ["x"], ["g"], name="custom", domain="com.example")]
-    path = save(tmp_path, nodes, [], [f32("x", [4])], [f32("u", [None]), f32("g", [4])],
-                opsets=(("", 20), ("com.example", 1)))
+    nodes = [
+        helper.make_node("Unique", ["x"], ["u"], name="uniq"),
+        helper.make_node("Gelu2", ["x"], ["g"], name="custom", domain="com.example"),
+    ]
+    path = save(
+        tmp_path, nodes, [], [f32("x", [4])], [f32("u", [None]), f32("g", [4])], opsets=(("", 20), ("com.example", 1))
+    )
     found = errors(path)
     assert any("Unique is not supported" in e for e in found)
     assert any("plugin registered as 'Gelu2'" in e for e in found)
@@ -101,15 +110,25 @@ def scan_node(**attrs):
 def scan_model(tmp_path, node, act=TensorProto.FLOAT, param=TensorProto.FLOAT, out=TensorProto.FLOAT):
     ins = [helper.make_tensor_value_info(f"a{i}", act, None) for i in range(9)]
     ins += [helper.make_tensor_value_info(f"p{i}", param, None) for i in range(6)]
-    return save(tmp_path, [node], [], ins, [helper.make_tensor_value_info("y", out, None)],
-                opsets=(("", 20), ("trt.plugins", 1)))
+    return save(
+        tmp_path,
+        [node],
+        [],
+        ins,
+        [helper.make_tensor_value_info("y", out, None)],
+        opsets=(("", 20), ("trt.plugins", 1)),
+    )
 
 
 def test_scan_node_contract(tmp_path):
     ok = scan_model(tmp_path, scan_node(delta_softplus=1, out_scale=0.5))
     assert errors(ok) == []
-    ok16 = scan_model(tmp_path, scan_node(delta_softplus=1, out_scale=0.5, plugin_version="1"),
-                      act=TensorProto.FLOAT16, out=TensorProto.FLOAT16)
+    ok16 = scan_model(
+        tmp_path,
+        scan_node(delta_softplus=1, out_scale=0.5, plugin_version="1"),
+        act=TensorProto.FLOAT16,
+        out=TensorProto.FLOAT16,
+    )
     assert errors(ok16) == []
     cases = {
         "plugin_version '2'": scan_node(delta_softplus=1, out_scale=0.5, plugin_version="2"),
@@ -119,8 +138,13 @@ def test_scan_node_contract(tmp_path):
     }
     for expect, node in cases.items():
         assert any(expect in e for e in errors(scan_model(tmp_path, node))), expect
-    half_params = scan_model(tmp_path, scan_node(delta_softplus=1, out_scale=0.5), act=TensorProto.FLOAT16,
-                             param=TensorProto.FLOAT16, out=TensorProto.FLOAT16)
+    half_params = scan_model(
+        tmp_path,
+        scan_node(delta_softplus=1, out_scale=0.5),
+        act=TensorProto.FLOAT16,
+        param=TensorProto.FLOAT16,
+        out=TensorProto.FLOAT16,
+    )
     assert any("are FLOAT by the op contract" in e for e in errors(half_params))
     short = helper.make_node("BiSelectiveScan", ["a0"], ["y"], domain="trt.plugins", delta_softplus=1, out_scale=0.5)
     assert any("takes 15 inputs" in e for e in errors(scan_model(tmp_path, short)))
@@ -141,9 +165,19 @@ def test_inspect_exported_model_json(cli, tmp_path):
 def test_inspect_engine_reads_its_sidecar(cli, tmp_path):
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine")
-    side = {"tensorrt": "10.16.0.1", "gpu": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
-            "input": "images", "outputs": ["logits"], "profiles": [{"min": [1, 3, 224, 224]}],
-            "io": {"images": {"dtype": "FP32", "shape": [-1, 3, 224, 224]}, "logits": {"dtype": "FP32", "shape": [-1, 1000]}}}
+    side = {
+        "tensorrt": "10.16.0.1",
+        "gpu": "NVIDIA H100",
+        "compute_capability": "9.0",
+        "precision": "fp16",
+        "input": "images",
+        "outputs": ["logits"],
+        "profiles": [{"min": [1, 3, 224, 224]}],
+        "io": {
+            "images": {"dtype": "FP32", "shape": [-1, 3, 224, 224]},
+            "logits": {"dtype": "FP32", "shape": [-1, 1000]},
+        },
+    }
     (tmp_path / "m.plan.json").write_text(json.dumps(side))
     result = cli("inspect", plan, "--json")
     assert result.exit_code == 0

@@ -15,21 +15,23 @@ def expected_parameters(embed_dim, depth=24, d_state=16, d_conv=4, patch=16, gri
     D, E, N, K = embed_dim, 2 * embed_dim, d_state, d_conv
     R = math.ceil(D / 16)
     per_layer = (
-        D * 2 * E                      # in_proj (no bias)
-        + 2 * (E * K + E)              # conv1d, conv1d_b (depthwise, bias)
-        + 2 * E * (R + 2 * N)          # x_proj, x_proj_b (no bias)
-        + 2 * (R * E + E)              # dt_proj, dt_proj_b
-        + 2 * E * N                    # A_log, A_b_log
-        + 2 * E                        # D, D_b
-        + E * D                        # out_proj (no bias)
-        + D                            # RMSNorm weight
+        D * 2 * E  # in_proj (no bias)
+        + 2 * (E * K + E)  # conv1d, conv1d_b (depthwise, bias)
+        + 2 * E * (R + 2 * N)  # x_proj, x_proj_b (no bias)
+        + 2 * (R * E + E)  # dt_proj, dt_proj_b
+        + 2 * E * N  # A_log, A_b_log
+        + 2 * E  # D, D_b
+        + E * D  # out_proj (no bias)
+        + D  # RMSNorm weight
     )
     top = 3 * patch * patch * D + D + D + (grid * grid + 1) * D + D + D * classes + classes
     return depth * per_layer + top
 
 
-@pytest.mark.parametrize("variant,embed_dim,grid", [
-    ("tiny", 192, 14), ("small", 384, 14), ("base", 768, 14), ("tiny-s8", 192, 27), ("small-s8", 384, 27)])
+@pytest.mark.parametrize(
+    "variant,embed_dim,grid",
+    [("tiny", 192, 14), ("small", 384, 14), ("base", 768, 14), ("tiny-s8", 192, 27), ("small-s8", 384, 27)],
+)
 def test_parameter_counts(variant, embed_dim, grid):
     with torch.device("meta"):
         model = VisionMamba(VARIANTS[variant])
@@ -46,11 +48,34 @@ def test_vim_tiny_has_the_published_parameter_count():
 def test_state_dict_keys_are_the_official_ones():
     with torch.device("meta"):
         sd = VisionMamba(VimConfig(depth=1)).state_dict()
-    mixer = {"A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
-             "dt_proj.bias", "A_b_log", "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_proj_b.weight",
-             "dt_proj_b.bias", "D_b", "out_proj.weight"}
-    expected = {"patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed", "norm_f.weight",
-                "head.weight", "head.bias", "layers.0.norm.weight"} | {f"layers.0.mixer.{k}" for k in mixer}
+    mixer = {
+        "A_log",
+        "D",
+        "in_proj.weight",
+        "conv1d.weight",
+        "conv1d.bias",
+        "x_proj.weight",
+        "dt_proj.weight",
+        "dt_proj.bias",
+        "A_b_log",
+        "conv1d_b.weight",
+        "conv1d_b.bias",
+        "x_proj_b.weight",
+        "dt_proj_b.weight",
+        "dt_proj_b.bias",
+        "D_b",
+        "out_proj.weight",
+    }
+    expected = {
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "cls_token",
+        "pos_embed",
+        "norm_f.weight",
+        "head.weight",
+        "head.bias",
+        "layers.0.norm.weight",
+    } | {f"layers.0.mixer.{k}" for k in mixer}
     assert set(sd) == expected
     assert sd["layers.0.mixer.A_log"].shape == (384, 16) and sd["layers.0.mixer.conv1d.weight"].shape == (384, 1, 4)
 
@@ -83,7 +108,7 @@ def test_resample_keeps_the_class_token_apart_and_interpolates_the_grid():
     assert out.shape == (1, 78 * 78 + 1, c)
     new_mid = 78 * 78 // 2
     torch.testing.assert_close(out[:, new_mid], cls[:, 0])  # class token untouched, at the new middle
-    rest = torch.cat([out[:, :new_mid], out[:, new_mid + 1:]], dim=1)
+    rest = torch.cat([out[:, :new_mid], out[:, new_mid + 1 :]], dim=1)
     torch.testing.assert_close(rest, torch.full_like(rest, 3.0))  # a constant field stays constant
 
 
@@ -136,8 +161,12 @@ def test_token_major_conv_matches_the_transposing_conv(anti_causal):
     for L in (1, 2, 5, 33):
         x = torch.randn(3, L, 16)
         padded = torch.nn.functional.pad(x, (0, 0, 3, 3))
-        torch.testing.assert_close(depthwise_conv_token_major(padded, conv, anti_causal, L),
-                                   depthwise_conv(x, conv, anti_causal), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            depthwise_conv_token_major(padded, conv, anti_causal, L),
+            depthwise_conv(x, conv, anti_causal),
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize("size", [(224, 224), (240, 256), (230, 250)])
@@ -190,11 +219,12 @@ def test_forward_is_one_torch_compile_graph():
 def test_the_front_is_chosen_per_model_and_cpu_takes_the_pytorch_path():
     """Every front computes the same CPU forward bit for bit (the token-major front runs on CUDA
     tensors only); the choice is the model's, shared by its blocks and its patch embedding."""
-    from vimdeploy.model import TokenMajorFront, TorchFront
-    from vimdeploy.model import vim
+    from vimdeploy.model import TokenMajorFront, TorchFront, vim
 
-    assert not any(hasattr(vim, flag) for flag in ("TOKEN_MAJOR_ON_GPU", "FUSED_CONV_ON_GPU",
-                                                   "DELTA_KERNEL_ON_GPU", "XPROJ_IN_CONV_ON_GPU"))
+    assert not any(
+        hasattr(vim, flag)
+        for flag in ("TOKEN_MAJOR_ON_GPU", "FUSED_CONV_ON_GPU", "DELTA_KERNEL_ON_GPU", "XPROJ_IN_CONV_ON_GPU")
+    )
     model = small_model(seed=2)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

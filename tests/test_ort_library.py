@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
-import onnx
 from onnx import TensorProto, helper
 
-from vimdeploy.contract import (ACTIVATIONS, D_STATE, DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE,
-                                PLUGIN_VERSION)
+from vimdeploy.contract import ACTIVATIONS, D_STATE, DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 from .conftest import REPO
 from .test_golden import TOL
@@ -77,13 +76,24 @@ def ort_library(tmp_path_factory) -> Path:
         return Path(prebuilt)
     include = header_dir()
     if include is None:
-        pytest.skip("ONNX Runtime's C API header (onnxruntime_c_api.h) not found: set ONNXRUNTIME_INCLUDE_DIR "
-                    "to the include/ of an ONNX Runtime release to build and test plugins/onnxruntime")
+        pytest.skip(
+            "ONNX Runtime's C API header (onnxruntime_c_api.h) not found: set ONNXRUNTIME_INCLUDE_DIR "
+            "to the include/ of an ONNX Runtime release to build and test plugins/onnxruntime"
+        )
     if shutil.which("cmake") is None:
         pytest.skip("cmake not found")
     build = tmp_path_factory.mktemp("ort_library")
-    for cmd in (["cmake", "-S", str(REPO / "plugins" / "onnxruntime"), "-B", str(build),
-                 f"-DONNXRUNTIME_INCLUDE_DIR={include}"], ["cmake", "--build", str(build)]):
+    for cmd in (
+        [
+            "cmake",
+            "-S",
+            str(REPO / "plugins" / "onnxruntime"),
+            "-B",
+            str(build),
+            f"-DONNXRUNTIME_INCLUDE_DIR={include}",
+        ],
+        ["cmake", "--build", str(build)],
+    ):
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
     return build / LIBRARY_NAME
@@ -94,10 +104,19 @@ def run_child(library: Path, model, feed: dict, tmp_path: Path, env: dict | None
     model_path = tmp_path / "model.onnx"
     model_path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
     np.savez(tmp_path / "inputs.npz", **feed)
-    job = {"library": str(library), "model": str(model_path), "inputs": str(tmp_path / "inputs.npz"),
-           "outputs": str(tmp_path / "outputs.npz")}
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=tmp_path)
+    job = {
+        "library": str(library),
+        "model": str(model_path),
+        "inputs": str(tmp_path / "inputs.npz"),
+        "outputs": str(tmp_path / "outputs.npz"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=tmp_path,
+    )
     # A signal (negative status) means the process crashed instead of raising.
     assert done.returncode in (0, ERROR_EXIT), f"exit status {done.returncode}\n{done.stdout}{done.stderr}"
     if done.returncode == ERROR_EXIT:
@@ -115,28 +134,41 @@ def run_ok(library: Path, model, feed: dict, tmp_path: Path, env: dict | None = 
 def node_model(activation=TensorProto.FLOAT, types: dict | None = None, **attrs):
     """One BiSelectiveScan node; graph inputs of no declared shape (the op checks shapes itself).
     An attribute given as None is left off the node."""
-    attrs = {"delta_softplus": 1, "out_scale": 0.5, "plugin_version": PLUGIN_VERSION,
-             "plugin_namespace": PLUGIN_NAMESPACE, **attrs}
+    attrs = {
+        "delta_softplus": 1,
+        "out_scale": 0.5,
+        "plugin_version": PLUGIN_VERSION,
+        "plugin_namespace": PLUGIN_NAMESPACE,
+        **attrs,
+    }
     attrs = {k: v for k, v in attrs.items() if v is not None}
     types = {n: activation if i < 9 else TensorProto.FLOAT for i, n in enumerate(INPUT_NAMES)} | (types or {})
     inputs = [helper.make_tensor_value_info(n, types[n], None) for n in INPUT_NAMES]
     node = helper.make_node(OP_TYPE, list(INPUT_NAMES), ["y"], domain=DOMAIN, **attrs)
-    graph = helper.make_graph([node], "bi_selective_scan", inputs, [helper.make_tensor_value_info("y", activation, None)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
-                             ir_version=10)
+    graph = helper.make_graph(
+        [node], "bi_selective_scan", inputs, [helper.make_tensor_value_info("y", activation, None)]
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)], ir_version=10
+    )
 
 
 def feed_of(inputs) -> dict:
     return {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs)}
 
 
-@pytest.mark.parametrize("b,L,E,softplus,scale", [(1, 1, 16, True, 0.5), (2, 197, 48, True, 0.5),
-                                                  (3, 61, 40, False, 1.0)])
+@pytest.mark.parametrize(
+    "b,L,E,softplus,scale", [(1, 1, 16, True, 0.5), (2, 197, 48, True, 0.5), (3, 61, 40, False, 1.0)]
+)
 def test_one_node_fp32_matches_fp64_recurrence(ort_library, tmp_path, b, L, E, softplus, scale):
     inputs = scan_inputs(b, L, E, seed=L + E)
     if not softplus:  # without softplus dt must already be a positive step size
-        inputs = inputs._replace(dt_fwd=inputs.dt_fwd.abs() * 0.3, dt_bwd=inputs.dt_bwd.abs() * 0.3,
-                                 dt_bias_fwd=inputs.dt_bias_fwd.abs(), dt_bias_bwd=inputs.dt_bias_bwd.abs())
+        inputs = inputs._replace(
+            dt_fwd=inputs.dt_fwd.abs() * 0.3,
+            dt_bwd=inputs.dt_bwd.abs() * 0.3,
+            dt_bias_fwd=inputs.dt_bias_fwd.abs(),
+            dt_bias_bwd=inputs.dt_bias_bwd.abs(),
+        )
     (y,) = run_ok(ort_library, node_model(delta_softplus=int(softplus), out_scale=scale), feed_of(inputs), tmp_path)
     assert y.dtype == np.float32 and y.shape == (b, L, E)
     ok, err = close(torch.from_numpy(y), reference64(inputs, delta_softplus=softplus, out_scale=scale))
@@ -165,8 +197,16 @@ def _resize(feed, name, shape):
 B, L, E = 2, 9, 32
 HOSTILE = {
     "inconsistent L": (lambda f: _resize(f, "x_fwd", (B, L + 1, E)), {}, "input 1 'x_fwd' has shape (2, 10, 32)"),
-    "D of length 1": (lambda f: _resize(f, "D_fwd", (1,)), {}, "input 11 'D_fwd' has shape (1,), expected (E,) = (32,)"),
-    "A 1x1": (lambda f: _resize(f, "A_bwd", (1, 1)), {}, "input 10 'A_bwd' has shape (1, 1), expected (E, N) = (32, 16)"),
+    "D of length 1": (
+        lambda f: _resize(f, "D_fwd", (1,)),
+        {},
+        "input 11 'D_fwd' has shape (1,), expected (E,) = (32,)",
+    ),
+    "A 1x1": (
+        lambda f: _resize(f, "A_bwd", (1, 1)),
+        {},
+        "input 10 'A_bwd' has shape (1, 1), expected (E, N) = (32, 16)",
+    ),
     "d_state 8": (lambda f: _resize(f, "C_bwd", (B, L, 8)), {}, "input 8 'C_bwd' has shape (2, 9, 8)"),
     "z of rank 2": (lambda f: _resize(f, "z", (L, E)), {}, "input 0 'z' must have rank 3"),
     "dt_bias of rank 2": (lambda f: _resize(f, "dt_bias_bwd", (E, 1)), {}, "input 14 'dt_bias_bwd' has shape (32, 1)"),
@@ -189,11 +229,15 @@ def test_hostile_node_raises_and_names_the_problem(ort_library, tmp_path, case):
     assert f"{DOMAIN}::{OP_TYPE}" in error and message in error, error
 
 
-@pytest.mark.parametrize("types,feed_dtypes", [
-    ({"A_fwd": TensorProto.DOUBLE}, {"A_fwd": np.float64}),
-    ({"x_bwd": TensorProto.FLOAT16}, {"x_bwd": np.float16}),
-    ({n: TensorProto.DOUBLE for n in INPUT_NAMES[:9]}, {n: np.float64 for n in INPUT_NAMES[:9]}),
-], ids=["fp64 A", "mixed activations", "fp64 activations"])
+@pytest.mark.parametrize(
+    "types,feed_dtypes",
+    [
+        ({"A_fwd": TensorProto.DOUBLE}, {"A_fwd": np.float64}),
+        ({"x_bwd": TensorProto.FLOAT16}, {"x_bwd": np.float16}),
+        ({n: TensorProto.DOUBLE for n in INPUT_NAMES[:9]}, {n: np.float64 for n in INPUT_NAMES[:9]}),
+    ],
+    ids=["fp64 A", "mixed activations", "fp64 activations"],
+)
 def test_wrong_dtypes_are_refused_with_an_exception(ort_library, tmp_path, types, feed_dtypes):
     """Types no kernel of the library takes: ONNX Runtime refuses the model (its own message)."""
     feed = feed_of(scan_inputs(B, L, E, seed=1))
@@ -215,8 +259,9 @@ def test_node_with_an_input_missing_is_refused_with_an_exception(ort_library, tm
 def test_library_exports_only_register_custom_ops_and_links_no_onnxruntime(ort_library):
     if shutil.which("nm") is None or shutil.which("readelf") is None:
         pytest.skip("binutils (nm, readelf) not found")
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(ort_library)], capture_output=True, text=True,
-                             check=True).stdout.split()
+    symbols = subprocess.run(
+        ["nm", "-D", "--defined-only", str(ort_library)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert [s for s in symbols if not s[0].isdigit() and len(s) > 1] == ["RegisterCustomOps"]
     dynamic = subprocess.run(["readelf", "-d", str(ort_library)], capture_output=True, text=True, check=True).stdout
     needed = [line.split()[-1] for line in dynamic.splitlines() if "(NEEDED)" in line]
@@ -227,9 +272,26 @@ def test_library_exports_only_register_custom_ops_and_links_no_onnxruntime(ort_l
 def golden_plugin_onnx(request, golden, tmp_path_factory) -> tuple[str, Path]:
     precision = request.param
     out = tmp_path_factory.mktemp("golden_onnx") / f"vim_t_plugin_{precision}.onnx"
-    subprocess.run([sys.executable, "-m", "vimdeploy", "export", str(golden["checkpoint"]), "-o", str(out),
-                    "--scan", "plugin", "--batch", "dynamic", "--precision", precision], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimdeploy",
+            "export",
+            str(golden["checkpoint"]),
+            "-o",
+            str(out),
+            "--scan",
+            "plugin",
+            "--batch",
+            "dynamic",
+            "--precision",
+            precision,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return precision, out
 
 

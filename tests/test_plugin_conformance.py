@@ -54,8 +54,10 @@ def trt_version(include: Path) -> str:
 HEADERS = header_dirs()
 GPU = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(
-    not HEADERS, reason="no TensorRT headers: set TENSORRT_INCLUDE_DIR (':'-separated), TensorRT_INCLUDE_DIR or "
-                        "TENSORRT_ROOT (the headers are in no pip wheel; NVIDIA/TensorRT's include/ on GitHub has them)")
+    not HEADERS,
+    reason="no TensorRT headers: set TENSORRT_INCLUDE_DIR (':'-separated), TensorRT_INCLUDE_DIR or "
+    "TENSORRT_ROOT (the headers are in no pip wheel; NVIDIA/TensorRT's include/ on GitHub has them)",
+)
 
 
 def cuda_arch() -> str:
@@ -76,17 +78,30 @@ def build(request, tmp_path_factory) -> dict:
     if nvcc is None:
         pytest.skip("nvcc not found: the plugin's kernel needs the CUDA toolkit to compile")
     out = tmp_path_factory.mktemp(f"conformance-trt{trt_version(request.param)}")
-    configure = ["cmake", "-S", str(REPO / "plugins"), "-B", str(out), f"-DCMAKE_CUDA_COMPILER={nvcc}",
-                 f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch()}", f"-DTensorRT_INCLUDE_DIR={request.param}",
-                 "-DTENSORRT_ROOT=", "-DVIMDEPLOY_BUILD_CONFORMANCE=ON"]
+    configure = [
+        "cmake",
+        "-S",
+        str(REPO / "plugins"),
+        "-B",
+        str(out),
+        f"-DCMAKE_CUDA_COMPILER={nvcc}",
+        f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch()}",
+        f"-DTensorRT_INCLUDE_DIR={request.param}",
+        "-DTENSORRT_ROOT=",
+        "-DVIMDEPLOY_BUILD_CONFORMANCE=ON",
+    ]
     for cmd in (configure, ["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)]):
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     major = trt_version(request.param).split(".")[0]
-    paths = {"static": out / "libvimdeploy_trt_plugin.so", "dynamic": out / "libvimdeploy_trt_plugin_dynamic.so",
-             "harness": out / "conformance" / "vimdeploy_conformance",
-             "stub": out / "conformance" / f"libnvinfer.so.{major}", "kernels": out / "libvimdeploy_kernels.so",
-             "major": major}
+    paths = {
+        "static": out / "libvimdeploy_trt_plugin.so",
+        "dynamic": out / "libvimdeploy_trt_plugin_dynamic.so",
+        "harness": out / "conformance" / "vimdeploy_conformance",
+        "stub": out / "conformance" / f"libnvinfer.so.{major}",
+        "kernels": out / "libvimdeploy_kernels.so",
+        "major": major,
+    }
     for k, p in paths.items():
         assert k == "major" or p.is_file(), f"{p} was not built"
     return paths
@@ -96,8 +111,8 @@ def write_node(node: onnx.NodeProto, path: Path) -> Path:
     lines = [f"op_type {node.op_type}", f"name {node.name or node.op_type}"]
     for a in node.attribute:
         kind = onnx.AttributeProto.AttributeType.Name(a.type)
-        value = {"INT": lambda: str(a.i), "FLOAT": lambda: repr(a.f), "STRING": lambda: a.s.decode()}.get(kind)
-        lines.append(f"attr {a.name} {kind} {value() if value else ''}".rstrip())
+        value = {"INT": lambda a: str(a.i), "FLOAT": lambda a: repr(a.f), "STRING": lambda a: a.s.decode()}.get(kind)
+        lines.append(f"attr {a.name} {kind} {value(a) if value else ''}".rstrip())
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -115,11 +130,23 @@ def exported_node(tmp_path_factory) -> onnx.NodeProto:
     return nodes[0]
 
 
-def write_case(d: Path, batch: int, L: int, E: int, dtype: torch.dtype, max_batch: int, max_L: int,
-               data: bool, seed: int = 0, node: onnx.NodeProto | None = None) -> Path:
+def write_case(
+    d: Path,
+    batch: int,
+    L: int,
+    E: int,
+    dtype: torch.dtype,
+    max_batch: int,
+    max_L: int,
+    data: bool,
+    seed: int = 0,
+    node: onnx.NodeProto | None = None,
+) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    (d / "case.txt").write_text(f"dtype {'fp16' if dtype == torch.float16 else 'fp32'}\nbatch {batch}\nL {L}\nE {E}\n"
-                                f"max_batch {max_batch}\nmax_L {max_L}\n")
+    (d / "case.txt").write_text(
+        f"dtype {'fp16' if dtype == torch.float16 else 'fp32'}\nbatch {batch}\nL {L}\nE {E}\n"
+        f"max_batch {max_batch}\nmax_L {max_L}\n"
+    )
     if data:
         from tests.test_plugin_cuda import ground_truth, make_inputs
 
@@ -149,8 +176,9 @@ CASES = [
 ]
 
 
-def run_harness(build: dict, library: str, node_txt: Path, cases: list[Path], *extra: str,
-                sanitizer: bool = False) -> subprocess.CompletedProcess:
+def run_harness(
+    build: dict, library: str, node_txt: Path, cases: list[Path], *extra: str, sanitizer: bool = False
+) -> subprocess.CompletedProcess:
     cmd = [str(build["harness"]), "--plugin", str(build[library]), "--node", str(node_txt)]
     cmd += ["--dynamic"] if library == "dynamic" else ["--stub", str(build["stub"])]
     for c in cases:
@@ -172,10 +200,15 @@ def test_host_part(build, exported_node, tmp_path, library):
     # The harness also feeds it what breaks the contract (conformance.cpp, "rejections"): each
     # refusal names the method and the input, on TensorRT's logger (dynamic library) or stderr.
     log = r.stdout if library == "dynamic" else r.stderr
-    for message in ("createPlugin: delta_softplus must be 0 or 1, got 2", "createPlugin: out_scale must be finite",
-                    "getOutputShapes: input 9 (A_fwd) has d_state = 17",
-                    "configurePlugin: input 11 (D_fwd) has E = ", "enqueue: input 14 (dt_bias_bwd) has E = ",
-                    "enqueue: input 3 (B_fwd) has L = ", "enqueue: input 9 (A_fwd) must be fp32"):
+    for message in (
+        "createPlugin: delta_softplus must be 0 or 1, got 2",
+        "createPlugin: out_scale must be finite",
+        "getOutputShapes: input 9 (A_fwd) has d_state = 17",
+        "configurePlugin: input 11 (D_fwd) has E = ",
+        "enqueue: input 14 (dt_bias_bwd) has E = ",
+        "enqueue: input 3 (B_fwd) has L = ",
+        "enqueue: input 9 (A_fwd) must be fp32",
+    ):
         assert message in log, message
 
 
@@ -203,7 +236,12 @@ def test_kernel_c_api_refuses_what_breaks_the_contract(build):
     lib = ctypes.CDLL(str(build["kernels"]))
     scan = lib.vimdeploy_bi_selective_scan_ex
     scan.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    bad = {**BAD_PARAMS, "variant 7": (dict(), INVALID), "variant -1": (dict(), INVALID), "num_chunks -1": (dict(), INVALID)}
+    bad = {
+        **BAD_PARAMS,
+        "variant 7": (dict(), INVALID),
+        "variant -1": (dict(), INVALID),
+        "num_chunks -1": (dict(), INVALID),
+    }
     knobs = {"variant 7": (0, 7), "variant -1": (0, -1), "num_chunks -1": (-1, 0)}
     for what, (change, code) in bad.items():
         p, y, keep = host_params((2, 5, 16), **change)
@@ -247,7 +285,8 @@ def gpu_cases(exported_node, tmp_path_factory) -> tuple[Path, list[Path]]:
     """The node and the cases with data (inputs, fp64 reference, bounds): written once."""
     d = tmp_path_factory.mktemp("cases")
     return write_node(exported_node, d / "node.txt"), [
-        write_case(d / f"c{i}", *c, data=True, seed=i, node=exported_node) for i, c in enumerate(CASES)]
+        write_case(d / f"c{i}", *c, data=True, seed=i, node=exported_node) for i, c in enumerate(CASES)
+    ]
 
 
 @pytest.mark.cuda
@@ -259,8 +298,9 @@ def test_enqueue_matches_the_reference(build, gpu_cases, library, run_sms):
     exactly the workspace it asked for."""
     node, cases = gpu_cases
     sanitizer = os.environ.get("VIMDEPLOY_SANITIZER") == "1"
-    r = run_harness(build, library, node, cases, "--build-sms", str(BUILD_SMS), "--run-sms", str(run_sms),
-                    sanitizer=sanitizer)
+    r = run_harness(
+        build, library, node, cases, "--build-sms", str(BUILD_SMS), "--run-sms", str(run_sms), sanitizer=sanitizer
+    )
     assert r.returncode == 0 and " 0 failures" in r.stdout, (r.stdout + r.stderr)[-8000:]
     if sanitizer:
         assert "ERROR SUMMARY: 0 errors" in r.stdout + r.stderr

@@ -40,10 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 N = 16
 
 cuda = pytest.mark.cuda
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)"
+)
 
 
 # --------------------------------------------------------------------------- build (CI)
+
 
 def test_kernel_library_builds_with_nvcc(tmp_path):
     """CI (nvcc, no GPU) compiles the kernel library on every run: through CMake as
@@ -61,10 +64,26 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
     else:
         lib_path = tmp_path / "libvimdeploy_kernels.so"
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs.split(";")]
-        r = subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *gencode,
-                            "-I", str(PLUGIN_SRC / "include"), str(PLUGIN_SRC / "kernels" / "bi_selective_scan.cu"),
-                            str(PLUGIN_SRC / "kernels" / "conv_silu.cu"), str(PLUGIN_SRC / "kernels" / "delta_softplus.cu"),
-                            "-o", str(lib_path)], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                nvcc,
+                "-O3",
+                "-std=c++17",
+                "-shared",
+                "-Xcompiler",
+                "-fPIC",
+                *gencode,
+                "-I",
+                str(PLUGIN_SRC / "include"),
+                str(PLUGIN_SRC / "kernels" / "bi_selective_scan.cu"),
+                str(PLUGIN_SRC / "kernels" / "conv_silu.cu"),
+                str(PLUGIN_SRC / "kernels" / "delta_softplus.cu"),
+                "-o",
+                str(lib_path),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr[-4000:]
     assert lib_path.is_file()
     lib = load_library(lib_path)  # loads without a GPU: only cudart is needed
@@ -79,6 +98,7 @@ def test_kernel_library_builds_with_nvcc(tmp_path):
 
 
 # --------------------------------------------------------------------------- GPU helpers
+
 
 @pytest.fixture(scope="session")
 def kernel_lib(cuda_kernels):
@@ -127,7 +147,7 @@ def ground_truth(args, delta_softplus=True, out_scale=0.5):
         h = x.new_zeros(bsz, E, N)
         y = torch.empty_like(x)
         m = torch.empty_like(x)
-        for t in (range(L - 1, -1, -1) if reverse else range(L)):
+        for t in range(L - 1, -1, -1) if reverse else range(L):
             dtt = delta[:, t].unsqueeze(-1)
             h = torch.exp(dtt * A) * h + (dtt * x[:, t].unsqueeze(-1)) * B[:, t].unsqueeze(1)
             y[:, t] = torch.einsum("ben,bn->be", h, C[:, t])
@@ -157,8 +177,10 @@ def check(out, args, delta_softplus=True, out_scale=0.5, what=""):
     report = os.environ.get("VIMDEPLOY_TEST_REPORT")
     if report:
         with open(report, "a") as f:
-            f.write(f"{what} {tuple(out.shape)} {out.dtype}: max err {err.max().item():.3e}, max|ref| {scale:.3e}, "
-                    f"rel-to-max {err.max().item() / max(scale, 1e-30):.2e}, err/bound {worst:.3f}\n")
+            f.write(
+                f"{what} {tuple(out.shape)} {out.dtype}: max err {err.max().item():.3e}, max|ref| {scale:.3e}, "
+                f"rel-to-max {err.max().item() / max(scale, 1e-30):.2e}, err/bound {worst:.3f}\n"
+            )
     assert worst <= 1.0, f"{what}: max err {err.max().item():.3e} (max|ref| {scale:.3e}), {worst:.2f}x the bound"
     return worst
 
@@ -226,7 +248,9 @@ def test_no_softplus(kernel_lib, dtype):
     b, L, E = 2, 300, 96
     args = make_inputs(b, L, E, torch.float32, seed=5)
     # delta = dt + bias must stay positive without softplus
-    args = args._replace(dt_fwd=F.softplus(args.dt_fwd) - args.dt_bias_fwd, dt_bwd=F.softplus(args.dt_bwd) - args.dt_bias_bwd)
+    args = args._replace(
+        dt_fwd=F.softplus(args.dt_fwd) - args.dt_bias_fwd, dt_bwd=F.softplus(args.dt_bwd) - args.dt_bias_bwd
+    )
     args = args._replace(**{name: getattr(args, name).to(dtype) for name in ACTIVATIONS})
     out = bi_selective_scan_cuda(args, delta_softplus=False, out_scale=1.0)
     check(out, args, False, 1.0, what="no softplus")
@@ -283,8 +307,10 @@ def test_unaligned_B_and_C_take_the_scalar_staging(kernel_lib, dtype):
 
 @cuda
 @needs_gpu
-@pytest.mark.parametrize("dtype,width,L", [(torch.float16, 48, 261), (torch.float32, 48, 261), (torch.float16, 44, 197),
-                                           (torch.float16, 48, 1)])
+@pytest.mark.parametrize(
+    "dtype,width,L",
+    [(torch.float16, 48, 261), (torch.float32, 48, 261), (torch.float16, 44, 197), (torch.float16, 48, 1)],
+)
 def test_B_C_slices_of_x_proj_output_are_read_in_place(kernel_lib, dtype, width, L):
     """The model hands the op B and C as slices of x_proj's (b, L, width) output: the kernel
     reads them in place (bc_stride = width, no copy) and gives, bit for bit, what it gives on
@@ -355,8 +381,8 @@ def test_op_noncontiguous_inputs_cuda_graph_and_compile(kernel_lib):
 @cuda
 @needs_gpu
 def test_op_rejects_bad_input(kernel_lib):
-    from vimdeploy.ops.cuda import bi_selective_scan_cuda
     from vimdeploy.ops.check import ScanInputError
+    from vimdeploy.ops.cuda import bi_selective_scan_cuda
     from vimdeploy.ops.native import PluginError
 
     args = make_inputs(1, 8, 32, torch.float32)
@@ -368,6 +394,7 @@ def test_op_rejects_bad_input(kernel_lib):
 
 
 # --------------------------------------------------------------------------- end to end
+
 
 def _golden_dir() -> Path | None:
     for c in (os.environ.get("VIMDEPLOY_GOLDEN"), REPO.parent / "shared" / "golden", REPO / ".golden"):

@@ -112,10 +112,12 @@ def test_one_node_network(trt, plugin_paths, dtype):
     args = make_inputs(b, L, E, dtype, seed=21)
     creator = trt.get_plugin_registry().get_creator("BiSelectiveScan", "1", "")
     assert creator is not None, "creator not registered"
-    fc = trt.PluginFieldCollection([
-        trt.PluginField("delta_softplus", np.array([1], np.int32), trt.PluginFieldType.INT32),
-        trt.PluginField("out_scale", np.array([0.5], np.float32), trt.PluginFieldType.FLOAT32),
-    ])
+    fc = trt.PluginFieldCollection(
+        [
+            trt.PluginField("delta_softplus", np.array([1], np.int32), trt.PluginFieldType.INT32),
+            trt.PluginField("out_scale", np.array([0.5], np.float32), trt.PluginFieldType.FLOAT32),
+        ]
+    )
     plugin = creator.create_plugin("scan", fc, trt.TensorRTPhase.BUILD)
     builder = trt.Builder(_logger(trt))
     network = _network(trt, builder)
@@ -149,8 +151,16 @@ def _one_node_onnx(args, out_scale=0.5):
         shape = ["batch", "L", t.shape[2]] if t.dim() == 3 else list(t.shape)
         ins.append(helper.make_tensor_value_info(name, ttype[t.dtype], shape))
     out = helper.make_tensor_value_info("y", ttype[args[1].dtype], ["batch", "L", args[1].shape[2]])
-    node = helper.make_node("BiSelectiveScan", list(NAMES), ["y"], domain="trt.plugins", delta_softplus=1,
-                            out_scale=float(out_scale), plugin_version="1", plugin_namespace="")
+    node = helper.make_node(
+        "BiSelectiveScan",
+        list(NAMES),
+        ["y"],
+        domain="trt.plugins",
+        delta_softplus=1,
+        out_scale=float(out_scale),
+        plugin_version="1",
+        plugin_namespace="",
+    )
     graph = helper.make_graph([node], "bi_scan", ins, [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("trt.plugins", 1)])
     model.ir_version = 8

@@ -60,8 +60,9 @@ def test_accuracy_per_precision_on_the_trained_model(digits_onnx, digits_test, t
     x, y = digits_test
     acc = {"fp32": digits.accuracy(open_engine(d / "fp32.onnx").run(x)["logits"], y)}
     for precision in ("fp16", "int8"):
-        out = convert_precision(d / "fp32.onnx", tmp_path / f"{precision}.onnx", precision, calib=calib,
-                                cache_dir=tmp_path / "cache")
+        out = convert_precision(
+            d / "fp32.onnx", tmp_path / f"{precision}.onnx", precision, calib=calib, cache_dir=tmp_path / "cache"
+        )
         acc[precision] = digits.accuracy(open_engine(out["output"]).run(x)["logits"], y)
         assert_tensorrt_compatible(out["output"])
     assert acc["fp32"] >= 95.0, acc
@@ -93,8 +94,9 @@ def test_fp16_graph_keeps_the_contract(digits_onnx, tmp_path):
 def test_int8_excludes_named_layers_and_reuses_the_calibration_cache(digits_onnx, tmp_path):
     d, calib = digits_onnx
     first = convert_precision(d / "fp32.onnx", tmp_path / "a.onnx", "int8", calib=calib, cache_dir=tmp_path)
-    excluded = convert_precision(d / "fp32.onnx", tmp_path / "b.onnx", "int8", calib=calib, cache_dir=tmp_path,
-                                 exclude=["x_proj", "layers.0."])
+    excluded = convert_precision(
+        d / "fp32.onnx", tmp_path / "b.onnx", "int8", calib=calib, cache_dir=tmp_path, exclude=["x_proj", "layers.0."]
+    )
     assert not first["calibration_cache_hit"] and excluded["calibration_cache_hit"]
     assert excluded["qdq_pairs"] < first["qdq_pairs"]
     assert_tensorrt_compatible(tmp_path / "b.onnx")

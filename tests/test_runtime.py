@@ -45,13 +45,16 @@ def test_any_batch_is_one_call():
     assert engine.run(batch(5))["logits"].shape == (5, 3) and engine.calls == [5]
 
 
-@pytest.mark.parametrize("images, needle", [
-    (np.zeros((2, 3, 32)), "NCHW"),
-    (np.zeros((2, 1, 32, 32)), "NCHW"),
-    (np.zeros((0, 3, 32, 32)), "empty"),
-    (np.zeros((1, 3, 32, 32), np.int64), "float32"),
-    ([[1.0]], "NCHW"),
-])
+@pytest.mark.parametrize(
+    "images, needle",
+    [
+        (np.zeros((2, 3, 32)), "NCHW"),
+        (np.zeros((2, 1, 32, 32)), "NCHW"),
+        (np.zeros((0, 3, 32, 32)), "empty"),
+        (np.zeros((1, 3, 32, 32), np.int64), "float32"),
+        ([[1.0]], "NCHW"),
+    ],
+)
 def test_checks_before_any_call(images, needle):
     engine = Recorder()
     with pytest.raises(InputError, match=needle):

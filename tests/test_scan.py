@@ -39,7 +39,9 @@ def test_every_name_resolves_without_other_imports():
         get_scan("nope")
 
 
-@pytest.mark.parametrize("b,L,E", [(1, 1, 8), (2, 2, 8), (3, 7, 24), (2, 197, 48), (1, 730, 32), (1, 2048, 16), (1, 8192, 8)])
+@pytest.mark.parametrize(
+    "b,L,E", [(1, 1, 8), (2, 2, 8), (3, 7, 24), (2, 197, 48), (1, 730, 32), (1, 2048, 16), (1, 8192, 8)]
+)
 def test_fast_matches_sequential(b, L, E):
     inputs = scan_inputs(b, L, E, seed=L)
     ref64 = reference64(inputs, out_scale=0.5)

@@ -17,21 +17,28 @@ from vimdeploy.ops import ScanInputs, get_scan, native
 
 from .test_scan import close, reference64, scan_inputs
 
-pytestmark = pytest.mark.skipif(not native.cpu_available(), reason="the native CPU scan is not built (no C++ compiler?)")
+pytestmark = pytest.mark.skipif(
+    not native.cpu_available(), reason="the native CPU scan is not built (no C++ compiler?)"
+)
 
 
 def cpu_scan(inputs, **attrs):
     return get_scan("cpu")(inputs, **attrs)
 
 
-@pytest.mark.parametrize("b,L,E", [(1, 1, 16), (2, 2, 8), (3, 7, 24), (1, 197, 384), (2, 197, 50), (1, 730, 32),
-                                   (1, 2048, 16), (1, 8192, 8)])
+@pytest.mark.parametrize(
+    "b,L,E", [(1, 1, 16), (2, 2, 8), (3, 7, 24), (1, 197, 384), (2, 197, 50), (1, 730, 32), (1, 2048, 16), (1, 8192, 8)]
+)
 @pytest.mark.parametrize("softplus,scale", [(True, 0.5), (False, 1.0)])
 def test_cpu_kernel_matches_fp64_recurrence(b, L, E, softplus, scale):
     inputs = scan_inputs(b, L, E, seed=L + E)
     if not softplus:  # without softplus dt must already be a positive step size
-        inputs = inputs._replace(dt_fwd=inputs.dt_fwd.abs() * 0.3, dt_bwd=inputs.dt_bwd.abs() * 0.3,
-                                 dt_bias_fwd=inputs.dt_bias_fwd.abs(), dt_bias_bwd=inputs.dt_bias_bwd.abs())
+        inputs = inputs._replace(
+            dt_fwd=inputs.dt_fwd.abs() * 0.3,
+            dt_bwd=inputs.dt_bwd.abs() * 0.3,
+            dt_bias_fwd=inputs.dt_bias_fwd.abs(),
+            dt_bias_bwd=inputs.dt_bias_bwd.abs(),
+        )
     got = cpu_scan(inputs, delta_softplus=softplus, out_scale=scale)
     assert got.dtype == torch.float32 and got.shape == (b, L, E)
     ok, err = close(got, reference64(inputs, delta_softplus=softplus, out_scale=scale))
@@ -139,11 +146,33 @@ def test_installs_without_a_compiler(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     src = tmp_path / "src"  # a copy: no build/ folder or built library of the checkout can leak in
-    shutil.copytree(repo, src, symlinks=True, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.so", "__pycache__",
-                                                              "*.egg-info", ".pytest_cache", "docs", "benchmarks"))
+    shutil.copytree(
+        repo,
+        src,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "*.so", "__pycache__", "*.egg-info", ".pytest_cache", "docs", "benchmarks"
+        ),
+    )
     env = {"CC": "false", "CXX": "false", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path), str(src)], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     import zipfile
 
@@ -160,11 +189,21 @@ def test_cuda_backend_refuses_cpu_tensors_with_a_reason():
         get_scan("cuda")(scan_inputs(1, 4, 16))
 
 
-@pytest.mark.parametrize("L,b,E,dtype,scale", [
-    (1, 3, 384, torch.float32, 0.5), (7, 3, 384, torch.float16, 0.5), (197, 2, 768, torch.float32, 0.5),
-    (197, 1, 1536, torch.float16, 1.0), (730, 1, 384, torch.float16, 1.0), (2048, 1, 384, torch.float32, 1.0),
-    (197, 2, 100, torch.float32, 0.5), (61, 5, 37, torch.float16, 0.5), (6085, 1, 384, torch.float32, 0.5),
-], ids=str)
+@pytest.mark.parametrize(
+    "L,b,E,dtype,scale",
+    [
+        (1, 3, 384, torch.float32, 0.5),
+        (7, 3, 384, torch.float16, 0.5),
+        (197, 2, 768, torch.float32, 0.5),
+        (197, 1, 1536, torch.float16, 1.0),
+        (730, 1, 384, torch.float16, 1.0),
+        (2048, 1, 384, torch.float32, 1.0),
+        (197, 2, 100, torch.float32, 0.5),
+        (61, 5, 37, torch.float16, 0.5),
+        (6085, 1, 384, torch.float32, 0.5),
+    ],
+    ids=str,
+)
 def test_cpu_kernel_meets_the_cuda_tests_bound(L, b, E, dtype, scale):
     """The CUDA kernel's elementwise bound (tests/test_plugin_cuda.py `check`: fp32 error
     relative to the summed terms, fp16 rounding of the output) on its Vim-like inputs
@@ -181,7 +220,7 @@ def test_strided_b_c_are_copied_for_every_backend_but_cuda():
     import torch
 
     from vimdeploy.ops.common import bc_row_stride, prepare
-    from vimdeploy.ops.inputs import ScanInputs, INPUT_NAMES, PARAMETERS
+    from vimdeploy.ops.inputs import INPUT_NAMES, PARAMETERS, ScanInputs
 
     b, L, E = 2, 5, 8
     t = {n: torch.randn((E, 16) if n.startswith("A_") else (E,) if n in PARAMETERS else (b, L, E)) for n in INPUT_NAMES}
@@ -196,16 +235,21 @@ def test_strided_b_c_are_copied_for_every_backend_but_cuda():
     assert bc_row_stride(mixed, torch.float32) == 0
 
 
-
 # Params structs that break the contract, as changes to a valid one, and the code the C entry
 # points (CPU and CUDA: plugins/include/vimdeploy/scan_check.h) must return for each.
 INVALID, UNSUPPORTED = -1, -2  # VIMDEPLOY_ERROR_INVALID_ARGUMENT, VIMDEPLOY_ERROR_UNSUPPORTED
 BAD_PARAMS = {
-    "out_scale NaN": (dict(out_scale=float("nan")), INVALID), "out_scale inf": (dict(out_scale=float("inf")), INVALID),
-    "delta_softplus 2": (dict(delta_softplus=2), INVALID), "batch -1": (dict(batch=-1), INVALID),
-    "L -1": (dict(L=-1), INVALID), "E -3": (dict(E=-3), INVALID), "bc_stride 8": (dict(bc_stride=8), INVALID),
-    "null D_bwd": (dict(D_bwd=None), INVALID), "null y": (dict(y=None), INVALID),
-    "N 8": (dict(N=8), UNSUPPORTED), "dtype 5": (dict(dtype=5), UNSUPPORTED),
+    "out_scale NaN": (dict(out_scale=float("nan")), INVALID),
+    "out_scale inf": (dict(out_scale=float("inf")), INVALID),
+    "delta_softplus 2": (dict(delta_softplus=2), INVALID),
+    "batch -1": (dict(batch=-1), INVALID),
+    "L -1": (dict(L=-1), INVALID),
+    "E -3": (dict(E=-3), INVALID),
+    "bc_stride 8": (dict(bc_stride=8), INVALID),
+    "null D_bwd": (dict(D_bwd=None), INVALID),
+    "null y": (dict(y=None), INVALID),
+    "N 8": (dict(N=8), UNSUPPORTED),
+    "dtype 5": (dict(dtype=5), UNSUPPORTED),
 }
 
 
@@ -216,7 +260,9 @@ def host_params(shape: tuple[int, int, int], **change):
 
     arrays = [np.ones(s, np.float32) for s in input_shapes(*shape)]
     y = np.full(shape, 7.0, np.float32)
-    p = native.ScanParams.from_pointers([a.ctypes.data for a in arrays], y.ctypes.data, *shape, 16, "float32", True, 0.5)
+    p = native.ScanParams.from_pointers(
+        [a.ctypes.data for a in arrays], y.ctypes.data, *shape, 16, "float32", True, 0.5
+    )
     for name, value in change.items():
         setattr(p, name, value)
     return p, y, arrays

@@ -76,8 +76,15 @@ def reference():
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         pngs.append(buf.getvalue())
-    return {"engine": engine, "x": x, "labels": labels, "logits": out["logits"], "features": out["features"],
-            "png": pngs, "pil": images[:16]}
+    return {
+        "engine": engine,
+        "x": x,
+        "labels": labels,
+        "logits": out["logits"],
+        "features": out["features"],
+        "png": pngs,
+        "pil": images[:16],
+    }
 
 
 def test_handler_answers_each_batch_with_its_own_rows(reference):
@@ -85,8 +92,11 @@ def test_handler_answers_each_batch_with_its_own_rows(reference):
     assert spec == ModelSpec(img_size=32, num_classes=10, feature_dim=64)
     handler = Handler(reference["engine"], spec)
     x = reference["x"]
-    parts = [handler.prepare(x[:3], None), handler.prepare(None, np.array(reference["png"][:2], np.object_)[:, None]),
-             handler.prepare(x[5:6], None)]
+    parts = [
+        handler.prepare(x[:3], None),
+        handler.prepare(None, np.array(reference["png"][:2], np.object_)[:, None]),
+        handler.prepare(x[5:6], None),
+    ]
     answers = handler.answer(parts, features=True)
     assert [len(a["logits"]) for a in answers] == [3, 2, 1]
     expected = [reference["logits"][:3], reference["logits"][:2], reference["logits"][5:6]]
@@ -135,8 +145,17 @@ def Server(artifact, *options, log: Path, **kwargs) -> ServeProcess:
 @pytest.fixture(scope="module")
 def server(serve_stack, tmp_path_factory):
     """The checkpoint, 2 instances, features on; stopped with SIGTERM, which must be clean."""
-    s = Server(digits.WEIGHTS, "--max-batch", 8, "--max-queue-delay-us", 2000, "--instances", 2, "--features",
-               log=tmp_path_factory.mktemp("serve") / "pth.log")
+    s = Server(
+        digits.WEIGHTS,
+        "--max-batch",
+        8,
+        "--max-queue-delay-us",
+        2000,
+        "--instances",
+        2,
+        "--features",
+        log=tmp_path_factory.mktemp("serve") / "pth.log",
+    )
     yield s
     code, summary = s.stop(signal.SIGTERM)
     assert code == 0 and summary and summary["drained"] and summary["server_exit_code"] == 0, (summary, s.log_tail())
@@ -208,8 +227,10 @@ def test_health_metadata_and_metrics(server):
         assert get(base + path)[0] == 200, path
     status, body = get(base + "/v2/models/vim")
     meta = json.loads(body)
-    assert status == 200 and {i["name"]: i["shape"] for i in meta["inputs"]} == {"images": [-1, 3, 32, 32],
-                                                                                 "image_bytes": [-1, 1]}
+    assert status == 200 and {i["name"]: i["shape"] for i in meta["inputs"]} == {
+        "images": [-1, 3, 32, 32],
+        "image_bytes": [-1, 1],
+    }
     assert [o["name"] for o in meta["outputs"]] == ["logits", "top5_indices", "top5_labels", "top5_scores", "features"]
     config = http_client(server).get_model_config("vim")
     assert config["max_batch_size"] == 8 and config["instance_group"][0]["count"] == 2
@@ -296,13 +317,22 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(server
     # Straight onto the wire. A JSON body Triton's HTTP frontend cannot parse (not JSON, or fewer
     # values than its shape says) is answered 500 by Triton 2.51 itself, before any model code
     # runs (measured); the message is there and the server keeps serving.
-    for body, message in ((b"{not json", "failed to parse the request JSON"),
-                          (b'{"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", '
-                           b'"data": [1.0, 2.0]}]}', "Shape does not match")):
+    for body, message in (
+        (b"{not json", "failed to parse the request JSON"),
+        (
+            b'{"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [1.0, 2.0]}]}',
+            "Shape does not match",
+        ),
+    ):
         status, text = _raw_http(server, "/v2/models/vim/infer", body)
         assert status in (400, 500) and message in json.loads(text)["error"], (status, text)
-    status, text = _raw_http(server, "/v2/models/vim/infer", json.dumps(
-        {"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.5] * 192}]}).encode())
+    status, text = _raw_http(
+        server,
+        "/v2/models/vim/infer",
+        json.dumps(
+            {"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.5] * 192}]}
+        ).encode(),
+    )
     assert status == 400 and "unexpected shape" in json.loads(text)["error"], (status, text)
     assert get(f"http://{server.http}/v2/health/ready")[0] == 200
 
@@ -375,10 +405,12 @@ def test_load_8_clients_mixed_batches(server, reference, capsys):
     lat = np.array(stats["latency"]) * 1000
     _, metrics = get(server.metrics)
     executions = _metric(metrics, "nv_inference_exec_count")
-    summary = (f"load: {len(lat)} requests ({stats['images']} images) from {n_clients} clients in {wall:.1f} s: "
-               f"{len(lat) / wall:.1f} req/s, {stats['images'] / wall:.1f} images/s, latency p50 "
-               f"{np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms; server executions so far "
-               f"{executions:.0f}; failures {len(stats['errors'])}")
+    summary = (
+        f"load: {len(lat)} requests ({stats['images']} images) from {n_clients} clients in {wall:.1f} s: "
+        f"{len(lat) / wall:.1f} req/s, {stats['images'] / wall:.1f} images/s, latency p50 "
+        f"{np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms; server executions so far "
+        f"{executions:.0f}; failures {len(stats['errors'])}"
+    )
     with capsys.disabled():  # the numbers are the point: shown without -s too
         print(f"\n{summary}")
     assert not stats["errors"], stats["errors"][:5]
@@ -388,8 +420,11 @@ def test_load_8_clients_mixed_batches(server, reference, capsys):
 
 
 def _metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and 'model="vim"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and 'model="vim"' in line
+    )
 
 
 def test_clients_that_disconnect_mid_request_do_not_hurt_the_others(server, reference):
@@ -397,10 +432,13 @@ def test_clients_that_disconnect_mid_request_do_not_hurt_the_others(server, refe
     from tritonclient.utils import InferenceServerException
 
     x = reference["x"]
-    body = json.dumps({"inputs": [{"name": "images", "shape": [8, 3, 32, 32], "datatype": "FP32",
-                                   "data": x[:8].ravel().tolist()}]}).encode()
-    head = (f"POST /v2/models/vim/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    body = json.dumps(
+        {"inputs": [{"name": "images", "shape": [8, 3, 32, 32], "datatype": "FP32", "data": x[:8].ravel().tolist()}]}
+    ).encode()
+    head = (
+        f"POST /v2/models/vim/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     good = []
 
     def steady():
@@ -438,8 +476,18 @@ def test_sigint_answers_in_flight_requests_then_stops(serve_stack, reference, tm
 
     def client_loop(k):
         conn = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=60)
-        body = json.dumps({"inputs": [{"name": "images", "shape": [8, 3, 32, 32], "datatype": "FP32",
-                                       "data": x[k * 8:(k + 1) * 8].ravel().tolist()}]}).encode()
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [8, 3, 32, 32],
+                        "datatype": "FP32",
+                        "data": x[k * 8 : (k + 1) * 8].ravel().tolist(),
+                    }
+                ]
+            }
+        ).encode()
         while not stop.is_set():
             try:
                 conn.request("POST", "/v2/models/vim/infer", body=body, headers={"Content-Type": "application/json"})
@@ -449,7 +497,7 @@ def test_sigint_answers_in_flight_requests_then_stops(serve_stack, reference, tm
                 outcome = response.status
                 if response.status == 200:
                     logits = np.array(data["outputs"][0]["data"], np.float32).reshape(8, 10)
-                    ok = np.abs(logits - reference["logits"][k * 8:(k + 1) * 8]).max() <= ATOL
+                    ok = np.abs(logits - reference["logits"][k * 8 : (k + 1) * 8]).max() <= ATOL
                     outcome = 200 if ok else "wrong answer"
             except (OSError, http.client.HTTPException, ValueError) as e:
                 sent, outcome = time.monotonic(), type(e).__name__
@@ -473,8 +521,10 @@ def test_sigint_answers_in_flight_requests_then_stops(serve_stack, reference, tm
     assert before and all(r[2] == 200 for r in before), collections.Counter(r[2] for r in before)
     in_flight = [r for r in records if r[0] < signalled < r[1] and r[2] == 200]  # sent before, answered after
     with capsys.disabled():
-        print(f"\nshutdown: {len(in_flight)} requests sent before SIGINT answered after it; sent after it: "
-              f"{dict(collections.Counter(r[2] for r in records if r[0] >= signalled))}")
+        print(
+            f"\nshutdown: {len(in_flight)} requests sent before SIGINT answered after it; sent after it: "
+            f"{dict(collections.Counter(r[2] for r in records if r[0] >= signalled))}"
+        )
     assert in_flight, "no request was in flight at the signal: the test proved nothing"
     assert all(r[2] != "wrong answer" for r in records)
     with pytest.raises(OSError):

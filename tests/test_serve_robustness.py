@@ -44,14 +44,20 @@ REFUSE_S = 0.1  # the goal: such an image refused in under 100 ms
 def png(width: int, height: int, colour=(200, 30, 60)) -> bytes:
     """A valid PNG of one colour (1-bit palette): 13000 x 13000 is ~20 KB, made in well under a
     second, and decodes to 169 MB of palette indices, 507 MB as RGB."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     row = b"\x00" + bytes((width + 7) // 8)  # filter type 0, then every pixel palette entry 0
     idat = zlib.compress(row * height, 9)  # 21 MB of rows for 13000 x 13000
     header = struct.pack(">IIBBBBB", width, height, 1, 3, 0, 0, 0)  # bit depth 1, palette colour
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", bytes(colour)) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"PLTE", bytes(colour))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -62,7 +68,7 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     Image.new("RGB", (16, 16), (10, 20, 30)).save(buf, format="JPEG", quality=90)
     data = bytearray(buf.getvalue())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -181,8 +187,9 @@ def test_gate_refuses_a_body_over_the_limit_before_reading_it(gate):
     conn = http.client.HTTPConnection("127.0.0.1", gate.port, timeout=30)
     status, body = _post(conn, b" " * (100 << 20))
     assert status == 413 and "--max-request-bytes" in json.loads(body)["error"]
-    status, _ = _post(http.client.HTTPConnection("127.0.0.1", gate.port, timeout=10), b"{}",
-                      {"Transfer-Encoding": "chunked"})
+    status, _ = _post(
+        http.client.HTTPConnection("127.0.0.1", gate.port, timeout=10), b"{}", {"Transfer-Encoding": "chunked"}
+    )
     assert status == 411
     with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as s:
         s.sendall(b"POST / HTTP/1.1\r\n" + b"X-Long: " + b"a" * (200 << 10) + b"\r\n\r\n")
@@ -233,7 +240,9 @@ def test_watchdog_kills_the_group_and_removes_the_files_when_its_owner_is_killed
     workspace = tmp_path / "workspace"
     (workspace / "models").mkdir(parents=True)
     root = str(Path(__file__).resolve().parents[1])
-    owner = subprocess.Popen([sys.executable, "-c", STANDIN, root, str(workspace), shm], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", STANDIN, root, str(workspace), shm], stdout=subprocess.PIPE, text=True
+    )
     try:
         pgid, dog = map(int, owner.stdout.readline().split())
         members = _group(pgid)
@@ -269,10 +278,14 @@ def test_sweep_removes_only_what_dead_servers_left(tmp_path):
 
     dead = subprocess.Popen(["true"])
     dead.wait()  # a PID no process has now
-    leftovers = [SHM_DIR / f"vimdeploy{dead.pid}_{os.urandom(4).hex()}_region",
-                 Path(tempfile.gettempdir()) / f"vimdeploy-serve-{dead.pid}-abc"]
-    ours = [SHM_DIR / f"vimdeploy{os.getpid()}_{os.urandom(4).hex()}_region",
-            Path(tempfile.gettempdir()) / f"vimdeploy-serve-{os.getpid()}-abc"]
+    leftovers = [
+        SHM_DIR / f"vimdeploy{dead.pid}_{os.urandom(4).hex()}_region",
+        Path(tempfile.gettempdir()) / f"vimdeploy-serve-{dead.pid}-abc",
+    ]
+    ours = [
+        SHM_DIR / f"vimdeploy{os.getpid()}_{os.urandom(4).hex()}_region",
+        Path(tempfile.gettempdir()) / f"vimdeploy-serve-{os.getpid()}-abc",
+    ]
     for path in leftovers + ours:
         path.mkdir() if "serve" in path.name else path.write_bytes(b"x")
     try:
@@ -331,8 +344,13 @@ class Load:
         i = k
         while not self.stop.is_set():
             row = i % len(x)
-            body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32",
-                                           "data": x[row].ravel().tolist()}]}).encode()
+            body = json.dumps(
+                {
+                    "inputs": [
+                        {"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x[row].ravel().tolist()}
+                    ]
+                }
+            ).encode()
             t0 = time.monotonic()
             try:
                 conn.request("POST", "/v2/models/vim/infer", body=body, headers=headers)
@@ -366,10 +384,19 @@ class Load:
 
 
 @pytest.fixture(scope="module")
-def keyed(serve_stack, tmp_path_factory):
+def keyed(serve_stack, tmp_path_factory):  # noqa: F811 - the imported fixture
     """The checkpoint behind an API key; the SIGKILL test kills it (stop() is then a no-op)."""
-    s = Server(digits.WEIGHTS, "--max-batch", 8, "--instances", 2, "--api-key-env", "VIMDEPLOY_TEST_KEY",
-               log=tmp_path_factory.mktemp("robust") / "keyed.log", env=SERVER_ENV)
+    s = Server(
+        digits.WEIGHTS,
+        "--max-batch",
+        8,
+        "--instances",
+        2,
+        "--api-key-env",
+        "VIMDEPLOY_TEST_KEY",
+        log=tmp_path_factory.mktemp("robust") / "keyed.log",
+        env=SERVER_ENV,
+    )
     yield s
     s.stop(signal.SIGKILL)
 
@@ -386,8 +413,9 @@ def reference():
 def _infer(port: int, body: bytes, headers=None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        conn.request("POST", "/v2/models/vim/infer", body=body, headers={"Content-Type": "application/json",
-                                                                          **(headers or {})})
+        conn.request(
+            "POST", "/v2/models/vim/infer", body=body, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         response = conn.getresponse()
         return response.status, json.loads(response.read() or b"{}")
     finally:
@@ -398,8 +426,18 @@ def test_api_key_and_locked_admin_apis(keyed, reference):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32",
-                                   "data": reference["x"][0].ravel().tolist()}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [1, 3, 32, 32],
+                    "datatype": "FP32",
+                    "data": reference["x"][0].ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
     for headers in ({}, {API_KEY_HEADER: "wrong-key-wrong-key-wrong"}):
         status, answer = _infer(keyed.http_port, body, headers)
         assert status == 403 and "error" in answer, (status, answer)
@@ -420,8 +458,12 @@ def test_api_key_and_locked_admin_apis(keyed, reference):
     # what only `vimdeploy serve` may do, even with the API key: unload, register shared memory
     for path in ("/v2/repository/models/vim/unload", "/v2/systemsharedmemory/region/x/register"):
         conn = http.client.HTTPConnection("127.0.0.1", keyed.http_port, timeout=30)
-        conn.request("POST", path, body=json.dumps({"key": "/x", "offset": 0, "byte_size": 8}).encode(),
-                     headers={API_KEY_HEADER: API_KEY})
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps({"key": "/x", "offset": 0, "byte_size": 8}).encode(),
+            headers={API_KEY_HEADER: API_KEY},
+        )
         assert conn.getresponse().status == 403, path
         conn.close()
     assert get(f"http://{keyed.http}/v2/health/ready")[0] == 200
@@ -443,8 +485,10 @@ def test_oversized_image_and_body_are_refused_with_4xx_fast(keyed, bomb, referen
         times.append(time.perf_counter() - start)
         assert caught.value.status() == "400" and "13000 x 13000 pixels" in caught.value.message()
     with capsys.disabled():
-        print(f"\n13000 x 13000 PNG ({len(bomb)} bytes) through HTTP: 400 in {min(times) * 1000:.0f} ms (best of 3), "
-              f"{max(times) * 1000:.0f} ms (worst)")
+        print(
+            f"\n13000 x 13000 PNG ({len(bomb)} bytes) through HTTP: 400 in {min(times) * 1000:.0f} ms (best of 3), "
+            f"{max(times) * 1000:.0f} ms (worst)"
+        )
     assert min(times) < REFUSE_S, times
     # 100 MB of JSON: 413 before Triton reads it
     start = time.perf_counter()
@@ -454,9 +498,22 @@ def test_oversized_image_and_body_are_refused_with_4xx_fast(keyed, bomb, referen
     with capsys.disabled():
         print(f"100 MB JSON body: 413 after {refused * 1000:.0f} ms (the client sending it included)")
     assert refused < 10
-    status, _ = _infer(keyed.http_port, json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32],
-                       "datatype": "FP32", "data": reference["x"][0].ravel().tolist()}]}).encode(),
-                       {API_KEY_HEADER: API_KEY})
+    status, _ = _infer(
+        keyed.http_port,
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [1, 3, 32, 32],
+                        "datatype": "FP32",
+                        "data": reference["x"][0].ravel().tolist(),
+                    }
+                ]
+            }
+        ).encode(),
+        {API_KEY_HEADER: API_KEY},
+    )
     assert status == 200
 
 
@@ -467,8 +524,10 @@ def test_16_clients_5_seconds_no_errors(keyed, reference, capsys):
     outcomes = collections.Counter(r[2] for r in load.records)
     ms = np.array([r[3] for r in load.records]) * 1000
     with capsys.disabled():
-        print(f"\n16 clients x 5 s: {len(ms)} requests, {dict(outcomes)}, p50 {np.percentile(ms, 50):.1f} ms, "
-              f"p99 {np.percentile(ms, 99):.1f} ms")
+        print(
+            f"\n16 clients x 5 s: {len(ms)} requests, {dict(outcomes)}, p50 {np.percentile(ms, 50):.1f} ms, "
+            f"p99 {np.percentile(ms, 99):.1f} ms"
+        )
     assert set(outcomes) == {200} and len(ms) >= 16, outcomes
 
 
@@ -479,9 +538,16 @@ def test_sigkill_under_load_leaves_nothing_and_the_ports_serve_again(keyed, refe
     assert programs["tritonserver"] == 1 and programs["triton_python_backend_stub"] == 2, processes
     regions = list(SHM_DIR.glob(f"vimdeploy{pid}_*"))
     assert regions
-    workspace = Path(next(a for a in Path(f"/proc/{next(p for p, n in processes.items() if n == 'tritonserver')}"
-                                           "/cmdline").read_bytes().decode().split("\0")
-                          if a.startswith("--model-repository="))[len("--model-repository="):]).parent
+    workspace = Path(
+        next(
+            a
+            for a in Path(f"/proc/{next(p for p, n in processes.items() if n == 'tritonserver')}/cmdline")
+            .read_bytes()
+            .decode()
+            .split("\0")
+            if a.startswith("--model-repository=")
+        )[len("--model-repository=") :]
+    ).parent
     load = Load(keyed.http_port, reference, 8)
     load.wait_for(8)
     killed = time.monotonic()
@@ -492,13 +558,23 @@ def test_sigkill_under_load_leaves_nothing_and_the_ports_serve_again(keyed, refe
     gone_after = time.monotonic() - killed
     load.end()
     with capsys.disabled():
-        print(f"\nSIGKILL under load: {len(processes)} processes ({dict(programs)}) and {len(regions)} shm regions "
-              f"gone after {gone_after:.2f} s")
+        print(
+            f"\nSIGKILL under load: {len(processes)} processes ({dict(programs)}) and {len(regions)} shm regions "
+            f"gone after {gone_after:.2f} s"
+        )
     assert not [(p, n) for p, n in processes.items() if _alive(p)], processes
     assert not [p for p in regions if p.exists()] and not workspace.exists()
     # the same ports serve again, and SIGTERM under load drains
-    again = Server(digits.WEIGHTS, "--max-batch", 8, "--api-key-env", "VIMDEPLOY_TEST_KEY", log=tmp_path / "again.log",
-                   ports=keyed.ports, env=SERVER_ENV)
+    again = Server(
+        digits.WEIGHTS,
+        "--max-batch",
+        8,
+        "--api-key-env",
+        "VIMDEPLOY_TEST_KEY",
+        log=tmp_path / "again.log",
+        ports=keyed.ports,
+        env=SERVER_ENV,
+    )
     load = Load(again.http_port, reference, 16)
     load.wait_for(16)
     signalled = time.monotonic()
@@ -510,7 +586,7 @@ def test_sigkill_under_load_leaves_nothing_and_the_ports_serve_again(keyed, refe
     assert "wrong answer" not in {r[2] for r in load.records}
 
 
-def test_a_busy_http_port_is_one_error_line(serve_stack, cli):
+def test_a_busy_http_port_is_one_error_line(serve_stack, cli):  # noqa: F811 - the imported fixture
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

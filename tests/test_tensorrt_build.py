@@ -20,14 +20,20 @@ import pytest
 
 from vimdeploy.errors import ArtifactError, InputError
 from vimdeploy.tensorrt import TENSORRT_MISSING, check_sidecar
-from vimdeploy.tensorrt.builder import (apply_timing_cache, make_profile, parse_range, resolve_precision,
-                                        save_timing_cache)
+from vimdeploy.tensorrt.builder import (
+    apply_timing_cache,
+    make_profile,
+    parse_range,
+    resolve_precision,
+    save_timing_cache,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "vimdeploy" / "assets" / "vim_digits.pth"
 
 
 # ---------------------------------------------------------------------------- without TensorRT
+
 
 @pytest.fixture
 def no_tensorrt(monkeypatch):
@@ -68,8 +74,12 @@ def test_build_without_tensorrt_subprocess(tmp_path):
     except TensorRTMissing:
         pass
     (tmp_path / "m.onnx").write_bytes(b"x")
-    r = subprocess.run([sys.executable, "-m", "vimdeploy", "build", str(tmp_path / "m.onnx"), "-o",
-                        str(tmp_path / "m.plan")], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "vimdeploy", "build", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.plan")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     assert "pip install tensorrt" in r.stderr and "vimdeploy infer model.onnx" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
@@ -85,8 +95,8 @@ def test_existing_output_is_kept_without_force(cli, tmp_path):
 
 
 def test_open_engine_plan_without_tensorrt(no_tensorrt, tmp_path):
-    from vimdeploy.tensorrt import TensorRTMissing
     from vimdeploy.runtime import open_engine
+    from vimdeploy.tensorrt import TensorRTMissing
 
     (tmp_path / "m.plan").write_bytes(b"x")
     with pytest.raises(TensorRTMissing, match="pip install tensorrt"):
@@ -104,9 +114,21 @@ def test_build_precision_uses_the_tensorrt_preset_recipe(cli, monkeypatch, tmp_p
     from vimdeploy.tensorrt import builder
 
     seen = {}
-    monkeypatch.setattr(builder, "build_engine", lambda model, output, **kw: seen.update(kw) or {
-        "output": str(output), "size_mb": 0.0, "precision": kw["precision"], "tensorrt": "x", "gpu": "x",
-        "sidecar": "x"})
+    monkeypatch.setattr(
+        builder,
+        "build_engine",
+        lambda model, output, **kw: (
+            seen.update(kw)
+            or {
+                "output": str(output),
+                "size_mb": 0.0,
+                "precision": kw["precision"],
+                "tensorrt": "x",
+                "gpu": "x",
+                "sidecar": "x",
+            }
+        ),
+    )
     (tmp_path / "m.onnx").write_bytes(b"x")
     result = cli("build", tmp_path / "m.onnx", "-o", tmp_path / "m.plan", flag, "--calib", tmp_path)
     assert result.exit_code == 0, result.output
@@ -114,12 +136,15 @@ def test_build_precision_uses_the_tensorrt_preset_recipe(cli, monkeypatch, tmp_p
     options = seen["convert_options"]
     assert options["calib"] == tmp_path
     if flag == "--int8":
-        assert options["method"] == preset["calib_method"] and list(options["exclude"]) == preset["exclude"] == ["x_proj"]
+        assert options["method"] == preset["calib_method"] and list(options["exclude"]) == preset["exclude"] == [
+            "x_proj"
+        ]
     else:
         assert ",".join(options["keep_fp32"]) == preset["keep_fp32"]
 
 
 # ---------------------------------------------------------------------------- pure helpers
+
 
 def test_parse_range():
     assert parse_range("1:8:32") == (1, 8, 32)
@@ -157,8 +182,12 @@ def test_make_profile():
         make_profile([None, 3, 224, 224], None, (224, 224, 448))
 
 
-SIDECAR = {"tensorrt": "10.12.0.36", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
-           "plugin": {"path": "/x/libvimdeploy_trt_plugin.so", "sha256": "a" * 64}}
+SIDECAR = {
+    "tensorrt": "10.12.0.36",
+    "gpu": "NVIDIA H100 80GB HBM3",
+    "compute_capability": "9.0",
+    "plugin": {"path": "/x/libvimdeploy_trt_plugin.so", "sha256": "a" * 64},
+}
 
 
 def test_check_sidecar_match():
@@ -192,8 +221,11 @@ def test_sidecar_mismatch_stops_loading(monkeypatch, tmp_path):
     fake_trt = types.SimpleNamespace(__version__="11.1.0.7")
     monkeypatch.setattr(tb, "import_tensorrt", lambda: fake_trt)
     monkeypatch.setattr(tb, "import_cudart", lambda: types.SimpleNamespace(cudaSetDevice=lambda d: (0,)))
-    monkeypatch.setattr(tb, "current_machine", lambda version, device=0: {
-        "tensorrt": "11.1.0.7", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    monkeypatch.setattr(
+        tb,
+        "current_machine",
+        lambda version, device=0: {"tensorrt": "11.1.0.7", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+    )
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine")
     (tmp_path / "m.plan.json").write_text(json.dumps({**SIDECAR, "plugin": None}))
@@ -256,6 +288,7 @@ def test_saving_a_missing_timing_cache_never_raises(tmp_path):
 
 # ---------------------------------------------------------------------------- with TensorRT
 
+
 @pytest.fixture(scope="module")
 def trt_env():
     from vimdeploy.tensorrt import TensorRTMissing, import_tensorrt
@@ -278,13 +311,12 @@ def trt_env():
 
 @pytest.fixture(scope="module")
 def digits_plan(trt_env, tmp_path_factory):
-    from vimdeploy.tensorrt.builder import build_engine
     from vimdeploy.export import export_onnx
+    from vimdeploy.tensorrt.builder import build_engine
 
     d = tmp_path_factory.mktemp("trt")
     export_onnx(DIGITS, d / "digits.onnx", batch="dynamic", scan="plugin")
-    build_engine(d / "digits.onnx", d / "digits.plan", batch="1:4:8", timing_cache=d / "timing.cache",
-                 progress=False)
+    build_engine(d / "digits.onnx", d / "digits.plan", batch="1:4:8", timing_cache=d / "timing.cache", progress=False)
     return d
 
 

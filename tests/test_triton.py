@@ -19,10 +19,17 @@ from tritonclient.grpc import model_config_pb2 as pb  # noqa: E402
 
 def sidecar(min_batch=1, opt=8, max_batch=32, dtype="FP32", classes=1000):
     return {
-        "tensorrt": "10.12.0.36", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "precision": "fp16",
-        "input": "images", "outputs": ["logits", "features"],
-        "io": {"images": {"dtype": dtype, "shape": [-1, 3, 224, 224]},
-               "logits": {"dtype": "FP32", "shape": [-1, classes]}, "features": {"dtype": "FP32", "shape": [-1, 192]}},
+        "tensorrt": "10.12.0.36",
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0",
+        "precision": "fp16",
+        "input": "images",
+        "outputs": ["logits", "features"],
+        "io": {
+            "images": {"dtype": dtype, "shape": [-1, 3, 224, 224]},
+            "logits": {"dtype": "FP32", "shape": [-1, classes]},
+            "features": {"dtype": "FP32", "shape": [-1, 192]},
+        },
         "profiles": [{"min": [min_batch, 3, 224, 224], "opt": [opt, 3, 224, 224], "max": [max_batch, 3, 224, 224]}],
     }
 
@@ -50,15 +57,22 @@ def test_repository_layout_and_config(cli, engine, tmp_path):
     result = cli("triton-repo", engine, "-o", repo, "--name", "vim_t", "--max-batch", "16")
     assert result.exit_code == 0, result.output
     files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
-    assert files == ["README.md", "vim_t/1/model.plan", "vim_t/1/model.plan.json", "vim_t/config.pbtxt",
-                     "vim_t/labels.txt"]
+    assert files == [
+        "README.md",
+        "vim_t/1/model.plan",
+        "vim_t/1/model.plan.json",
+        "vim_t/config.pbtxt",
+        "vim_t/labels.txt",
+    ]
     assert (repo / "vim_t/1/model.plan").read_bytes() == engine.read_bytes()
     text = (repo / "vim_t/config.pbtxt").read_text()
     config = parse(text)
     assert (config.name, config.platform, config.max_batch_size) == ("vim_t", "tensorrt_plan", 16)
     assert tensors(config.input) == {"images": ("TYPE_FP32", [3, 224, 224], "")}
-    assert tensors(config.output) == {"logits": ("TYPE_FP32", [1000], "labels.txt"),
-                                      "features": ("TYPE_FP32", [192], "")}
+    assert tensors(config.output) == {
+        "logits": ("TYPE_FP32", [1000], "labels.txt"),
+        "features": ("TYPE_FP32", [192], ""),
+    }
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
     assert config.dynamic_batching.max_queue_delay_microseconds == 100
     group = config.instance_group[0]
@@ -135,7 +149,9 @@ def test_own_labels_and_no_labels_for_other_class_counts(cli, tmp_path):
 
 def test_warmup_and_instance_groups(cli, engine, tmp_path):
     repo = tmp_path / "models"
-    assert cli("triton-repo", engine, "-o", repo, "--instances", "2", "--gpus", "0,1", "--max-batch", "16").exit_code == 0
+    assert (
+        cli("triton-repo", engine, "-o", repo, "--instances", "2", "--gpus", "0,1", "--max-batch", "16").exit_code == 0
+    )
     config = parse((repo / "vim/config.pbtxt").read_text())
     group = config.instance_group[0]
     assert (group.kind, group.count, list(group.gpus)) == (pb.ModelInstanceGroup.KIND_GPU, 2, [0, 1])
@@ -162,8 +178,9 @@ def test_config_is_valid_for_tritons_own_parser(kind, tmp_path):
     """Triton reads config.pbtxt with protobuf's text format into its ModelConfig message."""
     model_config_pb2 = pb
     side = sidecar() if kind == "dynamic" else sidecar(min_batch=4, opt=4, max_batch=4)
-    config = text_format.Parse(config_pbtxt(side, "vim_t", instances=2, gpus=[1], labels=True),
-                               model_config_pb2.ModelConfig())
+    config = text_format.Parse(
+        config_pbtxt(side, "vim_t", instances=2, gpus=[1], labels=True), model_config_pb2.ModelConfig()
+    )
     assert config.name == "vim_t" and config.platform == "tensorrt_plan"
     assert config.max_batch_size == (32 if kind == "dynamic" else 0)
     assert [o.label_filename for o in config.output] == ["labels.txt", ""]
@@ -181,8 +198,9 @@ def run_cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "vimdeploy", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vimdeploy", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_one_error_line(proc):
@@ -192,18 +210,21 @@ def assert_one_error_line(proc):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("field, value", [
-    ("precision", 'fp16"\ninstance_group [ { kind: KIND_CPU } ]\n#'),
-    ("precision", "fp64"),
-    ("gpu", 'H100"\nbackend: "python'),
-    ("tensorrt", "10.12\nmax_batch_size: 1"),
-    ("input", "images\n"),
-    ("outputs", ["logits", 'x"\ny']),
-    ("io", {"images": {"dtype": "FP32\nX", "shape": [-1, 3, 224, 224]}}),
-    ("io", {"images": {"dtype": "FP32", "shape": [-1, 3, "224", 224]}}),
-    ("profiles", [{"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [0, 3, 224, 224]}]),
-    ("profiles", [{"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, -224, 224]}]),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("precision", 'fp16"\ninstance_group [ { kind: KIND_CPU } ]\n#'),
+        ("precision", "fp64"),
+        ("gpu", 'H100"\nbackend: "python'),
+        ("tensorrt", "10.12\nmax_batch_size: 1"),
+        ("input", "images\n"),
+        ("outputs", ["logits", 'x"\ny']),
+        ("io", {"images": {"dtype": "FP32\nX", "shape": [-1, 3, 224, 224]}}),
+        ("io", {"images": {"dtype": "FP32", "shape": [-1, 3, "224", 224]}}),
+        ("profiles", [{"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [0, 3, 224, 224]}]),
+        ("profiles", [{"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, -224, 224]}]),
+    ],
+)
 def test_hostile_sidecar_is_refused_before_any_config_is_written(engine, tmp_path, field, value):
     """A sidecar value that is not what `vimdeploy build` writes never reaches config.pbtxt."""
     side = sidecar()
@@ -244,14 +265,16 @@ def test_serve_model_config_carries_the_settings(tmp_path):
     from vimdeploy.triton import SETTINGS_KEY, write_model
 
     settings = {"artifact": "/models/vim_t.onnx", "engine_options": {"ema": True}, "labels": None}
-    folder = write_model(tmp_path, "vim", ModelSpec(224, 1000), settings, max_batch=8, queue_delay_us=50,
-                         instances=2)
+    folder = write_model(tmp_path, "vim", ModelSpec(224, 1000), settings, max_batch=8, queue_delay_us=50, instances=2)
     config = parse((folder / "config.pbtxt").read_text())
     assert (config.name, config.backend, config.max_batch_size) == ("vim", "python", 8)
     assert json.loads(config.parameters[SETTINGS_KEY].string_value) == settings
     assert [(i.name, i.optional) for i in config.input] == [("images", True), ("image_bytes", True)]
     assert pb.DataType.Name(config.input[1].data_type) == "TYPE_STRING"
     assert (config.instance_group[0].kind, config.instance_group[0].count) == (pb.ModelInstanceGroup.KIND_CPU, 2)
-    inserted = next(n for n in ast.walk(ast.parse((folder / "1" / "model.py").read_text()))
-                    if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("/"))
+    inserted = next(
+        n
+        for n in ast.walk(ast.parse((folder / "1" / "model.py").read_text()))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("/")
+    )
     assert Path(inserted.value) / "vimdeploy" == Path(vimdeploy.__file__).resolve().parent

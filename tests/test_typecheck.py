@@ -75,8 +75,10 @@ def typed_stubs(tmp_path_factory) -> Path:
             target = out / Path(*f.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             lines = Path(f.locate()).read_text().splitlines()
-            target.write_text("\n".join(ln if not ln.lstrip().startswith("def ") or _valid(ln) else _repair(ln)
-                                        for ln in lines) + "\n")
+            target.write_text(
+                "\n".join(ln if not ln.lstrip().startswith("def ") or _valid(ln) else _repair(ln) for ln in lines)
+                + "\n"
+            )
     (out / "tensorrt_libs.pyi").write_text("")  # imported by the stubs' __init__, not part of them
     assert (out / "tensorrt" / "__init__.pyi").is_file()
     return out
@@ -84,9 +86,23 @@ def typed_stubs(tmp_path_factory) -> Path:
 
 def _mypy(stubs: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "MYPYPATH": str(stubs)}
-    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"),
-                           "--cache-dir", str(stubs.parent / "mypy-cache"), "vimdeploy/tensorrt"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(REPO / "pyproject.toml"),
+            "--cache-dir",
+            str(stubs.parent / "mypy-cache"),
+            "vimdeploy/tensorrt",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_tensorrt_package_typechecks(typed_stubs):

@@ -24,8 +24,17 @@ def artifact(tmp_path_factory):
 
 
 def test_validate_passes_against_its_own_checkpoint(cli, artifact):
-    result = cli("validate", artifact / "model.onnx", "--ref", artifact / "right.pth", "--batch", "2",
-                 "--images", artifact / "green.png", "--json")
+    result = cli(
+        "validate",
+        artifact / "model.onnx",
+        "--ref",
+        artifact / "right.pth",
+        "--batch",
+        "2",
+        "--images",
+        artifact / "green.png",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["passed"] and report["precision"] == "fp32"
@@ -36,15 +45,27 @@ def test_validate_passes_against_its_own_checkpoint(cli, artifact):
 
 
 def test_validate_fails_beyond_tolerance_with_a_table(cli, artifact):
-    result = cli("validate", artifact / "model.onnx", "--ref", artifact / "wrong.pth", "--batch", "1",
-                 "--images", artifact)
+    result = cli(
+        "validate", artifact / "model.onnx", "--ref", artifact / "wrong.pth", "--batch", "1", "--images", artifact
+    )
     assert result.exit_code == 1
     assert "FAIL" in result.stdout and "max abs" in result.stdout and "Traceback" not in result.output
 
 
 def test_atol_overrides_the_default(cli, artifact):
-    result = cli("validate", artifact / "model.onnx", "--ref", artifact / "wrong.pth", "--batch", "1",
-                 "--images", artifact / "green.png", "--atol", "1e9", "--json")
+    result = cli(
+        "validate",
+        artifact / "model.onnx",
+        "--ref",
+        artifact / "wrong.pth",
+        "--batch",
+        "1",
+        "--images",
+        artifact / "green.png",
+        "--atol",
+        "1e9",
+        "--json",
+    )
     report = json.loads(result.stdout)
     assert report["tolerance"]["max_abs"] == 1e9
     # cosine / top-1 limits of fp32 still apply: two different models disagree.
@@ -85,16 +106,20 @@ def poisoned(src, dst, output: str, value: float, index: int | None = None):
     return dst
 
 
-@pytest.mark.parametrize("output, value, index", [
-    ("logits", float("nan"), -1),  # one NaN class, far from the top: max abs NaN, top-1 still agrees
-    ("logits", float("nan"), None),  # every logit NaN
-    ("features", float("nan"), None),
-    ("features", float("inf"), 0),
-])
+@pytest.mark.parametrize(
+    "output, value, index",
+    [
+        ("logits", float("nan"), -1),  # one NaN class, far from the top: max abs NaN, top-1 still agrees
+        ("logits", float("nan"), None),  # every logit NaN
+        ("features", float("nan"), None),
+        ("features", float("inf"), 0),
+    ],
+)
 def test_non_finite_output_never_passes(cli, artifact, tmp_path, output, value, index):
     path = poisoned(artifact / "model.onnx", tmp_path / "poisoned.onnx", output, value, index)
-    result = cli("validate", path, "--ref", artifact / "right.pth", "--batch", "2", "--images",
-                 artifact / "green.png", "--json")
+    result = cli(
+        "validate", path, "--ref", artifact / "right.pth", "--batch", "2", "--images", artifact / "green.png", "--json"
+    )
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     assert not report["passed"] and report["nonfinite"]["artifact"][output] > 0
@@ -114,8 +139,17 @@ def test_non_finite_reference_never_passes(cli, artifact, monkeypatch):
         return {**out, "features": np.full_like(out["features"], np.nan)} if "features" in out else out
 
     monkeypatch.setattr(TorchEngine, "_infer", nan_features)
-    result = cli("validate", artifact / "model.onnx", "--ref", artifact / "right.pth", "--batch", "1", "--images",
-                 artifact / "green.png", "--json")
+    result = cli(
+        "validate",
+        artifact / "model.onnx",
+        "--ref",
+        artifact / "right.pth",
+        "--batch",
+        "1",
+        "--images",
+        artifact / "green.png",
+        "--json",
+    )
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     assert report["nonfinite"]["artifact"] == {} and list(report["nonfinite"]["reference"]) == ["features"]

@@ -12,10 +12,27 @@ import math
 import numbers
 
 __all__ = [
-    "OP_TYPE", "DOMAIN", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "SCHEMA_VERSION",
-    "D_STATE", "INPUT_NAMES", "NUM_INPUTS", "ACTIVATIONS", "ACTIVATION_INDICES", "PARAMETERS", "OUTPUT_NAME",
-    "DEFAULT_DELTA_SOFTPLUS", "DEFAULT_OUT_SCALE", "ATTRIBUTES", "DTYPES", "input_shapes",
-    "check_attributes", "DIMS", "check_shapes", "PRECISIONS",
+    "OP_TYPE",
+    "DOMAIN",
+    "PLUGIN_VERSION",
+    "PLUGIN_NAMESPACE",
+    "SCHEMA_VERSION",
+    "D_STATE",
+    "INPUT_NAMES",
+    "NUM_INPUTS",
+    "ACTIVATIONS",
+    "ACTIVATION_INDICES",
+    "PARAMETERS",
+    "OUTPUT_NAME",
+    "DEFAULT_DELTA_SOFTPLUS",
+    "DEFAULT_OUT_SCALE",
+    "ATTRIBUTES",
+    "DTYPES",
+    "input_shapes",
+    "check_attributes",
+    "DIMS",
+    "check_shapes",
+    "PRECISIONS",
 ]
 
 # The node: op_type, custom domain, TensorRT plugin version / namespace, our opset version.
@@ -30,8 +47,21 @@ D_STATE = 16  # N: Vim's d_state, the only one the native kernels implement
 # The 15 inputs, in the contract's order: activations (b, L, E) / (b, L, N) of dtype T,
 # then the fp32 parameters A (E, N) = -exp(A_log), D (E,), dt_bias (E,).
 INPUT_NAMES: tuple[str, ...] = (
-    "z", "x_fwd", "dt_fwd", "B_fwd", "C_fwd", "x_bwd", "dt_bwd", "B_bwd", "C_bwd",
-    "A_fwd", "A_bwd", "D_fwd", "D_bwd", "dt_bias_fwd", "dt_bias_bwd",
+    "z",
+    "x_fwd",
+    "dt_fwd",
+    "B_fwd",
+    "C_fwd",
+    "x_bwd",
+    "dt_bwd",
+    "B_bwd",
+    "C_bwd",
+    "A_fwd",
+    "A_bwd",
+    "D_fwd",
+    "D_bwd",
+    "dt_bias_fwd",
+    "dt_bias_bwd",
 )
 NUM_INPUTS = len(INPUT_NAMES)
 ACTIVATIONS = INPUT_NAMES[:9]  # dtype T (fp32 or fp16)
@@ -103,6 +133,8 @@ def check_shapes(shapes) -> tuple[dict[str, int | None], str | None]:
     for name, shape, dims in zip(INPUT_NAMES, shapes, DIMS):
         if any(got is not None and got != sizes[dim] for got, dim in zip(shape, dims)):
             want = tuple(sizes[dim] for dim in dims)
-            return sizes, (f"input {name} has shape {shape}; the other inputs give {want} "
-                           f"({', '.join(f'{d}={sizes[d]}' for d in dims)})")
+            return sizes, (
+                f"input {name} has shape {shape}; the other inputs give {want} "
+                f"({', '.join(f'{d}={sizes[d]}' for d in dims)})"
+            )
     return sizes, None

@@ -62,8 +62,10 @@ def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, formats=None):
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise InputError(f"{width} x {height} pixels ({width * height / 1e6:.1f} MP), over the limit of "
-                         f"{max_pixels / 1e6:g} MP; refused before decoding")
+        raise InputError(
+            f"{width} x {height} pixels ({width * height / 1e6:.1f} MP), over the limit of "
+            f"{max_pixels / 1e6:g} MP; refused before decoding"
+        )
     return image
 
 
@@ -119,5 +121,7 @@ def topk(logits: np.ndarray, k: int = 5) -> list[list[dict]]:
     rows = []
     for row in probs:
         best = np.argsort(-row)[:k]
-        rows.append([{"index": int(i), "name": class_name(i, logits.shape[-1]), "probability": float(row[i])} for i in best])
+        rows.append(
+            [{"index": int(i), "name": class_name(i, logits.shape[-1]), "probability": float(row[i])} for i in best]
+        )
     return rows

@@ -75,7 +75,9 @@ def run_demo(checkpoint: Path | None, out_dir: Path, echo=None) -> dict:
     diff = float(np.abs(fast["logits"] - reference["logits"]).max())
     with atomic_path(out_dir / "demo_outputs.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, input=images, **fast)
-    say(f"[3/6] infer    batch of 2 -> {out_dir / 'demo_outputs.npz'}; {scan} vs sequential scan: max |diff| {diff:.2e}")
+    say(
+        f"[3/6] infer    batch of 2 -> {out_dir / 'demo_outputs.npz'}; {scan} vs sequential scan: max |diff| {diff:.2e}"
+    )
     report["stages"]["infer"] = {"seconds": time.perf_counter() - t, "fast_vs_reference_max_abs": diff}
 
     # Export both ONNX flavors (dynamic batch) and validate each against the checkpoint.
@@ -88,11 +90,16 @@ def run_demo(checkpoint: Path | None, out_dir: Path, echo=None) -> dict:
         summary = export_onnx(checkpoint, path, batch="dynamic", scan=flavor, force=True)
         check = validate_artifact(path, checkpoint, random_batch=1, images=[image_path])
         o = check["overall"]
-        say(f"[{step}/6] export   {path} ({flavor} flavor, {summary['nodes']} nodes, {summary['size_mb']:.1f} MB, "
+        say(
+            f"[{step}/6] export   {path} ({flavor} flavor, {summary['nodes']} nodes, {summary['size_mb']:.1f} MB, "
             f"{summary['timings']['export_s']:.0f}s); validate: max |diff| {o['max_abs']:.1e}, "
-            f"top-1 {o['top1']:.0%} -> {'PASS' if check['passed'] else 'FAIL'}")
-        report["stages"][f"export_{flavor}"] = {"seconds": time.perf_counter() - t, "export": summary,
-                                               "validate": {k: check[k] for k in ("overall", "passed", "failures")}}
+            f"top-1 {o['top1']:.0%} -> {'PASS' if check['passed'] else 'FAIL'}"
+        )
+        report["stages"][f"export_{flavor}"] = {
+            "seconds": time.perf_counter() - t,
+            "export": summary,
+            "validate": {k: check[k] for k in ("overall", "passed", "failures")},
+        }
 
     t = time.perf_counter()
     onnx_out = open_engine(out_dir / "model_onnx.onnx").run(images, features=True)
@@ -115,8 +122,10 @@ def accuracy_per_precision(out_dir: Path, say) -> dict:
     from .export.precision import convert_precision
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    say(f"Accuracy per precision: the small Vim trained on scikit-learn's digits ({digits.WEIGHTS.name}), "
-        "450 held-out images")
+    say(
+        f"Accuracy per precision: the small Vim trained on scikit-learn's digits ({digits.WEIGHTS.name}), "
+        "450 held-out images"
+    )
     x, y = digits.digit_batch("test")
     calib = out_dir / "calibration"
     if not calib.exists():
@@ -132,13 +141,16 @@ def accuracy_per_precision(out_dir: Path, say) -> dict:
     for precision, path in paths.items():
         logits = open_engine_logits(path, x)
         cos = (logits * reference).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(reference, axis=-1)
-        rows[precision] = {"accuracy": digits.accuracy(logits, y), "min_cosine_vs_pytorch": float(cos.min()),
-                           "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
-                           "file": str(path)}
+        rows[precision] = {
+            "accuracy": digits.accuracy(logits, y),
+            "min_cosine_vs_pytorch": float(cos.min()),
+            "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
+            "file": str(path),
+        }
     say(f"  {'model':<9}{'accuracy':>9}{'drop':>7}{'top-1 agree':>13}{'min cosine':>12}")
     base = rows["pytorch"]["accuracy"]
     for name, r in rows.items():
-        extra = (f"{r['top1_agreement']:>12.1%}{r['min_cosine_vs_pytorch']:>12.6f}" if "top1_agreement" in r else "")
+        extra = f"{r['top1_agreement']:>12.1%}{r['min_cosine_vs_pytorch']:>12.6f}" if "top1_agreement" in r else ""
         say(f"  {name:<9}{r['accuracy']:>8.2f}%{base - r['accuracy']:>+7.2f}{extra}")
     return rows
 

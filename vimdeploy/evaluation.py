@@ -15,8 +15,8 @@ agrees with the first artifact's, image by image.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -57,8 +57,9 @@ def read_dataset(data, labels_file=None) -> tuple[list[Path], np.ndarray, list[s
         return files, np.array(labels, dtype=np.int64), classes
     classes = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise InputError(f"{data} has no class subfolders: use one folder per class (ImageFolder), "
-                         "or pass --labels FILE.")
+        raise InputError(
+            f"{data} has no class subfolders: use one folder per class (ImageFolder), or pass --labels FILE."
+        )
     files, labels = [], []
     for index, name in enumerate(classes):
         found = _images_under(data / name)
@@ -75,8 +76,17 @@ def _topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(-1)
 
 
-def evaluate(artifacts, data, labels_file=None, limit: int | None = None, batch_size: int = 32, img_size=None,
-             ema: bool = False, allow_nonfinite: bool = False, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
+def evaluate(
+    artifacts,
+    data,
+    labels_file=None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    img_size=None,
+    ema: bool = False,
+    allow_nonfinite: bool = False,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> list[dict]:
     """One result per artifact: {artifact, images, top1, top5 (fractions), agreement_top1, ...}.
 
     `progress(label, total)` returns an `advance(n)` callback (the CLI draws a tqdm bar).
@@ -105,12 +115,14 @@ def evaluate(artifacts, data, labels_file=None, limit: int | None = None, batch_
             start = time.perf_counter()
             top1, top5, preds = [], [], []
             for i in range(0, len(files), batch_size):
-                chunk = files[i:i + batch_size]
+                chunk = files[i : i + batch_size]
                 logits = engine.run(load_images(chunk, hw))["logits"]
                 if nonfinite({"logits": logits}):
-                    raise ArtifactError(f"{artifact} gives NaN/inf logits (first in {chunk[0]} .. {chunk[-1]}): "
-                                        "its accuracy would mean nothing.")
-                y = labels[i:i + batch_size]
+                    raise ArtifactError(
+                        f"{artifact} gives NaN/inf logits (first in {chunk[0]} .. {chunk[-1]}): "
+                        "its accuracy would mean nothing."
+                    )
+                y = labels[i : i + batch_size]
                 top1.append(_topk_hits(logits, y, 1))
                 top5.append(_topk_hits(logits, y, 5))
                 preds.append(logits.argmax(-1))
@@ -118,9 +130,13 @@ def evaluate(artifacts, data, labels_file=None, limit: int | None = None, batch_
             description = engine.describe()
         preds = np.concatenate(preds)
         result = {
-            "artifact": str(artifact), "images": len(files), "classes": len(classes),
-            "top1": float(np.concatenate(top1).mean()), "top5": float(np.concatenate(top5).mean()),
-            "img_size": format_img_size(hw), "seconds": round(time.perf_counter() - start, 2),
+            "artifact": str(artifact),
+            "images": len(files),
+            "classes": len(classes),
+            "top1": float(np.concatenate(top1).mean()),
+            "top5": float(np.concatenate(top5).mean()),
+            "img_size": format_img_size(hw),
+            "seconds": round(time.perf_counter() - start, 2),
             "engine": description,
         }
         if first_top1 is None:
@@ -136,8 +152,10 @@ def format_results(results: list[dict]) -> str:
     lines = [f"{'artifact':<{width}}  {'images':>6}  {'size':>9}  {'top-1':>7}  {'top-5':>7}  {'agrees':>7}"]
     for r in results:
         agree = f"{r['agreement_top1']:>7.2%}" if "agreement_top1" in r else f"{'-':>7}"
-        lines.append(f"{r['artifact']:<{width}}  {r['images']:>6}  {r['img_size']:>9}  {r['top1']:>7.2%}  "
-                     f"{r['top5']:>7.2%}  {agree}")
+        lines.append(
+            f"{r['artifact']:<{width}}  {r['images']:>6}  {r['img_size']:>9}  {r['top1']:>7.2%}  "
+            f"{r['top5']:>7.2%}  {agree}"
+        )
     if len(results) > 1:
         lines.append("agrees: share of images whose top-1 class is the first artifact's")
     return "\n".join(lines)

@@ -156,11 +156,14 @@ def load_onnx(path: str | Path, load_external_data: bool = True):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises several types on bad bytes
-        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}).") from None
+        raise ArtifactError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})."
+        ) from None
     if not model.opset_import or not model.graph.output:
-        raise ArtifactError(f"{path} is not an ONNX model (no opset or no graph outputs): truncated, or another "
-                            "kind of file?")
+        raise ArtifactError(
+            f"{path} is not an ONNX model (no opset or no graph outputs): truncated, or another kind of file?"
+        )
     folder = path.resolve().parent
     for tensor in _onnx_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -168,8 +171,9 @@ def load_onnx(path: str | Path, load_external_data: bool = True):
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (folder / location).resolve()
         if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise ArtifactError(f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the model's "
-                                "folder: refused.")
+            raise ArtifactError(
+                f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder: refused."
+            )
         if not target.is_file():
             raise ArtifactError(f"{path}: tensor {tensor.name!r} keeps its data in {location}, which is missing.")
     if load_external_data:

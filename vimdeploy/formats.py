@@ -24,11 +24,15 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "torch": Kind("a PyTorch checkpoint (torch.save zip)", "use `vimdeploy info`, `export`, `infer` or `serve`"),
-    "torch-legacy": Kind("a PyTorch checkpoint in the legacy pickle format", "use `vimdeploy info`, `export` or `infer`"),
+    "torch-legacy": Kind(
+        "a PyTorch checkpoint in the legacy pickle format", "use `vimdeploy info`, `export` or `infer`"
+    ),
     "pickle": Kind("a plain Python pickle", "re-save its state dict with torch.save or safetensors"),
     "safetensors": Kind("a safetensors checkpoint", "use `vimdeploy info`, `export`, `infer` or `serve`"),
     "onnx": Kind("an ONNX model", "use `vimdeploy inspect`, `infer`, `validate`, `convert`, `build` or `serve`"),
-    "tensorrt": Kind("a TensorRT engine (plan)", "use `vimdeploy inspect`, `infer`, `validate`, `triton-repo` or `serve`"),
+    "tensorrt": Kind(
+        "a TensorRT engine (plan)", "use `vimdeploy inspect`, `infer`, `validate`, `triton-repo` or `serve`"
+    ),
     "npz": Kind("a NumPy .npz archive", "it holds arrays (outputs of `vimdeploy infer`?), not a model"),
     "npy": Kind("a NumPy array (.npy)", "it is an input: `vimdeploy infer MODEL --input FILE.npy`"),
     "zip": Kind("a zip archive without a data.pkl", "if a checkpoint is inside, unpack it first"),
@@ -58,7 +62,7 @@ def _zip_kind(path: Path, head: bytes) -> str:
     except (zipfile.BadZipFile, OSError, EOFError):
         # Truncated: the central directory is gone, the first local header remains.
         name_len = struct.unpack_from("<H", head, 26)[0] if len(head) >= 30 else 0
-        names = [head[30:30 + name_len].decode("utf-8", "replace")]
+        names = [head[30 : 30 + name_len].decode("utf-8", "replace")]
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
         return "torch"
     if names and all(n.endswith(".npy") for n in names):

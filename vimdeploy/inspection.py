@@ -48,7 +48,9 @@ def checkpoint_info(path: str | Path, ema: bool = False, **overrides) -> dict:
 
 
 def _dims(value_info) -> list:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def inspect_onnx(path: str | Path) -> dict:
@@ -68,7 +70,8 @@ def inspect_onnx(path: str | Path) -> dict:
     findings = check_onnx(model)
     errors = [f for f in findings if f.level == "error"]
     return {
-        "artifact": str(path), "kind": "onnx",
+        "artifact": str(path),
+        "kind": "onnx",
         "inputs": [io(v) for v in g.input if v.name not in weights],
         "outputs": [io(v) for v in g.output],
         "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
@@ -78,8 +81,11 @@ def inspect_onnx(path: str | Path) -> dict:
         "ops": dict(Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in g.node).most_common()),
         "initializers": len(g.initializer),
         "parameters": sum(math.prod(t.dims) for t in g.initializer),
-        "tensorrt": {"compatible": not errors, "errors": [str(f) for f in errors],
-                     "warnings": [str(f) for f in findings if f.level != "error"]},
+        "tensorrt": {
+            "compatible": not errors,
+            "errors": [str(f) for f in errors],
+            "warnings": [str(f) for f in findings if f.level != "error"],
+        },
     }
 
 
@@ -92,12 +98,17 @@ def inspect_engine(path: str | Path) -> dict:
     side = read_sidecar(path, required=True) or {}
     io = side.get("io", {})
     return {
-        "artifact": str(path), "kind": "tensorrt-engine", "size_mb": round(path.stat().st_size / 1e6, 2),
+        "artifact": str(path),
+        "kind": "tensorrt-engine",
+        "size_mb": round(path.stat().st_size / 1e6, 2),
         "inputs": [{"name": n, **io.get(n, {})} for n in [side.get("input", "images")]],
         "outputs": [{"name": n, **io.get(n, {})} for n in side.get("outputs", [])],
-        "precision": side.get("precision"), "profiles": side.get("profiles"),
+        "precision": side.get("precision"),
+        "profiles": side.get("profiles"),
         "built_with": {k: side.get(k) for k in ("tensorrt", "gpu", "compute_capability", "cuda_runtime", "vimdeploy")},
-        "plugin": side.get("plugin"), "onnx": side.get("onnx"), "metadata": side,
+        "plugin": side.get("plugin"),
+        "onnx": side.get("onnx"),
+        "metadata": side,
     }
 
 
@@ -119,21 +130,26 @@ def format_report(r: dict) -> str:
             lines.append(f"  {key[:-1]:6s} {v['name']}: {v.get('dtype', '?')} {v.get('shape', '?')}")
     lines.append(f"  precision {r.get('precision') or 'unknown'}")
     if r["kind"] == "onnx":
-        lines.append(f"  opsets {r['opsets']}; {r['nodes']} nodes, {r['initializers']} initializers "
-                     f"({r['parameters']:,} values)")
+        lines.append(
+            f"  opsets {r['opsets']}; {r['nodes']} nodes, {r['initializers']} initializers ({r['parameters']:,} values)"
+        )
         lines.append("  ops: " + ", ".join(f"{k} {v}" for k, v in r["ops"].items()))
         meta = {k: v for k, v in r["metadata"].items() if k != "vimdeploy.precision_info"}
         for k, v in meta.items():
             lines.append(f"  meta {k} = {v if len(v) < 100 else v[:97] + '...'}")
         t = r["tensorrt"]
-        lines.append("  TensorRT: " + ("compatible" if t["compatible"] else f"NOT compatible ({len(t['errors'])} errors)"))
+        lines.append(
+            "  TensorRT: " + ("compatible" if t["compatible"] else f"NOT compatible ({len(t['errors'])} errors)")
+        )
         lines += [f"    {m}" for m in t["errors"][:50] + t["warnings"][:20]]
         if len(t["errors"]) > 50:
             lines.append(f"    ... {len(t['errors']) - 50} more errors (--json lists all)")
     else:
         b = r["built_with"]
-        lines.append(f"  built with TensorRT {b['tensorrt']} on {b['gpu']} (cc {b['compute_capability']}), "
-                     f"profiles {r['profiles']}")
+        lines.append(
+            f"  built with TensorRT {b['tensorrt']} on {b['gpu']} (cc {b['compute_capability']}), "
+            f"profiles {r['profiles']}"
+        )
         if r.get("plugin"):
             lines.append(f"  plugin {r['plugin'].get('path')} (sha256 {str(r['plugin'].get('sha256'))[:12]}...)")
     return "\n".join(lines)

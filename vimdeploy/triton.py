@@ -39,8 +39,15 @@ from .errors import ArtifactError, InputError, VimdeployError
 from .fileio import atomic_folder, write_text
 from .tensorrt.sidecar import read_sidecar, sidecar_path, validate_sidecar
 
-__all__ = ["write_triton_repo", "config_pbtxt", "engine_config", "write_model", "python_model_config",
-           "model_config_pb2", "SETTINGS_KEY"]
+__all__ = [
+    "write_triton_repo",
+    "config_pbtxt",
+    "engine_config",
+    "write_model",
+    "python_model_config",
+    "model_config_pb2",
+    "SETTINGS_KEY",
+]
 
 LABELS_FILE = "labels.txt"
 #: the config.pbtxt parameter carrying the Python backend's settings (JSON)
@@ -52,9 +59,11 @@ def model_config_pb2():
     try:
         from tritonclient.grpc import model_config_pb2 as pb
     except ImportError as e:
-        raise VimdeployError(f"Triton configs are written with Triton's own ModelConfig schema, from tritonclient "
-                             f"(cannot import tritonclient.grpc.model_config_pb2: {e}): "
-                             "pip install 'tritonclient[grpc]' (or 'vimdeploy[serve]').") from None
+        raise VimdeployError(
+            f"Triton configs are written with Triton's own ModelConfig schema, from tritonclient "
+            f"(cannot import tritonclient.grpc.model_config_pb2: {e}): "
+            "pip install 'tritonclient[grpc]' (or 'vimdeploy[serve]')."
+        ) from None
     return pb
 
 
@@ -81,27 +90,48 @@ def _add_tensor(pb, field, name: str, dtype: str, dims, **extra) -> None:
 def _add_instance_group(pb, config, count: int, kind: str, gpus=None) -> None:
     if count < 1:
         raise InputError(f"--instances must be at least 1; got {count}.")
-    config.instance_group.add(count=int(count), kind=pb.ModelInstanceGroup.Kind.Value(kind),
-                              gpus=[int(g) for g in gpus or ()])
+    config.instance_group.add(
+        count=int(count), kind=pb.ModelInstanceGroup.Kind.Value(kind), gpus=[int(g) for g in gpus or ()]
+    )
 
 
-def config_pbtxt(sidecar: dict, name: str = "vim", max_batch: int | None = None, queue_delay_us: int = 100,
-                 instances: int = 1, plugin_hint: str = "libvimdeploy_trt_plugin.so", gpus=None,
-                 labels: bool = False, warmup: bool = True) -> str:
+def config_pbtxt(
+    sidecar: dict,
+    name: str = "vim",
+    max_batch: int | None = None,
+    queue_delay_us: int = 100,
+    instances: int = 1,
+    plugin_hint: str = "libvimdeploy_trt_plugin.so",
+    gpus=None,
+    labels: bool = False,
+    warmup: bool = True,
+) -> str:
     """The config.pbtxt text for an engine described by its sidecar (see `engine_config`)."""
     config = engine_config(sidecar, name, max_batch, queue_delay_us, instances, gpus, labels, warmup)
-    return _config_text(config, [
-        "Written by `vimdeploy triton-repo`. The engine needs the BiSelectiveScan plugin in the server:",
-        f'  tritonserver --model-repository=REPO --backend-config=tensorrt,plugins="/path/{plugin_hint}"',
-        f"  or LD_PRELOAD=/path/{plugin_hint} tritonserver --model-repository=REPO",
-        f"Built with TensorRT {sidecar.get('tensorrt', '?')} on {sidecar.get('gpu', '?')} "
-        f"(compute capability {sidecar.get('compute_capability', '?')}), precision {sidecar.get('precision', '?')}:",
-        "the server's TensorRT and GPU must match.",
-    ])
+    return _config_text(
+        config,
+        [
+            "Written by `vimdeploy triton-repo`. The engine needs the BiSelectiveScan plugin in the server:",
+            f'  tritonserver --model-repository=REPO --backend-config=tensorrt,plugins="/path/{plugin_hint}"',
+            f"  or LD_PRELOAD=/path/{plugin_hint} tritonserver --model-repository=REPO",
+            f"Built with TensorRT {sidecar.get('tensorrt', '?')} on {sidecar.get('gpu', '?')} "
+            f"(compute capability {sidecar.get('compute_capability', '?')}), "
+            f"precision {sidecar.get('precision', '?')}:",
+            "the server's TensorRT and GPU must match.",
+        ],
+    )
 
 
-def engine_config(sidecar: dict, name: str = "vim", max_batch: int | None = None, queue_delay_us: int = 100,
-                  instances: int = 1, gpus=None, labels: bool = False, warmup: bool = True):
+def engine_config(
+    sidecar: dict,
+    name: str = "vim",
+    max_batch: int | None = None,
+    queue_delay_us: int = 100,
+    instances: int = 1,
+    gpus=None,
+    labels: bool = False,
+    warmup: bool = True,
+):
     """Triton's ModelConfig for an engine described by its sidecar (validated first).
 
     labels: name LABELS_FILE as the `logits` label file (Triton's classification extension
@@ -116,17 +146,22 @@ def engine_config(sidecar: dict, name: str = "vim", max_batch: int | None = None
     io = sidecar.get("io")
     input_name = sidecar.get("input", "images")
     if not profile or set(profile) != {"min", "opt", "max"} or not io or input_name not in io:
-        raise ArtifactError("the engine sidecar has no profile/io section (made by an older vimdeploy build?): rebuild it.")
+        raise ArtifactError(
+            "the engine sidecar has no profile/io section (made by an older vimdeploy build?): rebuild it."
+        )
     bmin, bopt, bmax = profile["min"][0], profile["opt"][0], profile["max"][0]
     if profile["min"][1:] != profile["max"][1:]:
-        raise ArtifactError("the engine has a resolution range; Triton needs fixed image dims: build it with one "
-                            "--img-size.")
+        raise ArtifactError(
+            "the engine has a resolution range; Triton needs fixed image dims: build it with one --img-size."
+        )
     if bmin == bmax and bmin != 1:
         batching = 0  # a fixed-batch engine: Triton sees the batch as part of the dims
     else:
         if bmin != 1:
-            raise ArtifactError(f"the engine's batch range starts at {bmin}; Triton sends batches from 1: rebuild "
-                                f"with --batch 1:{bopt}:{bmax}.")
+            raise ArtifactError(
+                f"the engine's batch range starts at {bmin}; Triton sends batches from 1: rebuild "
+                f"with --batch 1:{bopt}:{bmax}."
+            )
         batching = bmax
     if max_batch is not None:
         if batching == 0 or not 1 <= max_batch <= bmax:
@@ -179,9 +214,18 @@ samples/triton/client.py in the vimdeploy sources.
 """
 
 
-def write_triton_repo(engine: str | Path, repo: str | Path, name: str = "vim", max_batch: int | None = None,
-                      queue_delay_us: int = 100, instances: int = 1, force: bool = False, gpus=None,
-                      labels: str | Path | None = None, warmup: bool = True) -> dict:
+def write_triton_repo(
+    engine: str | Path,
+    repo: str | Path,
+    name: str = "vim",
+    max_batch: int | None = None,
+    queue_delay_us: int = 100,
+    instances: int = 1,
+    force: bool = False,
+    gpus=None,
+    labels: str | Path | None = None,
+    warmup: bool = True,
+) -> dict:
     """labels: a text file with one class name per line; default ImageNet-1k's names for a
     1000-class engine, none otherwise."""
     engine, repo = Path(engine), Path(repo)
@@ -192,12 +236,15 @@ def write_triton_repo(engine: str | Path, repo: str | Path, name: str = "vim", m
     side = sidecar_path(engine)
     sidecar = read_sidecar(engine)
     if sidecar is None:
-        raise ArtifactError(f"{side} not found: triton-repo reads the engine's shapes from the sidecar that "
-                            "`vimdeploy build` writes next to it.")
+        raise ArtifactError(
+            f"{side} not found: triton-repo reads the engine's shapes from the sidecar that "
+            "`vimdeploy build` writes next to it."
+        )
     num_classes = (sidecar.get("io", {}).get("logits", {}).get("shape") or [0])[-1]
     names = class_names(num_classes, labels) if labels is not None or num_classes == 1000 else None
-    text = config_pbtxt(sidecar, name, max_batch, queue_delay_us, instances, gpus=gpus, labels=names is not None,
-                        warmup=warmup)
+    text = config_pbtxt(
+        sidecar, name, max_batch, queue_delay_us, instances, gpus=gpus, labels=names is not None, warmup=warmup
+    )
     batch = engine_config(sidecar, name, max_batch, queue_delay_us, instances, gpus).max_batch_size
     target = repo / name
     # Built beside its destination, then renamed: never half a model.
@@ -209,11 +256,24 @@ def write_triton_repo(engine: str | Path, repo: str | Path, name: str = "vim", m
         if names is not None:
             (tmp / LABELS_FILE).write_text("\n".join(names) + "\n", encoding="utf-8")
     labels_line = f"    {name}/{LABELS_FILE}             class names of `logits`, one per line\n" if names else ""
-    write_text(repo / "README.md", README.format(
-        name=name, max_batch=batch, labels_line=labels_line, trt=sidecar.get("tensorrt", "?"),
-        gpu=sidecar.get("gpu", "?"), cc=sidecar.get("compute_capability", "?")))
-    return {"repository": str(repo), "model": str(target), "config": str(target / "config.pbtxt"),
-            "max_batch_size": batch, "files": sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())}
+    write_text(
+        repo / "README.md",
+        README.format(
+            name=name,
+            max_batch=batch,
+            labels_line=labels_line,
+            trt=sidecar.get("tensorrt", "?"),
+            gpu=sidecar.get("gpu", "?"),
+            cc=sidecar.get("compute_capability", "?"),
+        ),
+    )
+    return {
+        "repository": str(repo),
+        "model": str(target),
+        "config": str(target / "config.pbtxt"),
+        "max_batch_size": batch,
+        "files": sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +308,9 @@ def python_model_config(name: str, spec, settings: dict, max_batch: int, queue_d
     return config
 
 
-def write_model(repo: Path, name: str, spec, settings: dict, max_batch: int, queue_delay_us: int,
-                instances: int) -> Path:
+def write_model(
+    repo: Path, name: str, spec, settings: dict, max_batch: int, queue_delay_us: int, instances: int
+) -> Path:
     """Write REPO/<name>/ for `vimdeploy serve`'s Triton; returns the model folder."""
     config = python_model_config(name, spec, settings, max_batch, queue_delay_us, instances)
     folder = repo / name

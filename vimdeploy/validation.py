@@ -92,9 +92,19 @@ def _topk_agreement(ref: np.ndarray, out: np.ndarray) -> dict:
     }
 
 
-def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: float | None = None,
-                      seed: int = 0, ema: bool = False, precision: str | None = None, progress=None,
-                      img_size=None, allow_nonfinite: bool = False) -> dict:
+def validate_artifact(
+    artifact,
+    ref,
+    images=(),
+    random_batch: int = 2,
+    atol: float | None = None,
+    seed: int = 0,
+    ema: bool = False,
+    precision: str | None = None,
+    progress=None,
+    img_size=None,
+    allow_nonfinite: bool = False,
+) -> dict:
     """Every output of `artifact` against the PyTorch reference `ref`, at the artifact's
     resolution (or `img_size`, N or "HxW", for one that takes several). Pass/fail: the
     precision's tolerance on the logits, and its cosine bound on every other output."""
@@ -102,8 +112,10 @@ def validate_artifact(artifact, ref, images=(), random_batch: int = 2, atol: flo
 
     say = progress or (lambda _msg: None)
     say(f"opening {artifact} and the reference {ref}")
-    with open_engine(artifact, allow_nonfinite=allow_nonfinite) as engine, \
-            open_engine(ref, ema=ema, allow_nonfinite=allow_nonfinite) as reference:
+    with (
+        open_engine(artifact, allow_nonfinite=allow_nonfinite) as engine,
+        open_engine(ref, ema=ema, allow_nonfinite=allow_nonfinite) as reference,
+    ):
         return _validate(engine, reference, artifact, ref, images, random_batch, atol, seed, precision, say, img_size)
 
 
@@ -116,7 +128,9 @@ def _validate(engine, reference, artifact, ref, images, random_batch, atol, seed
     precision = precision or meta.get("precision", "fp32")
     tol = TOLERANCES.get(precision)
     if atol is not None:
-        tol = Tolerance(max_abs=atol, min_cosine=tol.min_cosine if tol else None, min_top1=tol.min_top1 if tol else None)
+        tol = Tolerance(
+            max_abs=atol, min_cosine=tol.min_cosine if tol else None, min_top1=tol.min_top1 if tol else None
+        )
     if tol is None:
         raise InputError(f"no default tolerance for {precision} artifacts yet: pass --atol.")
     wanted = parse_img_size(img_size)
@@ -124,7 +138,9 @@ def _validate(engine, reference, artifact, ref, images, random_batch, atol, seed
         raise InputError("--img-size for validate is one size (N or HxW), not 'dynamic'.")
     hw = tuple(engine.input_hw or wanted or (reference.model.cfg.img_size,) * 2)
     if engine.input_hw and wanted and tuple(wanted) != hw:
-        raise InputError(f"{artifact} takes {format_img_size(hw)} inputs only; got --img-size {format_img_size(wanted)}.")
+        raise InputError(
+            f"{artifact} takes {format_img_size(hw)} inputs only; got --img-size {format_img_size(wanted)}."
+        )
     reference.model.grid_for(*hw)  # a clear error for a size off the patch grid
     outputs = list(engine.outputs)
 
@@ -143,8 +159,11 @@ def _validate(engine, reference, artifact, ref, images, random_batch, atol, seed
         say(f"running {name} ({len(x)} inputs at {format_img_size(hw)} px) through both")
         r = reference.run(x, outputs=outputs)
         o = engine.run(x, outputs=outputs)
-        results[name] = {"inputs": len(x), **{n: compare(r[n], o[n]) for n in outputs},
-                         **_topk_agreement(r["logits"], o["logits"])}
+        results[name] = {
+            "inputs": len(x),
+            **{n: compare(r[n], o[n]) for n in outputs},
+            **_topk_agreement(r["logits"], o["logits"]),
+        }
         for n in outputs:
             ref_out[n].append(r[n])
             art_out[n].append(o[n])
@@ -154,8 +173,11 @@ def _validate(engine, reference, artifact, ref, images, random_batch, atol, seed
     overall = {**compare(ref_all["logits"], art_all["logits"]), **_topk_agreement(ref_all["logits"], art_all["logits"])}
     per_output = {n: compare(ref_all[n], art_all[n]) for n in outputs}
     bad = {"artifact": nonfinite(art_all), "reference": nonfinite(ref_all)}
-    failures = [f"{n}: {count} NaN/inf values in the {side}'s output" for side, counts in bad.items()
-                for n, count in counts.items()]
+    failures = [
+        f"{n}: {count} NaN/inf values in the {side}'s output"
+        for side, counts in bad.items()
+        for n, count in counts.items()
+    ]
     if tol.max_abs is not None and overall["max_abs"] > tol.max_abs:
         failures.append(f"logits max abs {overall['max_abs']:.3g} > {tol.max_abs:.3g}")
     if tol.min_cosine is not None and overall["min_cosine"] < tol.min_cosine:
@@ -166,10 +188,21 @@ def _validate(engine, reference, artifact, ref, images, random_batch, atol, seed
         if n != "logits" and tol.min_cosine is not None and per_output[n]["min_cosine"] < tol.min_cosine:
             failures.append(f"{n} cosine {per_output[n]['min_cosine']:.6f} < {tol.min_cosine}")
     return {
-        "artifact": str(artifact), "reference": str(ref), "engine": engine.describe(), "precision": precision,
-        "img_size": format_img_size(hw), "outputs": outputs, "photos": names, "note": note,
-        "tolerance": asdict(tol), "sets": results, "overall": overall, "per_output": per_output,
-        "nonfinite": bad, "passed": not failures, "failures": failures,
+        "artifact": str(artifact),
+        "reference": str(ref),
+        "engine": engine.describe(),
+        "precision": precision,
+        "img_size": format_img_size(hw),
+        "outputs": outputs,
+        "photos": names,
+        "note": note,
+        "tolerance": asdict(tol),
+        "sets": results,
+        "overall": overall,
+        "per_output": per_output,
+        "nonfinite": bad,
+        "passed": not failures,
+        "failures": failures,
     }
 
 
@@ -178,8 +211,10 @@ def format_report(r: dict) -> str:
     if r.get("note"):
         lines.append(f"note: {r['note']}")
     width = max(9, *(len(o) + 1 for o in r.get("outputs", ["logits"])))
-    header = (f"  {'inputs':<10}{'n':>3}  {'output':<{width}}{'max abs':>10}{'max rel':>10}{'cosine':>11}"
-              f"{'top-1':>7}{'top-5':>7}")
+    header = (
+        f"  {'inputs':<10}{'n':>3}  {'output':<{width}}{'max abs':>10}{'max rel':>10}{'cosine':>11}"
+        f"{'top-1':>7}{'top-5':>7}"
+    )
     lines.append(header)
     for name, s in r["sets"].items():
         for output in r.get("outputs", ["logits", "features"]):
@@ -187,8 +222,10 @@ def format_report(r: dict) -> str:
                 continue
             m = s[output]
             agree = f"{s['top1']:>7.0%}{s['top5']:>7.0%}" if output == "logits" else ""
-            lines.append(f"  {name:<10}{s['inputs']:>3}  {output:<{width}}{m['max_abs']:>10.2e}{m['max_rel']:>10.2e}"
-                         f"{m['min_cosine']:>11.7f}{agree}")
+            lines.append(
+                f"  {name:<10}{s['inputs']:>3}  {output:<{width}}{m['max_abs']:>10.2e}{m['max_rel']:>10.2e}"
+                f"{m['min_cosine']:>11.7f}{agree}"
+            )
     tol = ", ".join(f"{k} {v}" for k, v in r["tolerance"].items() if v is not None)
     verdict = "PASS" if r["passed"] else "FAIL: " + "; ".join(r["failures"])
     lines.append(f"{verdict}  (tolerance on logits: {tol}; cosine bound on every other output)")

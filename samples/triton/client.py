@@ -26,8 +26,12 @@ parser.add_argument("images", nargs="+", type=Path)
 parser.add_argument("--url", default=None, help="host:port. Default: localhost:8000 (HTTP) or localhost:8001 (gRPC).")
 parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
 parser.add_argument("--model", default="vim")
-parser.add_argument("--send", choices=["bytes", "pixels"], default=None,
-                    help="Default: bytes where the model takes `image_bytes`, else pixels.")
+parser.add_argument(
+    "--send",
+    choices=["bytes", "pixels"],
+    default=None,
+    help="Default: bytes where the model takes `image_bytes`, else pixels.",
+)
 parser.add_argument("-k", type=int, default=5)
 args = parser.parse_args()
 
@@ -61,10 +65,15 @@ served_topk = "top5_labels" in outputs and args.k <= 5
 wanted = ["top5_labels", "top5_scores", "top5_indices"] if served_topk else ["logits"]
 result = client.infer(args.model, [request], outputs=[triton.InferRequestedOutput(n) for n in wanted])
 if served_topk:
-    rows = [[{"name": name.decode(), "probability": float(score), "index": int(index)}
-             for name, score, index in list(zip(names, scores, indices))[: args.k]]
-            for names, scores, indices in zip(result.as_numpy("top5_labels"), result.as_numpy("top5_scores"),
-                                              result.as_numpy("top5_indices"))]
+    rows = [
+        [
+            {"name": name.decode(), "probability": float(score), "index": int(index)}
+            for name, score, index in list(zip(names, scores, indices))[: args.k]
+        ]
+        for names, scores, indices in zip(
+            result.as_numpy("top5_labels"), result.as_numpy("top5_scores"), result.as_numpy("top5_indices")
+        )
+    ]
 else:
     rows = topk(result.as_numpy("logits").astype(np.float32), args.k)
 for path, top in zip(args.images, rows):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from .command import check_device, main_bench
 from .common import BenchError, environment, is_oom, parse_int_list, snap_size
-from .models import DEIT_MODES, DeiTRunner, _vim_fp16, deit_runner, vim_runner
+from .models import DEIT_MODES, DeiTRunner, deit_runner, vim_runner
 from .profiler import categorize, profile_breakdown
 from .report import format_table, plot
 from .runners import EngineRunner, Runner, TorchRunner, engine_runner
@@ -42,8 +42,28 @@ from .search import find_max_batch, run_bench
 from .timing import measure, time_calls, time_graph
 
 __all__ = [
-    "BenchError", "Runner", "TorchRunner", "EngineRunner", "snap_size", "find_max_batch", "is_oom",
-    "measure", "time_graph", "run_bench", "vim_runner", "deit_runner", "engine_runner", "format_table", "plot",
-    "environment", "profile_breakdown", "parse_int_list", "time_calls", "check_device", "main_bench",
-    "DeiTRunner", "DEIT_MODES", "categorize",
+    "BenchError",
+    "Runner",
+    "TorchRunner",
+    "EngineRunner",
+    "snap_size",
+    "find_max_batch",
+    "is_oom",
+    "measure",
+    "time_graph",
+    "run_bench",
+    "vim_runner",
+    "deit_runner",
+    "engine_runner",
+    "format_table",
+    "plot",
+    "environment",
+    "profile_breakdown",
+    "parse_int_list",
+    "time_calls",
+    "check_device",
+    "main_bench",
+    "DeiTRunner",
+    "DEIT_MODES",
+    "categorize",
 ]

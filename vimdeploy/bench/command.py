@@ -16,16 +16,38 @@ def check_device(device: str, cpu_capable: bool):
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("no CUDA GPU here: `vimdeploy bench` measures GPU throughput and memory. "
-                         "For a CPU-only model (--scan fast, or an .onnx) pass --device cpu.")
+        raise BenchError(
+            "no CUDA GPU here: `vimdeploy bench` measures GPU throughput and memory. "
+            "For a CPU-only model (--scan fast, or an .onnx) pass --device cpu."
+        )
     if device == "cpu" and not cpu_capable:
-        raise BenchError("this model does not run on the CPU (--scan cuda, a TensorRT engine, or CUDA graphs); "
-                         "use --device cuda")
+        raise BenchError(
+            "this model does not run on the CPU (--scan cuda, a TensorRT engine, or CUDA graphs); use --device cuda"
+        )
 
 
-def main_bench(model=None, model_name=None, scan=None, sizes="224,512,1024", batches="1", max_batch=None, dtype=None,
-               cuda_graphs=False, compile=False, compare=(), device="cuda", warmup=3, iters=50, seconds=2.0, max_forward_s=10.0,
-               profile_size=None, json_out=None, plot_dir=None, progress=True, extra_runners=()) -> dict:
+def main_bench(
+    model=None,
+    model_name=None,
+    scan=None,
+    sizes="224,512,1024",
+    batches="1",
+    max_batch=None,
+    dtype=None,
+    cuda_graphs=False,
+    compile=False,
+    compare=(),
+    device="cuda",
+    warmup=3,
+    iters=50,
+    seconds=2.0,
+    max_forward_s=10.0,
+    profile_size=None,
+    json_out=None,
+    plot_dir=None,
+    progress=True,
+    extra_runners=(),
+) -> dict:
     """What `vimdeploy bench` does; returns the result dict (see run_bench)."""
     import json
     from pathlib import Path
@@ -52,8 +74,11 @@ def main_bench(model=None, model_name=None, scan=None, sizes="224,512,1024", bat
         opts = {"cuda_graph": True} if (suffix != ".onnx" and cuda_graphs) else {}
         runners = [engine_runner(model, device=device, **opts)]
     else:
-        runners = [vim_runner(model_name or model, scan=scan, dtype=dtype, device=device, cuda_graphs=cuda_graphs,
-                              compile=compile)]
+        runners = [
+            vim_runner(
+                model_name or model, scan=scan, dtype=dtype, device=device, cuda_graphs=cuda_graphs, compile=compile
+            )
+        ]
     runners += list(extra_runners)
     for name in dict.fromkeys(compare):
         for mode in DEIT_MODES[name]:
@@ -68,8 +93,19 @@ def main_bench(model=None, model_name=None, scan=None, sizes="224,512,1024", bat
                 profile.append(profile_breakdown(runners[0], snap_size(profile_size), b))
             except Exception as e:  # noqa: BLE001
                 profile.append({"size": profile_size, "batch": b, "error": f"{type(e).__name__}: {e}"[:300]})
-    result = run_bench(runners, sizes, batches, max_batch, warmup=warmup, iters=iters, seconds=seconds,
-                       max_forward_s=max_forward_s, progress=progress, env=env, profile=profile)
+    result = run_bench(
+        runners,
+        sizes,
+        batches,
+        max_batch,
+        warmup=warmup,
+        iters=iters,
+        seconds=seconds,
+        max_forward_s=max_forward_s,
+        progress=progress,
+        env=env,
+        profile=profile,
+    )
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result, indent=1))

@@ -43,7 +43,8 @@ def is_oom(exc: BaseException) -> bool:
         pass
     msg = str(exc).lower()
     return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in msg or "cublas_status_alloc_failed" in msg or isinstance(exc, MemoryError))
+        "out of memory" in msg or "cublas_status_alloc_failed" in msg or isinstance(exc, MemoryError)
+    )
 
 
 def _need(module: str, what: str):
@@ -57,8 +58,16 @@ def _need(module: str, what: str):
 
 def _smi(field_: str) -> str:
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field_}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        out = (
+            subprocess.run(
+                ["nvidia-smi", f"--query-gpu={field_}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         return out[0] if out else "?"
     except Exception:  # noqa: BLE001
         return "?"
@@ -67,13 +76,22 @@ def _smi(field_: str) -> str:
 def environment(device: str = "cuda") -> dict:
     import torch
 
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device,
-           "command": " ".join([sys.argv[0].rsplit("/", 1)[-1]] + sys.argv[1:])}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "command": " ".join([sys.argv[0].rsplit("/", 1)[-1]] + sys.argv[1:]),
+    }
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env.update(gpu=torch.cuda.get_device_name(0), driver=_smi("driver_version"), cuda=torch.version.cuda,
-                   gpu_memory_mib=round(p.total_memory / 2**20), sms=p.multi_processor_count,
-                   cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu=torch.cuda.get_device_name(0),
+            driver=_smi("driver_version"),
+            cuda=torch.version.cuda,
+            gpu_memory_mib=round(p.total_memory / 2**20),
+            sms=p.multi_processor_count,
+            cudnn=torch.backends.cudnn.version(),
+        )
         try:
             import timm
 

@@ -8,7 +8,6 @@ import gc
 from .common import BenchError, _need
 from .runners import TorchRunner
 
-
 DEIT_MODES = {"deit_tiny": ("eager", "sdpa"), "deit_tiny_eager": ("eager",), "deit_tiny_sdpa": ("sdpa",)}
 
 
@@ -21,9 +20,14 @@ def _vim_fp16(model):
     Vim-Ti forward: 0.3 ms on an H100); the residual stream is fp32."""
     import torch
 
-    keep = {n: p.detach().clone() for n, p in model.named_parameters()
-            if n.split(".")[-1] in ("A_log", "A_b_log", "D", "D_b") or n.endswith(("dt_proj.bias", "dt_proj_b.bias"))
-            or (n.endswith(".weight") and ("norm" in n)) or ".conv1d" in n}
+    keep = {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if n.split(".")[-1] in ("A_log", "A_b_log", "D", "D_b")
+        or n.endswith(("dt_proj.bias", "dt_proj_b.bias"))
+        or (n.endswith(".weight") and ("norm" in n))
+        or ".conv1d" in n
+    }
     model.half()
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -32,8 +36,18 @@ def _vim_fp16(model):
     return model
 
 
-def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda_graphs=False, ema=False,
-               name=None, compile=False, freeze=False, front="auto") -> TorchRunner:
+def vim_runner(
+    source="vim_tiny",
+    scan="cuda",
+    dtype="fp16",
+    device="cuda",
+    cuda_graphs=False,
+    ema=False,
+    name=None,
+    compile=False,
+    freeze=False,
+    front="auto",
+) -> TorchRunner:
     """Vim from a checkpoint path, or untrained from VARIANTS ("vim_tiny", "vim_small", "vim_base").
     `freeze` (with `compile`): Inductor's freezing, see `compiled`. `front`: the mixer's front
     (vimdeploy.model.front: "auto", "torch", "token-major" or a MixerFront)."""
@@ -49,7 +63,9 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
         try:
             native.load_library()
         except native.PluginError as e:
-            raise BenchError(f"--scan cuda needs the kernel library ({e}); build it with `vimdeploy plugin build`") from None
+            raise BenchError(
+                f"--scan cuda needs the kernel library ({e}); build it with `vimdeploy plugin build`"
+            ) from None
     key = str(source)
     if key.startswith("vim_") and key[4:] in VARIANTS:
         model = VisionMamba(VARIANTS[key[4:]], scan=scan).init_weights("untrained")
@@ -60,9 +76,11 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
     model.front = front
     if dtype == "fp16":
         _vim_fp16(model)
-    label = name or (f"{label} ({scan} scan{', torch.compile' if compile else ''}"
-                     f"{f' {compile}' if isinstance(compile, str) else ''}{', frozen' if compile and freeze else ''}"
-                     f"{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})")
+    label = name or (
+        f"{label} ({scan} scan{', torch.compile' if compile else ''}"
+        f"{f' {compile}' if isinstance(compile, str) else ''}{', frozen' if compile and freeze else ''}"
+        f"{', CUDA graphs' if cuda_graphs and device == 'cuda' else ''})"
+    )
     # At each size the position embedding is baked in once (set_input_size), as in a model
     # deployed at that resolution and as timm builds DeiT per size (deit_runner): resampling
     # it on every forward cost 0.57 ms of Vim-Ti's 50 ms at 1248 px batch 32 on an H100.
@@ -78,9 +96,17 @@ def vim_runner(source="vim_tiny", scan="cuda", dtype="fp16", device="cuda", cuda
         # casts; half of Vim-Ti's GPU time without it, docs/bench.md); the scan stays our
         # opaque custom op. One compilation per input shape.
         module = compiled(model.to(device), compile, freeze)
-    return TorchRunner(label, module, device=device, input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
-                       cuda_graphs=cuda_graphs, on_size=on_size, patch=model.cfg.patch_size, stride=model.cfg.stride,
-                       info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)})
+    return TorchRunner(
+        label,
+        module,
+        device=device,
+        input_dtype=torch.float16 if dtype == "fp16" else torch.float32,
+        cuda_graphs=cuda_graphs,
+        on_size=on_size,
+        patch=model.cfg.patch_size,
+        stride=model.cfg.stride,
+        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)},
+    )
 
 
 def _params_m(model) -> float:
@@ -110,7 +136,7 @@ def compiled(module, compile, freeze=False):
     return torch.compile(module, dynamic=False, options={"freezing": True})
 
 
-def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False) -> "DeiTRunner":
+def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False) -> DeiTRunner:
     return DeiTRunner(mode, dtype, device, cuda_graphs, compile)
 
 
@@ -130,12 +156,20 @@ class DeiTRunner(TorchRunner):
         self.device = device  # _build needs it before Runner.__init__ sets it
         self.dtype = torch.float16 if dtype == "fp16" else torch.float32
         self._size = None
-        label = (("eager attention" if mode == "eager" else "SDPA") + (", torch.compile" if compile else "")
-                 + (f" {compile}" if isinstance(compile, str) else "")
-                 + (", CUDA graphs" if cuda_graphs else ""))
-        super().__init__(f"DeiT-Ti ({label})", self._build(224),
-                         device=device, input_dtype=self.dtype, cuda_graphs=cuda_graphs,
-                         info={"model": "deit_tiny_patch16_224", "attention": mode, "dtype": dtype, "compile": compile})
+        label = (
+            ("eager attention" if mode == "eager" else "SDPA")
+            + (", torch.compile" if compile else "")
+            + (f" {compile}" if isinstance(compile, str) else "")
+            + (", CUDA graphs" if cuda_graphs else "")
+        )
+        super().__init__(
+            f"DeiT-Ti ({label})",
+            self._build(224),
+            device=device,
+            input_dtype=self.dtype,
+            cuda_graphs=cuda_graphs,
+            info={"model": "deit_tiny_patch16_224", "attention": mode, "dtype": dtype, "compile": compile},
+        )
         self._size = 224
         self.info["params_m"] = _params_m(self.module)
 

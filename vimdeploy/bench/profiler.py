@@ -5,7 +5,6 @@ from __future__ import annotations
 from .runners import TorchRunner
 from .timing import _cleanup
 
-
 _CATEGORIES = [
     ("scan kernel", ("biscan", "bi_selective", "selective_scan", "scan_chunk")),
     ("delta (dt_proj + softplus)", ("deltakernel",)),  # plugins/kernels/delta_softplus.cu
@@ -60,13 +59,21 @@ def profile_breakdown(runner: TorchRunner, size: int, batch: int, steps: int = 5
         for name, us in per_kernel.items():
             c = categorize(name)
             cats[c] = cats.get(c, 0.0) + us
-        return {"runner": runner.name, "size": size, "batch": batch, "steps": steps,
-                "gpu_ms_per_forward": total / 1e3 / steps,
-                "categories": {c: {"ms_per_forward": us / 1e3 / steps, "share": us / total}
-                               for c, us in sorted(cats.items(), key=lambda kv: -kv[1])},
-                "top_kernels": [{"name": n[:120], "ms_per_forward": us / 1e3 / steps, "share": us / total,
-                                 "category": categorize(n)}
-                                for n, us in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]]}
+        return {
+            "runner": runner.name,
+            "size": size,
+            "batch": batch,
+            "steps": steps,
+            "gpu_ms_per_forward": total / 1e3 / steps,
+            "categories": {
+                c: {"ms_per_forward": us / 1e3 / steps, "share": us / total}
+                for c, us in sorted(cats.items(), key=lambda kv: -kv[1])
+            },
+            "top_kernels": [
+                {"name": n[:120], "ms_per_forward": us / 1e3 / steps, "share": us / total, "category": categorize(n)}
+                for n, us in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]
+            ],
+        }
     finally:
         runner.cuda_graphs = graphs
         runner.release()

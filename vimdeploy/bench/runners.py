@@ -3,8 +3,8 @@ callable running one forward pass on a preallocated batch (a CUDA graph replay w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .common import BenchError, is_oom
 
@@ -33,8 +33,9 @@ class Runner:
 class TorchRunner(Runner):
     """An nn.Module taking (B, 3, H, W) in `input_dtype`, optionally replayed as a CUDA graph."""
 
-    def __init__(self, name, module, device="cuda", input_dtype=None, cuda_graphs=False, autocast=None, on_size=None,
-                 **kw):
+    def __init__(
+        self, name, module, device="cuda", input_dtype=None, cuda_graphs=False, autocast=None, on_size=None, **kw
+    ):
         super().__init__(name=name, device=device, timer="cuda" if device == "cuda" else "wall", **kw)
         import torch
 
@@ -62,9 +63,11 @@ class TorchRunner(Runner):
             self.on_size(size)
         x = torch.randn(batch, 3, size, size, device=self.device).to(self.input_dtype)
         if not self.cuda_graphs:
+
             def run():
                 with torch.inference_mode():
                     return self._forward(x)
+
             self._state = (x,)
             return run
         # Warm up on a side stream (an OOM shows here, before capture), then capture.
@@ -96,8 +99,7 @@ class EngineRunner(Runner):
     """A vimdeploy Engine (open_engine): numpy in, numpy out, timed by the wall clock."""
 
     def __init__(self, name, engine, device="cpu", **kw):
-        super().__init__(name=name, device=device, timer="wall",
-                         fixed_size=getattr(engine, "input_size", None), **kw)
+        super().__init__(name=name, device=device, timer="wall", fixed_size=getattr(engine, "input_size", None), **kw)
         self.engine = engine
         self._x = None
 
@@ -120,10 +122,16 @@ def engine_runner(path, device="cpu", scan="auto", **options) -> EngineRunner:
 
     path = Path(path)
     if path.suffix.lower() == ".onnx" and device != "cpu":
-        raise BenchError("an .onnx model runs with ONNX Runtime on the CPU: pass --device cpu "
-                         "(for GPU numbers build a TensorRT engine with `vimdeploy build` and bench the .plan)")
+        raise BenchError(
+            "an .onnx model runs with ONNX Runtime on the CPU: pass --device cpu "
+            "(for GPU numbers build a TensorRT engine with `vimdeploy build` and bench the .plan)"
+        )
     if path.suffix.lower() in ENGINE_SUFFIXES and device != "cuda":
         raise BenchError("a TensorRT engine runs on the GPU: use --device cuda")
     engine = open_engine(path, **options)
-    return EngineRunner(f"{path.name} ({type(engine).__name__})", engine, device=device,
-                        info={"model": str(path), "backend": type(engine).__name__})
+    return EngineRunner(
+        f"{path.name} ({type(engine).__name__})",
+        engine,
+        device=device,
+        info={"model": str(path), "backend": type(engine).__name__},
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .common import is_oom, snap_size
 from .timing import _cleanup, measure
@@ -28,8 +28,19 @@ def find_max_batch(try_batch: Callable[[int], dict], max_batch: int, on_oom: Cal
     return None, None, tried
 
 
-def run_bench(runners, sizes, batches=(1,), max_batch=None, warmup=3, iters=50, seconds=2.0, max_forward_s=10.0,
-              progress=True, env=None, profile=None) -> dict:
+def run_bench(
+    runners,
+    sizes,
+    batches=(1,),
+    max_batch=None,
+    warmup=3,
+    iters=50,
+    seconds=2.0,
+    max_forward_s=10.0,
+    progress=True,
+    env=None,
+    profile=None,
+) -> dict:
     """Every runner x size x (each batch in `batches`, then the largest batch <= max_batch).
 
     Returns {"env", "rows", "settings"}; rows carry runner, size, requested_size,
@@ -49,8 +60,13 @@ def run_bench(runners, sizes, batches=(1,), max_batch=None, warmup=3, iters=50, 
             slow = None  # a size at which this runner was too slow / did not fit at batch 1
             for req in sizes:
                 size = snap_size(req, runner.patch, runner.stride)
-                base = {"runner": runner.name, "device": runner.device, "requested_size": req, "size": size,
-                        "tokens": ((size - runner.patch) // runner.stride + 1) ** 2 + 1}
+                base = {
+                    "runner": runner.name,
+                    "device": runner.device,
+                    "requested_size": req,
+                    "size": size,
+                    "tokens": ((size - runner.patch) // runner.stride + 1) ** 2 + 1,
+                }
                 if size != req:
                     base["note"] = f"{req} is not on the patch grid ({runner.patch} + k*{runner.stride}): ran {size}"
                 specs = [("fixed", b) for b in batches] + ([("max", max_batch)] if max_batch else [])
@@ -69,8 +85,12 @@ def run_bench(runners, sizes, batches=(1,), max_batch=None, warmup=3, iters=50, 
                                 row.update(measure(runner, size, b, warmup, iters, seconds, mf))
                             else:
                                 got, r, tried = find_max_batch(
-                                    lambda bb: measure(runner, size, bb, warmup, iters, seconds, mf),
-                                    b, on_oom=lambda: (runner.release(), _cleanup(runner.device)))
+                                    lambda bb, runner=runner, size=size, mf=mf: measure(
+                                        runner, size, bb, warmup, iters, seconds, mf
+                                    ),
+                                    b,
+                                    on_oom=lambda runner=runner: (runner.release(), _cleanup(runner.device)),
+                                )
                                 row["tried"] = tried
                                 if got is None:
                                     row.update(batch=None, status="oom")
@@ -90,14 +110,27 @@ def run_bench(runners, sizes, batches=(1,), max_batch=None, warmup=3, iters=50, 
                     if bar:
                         bar.update(1)
                         if row["status"] != "ok":
-                            bar.write(f"  {runner.name} {size}px batch {row.get('batch')}: {row['status']}"
-                                      + (f" ({row.get('error') or row.get('note', '')})" if row["status"] != "oom" else ""))
+                            bar.write(
+                                f"  {runner.name} {size}px batch {row.get('batch')}: {row['status']}"
+                                + (f" ({row.get('error') or row.get('note', '')})" if row["status"] != "oom" else "")
+                            )
     finally:
         if bar:
             bar.close()
-    out = {"env": env or {}, "settings": {"sizes": sizes, "batches": batches, "max_batch": max_batch, "warmup": warmup,
-                                          "iters": iters, "seconds": seconds, "max_forward_s": max_forward_s},
-           "runners": [{"name": r.name, **r.info} for r in runners], "rows": rows}
+    out = {
+        "env": env or {},
+        "settings": {
+            "sizes": sizes,
+            "batches": batches,
+            "max_batch": max_batch,
+            "warmup": warmup,
+            "iters": iters,
+            "seconds": seconds,
+            "max_forward_s": max_forward_s,
+        },
+        "runners": [{"name": r.name, **r.info} for r in runners],
+        "rows": rows,
+    }
     if profile is not None:
         out["profile"] = profile
     return out

@@ -86,8 +86,16 @@ def _percentile(values, q):
     return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (pos - lo)
 
 
-def measure(runner: Runner, size: int, batch: int, warmup: int = 3, iters: int = 50, seconds: float = 2.0,
-            max_forward_s: float = 10.0, min_iters: int = 3) -> dict:
+def measure(
+    runner: Runner,
+    size: int,
+    batch: int,
+    warmup: int = 3,
+    iters: int = 50,
+    seconds: float = 2.0,
+    max_forward_s: float = 10.0,
+    min_iters: int = 3,
+) -> dict:
     """Time one configuration; raises on OOM (the caller decides). Returns a result row."""
     cuda = runner.device == "cuda"
     if cuda:
@@ -102,8 +110,12 @@ def measure(runner: Runner, size: int, batch: int, warmup: int = 3, iters: int =
     first_s = time.perf_counter() - t0
     row = {"batch": batch, "first_call_s": round(first_s, 4)}
     if first_s > max_forward_s:
-        row.update(status="too_slow", est_ms=first_s * 1e3,
-                   throughput_img_s=batch / first_s, note=f"one call took {first_s:.1f} s > {max_forward_s} s: not timed")
+        row.update(
+            status="too_slow",
+            est_ms=first_s * 1e3,
+            throughput_img_s=batch / first_s,
+            note=f"one call took {first_s:.1f} s > {max_forward_s} s: not timed",
+        )
         if cuda:
             row["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
         return row
@@ -113,8 +125,16 @@ def measure(runner: Runner, size: int, batch: int, warmup: int = 3, iters: int =
     n = int(max(min_iters, min(iters, seconds / max(first_s, 1e-6))))
     samples = time_calls(fn, n, runner.timer)
     med = statistics.median(samples)
-    row.update(status="ok", iters=n, median_ms=med, p50_ms=_percentile(samples, 0.5), p99_ms=_percentile(samples, 0.99),
-               min_ms=min(samples), max_ms=max(samples), throughput_img_s=batch * 1e3 / med)
+    row.update(
+        status="ok",
+        iters=n,
+        median_ms=med,
+        p50_ms=_percentile(samples, 0.5),
+        p99_ms=_percentile(samples, 0.99),
+        min_ms=min(samples),
+        max_ms=max(samples),
+        throughput_img_s=batch * 1e3 / med,
+    )
     if cuda:
         row["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return row

@@ -30,7 +30,20 @@ def main():
 
 
 # In the order `vimdeploy --help` lists them (alphabetical in click).
-for _command in (models.info, models.predict, models.infer, export.export_cmd, export.convert, models.validate,
-                 models.evaluate, models.demo, tensorrt.plugin, tensorrt.build_cmd, tensorrt.inspect_cmd,
-                 tensorrt.triton_repo, serve.serve_cmd, serve.bench_cmd):
+for _command in (
+    models.info,
+    models.predict,
+    models.infer,
+    export.export_cmd,
+    export.convert,
+    models.validate,
+    models.evaluate,
+    models.demo,
+    tensorrt.plugin,
+    tensorrt.build_cmd,
+    tensorrt.inspect_cmd,
+    tensorrt.triton_repo,
+    serve.serve_cmd,
+    serve.bench_cmd,
+):
     main.add_command(_command)

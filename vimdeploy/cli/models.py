@@ -26,11 +26,15 @@ def info(checkpoint, ema, overrides, as_json):
     def human(d):
         m = d["model"]
         click.echo(f"{d['file']['path']}  ({d['file']['size_mb']:.1f} MB, sha256 {d['file']['sha256'][:16]}...)")
-        click.echo(f"  variant      Vim {m['variant']}  (embed {m['embed_dim']}, depth {m['depth']}, "
-                   f"d_state {m['d_state']}, d_inner {m['d_inner']}, dt_rank {m['dt_rank']})")
+        click.echo(
+            f"  variant      Vim {m['variant']}  (embed {m['embed_dim']}, depth {m['depth']}, "
+            f"d_state {m['d_state']}, d_inner {m['d_inner']}, dt_rank {m['dt_rank']})"
+        )
         click.echo(f"  parameters   {m['parameters']:,}")
-        click.echo(f"  resolution   {m['img_size']}x{m['img_size']}, patch {m['patch_size']} stride {m['stride']}, "
-                   f"grid {m['grid']}x{m['grid']}, {m['tokens']} tokens (class token in the middle, index {m['cls_index']})")
+        click.echo(
+            f"  resolution   {m['img_size']}x{m['img_size']}, patch {m['patch_size']} stride {m['stride']}, "
+            f"grid {m['grid']}x{m['grid']}, {m['tokens']} tokens (class token in the middle, index {m['cls_index']})"
+        )
         click.echo(f"  classes      {m['num_classes']}")
         f = d["file"]
         click.echo(f"  weights from {f['weights_from']}  ({f['format']}, stored as {', '.join(f['stored_dtypes'])})")
@@ -81,15 +85,29 @@ def predict(model, images, img_size, k, ema, allow_nonfinite, as_json):
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="A .npy file holding an NCHW float32 batch (already normalised).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The .npz to write: every output of an .onnx/.plan (logits, features, feature_map...); "
-                   "logits and features of a checkpoint.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A .npy file holding an NCHW float32 batch (already normalised).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The .npz to write: every output of an .onnx/.plan (logits, features, feature_map...); "
+    "logits and features of a checkpoint.",
+)
 @click.option("--features", is_flag=True, help="Make sure `features` is written (it is by default).")
-@click.option("--outputs", "output_names", default=None,
-              help="Comma-separated outputs to write instead, e.g. logits,feature_map,feature_map_11 (a checkpoint "
-                   "gives any of them).")
+@click.option(
+    "--outputs",
+    "output_names",
+    default=None,
+    help="Comma-separated outputs to write instead, e.g. logits,feature_map,feature_map_11 (a checkpoint "
+    "gives any of them).",
+)
 @ema_option
 @nonfinite_option
 @json_option
@@ -117,25 +135,48 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
         outputs = engine.run(images, outputs=names)
         description = engine.describe()
     save_npz(output, outputs)
-    summary = {"model": str(model), "input": str(input_path), "output": str(output),
-               "batch": int(images.shape[0]), **{k: list(v.shape) for k, v in outputs.items()},
-               "engine": description}
-    emit(summary, as_json, lambda s: click.echo(
-        f"wrote {s['output']}: " + ", ".join(f"{k} {tuple(outputs[k].shape)}" for k in outputs)))
+    summary = {
+        "model": str(model),
+        "input": str(input_path),
+        "output": str(output),
+        "batch": int(images.shape[0]),
+        **{k: list(v.shape) for k, v in outputs.items()},
+        "engine": description,
+    }
+    emit(
+        summary,
+        as_json,
+        lambda s: click.echo(f"wrote {s['output']}: " + ", ".join(f"{k} {tuple(outputs[k].shape)}" for k in outputs)),
+    )
 
 
 @click.command()
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--ref", "ref", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The PyTorch checkpoint the artifact was made from (the reference).")
-@click.option("--images", "images", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Image files or folders to compare on (repeatable). Default: scikit-image's sample photos.")
+@click.option(
+    "--ref",
+    "ref",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PyTorch checkpoint the artifact was made from (the reference).",
+)
+@click.option(
+    "--images",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Image files or folders to compare on (repeatable). Default: scikit-image's sample photos.",
+)
 @click.option("--batch", type=int, default=2, show_default=True, help="How many seeded random inputs to add.")
-@click.option("--atol", type=float, default=None, help="Max abs error allowed on logits. Default: per precision (fp32: 1e-4).")
+@click.option(
+    "--atol", type=float, default=None, help="Max abs error allowed on logits. Default: per precision (fp32: 1e-4)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--img-size", default=None,
-              help="Size to compare at (N or HxW) for an artifact that takes several. Default: the artifact's, "
-                   "else the checkpoint's.")
+@click.option(
+    "--img-size",
+    default=None,
+    help="Size to compare at (N or HxW) for an artifact that takes several. Default: the artifact's, "
+    "else the checkpoint's.",
+)
 @ema_option
 @nonfinite_option
 @json_option
@@ -147,9 +188,18 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonf
     """
     from ..validation import format_report, validate_artifact
 
-    report = validate_artifact(artifact, ref, images=images, random_batch=batch, atol=atol, seed=seed, ema=ema,
-                               img_size=img_size, allow_nonfinite=allow_nonfinite,
-                               progress=None if as_json else progress_echo())
+    report = validate_artifact(
+        artifact,
+        ref,
+        images=images,
+        random_batch=batch,
+        atol=atol,
+        seed=seed,
+        ema=ema,
+        img_size=img_size,
+        allow_nonfinite=allow_nonfinite,
+        progress=None if as_json else progress_echo(),
+    )
     emit(report, as_json, lambda r: click.echo(format_report(r)))
     if not report["passed"]:
         sys.exit(1)
@@ -157,15 +207,27 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonf
 
 @click.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Images: one subfolder per class (sorted names = class indices), or any folder with --labels.")
-@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="A text file of 'relative/path.jpg label' lines, for a --data folder without class subfolders.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Images: one subfolder per class (sorted names = class indices), or any folder with --labels.",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A text file of 'relative/path.jpg label' lines, for a --data folder without class subfolders.",
+)
 @click.option("--limit", type=int, default=None, help="Use only the first N images (in the dataset's sorted order).")
 @click.option("--batch", "batch_size", type=int, default=32, show_default=True, help="Images per run call.")
-@click.option("--img-size", default=None,
-              help="Size (N or HxW) for artifacts that take several (checkpoints, dynamic exports). Default: "
-                   "each artifact's own, else its trained resolution.")
+@click.option(
+    "--img-size",
+    default=None,
+    help="Size (N or HxW) for artifacts that take several (checkpoints, dynamic exports). Default: "
+    "each artifact's own, else its trained resolution.",
+)
 @ema_option
 @nonfinite_option
 @json_option
@@ -176,7 +238,8 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, all
     With several artifacts, also the share of images where each one's top-1 class is the first's:
       vimdeploy evaluate vim.pth vim.onnx vim_fp16.onnx vim_int8.onnx --data imagenet/val --limit 5000
     """
-    from ..evaluation import evaluate as run_evaluation, format_results
+    from ..evaluation import evaluate as run_evaluation
+    from ..evaluation import format_results
 
     bars = []
 
@@ -188,8 +251,17 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, all
         return lambda n: (bar.update(n), bar.n >= total and bar.close())
 
     try:
-        results = run_evaluation(artifacts, data, labels_file=labels_file, limit=limit, batch_size=batch_size,
-                                 img_size=img_size, allow_nonfinite=allow_nonfinite, ema=ema, progress=progress)
+        results = run_evaluation(
+            artifacts,
+            data,
+            labels_file=labels_file,
+            limit=limit,
+            batch_size=batch_size,
+            img_size=img_size,
+            allow_nonfinite=allow_nonfinite,
+            ema=ema,
+            progress=progress,
+        )
     finally:
         for bar in bars:  # cleared before an error line, which then starts the line
             bar.close()
@@ -198,8 +270,14 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, all
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("vimdeploy-demo"),
-              show_default=True, help="Where the demo writes its files.")
+@click.option(
+    "-o",
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("vimdeploy-demo"),
+    show_default=True,
+    help="Where the demo writes its files.",
+)
 @json_option
 def demo(checkpoint, out_dir, as_json):
     """Run the whole pipeline once on CHECKPOINT, or on a built-in model if none is given.

@@ -38,17 +38,26 @@ def emit(data, as_json: bool, human):
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 ema_option = click.option("--ema", is_flag=True, help="Use the checkpoint's `model_ema` weights instead of `model`.")
-nonfinite_option = click.option("--allow-nonfinite", is_flag=True,
-                                help="Load a checkpoint whose weights hold NaN or inf (refused by default).")
+nonfinite_option = click.option(
+    "--allow-nonfinite", is_flag=True, help="Load a checkpoint whose weights hold NaN or inf (refused by default)."
+)
 
 
 def arch_options(fn):
     """Overrides for what a checkpoint's shapes cannot tell."""
 
-    @click.option("--stride", type=int, default=None,
-                  help="Patch stride (16, or 8 for the long-sequence models). Default: inferred.")
-    @click.option("--trained-size", type=int, default=None,
-                  help="Resolution the checkpoint was trained at. Default: inferred from its position embedding.")
+    @click.option(
+        "--stride",
+        type=int,
+        default=None,
+        help="Patch stride (16, or 8 for the long-sequence models). Default: inferred.",
+    )
+    @click.option(
+        "--trained-size",
+        type=int,
+        default=None,
+        help="Resolution the checkpoint was trained at. Default: inferred from its position embedding.",
+    )
     @functools.wraps(fn)
     def wrapper(*args, stride, trained_size, **kwargs):
         return fn(*args, overrides={"stride": stride, "img_size": trained_size}, **kwargs)

@@ -18,8 +18,8 @@ import io
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import onnx
 import torch
@@ -80,14 +80,15 @@ def _dynamic_shapes(cfg, fixed_batch, size):
 
 
 def _parse_out_indices(out_indices, depth: int) -> tuple[int, ...]:
-    """"5,11,17,23" or [5, 11] -> sorted unique block indices, each in 0..depth-1."""
+    """ "5,11,17,23" or [5, 11] -> sorted unique block indices, each in 0..depth-1."""
     if isinstance(out_indices, str):
         parts = [p.strip() for p in out_indices.split(",") if p.strip()]
         try:
             out_indices = [int(p) for p in parts]
         except ValueError:
-            raise InputError(f"--out-indices takes block numbers separated by commas (e.g. 5,11,17,23); "
-                             f"got {out_indices!r}.") from None
+            raise InputError(
+                f"--out-indices takes block numbers separated by commas (e.g. 5,11,17,23); got {out_indices!r}."
+            ) from None
     indices = sorted(set(int(i) for i in (out_indices or ())))
     bad = [i for i in indices if not 0 <= i < depth]
     if bad:
@@ -178,20 +179,30 @@ def export_onnx(
     example = torch.randn(example_batch, cfg.in_chans, *example_hw)
     dynamic_shapes = _dynamic_shapes(cfg, fixed_batch, size)
     at = "any resolution" if size == DYNAMIC else f"{format_img_size(size)} px ({tokens} tokens)"
-    say(f"exporting Vim {cfg.variant} at {at}, {scan} flavor, "
+    say(
+        f"exporting Vim {cfg.variant} at {at}, {scan} flavor, "
         f"batch {fixed_batch or 'dynamic'} (torch.export + onnxscript; about a minute per 24 layers "
-        + ("for the onnx flavor)" if scan == "onnx" else "or less)"))
+        + ("for the onnx flavor)" if scan == "onnx" else "or less)")
+    )
     t = time.perf_counter()
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                _ExportModule(model, names), (example,), dynamo=True, opset_version=int(opset),
-                input_names=[INPUT_NAME], output_names=names, dynamic_shapes=dynamic_shapes,
+                _ExportModule(model, names),
+                (example,),
+                dynamo=True,
+                opset_version=int(opset),
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_shapes=dynamic_shapes,
                 custom_translation_table=_op.custom_translation_table() if scan == "plugin" else None,
-                optimize=False, external_data=False,
+                optimize=False,
+                external_data=False,
             )
     except Exception as e:  # noqa: BLE001 - the exporter's failures are long; keep the first line
-        raise VimdeployError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise VimdeployError(
+            f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     proto = program.model_proto
     timings["export_s"] = time.perf_counter() - t
 
@@ -208,11 +219,18 @@ def export_onnx(
     t = time.perf_counter()
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     meta = {
-        "variant": cfg.variant, "resolution": format_img_size(size), "tokens": tokens,
-        "patch_size": str(cfg.patch_size), "stride": str(cfg.stride), "trained_resolution": str(cfg.img_size),
+        "variant": cfg.variant,
+        "resolution": format_img_size(size),
+        "tokens": tokens,
+        "patch_size": str(cfg.patch_size),
+        "stride": str(cfg.stride),
+        "trained_resolution": str(cfg.img_size),
         "outputs": ",".join(names),
-        "scan": scan, "batch": str(fixed_batch or "dynamic"), "precision": "fp32",
-        "version": __version__, "checkpoint_sha256": sha,
+        "scan": scan,
+        "batch": str(fixed_batch or "dynamic"),
+        "precision": "fp32",
+        "version": __version__,
+        "checkpoint_sha256": sha,
         "checkpoint_weights": "model_ema" if ema else "model",
         "op_contract": f"{DOMAIN}::{OP_TYPE} v{PLUGIN_VERSION}" if scan == "plugin" else "none",
     }
@@ -232,11 +250,19 @@ def export_onnx(
     timings["total_s"] = time.perf_counter() - t0
     say(f"wrote {output}")
     return {
-        "output": str(output), "flavor": scan, "variant": cfg.variant, "img_size": format_img_size(size),
-        "tokens": int(tokens) if tokens.isdigit() else tokens, "outputs": names,
-        "batch": fixed_batch or "dynamic", "opset": int(opset),
-        "nodes": len(proto.graph.node), "op_counts": op_counts(proto),
-        "size_mb": output.stat().st_size / 1e6, "checkpoint_sha256": sha, "timings": timings,
+        "output": str(output),
+        "flavor": scan,
+        "variant": cfg.variant,
+        "img_size": format_img_size(size),
+        "tokens": int(tokens) if tokens.isdigit() else tokens,
+        "outputs": names,
+        "batch": fixed_batch or "dynamic",
+        "opset": int(opset),
+        "nodes": len(proto.graph.node),
+        "op_counts": op_counts(proto),
+        "size_mb": output.stat().st_size / 1e6,
+        "checkpoint_sha256": sha,
+        "timings": timings,
     }
 
 
@@ -262,8 +288,15 @@ def _check_contract(proto, scan: str, cfg) -> str | None:
     return None
 
 
-def export_at_precision(checkpoint, output, precision: str = "fp32", force: bool = False, progress=None,
-                        convert_options: dict | None = None, **export_options) -> dict:
+def export_at_precision(
+    checkpoint,
+    output,
+    precision: str = "fp32",
+    force: bool = False,
+    progress=None,
+    convert_options: dict | None = None,
+    **export_options,
+) -> dict:
     """`vimdeploy export --precision`: the fp32 export, then the precision pass, one output file."""
     output = Path(output)
     if precision == "fp32":

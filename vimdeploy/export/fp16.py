@@ -19,7 +19,7 @@ What stays fp32 and why (see docs/precision.md for the measurements):
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import onnx
 from onnx import TensorProto, helper
@@ -32,6 +32,7 @@ __all__ = ["to_fp16", "sensitive_nodes"]
 
 # --------------------------------------------------------------------------------------------
 # Finding the parts to keep in fp32
+
 
 def _producers(graph) -> dict[str, onnx.NodeProto]:
     return {out: n for n in graph.node for out in n.output}
@@ -84,6 +85,7 @@ def sensitive_nodes(model: onnx.ModelProto, keep: Iterable[str] = ("norm", "resi
 # --------------------------------------------------------------------------------------------
 # FP16
 
+
 def _scan_nodes(graph):
     return [n for n in graph.node if n.op_type == OP_TYPE]
 
@@ -107,14 +109,15 @@ def _make_scan_activations_fp16(model: onnx.ModelProto) -> None:
                 if all(u is node for u in users.get(cast.output[0], [])):
                     dead.append(cast)
         down = users.get(node.output[0], [])
-        if down and all(u.op_type == "Cast" and helper.get_attribute_value(u.attribute[0]) == TensorProto.FLOAT16
-                        for u in down):
+        if down and all(
+            u.op_type == "Cast" and helper.get_attribute_value(u.attribute[0]) == TensorProto.FLOAT16 for u in down
+        ):
             for cast in down:
                 for u in users.get(cast.output[0], []):
                     for k, name in enumerate(u.input):
                         if name == cast.output[0]:
                             u.input[k] = node.output[0]
-                for k, o in enumerate(g.output):
+                for o in g.output:
                     if o.name == cast.output[0]:
                         raise VimdeployError("a scan output is a graph output; cannot retype it")  # never in Vim
                 dead.append(cast)
@@ -151,7 +154,10 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = ("norm", "residua
         # "the float32 number 1e-08 will be truncated to 1e-07": tiny weights clamp to fp16's range.
         warnings.simplefilter("ignore", UserWarning)
         converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=op_block, node_block_list=blocked,
+            model,
+            keep_io_types=True,
+            op_block_list=op_block,
+            node_block_list=blocked,
         )
     _make_scan_activations_fp16(converted)
     return onnx.shape_inference.infer_shapes(converted, strict_mode=True)

@@ -14,8 +14,8 @@ import hashlib
 import inspect
 import io
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -23,8 +23,14 @@ import onnx
 from ..errors import InputError
 from .ort_op import scan_errors, sessions_with_scan_op
 
-__all__ = ["CALIB_METHODS", "to_int8", "read_calibration_images", "calibration_batches", "fixed_batch_size",
-           "default_cache_dir"]
+__all__ = [
+    "CALIB_METHODS",
+    "to_int8",
+    "read_calibration_images",
+    "calibration_batches",
+    "fixed_batch_size",
+    "default_cache_dir",
+]
 
 CALIB_METHODS = ("max", "entropy", "percentile")
 
@@ -113,8 +119,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vimdeploy" / "calibration"
 
 
-def _range_cache_file(cache_dir: Path, model: onnx.ModelProto, images: np.ndarray, method: str,
-                      percentile: float) -> Path:
+def _range_cache_file(
+    cache_dir: Path, model: onnx.ModelProto, images: np.ndarray, method: str, percentile: float
+) -> Path:
     """Activation ranges depend on the graph, the images and the method: that is the key."""
     h = hashlib.sha256(model.SerializeToString())
     h.update(np.ascontiguousarray(images).tobytes())
@@ -122,9 +129,16 @@ def _range_cache_file(cache_dir: Path, model: onnx.ModelProto, images: np.ndarra
     return cache_dir / f"ranges-{h.hexdigest()[:20]}.json"
 
 
-def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", percentile: float = 99.99,
-            exclude: Iterable[str] = (), batch: int = 8, cache_dir: str | Path | None = None,
-            progress: Callable[[int, int], None] | None = None) -> tuple[onnx.ModelProto, dict]:
+def to_int8(
+    model: onnx.ModelProto,
+    images: np.ndarray,
+    method: str = "max",
+    percentile: float = 99.99,
+    exclude: Iterable[str] = (),
+    batch: int = 8,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[onnx.ModelProto, dict]:
     """INT8 Q/DQ for MatMul/Conv/Gemm (per-channel symmetric weights, per-tensor symmetric
     activations). `exclude`: module paths or parameter names whose layers stay in fp32,
     e.g. "x_proj", "dt_proj", "layers.0.", "head". With `cache_dir`, activation ranges are
@@ -136,15 +150,17 @@ def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", per
 
     if method not in CALIB_METHODS:
         raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}; got {method!r}.")
-    calib = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}[method]
+    calib = {
+        "max": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     excluded_nodes = [n.name for n in model.graph.node if _matches(n, exclude)]
     input_name = model.graph.input[0].name
     # QuantizeBias False: ONNX Runtime otherwise writes INT32 bias initializers behind a
     # DequantizeLinear, which TensorRT's IDequantizeLayer cannot take (INT8/FP8/INT4/FP4
     # only: onnx-tensorrt#850, onnxruntime#17738); the bias Add stays in float.
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile,
-             "QuantizeBias": False}
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile, "QuantizeBias": False}
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
@@ -163,10 +179,17 @@ def to_int8(model: onnx.ModelProto, images: np.ndarray, method: str = "max", per
         quiet = contextlib.redirect_stdout(io.StringIO())
         with sessions_with_scan_op(), scan_errors(), quiet, _root_log_level(logging.ERROR):
             quantize_static(
-                str(src), str(dst), _Batches(calibration_batches(images, batch, fixed_batch_size(model)), input_name, progress),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Conv", "Gemm"],
-                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=calib, nodes_to_exclude=excluded_nodes, extra_options=extra,
+                str(src),
+                str(dst),
+                _Batches(calibration_batches(images, batch, fixed_batch_size(model)), input_name, progress),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul", "Conv", "Gemm"],
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calib,
+                nodes_to_exclude=excluded_nodes,
+                extra_options=extra,
                 **({"calibration_cache_path": str(cache)} if cache else {}),
             )
         quantized = onnx.load(dst)

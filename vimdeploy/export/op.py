@@ -16,8 +16,17 @@ import torch
 from onnx.defs import OpSchema
 
 from ..contract import (
-    ACTIVATIONS, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, DOMAIN, NUM_INPUTS, OP_TYPE, OUTPUT_NAME,
-    PARAMETERS, PLUGIN_NAMESPACE, PLUGIN_VERSION, SCHEMA_VERSION,
+    ACTIVATIONS,
+    DEFAULT_DELTA_SOFTPLUS,
+    DEFAULT_OUT_SCALE,
+    DOMAIN,
+    NUM_INPUTS,
+    OP_TYPE,
+    OUTPUT_NAME,
+    PARAMETERS,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    SCHEMA_VERSION,
 )
 from ..ops.dispatch import bi_selective_scan as scan_op
 
@@ -30,7 +39,9 @@ def _make_schema() -> OpSchema:
     activations = [f(n, T) for n in ACTIVATIONS]
     params = [f(n, "tensor(float)") for n in PARAMETERS]
     return OpSchema(
-        OP_TYPE, DOMAIN, SCHEMA_VERSION,
+        OP_TYPE,
+        DOMAIN,
+        SCHEMA_VERSION,
         doc="Bidirectional selective scan of one Vim layer (vimdeploy export/op_contract.md).",
         inputs=activations + params,
         outputs=[f(OUTPUT_NAME, T)],
@@ -65,8 +76,10 @@ def _onnxscript_translation():
         assert len(inputs) == NUM_INPUTS
         return trt.BiSelectiveScan(
             *inputs,
-            delta_softplus=int(bool(delta_softplus)), out_scale=float(out_scale),
-            plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE,
+            delta_softplus=int(bool(delta_softplus)),
+            out_scale=float(out_scale),
+            plugin_version=PLUGIN_VERSION,
+            plugin_namespace=PLUGIN_NAMESPACE,
         )
 
     return translate

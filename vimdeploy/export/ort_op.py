@@ -36,7 +36,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..contract import (
-    ACTIVATION_INDICES, D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, DOMAIN, NUM_INPUTS, OP_TYPE,
+    ACTIVATION_INDICES,
+    D_STATE,
+    DEFAULT_DELTA_SOFTPLUS,
+    DEFAULT_OUT_SCALE,
+    DOMAIN,
+    NUM_INPUTS,
+    OP_TYPE,
 )
 from ..errors import ArtifactError
 from ..ops import ScanInputs
@@ -61,8 +67,17 @@ def _native(arrays: list[np.ndarray], delta_softplus: bool, out_scale: float, th
     lib = load_cpu_library()
     b, L, E = sizes["b"], sizes["L"], sizes["E"]
     y = np.empty((b, L, E), dtype=np.float32)
-    p = ScanParams.from_pointers(ScanInputs(*(a.ctypes.data for a in arrays)), y.ctypes.data, b, L, E, D_STATE,
-                                 "float32", delta_softplus, out_scale)
+    p = ScanParams.from_pointers(
+        ScanInputs(*(a.ctypes.data for a in arrays)),
+        y.ctypes.data,
+        b,
+        L,
+        E,
+        D_STATE,
+        "float32",
+        delta_softplus,
+        out_scale,
+    )
     rc = lib.vimdeploy_bi_selective_scan_cpu(ctypes.byref(p), _threads() if threads is None else threads)
     if rc != 0:
         raise PluginError(f"vimdeploy_bi_selective_scan_cpu failed: {lib.vimdeploy_cpu_error_string(rc).decode()}")
@@ -88,7 +103,9 @@ class _ArrayResult(np.ndarray):
         return self.view(np.ndarray).reshape(-1)
 
 
-def bi_selective_scan_numpy(arrays: list[np.ndarray], delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE) -> np.ndarray:
+def bi_selective_scan_numpy(
+    arrays: list[np.ndarray], delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE
+) -> np.ndarray:
     """The op on numpy arrays: the native CPU kernel where built, else the PyTorch scan; a
     ScanInputError (vimdeploy.ops.check) for inputs or attributes that break the contract."""
     arrays = [np.ascontiguousarray(a) for a in arrays]
@@ -102,8 +119,11 @@ def bi_selective_scan_numpy(arrays: list[np.ndarray], delta_softplus: bool = DEF
 
 @functools.lru_cache(maxsize=1)
 def _warn_once(message: str) -> None:
-    warnings.warn(f"vimdeploy: {message}; ONNX Runtime's BiSelectiveScan runs the PyTorch scan (slower).",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"vimdeploy: {message}; ONNX Runtime's BiSelectiveScan runs the PyTorch scan (slower).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 _failures = threading.local()  # the op's exception in this thread's session.run (ONNX Runtime runs it there)
@@ -137,14 +157,16 @@ def scan_errors():
         raise error
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def custom_ops_library() -> str:
     """Define the Python op (once per process) and return the library path to register."""
     try:
         from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
     except ImportError:
-        raise ArtifactError(f"running {OP_TYPE} nodes in ONNX Runtime needs onnxruntime-extensions, which is not "
-                            "installed: pip install onnxruntime-extensions") from None
+        raise ArtifactError(
+            f"running {OP_TYPE} nodes in ONNX Runtime needs onnxruntime-extensions, which is not "
+            "installed: pip install onnxruntime-extensions"
+        ) from None
 
     @onnx_op(
         op_type=f"{DOMAIN}::{OP_TYPE}",
@@ -204,6 +226,7 @@ def sessions_with_scan_op():
 
 
 # ---- fp16 graphs: the op takes fp32 only
+
 
 def with_fp32_scan_nodes(model: onnx.ModelProto) -> bool:
     """Make fp16 BiSelectiveScan nodes runnable by the fp32-only ONNX Runtime op, in place.

@@ -65,8 +65,13 @@ def _prepare(x, dt, B, C, dt_bias, delta_softplus, f):
     return delta, delta * x.to(f), B.to(f), C.to(f)
 
 
-def bi_selective_scan_onnx(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE,
-                           chunk: int = CHUNK):
+def bi_selective_scan_onnx(
+    inputs: ScanInputs,
+    *,
+    delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS,
+    out_scale: float = DEFAULT_OUT_SCALE,
+    chunk: int = CHUNK,
+):
     """The op contract as ONE `scan` over chunks of `chunk` tokens carrying both directions' states."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -84,8 +89,12 @@ def bi_selective_scan_onnx(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT
         t = F.pad(torch.stack([t_fwd, t_bwd], dim=2), (0, 0, 0, 0, 0, pad))
         return t.reshape(batch, n_chunks, chunk, 2, *shape)
 
-    xs = (chunks(fwd[0], bwd[0], (1, E)), chunks(fwd[1], bwd[1], (1, E)),
-          chunks(fwd[2], bwd[2], (N, 1)), chunks(fwd[3], bwd[3], (1, N)))
+    xs = (
+        chunks(fwd[0], bwd[0], (1, E)),
+        chunks(fwd[1], bwd[1], (1, E)),
+        chunks(fwd[2], bwd[2], (N, 1)),
+        chunks(fwd[3], bwd[3], (1, N)),
+    )
     A_t = torch.stack([A_f.to(f).t(), A_b.to(f).t()]).contiguous()  # (2, N, E)
 
     def body(h, xs):  # h: (b, 1, 2, N, E)

@@ -10,13 +10,13 @@ model's metadata (`vimdeploy.precision`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import onnx
 
-from ..errors import InputError, VimdeployError
 from ..contract import PRECISIONS
+from ..errors import InputError
 from ..fileio import atomic_path, check_target, load_onnx
 from .fp16 import to_fp16
 from .int8 import default_cache_dir, read_calibration_images, to_int8
@@ -38,10 +38,20 @@ def model_precision(model: onnx.ModelProto) -> str:
     return next((p.value for p in model.metadata_props if p.key == META_PRECISION), "fp32")
 
 
-def convert_precision(source: str | Path, output: str | Path, precision: str, calib: str | Path | None = None,
-                      method: str = "max", percentile: float = 99.99, exclude: Iterable[str] = (),
-                      keep_fp32: Iterable[str] = ("norm", "residual"), calib_limit: int | None = None,
-                      cache_dir: str | Path | None = "default", force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+def convert_precision(
+    source: str | Path,
+    output: str | Path,
+    precision: str,
+    calib: str | Path | None = None,
+    method: str = "max",
+    percentile: float = 99.99,
+    exclude: Iterable[str] = (),
+    keep_fp32: Iterable[str] = ("norm", "residual"),
+    calib_limit: int | None = None,
+    cache_dir: str | Path | None = "default",
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """fp32 ONNX (from `vimdeploy export`) -> fp16 or int8 ONNX, written atomically."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
@@ -64,9 +74,15 @@ def convert_precision(source: str | Path, output: str | Path, precision: str, ca
             meta = {p.key: p.value for p in model.metadata_props}
             size = (int(meta.get("vimdeploy.trained_resolution", 224)),) * 2
         images = read_calibration_images(calib, size, calib_limit)
-        model, qinfo = to_int8(model, images, method=method, percentile=percentile, exclude=exclude,
-                               cache_dir=default_cache_dir() if cache_dir == "default" else cache_dir,
-                               progress=progress)
+        model, qinfo = to_int8(
+            model,
+            images,
+            method=method,
+            percentile=percentile,
+            exclude=exclude,
+            cache_dir=default_cache_dir() if cache_dir == "default" else cache_dir,
+            progress=progress,
+        )
         info.update(qinfo, calibration_dir=str(calib))
     _set_meta(model, {META_PRECISION: precision, "vimdeploy.precision_info": info})
     onnx.checker.check_model(model)

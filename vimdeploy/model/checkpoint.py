@@ -102,10 +102,16 @@ def _torch_load(path: Path, mmap: bool):
                 "(torch.load with weights_only=True). If you trust the file, re-save its state dict with "
                 "torch.save(model.state_dict(), 'clean.pth') or safetensors.torch.save_file."
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({text.splitlines()[0] if text else 'unreadable pickle'}).") from None
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({text.splitlines()[0] if text else 'unreadable pickle'})."
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on bad bytes; none should leak
         first = _first_line(e)
-        if isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in first or "PytorchStreamReader" in first:
+        if (
+            isinstance(e, (EOFError, zipfile.BadZipFile))
+            or "central directory" in first
+            or "PytorchStreamReader" in first
+        ):
             raise CheckpointError(
                 f"{path} is truncated or corrupt: PyTorch could not read it ({first}). Download or copy it again."
             ) from None
@@ -116,7 +122,9 @@ def _safe_open():
     try:
         from safetensors import safe_open
     except ImportError:
-        raise CheckpointError("reading .safetensors needs the safetensors package: pip install 'safetensors>=0.4.3'") from None
+        raise CheckpointError(
+            "reading .safetensors needs the safetensors package: pip install 'safetensors>=0.4.3'"
+        ) from None
     return safe_open
 
 
@@ -150,6 +158,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict | None]:
 
 def _metadata_args(metadata: dict) -> dict | None:
     """The training arguments in a safetensors `__metadata__` (all values are strings)."""
+
     def value(text):
         try:
             return json.loads(text)
@@ -178,7 +187,7 @@ def _is_state_dict(obj) -> bool:
 def _strip_prefixes(sd: dict) -> dict:
     for prefix in PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -229,7 +238,7 @@ def _count_nonfinite(sd: dict) -> dict[str, int]:
 
 
 def describe_nonfinite(counts: dict[str, int], shown: int = 5) -> str:
-    """"3 tensors hold NaN/inf: head.bias (2), ..." for the keys `_count_nonfinite` found."""
+    """ "3 tensors hold NaN/inf: head.bias (2), ..." for the keys `_count_nonfinite` found."""
     if not counts:
         return "none"
     named = ", ".join(f"{k} ({n:,})" for k, n in list(counts.items())[:shown])
@@ -285,8 +294,11 @@ def _mismatch_report(model: VisionMamba, sd: dict, cfg: VimConfig) -> str | None
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    misshaped = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
-                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    misshaped = [
+        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
     if not (missing or unexpected or misshaped):
         return None
 
@@ -299,14 +311,17 @@ def _mismatch_report(model: VisionMamba, sd: dict, cfg: VimConfig) -> str | None
     return (
         f"the weights do not fit a Vim model ({cfg.variant}, embed {cfg.embed_dim}, depth {cfg.depth}, "
         f"patch {cfg.patch_size}/stride {cfg.stride} at {cfg.img_size}px inferred from their shapes)."
-        + listing("missing", missing) + listing("unexpected", unexpected) + listing("mis-shaped", misshaped)
+        + listing("missing", missing)
+        + listing("unexpected", unexpected)
+        + listing("mis-shaped", misshaped)
         + " vimdeploy supports the official bimamba-v2 middle-class-token div2 models "
         "(vim_{tiny,small,base}_patch16[_stride8]_224_bimambav2_..._midclstok_div2)."
     )
 
 
-def load_model(path: str | Path, ema: bool = False, scan="auto", allow_nonfinite: bool = False,
-               **overrides) -> tuple[VisionMamba, Checkpoint]:
+def load_model(
+    path: str | Path, ema: bool = False, scan="auto", allow_nonfinite: bool = False, **overrides
+) -> tuple[VisionMamba, Checkpoint]:
     """Build the model a checkpoint describes, load its weights strictly, in fp32 eval mode.
 
     `overrides` (e.g. stride=8, img_size=224) fix what the shapes cannot tell. Weights holding

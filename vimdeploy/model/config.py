@@ -8,8 +8,17 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import CheckpointError
 
-__all__ = ["VimConfig", "VARIANTS", "LIMITS", "MAX_VALUES", "config_from_state_dict", "check_declared",
-           "parse_img_size", "format_img_size", "DYNAMIC"]
+__all__ = [
+    "VimConfig",
+    "VARIANTS",
+    "LIMITS",
+    "MAX_VALUES",
+    "config_from_state_dict",
+    "check_declared",
+    "parse_img_size",
+    "format_img_size",
+    "DYNAMIC",
+]
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class VimConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def replace(self, **changes) -> "VimConfig":
+    def replace(self, **changes) -> VimConfig:
         return replace(self, **changes)
 
 
@@ -187,18 +196,33 @@ def config_from_state_dict(sd: dict, **overrides) -> VimConfig:
     `overrides` (stride, img_size, ...) win over what is inferred; they are how users
     resolve the one ambiguity shapes cannot: stride 16 vs 8 for an unusual grid.
     """
-    required = ["patch_embed.proj.weight", "pos_embed", "cls_token", "head.weight", "norm_f.weight",
-                "layers.0.mixer.A_log", "layers.0.mixer.in_proj.weight", "layers.0.mixer.conv1d.weight",
-                "layers.0.mixer.dt_proj.weight"]
+    required = [
+        "patch_embed.proj.weight",
+        "pos_embed",
+        "cls_token",
+        "head.weight",
+        "norm_f.weight",
+        "layers.0.mixer.A_log",
+        "layers.0.mixer.in_proj.weight",
+        "layers.0.mixer.conv1d.weight",
+        "layers.0.mixer.dt_proj.weight",
+    ]
     missing = [k for k in required if k not in sd]
     if missing:
         raise CheckpointError(
-            "this does not look like a Vim state dict: missing " + ", ".join(missing)
+            "this does not look like a Vim state dict: missing "
+            + ", ".join(missing)
             + f" (it has {len(sd)} tensors, e.g. {', '.join(list(sd)[:5]) or 'none'})."
         )
     shapes = {k: tuple(int(d) for d in getattr(v, "shape", v)) for k, v in sd.items()}
-    ranks = {"patch_embed.proj.weight": 4, "pos_embed": 3, "head.weight": 2, "layers.0.mixer.A_log": 2,
-             "layers.0.mixer.conv1d.weight": 3, "layers.0.mixer.dt_proj.weight": 2}
+    ranks = {
+        "patch_embed.proj.weight": 4,
+        "pos_embed": 3,
+        "head.weight": 2,
+        "layers.0.mixer.A_log": 2,
+        "layers.0.mixer.conv1d.weight": 3,
+        "layers.0.mixer.dt_proj.weight": 2,
+    }
     misranked = [f"{k} {shapes[k]}" for k, rank in ranks.items() if len(shapes[k]) != rank]
     if misranked:
         raise CheckpointError("this does not look like a Vim state dict: wrong rank for " + ", ".join(misranked) + ".")
@@ -242,8 +266,13 @@ def config_from_state_dict(sd: dict, **overrides) -> VimConfig:
 
 # Where each limited field is read from, for the message that refuses it.
 _LIMIT_SOURCES = {
-    "embed_dim": "patch_embed.proj.weight", "patch_size": "patch_embed.proj.weight",
-    "in_chans": "patch_embed.proj.weight", "d_state": "layers.0.mixer.A_log", "expand": "layers.0.mixer.A_log",
-    "d_conv": "layers.0.mixer.conv1d.weight", "dt_rank": "layers.0.mixer.dt_proj.weight",
-    "num_classes": "head.weight", "tokens": "pos_embed",
+    "embed_dim": "patch_embed.proj.weight",
+    "patch_size": "patch_embed.proj.weight",
+    "in_chans": "patch_embed.proj.weight",
+    "d_state": "layers.0.mixer.A_log",
+    "expand": "layers.0.mixer.A_log",
+    "d_conv": "layers.0.mixer.conv1d.weight",
+    "dt_rank": "layers.0.mixer.dt_proj.weight",
+    "num_classes": "head.weight",
+    "tokens": "pos_embed",
 }

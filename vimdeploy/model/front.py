@@ -5,11 +5,12 @@ A front turns a mixer's weights and its hidden states into the activations of th
 inputs (export/op_contract.md). Two implementations, picked by name like a scan backend
 (`get_front`), or given as an object (`TokenMajorFront(conv=False)`):
 
-| name | what |
-| --- | --- |
-| auto | `TokenMajorFront()`: on CUDA tensors the token-major layout with every CUDA kernel that applies; elsewhere the PyTorch path (default) |
-| torch | `TorchFront()`: the transposing PyTorch path, the official model's computation, on every device |
-| token-major | `TokenMajorFront(conv=False, xproj=False, delta=False)`: the token-major layout in PyTorch alone on CUDA tensors |
+* `auto` (default), `TokenMajorFront()`: on CUDA tensors the token-major layout with every CUDA
+  kernel that applies; elsewhere the PyTorch path;
+* `torch`, `TorchFront()`: the transposing PyTorch path, the official model's computation, on
+  every device;
+* `token-major`, `TokenMajorFront(conv=False, xproj=False, delta=False)`: the token-major layout
+  in PyTorch alone on CUDA tensors.
 
 The token-major front's kernels (`ops/conv.py`, `ops/delta.py`) each run where they apply:
 the kernel library is built and the tensors have the dtype and shape it takes (checked per
@@ -26,9 +27,19 @@ from torch import nn
 from ..ops import conv as conv_ops
 from ..ops import delta as delta_ops
 
-__all__ = ["MixerFront", "TorchFront", "TokenMajorFront", "FRONTS", "get_front", "depthwise_conv",
-           "depthwise_conv_token_major", "x_proj_weight_aligned", "split_x_proj", "x_proj_aligned",
-           "dt_proj_aligned"]
+__all__ = [
+    "MixerFront",
+    "TorchFront",
+    "TokenMajorFront",
+    "FRONTS",
+    "get_front",
+    "depthwise_conv",
+    "depthwise_conv_token_major",
+    "x_proj_weight_aligned",
+    "split_x_proj",
+    "x_proj_aligned",
+    "dt_proj_aligned",
+]
 
 DIRECTIONS = (("fwd", ""), ("bwd", "_b"))  # the scan's direction, the suffix of its mixer weights
 
@@ -127,7 +138,9 @@ class TorchFront(MixerFront):
             conv = getattr(mixer, "conv1d" + suffix)
             xc = F.silu(depthwise_conv(x, conv, anti_causal=direction == "bwd"))
             # dt_proj's bias goes in the scan, in fp32
-            dt, B, C = getattr(mixer, "x_proj" + suffix)(xc).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+            dt, B, C = getattr(mixer, "x_proj" + suffix)(xc).split(
+                [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1
+            )
             dt = F.linear(dt, getattr(mixer, "dt_proj" + suffix).weight)
             out.update({f"x_{direction}": xc, f"dt_{direction}": dt, f"B_{direction}": B, f"C_{direction}": C})
         return out, False
@@ -161,10 +174,14 @@ class TokenMajorFront(MixerFront):
         fused = dbl = None
         if self.conv and x.dtype in (torch.float16, torch.float32) and conv_ops.fused_conv_available():
             rows = _pad8(rank) + _pad8(2 * n)  # of x_proj_weight_aligned
-            if (self.xproj and conv_ops.xproj_kernel_applies(x, convs[0].shape[-1], rows)
-                    and conv_ops.fused_xproj_available()):
-                y_fwd, y_bwd, out_fwd, out_bwd = conv_ops.conv_silu_xproj_bidir(x, *convs, *(
-                    x_proj_weight_aligned(m.weight, rank, n) for m in (mixer.x_proj, mixer.x_proj_b)))
+            if (
+                self.xproj
+                and conv_ops.xproj_kernel_applies(x, convs[0].shape[-1], rows)
+                and conv_ops.fused_xproj_available()
+            ):
+                y_fwd, y_bwd, out_fwd, out_bwd = conv_ops.conv_silu_xproj_bidir(
+                    x, *convs, *(x_proj_weight_aligned(m.weight, rank, n) for m in (mixer.x_proj, mixer.x_proj_b))
+                )
                 fused, dbl = {"fwd": y_fwd, "bwd": y_bwd}, {"fwd": out_fwd, "bwd": out_bwd}
             else:
                 fused = dict(zip(("fwd", "bwd"), conv_ops.conv_silu_bidir(x, *convs)))
@@ -178,8 +195,11 @@ class TokenMajorFront(MixerFront):
             if fused is not None:
                 xc = fused[direction]
             else:
-                xc = F.silu(depthwise_conv_token_major(x_padded, getattr(mixer, "conv1d" + suffix),
-                                                       direction == "bwd", x.shape[1]))
+                xc = F.silu(
+                    depthwise_conv_token_major(
+                        x_padded, getattr(mixer, "conv1d" + suffix), direction == "bwd", x.shape[1]
+                    )
+                )
             if dbl is not None:  # x_proj ran in the conv kernel
                 dt, B, C = split_x_proj(dbl[direction], rank, n)
             else:

@@ -24,12 +24,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VimConfig
 from ..ops import ScanFn, ScanInputs, get_scan
+from .config import VimConfig
 from .front import MixerFront, get_front
 
-__all__ = ["VisionMamba", "RMSNorm", "Mamba", "Block", "PatchEmbed", "resample_pos_embed", "output_names",
-           "parse_output_name", "feature_map_name", "LOGITS", "FEATURES", "FEATURE_MAP"]
+__all__ = [
+    "VisionMamba",
+    "RMSNorm",
+    "Mamba",
+    "Block",
+    "PatchEmbed",
+    "resample_pos_embed",
+    "output_names",
+    "parse_output_name",
+    "feature_map_name",
+    "LOGITS",
+    "FEATURES",
+    "FEATURE_MAP",
+]
 
 
 class RMSNorm(nn.Module):
@@ -187,12 +199,12 @@ def feature_map_name(block: int) -> str:
 
 
 def parse_output_name(name: str) -> tuple[str, int | None]:
-    """"logits" -> ("logits", None); "feature_map_11" -> ("feature_map", 11)."""
+    """ "logits" -> ("logits", None); "feature_map_11" -> ("feature_map", 11)."""
     if name in (LOGITS, FEATURES, FEATURE_MAP):
         return name, None
     prefix = FEATURE_MAP + "_"
-    if name.startswith(prefix) and name[len(prefix):].isdigit():
-        return FEATURE_MAP, int(name[len(prefix):])
+    if name.startswith(prefix) and name[len(prefix) :].isdigit():
+        return FEATURE_MAP, int(name[len(prefix) :])
     from ..errors import InputError
 
     raise InputError(f"unknown output {name!r}: expected logits, features, feature_map or feature_map_<block>.")
@@ -235,7 +247,7 @@ class VisionMamba(nn.Module):
         for layer in self.layers:
             layer.mixer.scan = name
 
-    def init_weights(self, mode: str = "official", seed: int = 0) -> "VisionMamba":
+    def init_weights(self, mode: str = "official", seed: int = 0) -> VisionMamba:
         """Initialise the weights in place (as timm's `init_weights`); returns the model.
 
         "official": hustvl/Vim's start of training for what the modules leave at zero: pos_embed
@@ -300,7 +312,7 @@ class VisionMamba(nn.Module):
         """The position embedding for a patch grid (rows, cols), resampled when it is not the trained one."""
         return resample_pos_embed(self.pos_embed, self.pos_grid, grid)
 
-    def set_input_size(self, height: int, width: int) -> "VisionMamba":
+    def set_input_size(self, height: int, width: int) -> VisionMamba:
         """Bake the position embedding for height x width inputs into the model (resampled once,
         as timm's `set_input_size`), so that a forward at that size does no resize: what a model
         deployed at one resolution has (the exporter's fixed-size graphs). Other sizes still
@@ -337,7 +349,7 @@ class VisionMamba(nn.Module):
         """(B, gh*gw + 1, C) with the middle class token -> (B, C, gh, gw), patches in image order."""
         gh, gw = grid
         mid = gh * gw // 2
-        patches = torch.cat([tokens[:, :mid], tokens[:, mid + 1:]], dim=1)
+        patches = torch.cat([tokens[:, :mid], tokens[:, mid + 1 :]], dim=1)
         return patches.reshape(tokens.shape[0], gh, gw, tokens.shape[-1]).permute(0, 3, 1, 2)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

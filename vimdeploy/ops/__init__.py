@@ -6,7 +6,8 @@ is named in `SCANS`, imported only when asked for (`get_scan(name)`):
 
 | name | what |
 | --- | --- |
-| auto | `torch.ops.vimdeploy.bi_selective_scan`: the native kernel of the tensors' device where built, else fast (default) |
+| auto | `torch.ops.vimdeploy.bi_selective_scan`: the native kernel of the tensors' device where built, |
+|      | else fast (default) |
 | reference | the sequential loop, the ground truth (ops/reference.py) |
 | fast | chunked associative scan in PyTorch (ops/reference.py) |
 | cpu | the native CPU kernel (ops/cpu.py) |
@@ -16,7 +17,7 @@ is named in `SCANS`, imported only when asked for (`get_scan(name)`):
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from ..contract import ACTIVATIONS, D_STATE, INPUT_NAMES, PARAMETERS
 from .inputs import ScanInputs

@@ -32,7 +32,15 @@ def build(build_dir=None, cuda_archs=None, tensorrt_root=None, jobs=None) -> dic
         raise PluginError("nvcc not found (PATH, $CUDACXX, /usr/local/cuda/bin): install the CUDA toolkit 12.x or 13.x")
     if not (PLUGIN_SRC / "CMakeLists.txt").is_file():
         raise PluginError(f"plugin sources not found at {PLUGIN_SRC} (reinstall vimdeploy, or build from a checkout)")
-    cfg = [cmake, "-S", str(PLUGIN_SRC.resolve()), "-B", str(d), f"-DCMAKE_CUDA_COMPILER={nvcc}", "-DCMAKE_BUILD_TYPE=Release"]
+    cfg = [
+        cmake,
+        "-S",
+        str(PLUGIN_SRC.resolve()),
+        "-B",
+        str(d),
+        f"-DCMAKE_CUDA_COMPILER={nvcc}",
+        "-DCMAKE_BUILD_TYPE=Release",
+    ]
     if cuda_archs:
         archs = cuda_archs if isinstance(cuda_archs, str) else ";".join(str(a) for a in cuda_archs)
         cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")

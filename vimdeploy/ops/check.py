@@ -35,7 +35,7 @@ _dtype_names: dict = {}
 
 
 def _dtype(t) -> str:
-    """"float32" for torch.float32 and numpy's float32 alike."""
+    """ "float32" for torch.float32 and numpy's float32 alike."""
     name = _dtype_names.get(t.dtype)
     if name is None:
         name = _dtype_names[t.dtype] = str(t.dtype).removeprefix("torch.")
@@ -53,8 +53,9 @@ def check_scan_attributes(delta_softplus, out_scale) -> None:
         raise ScanInputError(reason)
 
 
-def check_scan_inputs(inputs: Sequence, delta_softplus, out_scale, *, native: bool = False,
-                      strided: Sequence[str] = ()) -> dict[str, int]:
+def check_scan_inputs(
+    inputs: Sequence, delta_softplus, out_scale, *, native: bool = False, strided: Sequence[str] = ()
+) -> dict[str, int]:
     """Raise ScanInputError unless the 15 inputs (torch tensors or numpy arrays, in INPUT_NAMES
     order) and the attributes keep the contract: shapes (b, L, E) / (b, L, N) / (E, N) / (E,)
     that agree, activations of one floating dtype, parameters floating, one device, finite
@@ -76,18 +77,25 @@ def check_scan_inputs(inputs: Sequence, delta_softplus, out_scale, *, native: bo
     dtypes = {name: _dtype(t) for name, t in zip(INPUT_NAMES, inputs)}
     act = {dtypes[name] for name in ACTIVATIONS}
     if len(act) != 1:
-        raise ScanInputError("the activations (" + ", ".join(ACTIVATIONS) + ") must share one dtype; got "
-                             + ", ".join(f"{n} {dtypes[n]}" for n in ACTIVATIONS))
+        raise ScanInputError(
+            "the activations ("
+            + ", ".join(ACTIVATIONS)
+            + ") must share one dtype; got "
+            + ", ".join(f"{n} {dtypes[n]}" for n in ACTIVATIONS)
+        )
     for name, dtype in dtypes.items():
         if not dtype.startswith(("float", "bfloat")):
             raise ScanInputError(f"input {name} has dtype {dtype}; the op takes floating-point inputs")
     devices = {d for d in (getattr(t, "device", None) for t in inputs) if d is not None and not isinstance(d, str)}
     if len(devices) > 1:
-        raise ScanInputError("the inputs are on several devices: " + ", ".join(
-            f"{n} {t.device}" for n, t in zip(INPUT_NAMES, inputs)))
+        raise ScanInputError(
+            "the inputs are on several devices: " + ", ".join(f"{n} {t.device}" for n, t in zip(INPUT_NAMES, inputs))
+        )
     if native:
         if sizes["N"] != D_STATE:
-            raise ScanInputError(f"the native kernels implement d_state N = {D_STATE}: A (E, {D_STATE}); got N = {sizes['N']}")
+            raise ScanInputError(
+                f"the native kernels implement d_state N = {D_STATE}: A (E, {D_STATE}); got N = {sizes['N']}"
+            )
         (dtype,) = act
         if dtype not in KERNEL_ACTIVATION_DTYPES:
             raise ScanInputError(f"the native kernels take float32 or float16 activations, got {dtype}")

@@ -26,7 +26,13 @@ def bc_row_stride(inputs: ScanInputs, act: torch.dtype) -> int:
     strides = set()
     for name in BC_NAMES:
         t = getattr(inputs, name)
-        if t.dtype != act or t.dim() != 3 or t.shape[-1] != D_STATE or t.stride(-1) != 1 or t.device != inputs.x_fwd.device:
+        if (
+            t.dtype != act
+            or t.dim() != 3
+            or t.shape[-1] != D_STATE
+            or t.stride(-1) != 1
+            or t.device != inputs.x_fwd.device
+        ):
             return 0
         s = t.stride(1)
         if s < D_STATE or (b > 1 and t.stride(0) != L * s):
@@ -61,10 +67,26 @@ def params(inputs: ScanInputs, y: torch.Tensor, delta_softplus: bool, out_scale:
         raise ScanInputError("B and C are neither contiguous nor token-strided views the CUDA kernel reads in place")
     sizes = check_scan_inputs(inputs, delta_softplus, out_scale, native=True, strided=BC_NAMES if strided else ())
     b, L, E = sizes["b"], sizes["L"], sizes["E"]
-    if (tuple(y.shape) != (b, L, E) or y.dtype != inputs.x_fwd.dtype or y.device != inputs.x_fwd.device
-            or not y.is_contiguous()):
-        raise ScanInputError(f"output y must be a contiguous ({b}, {L}, {E}) {inputs.x_fwd.dtype} tensor on "
-                             f"{inputs.x_fwd.device}, got {tuple(y.shape)} {y.dtype} on {y.device}")
+    if (
+        tuple(y.shape) != (b, L, E)
+        or y.dtype != inputs.x_fwd.dtype
+        or y.device != inputs.x_fwd.device
+        or not y.is_contiguous()
+    ):
+        raise ScanInputError(
+            f"output y must be a contiguous ({b}, {L}, {E}) {inputs.x_fwd.dtype} tensor on "
+            f"{inputs.x_fwd.device}, got {tuple(y.shape)} {y.dtype} on {y.device}"
+        )
     stride = inputs.B_fwd.stride(1) if strided else 0
-    return ScanParams.from_pointers(ScanInputs(*(t.data_ptr() for t in inputs)), y.data_ptr(), b, L, E, D_STATE,
-                                    KERNEL_DTYPES[y.dtype], delta_softplus, out_scale, stride)
+    return ScanParams.from_pointers(
+        ScanInputs(*(t.data_ptr() for t in inputs)),
+        y.data_ptr(),
+        b,
+        L,
+        E,
+        D_STATE,
+        KERNEL_DTYPES[y.dtype],
+        delta_softplus,
+        out_scale,
+        stride,
+    )

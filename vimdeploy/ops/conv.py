@@ -30,26 +30,47 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
+from ..contract import DTYPES
 from . import native
 from .library import _LIB, NAMESPACE
-from ..contract import DTYPES
 from .native import PluginError
 
-__all__ = ["conv_silu_bidir", "conv_silu_bidir_reference", "launch", "fused_conv_available", "ConvSiluParams",
-           "VARIANTS", "MAX_K", "conv_silu_xproj_bidir", "conv_silu_xproj_bidir_reference", "fused_xproj_available",
-           "xproj_kernel_applies", "XProjParams", "XPROJ_MAX_ROWS"]
+__all__ = [
+    "conv_silu_bidir",
+    "conv_silu_bidir_reference",
+    "launch",
+    "fused_conv_available",
+    "ConvSiluParams",
+    "VARIANTS",
+    "MAX_K",
+    "conv_silu_xproj_bidir",
+    "conv_silu_xproj_bidir_reference",
+    "fused_xproj_available",
+    "xproj_kernel_applies",
+    "XProjParams",
+    "XPROJ_MAX_ROWS",
+]
 
 MAX_K = 8  # VIMDEPLOY_CONV_SILU_MAX_K
 XPROJ_MAX_ROWS = 80  # VIMDEPLOY_CONV_XPROJ_MAX_ROWS
-VARIANTS = {"auto": 0, "tiled8": 1, "tiled32": 2, "generic": 3, "scalar": 4, "async32": 5, "async16": 6}  # VIMDEPLOY_CONV_SILU_*
+VARIANTS = {
+    "auto": 0,
+    "tiled8": 1,
+    "tiled32": 2,
+    "generic": 3,
+    "scalar": 4,
+    "async32": 5,
+    "async16": 6,
+}  # VIMDEPLOY_CONV_SILU_*
 _KERNEL_DTYPES = (torch.float32, torch.float16)
 
 
 class ConvSiluParams(ctypes.Structure):
     """`VimdeployConvSiluParams` (plugins/include/vimdeploy/conv_silu.h)."""
 
-    _fields_ = [(name, ctypes.c_void_p) for name in
-                ("x", "weight_fwd", "bias_fwd", "weight_bwd", "bias_bwd", "y_fwd", "y_bwd")] + [
+    _fields_ = [
+        (name, ctypes.c_void_p) for name in ("x", "weight_fwd", "bias_fwd", "weight_bwd", "bias_bwd", "y_fwd", "y_bwd")
+    ] + [
         ("batch", ctypes.c_int64),
         ("L", ctypes.c_int64),
         ("E", ctypes.c_int64),
@@ -62,13 +83,15 @@ class XProjParams(ctypes.Structure):
     """`VimdeployXProjParams` (plugins/include/vimdeploy/conv_silu.h)."""
 
     _fields_ = [(name, ctypes.c_void_p) for name in ("weight_fwd", "weight_bwd", "out_fwd", "out_bwd")] + [
-        ("rows", ctypes.c_int64)]
+        ("rows", ctypes.c_int64)
+    ]
 
 
 def _entry():
     """vimdeploy_conv_silu_bidir_ex of the kernel library (PluginError if it is missing)."""
-    return native.entry_point("vimdeploy_conv_silu_bidir_ex",
-                              [ctypes.POINTER(ConvSiluParams), ctypes.c_void_p, ctypes.c_int])
+    return native.entry_point(
+        "vimdeploy_conv_silu_bidir_ex", [ctypes.POINTER(ConvSiluParams), ctypes.c_void_p, ctypes.c_int]
+    )
 
 
 @torch.compiler.assume_constant_result
@@ -80,8 +103,10 @@ def fused_conv_available() -> bool:
 
 def _xproj_entry():
     """vimdeploy_conv_silu_xproj_bidir of the kernel library (PluginError if it is missing)."""
-    return native.entry_point("vimdeploy_conv_silu_xproj_bidir",
-                              [ctypes.POINTER(ConvSiluParams), ctypes.POINTER(XProjParams), ctypes.c_void_p])
+    return native.entry_point(
+        "vimdeploy_conv_silu_xproj_bidir",
+        [ctypes.POINTER(ConvSiluParams), ctypes.POINTER(XProjParams), ctypes.c_void_p],
+    )
 
 
 @torch.compiler.assume_constant_result
@@ -93,8 +118,14 @@ def fused_xproj_available() -> bool:
 def xproj_kernel_applies(x: torch.Tensor, k: int, rows: int) -> bool:
     """The shapes and dtype that conv_xproj.cu takes (x (b, L, E) on a GPU, conv width k, x_proj
     rows): where False, `conv_silu_xproj_bidir` runs the conv op and F.linear apart."""
-    return (x.is_cuda and x.dtype == torch.float16 and k == 4 and x.shape[-1] % 64 == 0 and rows % 8 == 0
-            and 0 < rows <= XPROJ_MAX_ROWS)
+    return (
+        x.is_cuda
+        and x.dtype == torch.float16
+        and k == 4
+        and x.shape[-1] % 64 == 0
+        and rows % 8 == 0
+        and 0 < rows <= XPROJ_MAX_ROWS
+    )
 
 
 def _as_taps(w: torch.Tensor, E: int) -> torch.Tensor:
@@ -106,8 +137,16 @@ def _as_taps(w: torch.Tensor, E: int) -> torch.Tensor:
     return w.to(torch.float32).contiguous()
 
 
-def launch(x: torch.Tensor, weight_fwd: torch.Tensor, bias_fwd: torch.Tensor | None, weight_bwd: torch.Tensor,
-           bias_bwd: torch.Tensor | None, y_fwd: torch.Tensor, y_bwd: torch.Tensor, variant: str = "auto") -> None:
+def launch(
+    x: torch.Tensor,
+    weight_fwd: torch.Tensor,
+    bias_fwd: torch.Tensor | None,
+    weight_bwd: torch.Tensor,
+    bias_bwd: torch.Tensor | None,
+    y_fwd: torch.Tensor,
+    y_bwd: torch.Tensor,
+    variant: str = "auto",
+) -> None:
     """Run the kernel into y_fwd / y_bwd. x, y: contiguous (b, L, E) fp16/fp32 on one GPU;
     weights contiguous fp32 (E, k), biases contiguous fp32 (E,) or None. `variant`: a key of
     VARIANTS (tests and benchmarks force each kernel)."""
@@ -126,8 +165,20 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 def _params(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, y_fwd, y_bwd) -> ConvSiluParams:
     """`VimdeployConvSiluParams` of tensors as `launch` takes them."""
     b, L, E = x.shape
-    return ConvSiluParams(_ptr(x), _ptr(weight_fwd), _ptr(bias_fwd), _ptr(weight_bwd), _ptr(bias_bwd), _ptr(y_fwd),
-                          _ptr(y_bwd), b, L, E, weight_fwd.shape[-1], DTYPES[str(x.dtype).removeprefix("torch.")])
+    return ConvSiluParams(
+        _ptr(x),
+        _ptr(weight_fwd),
+        _ptr(bias_fwd),
+        _ptr(weight_bwd),
+        _ptr(bias_bwd),
+        _ptr(y_fwd),
+        _ptr(y_bwd),
+        b,
+        L,
+        E,
+        weight_fwd.shape[-1],
+        DTYPES[str(x.dtype).removeprefix("torch.")],
+    )
 
 
 def conv_silu_bidir_reference(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
@@ -158,8 +209,9 @@ def _check(x, weight_fwd, weight_bwd):
     if x.dim() != 3:
         raise PluginError(f"conv_silu_bidir: expected x (b, L, E), got {tuple(x.shape)}")
     if weight_fwd.shape != weight_bwd.shape:
-        raise PluginError(f"conv_silu_bidir: weights differ in shape: {tuple(weight_fwd.shape)} vs "
-                          f"{tuple(weight_bwd.shape)}")
+        raise PluginError(
+            f"conv_silu_bidir: weights differ in shape: {tuple(weight_fwd.shape)} vs {tuple(weight_bwd.shape)}"
+        )
 
 
 def _kernel_operands(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
@@ -190,16 +242,19 @@ def _cpu(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
 
 
 _NAME = "conv_silu_bidir"
-_LIB.define(f"{_NAME}(Tensor x, Tensor weight_fwd, Tensor? bias_fwd, Tensor weight_bwd, Tensor? bias_bwd)"
-            " -> (Tensor, Tensor)")
+_LIB.define(
+    f"{_NAME}(Tensor x, Tensor weight_fwd, Tensor? bias_fwd, Tensor weight_bwd, Tensor? bias_bwd) -> (Tensor, Tensor)"
+)
 _LIB.impl(_NAME, _cuda, "CUDA")
 _LIB.impl(_NAME, _cpu, "CPU")
 
 
 @torch.library.register_fake(f"{NAMESPACE}::{_NAME}", lib=_LIB)
 def _fake(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format),
-            torch.empty_like(x, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+    )
 
 
 conv_silu_bidir = getattr(getattr(torch.ops, NAMESPACE), _NAME)
@@ -207,8 +262,10 @@ conv_silu_bidir = getattr(getattr(torch.ops, NAMESPACE), _NAME)
 
 def _check_xproj(x, xproj_fwd, xproj_bwd):
     if xproj_fwd.dim() != 2 or xproj_fwd.shape != xproj_bwd.shape or xproj_fwd.shape[1] != x.shape[-1]:
-        raise PluginError(f"conv_silu_xproj_bidir: expected x_proj weights (rows, {x.shape[-1]}) of one shape, got "
-                          f"{tuple(xproj_fwd.shape)} and {tuple(xproj_bwd.shape)}")
+        raise PluginError(
+            f"conv_silu_xproj_bidir: expected x_proj weights (rows, {x.shape[-1]}) of one shape, got "
+            f"{tuple(xproj_fwd.shape)} and {tuple(xproj_bwd.shape)}"
+        )
 
 
 def _xproj_cuda(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_bwd):
@@ -237,8 +294,10 @@ def _xproj_cpu(x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, xproj_fwd, xproj_b
 
 
 _XPROJ = "conv_silu_xproj_bidir"
-_LIB.define(f"{_XPROJ}(Tensor x, Tensor weight_fwd, Tensor? bias_fwd, Tensor weight_bwd, Tensor? bias_bwd, "
-            "Tensor xproj_fwd, Tensor xproj_bwd) -> (Tensor, Tensor, Tensor, Tensor)")
+_LIB.define(
+    f"{_XPROJ}(Tensor x, Tensor weight_fwd, Tensor? bias_fwd, Tensor weight_bwd, Tensor? bias_bwd, "
+    "Tensor xproj_fwd, Tensor xproj_bwd) -> (Tensor, Tensor, Tensor, Tensor)"
+)
 _LIB.impl(_XPROJ, _xproj_cuda, "CUDA")
 _LIB.impl(_XPROJ, _xproj_cpu, "CPU")
 

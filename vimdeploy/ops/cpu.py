@@ -19,8 +19,13 @@ from .native import PluginError, load_cpu_library
 __all__ = ["bi_selective_scan_cpu", "run"]
 
 
-def run(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE,
-        threads: int | None = None) -> torch.Tensor:
+def run(
+    inputs: ScanInputs,
+    *,
+    delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS,
+    out_scale: float = DEFAULT_OUT_SCALE,
+    threads: int | None = None,
+) -> torch.Tensor:
     """The op on CPU tensors with the native kernel (no torch op dispatch)."""
     lib = load_cpu_library()
     inputs, act = prepare(inputs, "cpu")
@@ -41,6 +46,8 @@ def _kernel(inputs, *, delta_softplus, out_scale):
 _op = define_scan_op("bi_selective_scan_cpu", {"CPU": _kernel, "CUDA": _kernel})
 
 
-def bi_selective_scan_cpu(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
+def bi_selective_scan_cpu(
+    inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE
+):
     """Scan backend "cpu": the native CPU kernel (PluginError if it is not built)."""
     return call(_op, inputs, delta_softplus, out_scale)

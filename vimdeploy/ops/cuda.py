@@ -11,8 +11,8 @@ import ctypes
 
 import torch
 
-from .common import params, prepare
 from ..contract import D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE
+from .common import params, prepare
 from .inputs import ScanInputs
 from .library import call, define_scan_op
 from .native import PluginError, load_library
@@ -24,8 +24,15 @@ __all__ = ["VARIANTS", "bi_selective_scan_cuda", "launch"]
 VARIANTS = range(1, 7)
 
 
-def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE,
-           num_chunks: int = 0, variant: int = 0) -> torch.Tensor:
+def launch(
+    y: torch.Tensor,
+    inputs: ScanInputs,
+    *,
+    delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS,
+    out_scale: float = DEFAULT_OUT_SCALE,
+    num_chunks: int = 0,
+    variant: int = 0,
+) -> torch.Tensor:
     """Run the kernel into `y` (inputs already prepared: contiguous, one GPU, activations of
     y's dtype fp32/fp16, parameters fp32). num_chunks/variant: the C API's tuning knobs
     (variant 0 = automatic, else one of VARIANTS)."""
@@ -40,8 +47,9 @@ def launch(y: torch.Tensor, inputs: ScanInputs, *, delta_softplus: bool = DEFAUL
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
-        rc = lib.vimdeploy_bi_selective_scan_ex(ctypes.byref(p), ws.data_ptr(), ws_bytes, stream,
-                                                int(num_chunks), int(variant))
+        rc = lib.vimdeploy_bi_selective_scan_ex(
+            ctypes.byref(p), ws.data_ptr(), ws_bytes, stream, int(num_chunks), int(variant)
+        )
     if rc != 0:
         raise PluginError(f"vimdeploy_bi_selective_scan failed: {lib.vimdeploy_error_string(rc).decode()} (code {rc})")
     return y
@@ -58,6 +66,8 @@ def _kernel(inputs, *, delta_softplus, out_scale):
 _op = define_scan_op("bi_selective_scan_cuda", {"CUDA": _kernel, "CPU": _kernel})
 
 
-def bi_selective_scan_cuda(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
+def bi_selective_scan_cuda(
+    inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE
+):
     """Scan backend "cuda": the CUDA kernel (PluginError if it is not built)."""
     return call(_op, inputs, delta_softplus, out_scale)

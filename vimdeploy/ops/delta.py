@@ -20,9 +20,9 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
+from ..contract import DTYPES
 from . import native
 from .library import _LIB, NAMESPACE
-from ..contract import DTYPES
 from .native import PluginError
 
 __all__ = ["delta_softplus", "delta_softplus_reference", "delta_kernel_available", "DeltaParams", "MAX_R"]
@@ -84,8 +84,17 @@ def _cuda(dt, weight, bias):
     w = weight.to(torch.float16).contiguous()
     b = None if bias is None else bias.to(torch.float32).contiguous()
     out = torch.empty(*dt.shape[:-1], E, dtype=dt.dtype, device=dt.device)
-    p = DeltaParams(rows.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), out.data_ptr(),
-                    rows.shape[0], E, R, stride, DTYPES["float16"])
+    p = DeltaParams(
+        rows.data_ptr(),
+        w.data_ptr(),
+        None if b is None else b.data_ptr(),
+        out.data_ptr(),
+        rows.shape[0],
+        E,
+        R,
+        stride,
+        DTYPES["float16"],
+    )
     with torch.cuda.device(dt.device):
         rc = _entry()(ctypes.byref(p), torch.cuda.current_stream(dt.device).cuda_stream)
     native.check_call("vimdeploy_delta_softplus", rc)

@@ -39,8 +39,14 @@ def _cpu(inputs, *, delta_softplus, out_scale):
         from .cpu import _kernel
 
         return _kernel(inputs, delta_softplus=delta_softplus, out_scale=out_scale)
-    return _fallback("cpu", "the native CPU scan is not built (install vimdeploy with a C++ compiler present: "
-                     "`pip install .` or `make setup`)", inputs, delta_softplus, out_scale)
+    return _fallback(
+        "cpu",
+        "the native CPU scan is not built (install vimdeploy with a C++ compiler present: "
+        "`pip install .` or `make setup`)",
+        inputs,
+        delta_softplus,
+        out_scale,
+    )
 
 
 def _cuda(inputs, *, delta_softplus, out_scale):
@@ -50,8 +56,9 @@ def _cuda(inputs, *, delta_softplus, out_scale):
         from .cuda import _kernel
 
         return _kernel(inputs, delta_softplus=delta_softplus, out_scale=out_scale)
-    return _fallback("cuda", "the CUDA scan kernel is not built (run `vimdeploy plugin build`)",
-                     inputs, delta_softplus, out_scale)
+    return _fallback(
+        "cuda", "the CUDA scan kernel is not built (run `vimdeploy plugin build`)", inputs, delta_softplus, out_scale
+    )
 
 
 _op = define_scan_op("bi_selective_scan", {"CPU": _cpu, "CUDA": _cuda})
@@ -64,9 +71,8 @@ def resolve(device_type: str) -> str:
     return "cpu" if cpu_available() else "fast"
 
 
-def bi_selective_scan(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
+def bi_selective_scan(
+    inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE
+):
     """Scan backend "auto": the native kernel of the inputs' device where built, else "fast"."""
     return call(_op, inputs, delta_softplus, out_scale)
-
-
-

@@ -13,11 +13,25 @@ from __future__ import annotations
 from collections import namedtuple
 
 from ..contract import (
-    ACTIVATIONS, D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, INPUT_NAMES, PARAMETERS, input_shapes,
+    ACTIVATIONS,
+    D_STATE,
+    DEFAULT_DELTA_SOFTPLUS,
+    DEFAULT_OUT_SCALE,
+    INPUT_NAMES,
+    PARAMETERS,
+    input_shapes,
 )
 
-__all__ = ["ScanInputs", "INPUT_NAMES", "ACTIVATIONS", "PARAMETERS", "D_STATE", "DEFAULT_DELTA_SOFTPLUS",
-           "DEFAULT_OUT_SCALE", "op_schema"]
+__all__ = [
+    "ScanInputs",
+    "INPUT_NAMES",
+    "ACTIVATIONS",
+    "PARAMETERS",
+    "D_STATE",
+    "DEFAULT_DELTA_SOFTPLUS",
+    "DEFAULT_OUT_SCALE",
+    "op_schema",
+]
 
 
 class ScanInputs(namedtuple("ScanInputs", INPUT_NAMES)):
@@ -30,11 +44,11 @@ class ScanInputs(namedtuple("ScanInputs", INPUT_NAMES)):
         """(x, dt, A, B, C, D, dt_bias) of the "fwd" or "bwd" direction."""
         return tuple(getattr(self, f"{k}_{name}") for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"))
 
-    def map(self, fn) -> "ScanInputs":
+    def map(self, fn) -> ScanInputs:
         return ScanInputs(*(fn(t) for t in self))
 
     @staticmethod
-    def shapes(b: int, L: int, E: int, N: int = D_STATE) -> "ScanInputs":
+    def shapes(b: int, L: int, E: int, N: int = D_STATE) -> ScanInputs:
         """The contract's shape of every input."""
         return ScanInputs(*input_shapes(b, L, E, N))
 
@@ -43,5 +57,4 @@ def op_schema() -> str:
     """The torch.library schema of a scan op: the 15 inputs, then the two attributes.
     The defaults must be the contract's: torch.export drops arguments equal to them."""
     tensors = ", ".join(f"Tensor {name}" for name in INPUT_NAMES)
-    return (f"({tensors}, bool delta_softplus={DEFAULT_DELTA_SOFTPLUS}, "
-            f"float out_scale={DEFAULT_OUT_SCALE!r}) -> Tensor")
+    return f"({tensors}, bool delta_softplus={DEFAULT_DELTA_SOFTPLUS}, float out_scale={DEFAULT_OUT_SCALE!r}) -> Tensor"

@@ -7,7 +7,7 @@ from the fake (meta) implementation. The schema is written once, from `INPUT_NAM
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -36,6 +36,7 @@ def define_scan_op(name: str, kernels: dict[str, Kernel]):
     ("CPU", "CUDA"); returns the op's overload packet."""
     _LIB.define(name + op_schema())
     for key, kernel in kernels.items():
+
         def impl(*args, _kernel=kernel, **kwargs):
             inputs, softplus, scale = _unpack(args, kwargs)
             return _kernel(inputs, delta_softplus=softplus, out_scale=scale)
@@ -49,7 +50,9 @@ def define_scan_op(name: str, kernels: dict[str, Kernel]):
     return getattr(getattr(torch.ops, NAMESPACE), name)
 
 
-def call(op, inputs: ScanInputs, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE) -> torch.Tensor:
+def call(
+    op, inputs: ScanInputs, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE
+) -> torch.Tensor:
     """Call a scan op with a ScanInputs. The attributes are checked here, as given (the op's
     schema would make a bool of delta_softplus 2); the tensors inside the op (`_unpack`), where
     they are real tensors: torch.export and torch.compile trace this function symbolically."""

@@ -26,8 +26,16 @@ from ..errors import VimdeployError
 from .params import ScanParams
 
 __all__ = [
-    "PluginError", "library_paths", "load_library", "cpu_library_path", "load_cpu_library", "entry_point",
-    "check_call", "default_build_dir", "PLUGIN_SRC", "CPU_EXTENSION",
+    "PluginError",
+    "library_paths",
+    "load_library",
+    "cpu_library_path",
+    "load_cpu_library",
+    "entry_point",
+    "check_call",
+    "default_build_dir",
+    "PLUGIN_SRC",
+    "CPU_EXTENSION",
 ]
 
 # ---- where the sources and the libraries are (every path of the native side) --------------
@@ -67,8 +75,10 @@ def entry_point(name: str, argtypes, restype=ctypes.c_int):
         try:
             _declare(lib, name, argtypes, restype)
         except AttributeError:
-            raise PluginError(f"the CUDA kernel library has no {name}: it was built from older sources; "
-                              "rebuild it with `vimdeploy plugin build`") from None
+            raise PluginError(
+                f"the CUDA kernel library has no {name}: it was built from older sources; "
+                "rebuild it with `vimdeploy plugin build`"
+            ) from None
         _entry_points[key] = getattr(lib, name)
     return _entry_points[key]
 
@@ -81,6 +91,7 @@ def check_call(name: str, rc: int) -> None:
 
 # ---- locating ---------------------------------------------------------------------------
 
+
 def default_build_dir() -> Path:
     """$VIMDEPLOY_PLUGIN_BUILD_DIR; else plugins/build in a checkout (where vimdeploy/plugins is
     the symlink); else, installed from a wheel (site-packages may be read-only, and is shared by
@@ -91,9 +102,9 @@ def default_build_dir() -> Path:
         return Path(os.environ["VIMDEPLOY_PLUGIN_BUILD_DIR"])
     if PLUGIN_SRC.is_symlink():
         return PLUGIN_SRC.resolve() / "build"
-    from .. import __version__
-
     import hashlib
+
+    from .. import __version__
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     where = hashlib.sha256(str(PLUGIN_SRC.resolve()).encode()).hexdigest()[:10]
@@ -153,7 +164,8 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
             if path is None:
                 raise PluginError(
                     f"{_LIB_NAMES['kernels']} not found in {default_build_dir()}: run `vimdeploy plugin build` "
-                    "(or vimdeploy.ops.build.build()), or set VIMDEPLOY_KERNEL_LIBRARY")
+                    "(or vimdeploy.ops.build.build()), or set VIMDEPLOY_KERNEL_LIBRARY"
+                )
 
         def declare(lib):
             p, vp, i64, i32 = ctypes.POINTER(ScanParams), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -175,7 +187,8 @@ def load_cpu_library() -> ctypes.CDLL:
             raise PluginError(
                 "the native CPU scan is not built: reinstall vimdeploy with a C++ compiler present "
                 "(`pip install -e .` in a checkout, or `make setup`), or run `vimdeploy plugin build`; "
-                "or set VIMDEPLOY_CPU_LIBRARY")
+                "or set VIMDEPLOY_CPU_LIBRARY"
+            )
 
         def declare(lib):
             _declare(lib, "vimdeploy_bi_selective_scan_cpu", [ctypes.POINTER(ScanParams), ctypes.c_int], ctypes.c_int)

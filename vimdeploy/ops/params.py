@@ -30,9 +30,21 @@ class ScanParams(ctypes.Structure):
     ]
 
     @classmethod
-    def from_pointers(cls, pointers: ScanInputs, y: int, batch: int, L: int, E: int, N: int, dtype: str,
-                      delta_softplus: bool, out_scale: float, bc_stride: int = 0) -> "ScanParams":
+    def from_pointers(
+        cls,
+        pointers: ScanInputs,
+        y: int,
+        batch: int,
+        L: int,
+        E: int,
+        N: int,
+        dtype: str,
+        delta_softplus: bool,
+        out_scale: float,
+        bc_stride: int = 0,
+    ) -> ScanParams:
         """`pointers`: a ScanInputs of addresses (ints) of dense row-major buffers (B and C:
         `bc_stride` elements between tokens, 0 = dense; CUDA kernel only)."""
-        return cls(*pointers, y, batch, L, E, N, DTYPES[dtype], int(bool(delta_softplus)), float(out_scale),
-                   int(bc_stride))
+        return cls(
+            *pointers, y, batch, L, E, N, DTYPES[dtype], int(bool(delta_softplus)), float(out_scale), int(bc_stride)
+        )

@@ -106,7 +106,9 @@ def _combine(y_fwd, y_bwd, z, out_scale, dtype):
     return ((y_fwd + y_bwd) * F.silu(z.to(y_fwd.dtype)) * out_scale).to(dtype)
 
 
-def bi_selective_scan_reference(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE):
+def bi_selective_scan_reference(
+    inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE
+):
     """The op contract, computed with the sequential loop (ground truth)."""
     x, dt, A, B, C, D, bias = inputs.direction("fwd")
     y_f = selective_scan_reference(x, dt, A, B, C, D, bias, delta_softplus)
@@ -115,8 +117,13 @@ def bi_selective_scan_reference(inputs: ScanInputs, *, delta_softplus: bool = DE
     return _combine(y_f, y_b, inputs.z, out_scale, inputs.x_fwd.dtype)
 
 
-def bi_selective_scan_fast(inputs: ScanInputs, *, delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE,
-                           chunk: int = 16):
+def bi_selective_scan_fast(
+    inputs: ScanInputs,
+    *,
+    delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS,
+    out_scale: float = DEFAULT_OUT_SCALE,
+    chunk: int = 16,
+):
     """The op contract, computed with the chunked associative scan."""
     y_f = _scan_chunked(*inputs.direction("fwd"), delta_softplus, False, chunk)
     y_b = _scan_chunked(*inputs.direction("bwd"), delta_softplus, True, chunk)

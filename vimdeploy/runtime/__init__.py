@@ -7,8 +7,8 @@ context manager: `with open_engine(path) as engine: engine.run(batch)`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ArtifactError
 from ..tensorrt.sidecar import ENGINE_SUFFIXES
@@ -60,7 +60,5 @@ def open_engine(path: str | Path, **options) -> Engine:
         raise ArtifactError(f"no such file: {path}")
     factory = BACKENDS.get(path.suffix.lower())
     if factory is None:
-        raise ArtifactError(
-            f"don't know how to run {path.name}: expected one of {', '.join(sorted(BACKENDS))}."
-        )
+        raise ArtifactError(f"don't know how to run {path.name}: expected one of {', '.join(sorted(BACKENDS))}.")
     return factory(path, **options)

@@ -73,7 +73,7 @@ class Engine(abc.ABC):
         lo, hi = self.batch_range
         parts = []
         for start in range(0, len(images), hi):
-            chunk = images[start:start + hi]
+            chunk = images[start : start + hi]
             real = len(chunk)
             out = self._infer(_pad(chunk, lo) if real < lo else chunk, names)
             parts.append({n: v[:real] for n, v in out.items()})
@@ -83,7 +83,7 @@ class Engine(abc.ABC):
     def _infer(self, images, names: list[str]) -> dict:
         """One call of the artifact on a checked batch within `batch_range`: {name: float32 output}."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: backends that hold nothing need not override it
         """Free what the engine holds; the engine is not used afterwards."""
 
     def __enter__(self):
@@ -109,8 +109,10 @@ class Engine(abc.ABC):
             names = list(outputs)
         missing = [n for n in names if not self.has_output(n)]
         if missing:
-            raise InputError(f"{getattr(self, 'path', 'this model')} has no output {', '.join(missing)} "
-                             f"(it has {', '.join(self.outputs)}).")
+            raise InputError(
+                f"{getattr(self, 'path', 'this model')} has no output {', '.join(missing)} "
+                f"(it has {', '.join(self.outputs)})."
+            )
         return names
 
     def describe(self) -> dict:
@@ -132,8 +134,9 @@ class Engine(abc.ABC):
         if self.input_hw is None and self.grid is not None:
             patch, stride = self.grid
             if not all(s >= patch and (s - patch) % stride == 0 for s in hw):
-                raise InputError(f"input {hw[0]}x{hw[1]} does not fit the patch grid: each side "
-                                 f"must be {patch} + k*{stride} pixels.")
+                raise InputError(
+                    f"input {hw[0]}x{hw[1]} does not fit the patch grid: each side must be {patch} + k*{stride} pixels."
+                )
         if tensor:
             return images
         if not np.issubdtype(images.dtype, np.floating):

@@ -28,8 +28,9 @@ class OnnxEngine(Engine):
         self.path = Path(path)
         # Structure only (no weights) to read metadata and find custom nodes.
         proto = load_onnx(self.path, load_external_data=False)
-        self.metadata = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props
-                         if p.key.startswith(META_PREFIX)}
+        self.metadata = {
+            p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)
+        }
         self.custom_op = any(n.domain == DOMAIN for n in proto.graph.node)
         self.op_errors = contextlib.nullcontext  # the op's refusals, raised around session.run
         if self.custom_op:
@@ -69,12 +70,16 @@ class OnnxEngine(Engine):
             self.default_input_size = int(self.metadata["trained_resolution"])
         # A dynamic-resolution export takes any size on its patch grid (checked before ORT sees it).
         meta = self.metadata
-        self.grid = ((int(meta["patch_size"]), int(meta["stride"]))
-                     if meta.get("patch_size", "").isdigit() and meta.get("stride", "").isdigit() else None)
+        self.grid = (
+            (int(meta["patch_size"]), int(meta["stride"]))
+            if meta.get("patch_size", "").isdigit() and meta.get("stride", "").isdigit()
+            else None
+        )
         self.outputs = [o.name for o in self.session.get_outputs()]
         if "logits" not in self.outputs:
-            raise ArtifactError(f"{path} has no `logits` output (outputs: {', '.join(self.outputs)}); "
-                                "is it a vimdeploy export?")
+            raise ArtifactError(
+                f"{path} has no `logits` output (outputs: {', '.join(self.outputs)}); is it a vimdeploy export?"
+            )
         self.num_classes = self.session.get_outputs()[self.outputs.index("logits")].shape[-1]
 
     def _infer(self, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
@@ -85,7 +90,13 @@ class OnnxEngine(Engine):
         self.session = None
 
     def describe(self) -> dict:
-        return {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "path": str(self.path),
-                "batch": self.fixed_batch or "dynamic",
-                "input_size": list(self.input_hw) if self.input_hw else "dynamic", "outputs": self.outputs,
-                "custom_op": self.custom_op, **{k: v for k, v in self.metadata.items() if k != "checkpoint_sha256"}}
+        return {
+            "backend": "onnxruntime",
+            "provider": "CPUExecutionProvider",
+            "path": str(self.path),
+            "batch": self.fixed_batch or "dynamic",
+            "input_size": list(self.input_hw) if self.input_hw else "dynamic",
+            "outputs": self.outputs,
+            "custom_op": self.custom_op,
+            **{k: v for k, v in self.metadata.items() if k != "checkpoint_sha256"},
+        }

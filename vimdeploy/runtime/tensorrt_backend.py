@@ -40,16 +40,27 @@ from .base import Engine
 class TensorRTEngine(Engine):
     takes_tensors = True
 
-    def __init__(self, path, plugin=None, cuda_graph: bool = False, check: bool = True, device: int = 0,
-                 verbose: bool = False, **_ignored):
+    def __init__(
+        self,
+        path,
+        plugin=None,
+        cuda_graph: bool = False,
+        check: bool = True,
+        device: int = 0,
+        verbose: bool = False,
+        **_ignored,
+    ):
         self.path = Path(path)
         trt = self.trt = import_tensorrt()
         cudart = self.cudart = import_cudart()
         cuda_call(cudart.cudaSetDevice(device))
         self.sidecar = read_sidecar(self.path) or {}
         if not self.sidecar:
-            warnings.warn(f"{sidecar_path(self.path).name} not found: cannot check that {self.path.name} fits this "
-                          "machine (TensorRT version, GPU) before loading it.", stacklevel=2)
+            warnings.warn(
+                f"{sidecar_path(self.path).name} not found: cannot check that {self.path.name} fits this "
+                "machine (TensorRT version, GPU) before loading it.",
+                stacklevel=2,
+            )
 
         # The plugin must be registered before deserializing. The library: explicit, else the
         # one the engine was built with (if it is still there), else the built one.
@@ -66,7 +77,9 @@ class TensorRTEngine(Engine):
 
         if check and self.sidecar:
             current = current_machine(trt.__version__, device)
-            errors, warns = check_sidecar(self.sidecar, current, file_sha256(self.plugin_path) if self.plugin_path else None)
+            errors, warns = check_sidecar(
+                self.sidecar, current, file_sha256(self.plugin_path) if self.plugin_path else None
+            )
             for w in warns:
                 warnings.warn(w, stacklevel=2)
             if errors:
@@ -76,19 +89,24 @@ class TensorRTEngine(Engine):
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise ArtifactError(f"TensorRT could not deserialize {self.path} (built by another TensorRT version, "
-                                "for another GPU, or its plugin library not loaded; see the messages above).")
+            raise ArtifactError(
+                f"TensorRT could not deserialize {self.path} (built by another TensorRT version, "
+                "for another GPU, or its plugin library not loaded; see the messages above)."
+            )
         self.context = self.engine.create_execution_context()
 
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         if len(self.inputs) != 1 or "logits" not in self.outputs:
-            raise ArtifactError(f"{self.path.name}: expected one input and a `logits` output; "
-                                f"has inputs {self.inputs}, outputs {self.outputs}.")
+            raise ArtifactError(
+                f"{self.path.name}: expected one input and a `logits` output; "
+                f"has inputs {self.inputs}, outputs {self.outputs}."
+            )
         self.input_name = self.inputs[0]
         self.min_shape, self.opt_shape, self.max_shape = (
-            tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
+            tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0)
+        )
         self.input_hw = tuple(self.max_shape[2:]) if self.min_shape[2:] == self.max_shape[2:] else None
         self.input_size = self.input_hw[0] if self.input_hw and self.input_hw[0] == self.input_hw[1] else None
         if self.input_size:
@@ -106,8 +124,10 @@ class TensorRTEngine(Engine):
 
     def _set_shape(self, shape) -> dict[str, tuple]:
         if not self.context.set_input_shape(self.input_name, tuple(shape)):
-            raise InputError(f"{self.path.name} does not accept input shape {tuple(shape)} "
-                             f"(profile min {self.min_shape}, max {self.max_shape}).")
+            raise InputError(
+                f"{self.path.name} does not accept input shape {tuple(shape)} "
+                f"(profile min {self.min_shape}, max {self.max_shape})."
+            )
         return {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
 
     def _buffer(self, name: str, nbytes: int) -> int:
@@ -134,7 +154,9 @@ class TensorRTEngine(Engine):
             # One plain run first: a shape change makes TensorRT do work that must not be captured.
             self._execute(self.stream)
             cuda_call(cudart.cudaStreamSynchronize(self.stream))
-            cuda_call(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+            cuda_call(
+                cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+            )
             try:
                 self._execute(self.stream)
             finally:
@@ -190,10 +212,16 @@ class TensorRTEngine(Engine):
 
     def describe(self) -> dict:
         s = self.sidecar
-        return {"backend": "tensorrt", "path": str(self.path), "tensorrt": self.trt.__version__,
-                "precision": s.get("precision"), "built_on": s.get("gpu"), "profile": {
-                    "min": list(self.min_shape), "opt": list(self.opt_shape), "max": list(self.max_shape)},
-                "plugin": str(self.plugin_path) if self.plugin_path else None, "cuda_graph": self.cuda_graph}
+        return {
+            "backend": "tensorrt",
+            "path": str(self.path),
+            "tensorrt": self.trt.__version__,
+            "precision": s.get("precision"),
+            "built_on": s.get("gpu"),
+            "profile": {"min": list(self.min_shape), "opt": list(self.opt_shape), "max": list(self.max_shape)},
+            "plugin": str(self.plugin_path) if self.plugin_path else None,
+            "cuda_graph": self.cuda_graph,
+        }
 
     def close(self) -> None:
         for ptr, _ in self.buffers.values():

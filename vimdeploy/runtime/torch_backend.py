@@ -10,8 +10,15 @@ from .base import Engine
 
 
 class TorchEngine(Engine):
-    def __init__(self, path, ema: bool = False, scan: str = "auto", device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, **overrides):
+    def __init__(
+        self,
+        path,
+        ema: bool = False,
+        scan: str = "auto",
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **overrides,
+    ):
         self.model, self.checkpoint = load_model(path, ema=ema, scan=scan, **overrides)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -43,5 +50,10 @@ class TorchEngine(Engine):
             from ..ops.dispatch import resolve
 
             scan = f"auto ({resolve(self.device.type)})"
-        return {"backend": "pytorch", "scan": scan, "device": str(self.device),
-                "dtype": str(self.dtype).replace("torch.", ""), "variant": cfg.variant}
+        return {
+            "backend": "pytorch",
+            "scan": scan,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "variant": cfg.variant,
+        }

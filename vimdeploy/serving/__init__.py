@@ -21,23 +21,38 @@ from pathlib import Path
 
 from ..data import MAX_IMAGE_PIXELS
 from ..errors import InputError, VimdeployError
+from ..triton import write_model
 from .gate import Gate
 from .handler import ModelSpec, probe
-from ..triton import write_model
 from .process import free_ports
-from .server import (API_KEY_HEADER, GRPC_API_KEY_HEADER, SERVER_EXIT_TIMEOUT_S, TritonServer, prepare_backends,
-                     server_env, triton_distribution, tritonserver_args)
+from .server import (
+    API_KEY_HEADER,
+    GRPC_API_KEY_HEADER,
+    SERVER_EXIT_TIMEOUT_S,
+    TritonServer,
+    prepare_backends,
+    server_env,
+    triton_distribution,
+    tritonserver_args,
+)
 from .watchdog import Watchdog, make_workspace, remove_shm, shm_prefix, sweep
 
-__all__ = ["serve", "api_key_from_env", "ModelSpec", "API_KEY_HEADER", "GRPC_API_KEY_HEADER", "MAX_IMAGE_PIXELS", "MAX_REQUEST_BYTES"]
+__all__ = [
+    "serve",
+    "api_key_from_env",
+    "ModelSpec",
+    "API_KEY_HEADER",
+    "GRPC_API_KEY_HEADER",
+    "MAX_IMAGE_PIXELS",
+    "MAX_REQUEST_BYTES",
+]
 
 #: the largest HTTP request body accepted: 8 Vim-Ti images (8 x 3 x 224 x 224 floats) are about
 #: 24 MB as JSON and 4.8 MB in Triton's binary format; 64 MiB leaves room for larger images or batches
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
-def _check_options(name, ports, max_batch, queue_delay_us, instances, max_image_pixels, max_request_bytes,
-                   api_key):
+def _check_options(name, ports, max_batch, queue_delay_us, instances, max_image_pixels, max_request_bytes, api_key):
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"--name must be a plain model name; got {name!r}.")
     for option, port in ports.items():
@@ -56,8 +71,10 @@ def _check_options(name, ports, max_batch, queue_delay_us, instances, max_image_
     if max_request_bytes < 1024:
         raise InputError(f"--max-request-bytes must be at least 1024; got {max_request_bytes}.")
     if api_key is not None and not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,}", api_key):
-        raise InputError("the API key must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / - "
-                         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`).")
+        raise InputError(
+            "the API key must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / - "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)."
+        )
 
 
 def api_key_from_env(variable: str) -> str:
@@ -68,11 +85,28 @@ def api_key_from_env(variable: str) -> str:
     return key
 
 
-def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http_port: int = 8000,
-          grpc_port: int = 8001, metrics_port: int = 8002, max_batch: int = 8, queue_delay_us: int = 100,
-          instances: int = 1, features: bool = False, labels: str | Path | None = None, ema: bool = False,
-          allow_nonfinite: bool = False, exit_timeout_s: int = 30, startup_timeout_s: float = 300.0, max_image_pixels: int = MAX_IMAGE_PIXELS,
-          max_request_bytes: int = MAX_REQUEST_BYTES, api_key: str | None = None, on_ready=None, echo=None) -> dict:
+def serve(
+    artifact: str | Path,
+    name: str = "vim",
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    max_batch: int = 8,
+    queue_delay_us: int = 100,
+    instances: int = 1,
+    features: bool = False,
+    labels: str | Path | None = None,
+    ema: bool = False,
+    allow_nonfinite: bool = False,
+    exit_timeout_s: int = 30,
+    startup_timeout_s: float = 300.0,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    api_key: str | None = None,
+    on_ready=None,
+    echo=None,
+) -> dict:
     """Serve `artifact` until SIGINT or SIGTERM; then answer what is in flight and stop.
 
     Images in `image_bytes` over max_image_pixels and HTTP bodies over max_request_bytes are
@@ -96,8 +130,13 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
     del engine
     labels = str(Path(labels).resolve()) if labels is not None else None
     class_names(spec.num_classes, labels)  # a labels file of the wrong length fails here
-    settings = {"artifact": str(artifact), "engine_options": engine_options, "spec": spec.to_dict(),
-                "labels": labels, "max_image_pixels": int(max_image_pixels)}
+    settings = {
+        "artifact": str(artifact),
+        "engine_options": engine_options,
+        "spec": spec.to_dict(),
+        "labels": labels,
+        "max_image_pixels": int(max_image_pixels),
+    }
 
     sweep()  # what killed servers left: their processes, shared memory, workspaces
     workspace = make_workspace()
@@ -122,17 +161,29 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
         except OSError as e:
             raise InputError(f"cannot listen on {host}:{http_port} (--http-port): {e.strerror or e}") from None
         ready = server.wait_ready(startup_timeout_s, stop)
-        info = {"model": name, "artifact": str(artifact), "engine": description, "spec": spec.to_dict(),
-                "http": f"http://{probe_host}:{http_port}", "grpc": f"{probe_host}:{grpc_port}",
-                "metrics": f"http://{probe_host}:{metrics_port}/metrics", "max_batch": max_batch,
-                "max_queue_delay_us": queue_delay_us, "instances": instances, "max_image_pixels": max_image_pixels,
-                "max_request_bytes": max_request_bytes, "api_key": api_key is not None, "pid": os.getpid()}
+        info = {
+            "model": name,
+            "artifact": str(artifact),
+            "engine": description,
+            "spec": spec.to_dict(),
+            "http": f"http://{probe_host}:{http_port}",
+            "grpc": f"{probe_host}:{grpc_port}",
+            "metrics": f"http://{probe_host}:{metrics_port}/metrics",
+            "max_batch": max_batch,
+            "max_queue_delay_us": queue_delay_us,
+            "instances": instances,
+            "max_image_pixels": max_image_pixels,
+            "max_request_bytes": max_request_bytes,
+            "api_key": api_key is not None,
+            "pid": os.getpid(),
+        }
         if ready and on_ready is not None:
             on_ready(info)
         while ready and not stop.wait(0.5):
             if not server.alive():
-                raise VimdeployError(f"tritonserver exited unexpectedly (status {server.process.returncode}):\n"
-                                     + server.log_tail())
+                raise VimdeployError(
+                    f"tritonserver exited unexpectedly (status {server.process.returncode}):\n" + server.log_tail()
+                )
         drained = ready and server.drain(name, exit_timeout_s)
         code = server.stop(SERVER_EXIT_TIMEOUT_S + 15)
         server = None
@@ -147,4 +198,3 @@ def serve(artifact: str | Path, name: str = "vim", host: str = "127.0.0.1", http
         shutil.rmtree(workspace, ignore_errors=True)
         remove_shm(shm)
         watchdog.release()
-

@@ -15,8 +15,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the stub; not an installable package
 
 from ..errors import VimdeployError
-from .handler import Handler, ModelSpec
 from ..triton import SETTINGS_KEY
+from .handler import Handler, ModelSpec
 
 
 def _input(request, name):
@@ -61,8 +61,9 @@ class TritonPythonModel:
         if not prepared:
             return responses
         try:
-            results = self.handler.answer([x for _, x, _ in prepared],
-                                          features=any("features" in wanted for _, _, wanted in prepared))
+            results = self.handler.answer(
+                [x for _, x, _ in prepared], features=any("features" in wanted for _, _, wanted in prepared)
+            )
         except VimdeployError as e:
             results = (str(e), pb_utils.TritonError.INVALID_ARG)
         except Exception as e:  # noqa: BLE001 - answer every request, keep the instance serving
@@ -80,4 +81,3 @@ class TritonPythonModel:
         close = getattr(self.handler.engine, "close", None)
         if close is not None:
             close()
-

@@ -40,8 +40,9 @@ class Gate:
     def start(self) -> None:
         """Bind and serve; an OSError (port in use) is raised here."""
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(asyncio.start_server(
-            self._serve, self.host, self.port, limit=MAX_HEAD_BYTES), self._loop).result(30)
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD_BYTES), self._loop
+        ).result(30)
 
     def stop(self) -> None:
         async def close():
@@ -49,6 +50,7 @@ class Gate:
             for task in list(self._connections):
                 task.cancel()
             await asyncio.gather(*self._connections, return_exceptions=True)
+
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -68,8 +70,13 @@ class Gate:
                         await asyncio.wait({relay}, timeout=ANSWER_TIMEOUT_S)
                     return
                 except asyncio.LimitOverrunError:
-                    return await _refuse(reader, writer, 431, "Request Header Fields Too Large",
-                                         f"request headers over {MAX_HEAD_BYTES} bytes")
+                    return await _refuse(
+                        reader,
+                        writer,
+                        431,
+                        "Request Header Fields Too Large",
+                        f"request headers over {MAX_HEAD_BYTES} bytes",
+                    )
                 length, problem = self._body_length(head)
                 if problem is not None:
                     return await _refuse(reader, writer, *problem)
@@ -113,8 +120,12 @@ class Gate:
             return 0, (400, "Bad Request", "the request has an invalid Content-Length")
         length = int(next(iter(lengths)))
         if length > self.max_body:
-            return 0, (413, "Payload Too Large", f"the request body of {length} bytes is over this server's limit "
-                       f"of {self.max_body} bytes (vimdeploy serve --max-request-bytes)")
+            return 0, (
+                413,
+                "Payload Too Large",
+                f"the request body of {length} bytes is over this server's limit "
+                f"of {self.max_body} bytes (vimdeploy serve --max-request-bytes)",
+            )
         return length, None
 
 
@@ -130,12 +141,16 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, reason: str,
-                  message: str) -> None:
+async def _refuse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, reason: str, message: str
+) -> None:
     """Answer `status` in Triton's error format and close, reading (not keeping) what the client still sends."""
     body = json.dumps({"error": message}).encode()
-    writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                 f"Connection: close\r\n\r\n".encode() + body)
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n".encode()
+        + body
+    )
     try:
         await writer.drain()
         writer.write_eof()

@@ -45,15 +45,19 @@ class ModelSpec:
 
     def inputs(self) -> list[TensorSpec]:
         # Both optional: a request carries exactly one of them (Handler.prepare checks).
-        return [TensorSpec("images", "FP32", (3, self.img_size, self.img_size), optional=True),
-                TensorSpec("image_bytes", "STRING", (1,), optional=True)]
+        return [
+            TensorSpec("images", "FP32", (3, self.img_size, self.img_size), optional=True),
+            TensorSpec("image_bytes", "STRING", (1,), optional=True),
+        ]
 
     def outputs(self) -> list[TensorSpec]:
         k = self.top_k
-        specs = [TensorSpec("logits", "FP32", (self.num_classes,)),
-                 TensorSpec("top5_indices", "INT64", (k,)),
-                 TensorSpec("top5_labels", "STRING", (k,)),
-                 TensorSpec("top5_scores", "FP32", (k,))]
+        specs = [
+            TensorSpec("logits", "FP32", (self.num_classes,)),
+            TensorSpec("top5_indices", "INT64", (k,)),
+            TensorSpec("top5_labels", "STRING", (k,)),
+            TensorSpec("top5_scores", "FP32", (k,)),
+        ]
         if self.feature_dim is not None:
             specs.append(TensorSpec("features", "FP32", (self.feature_dim,)))
         return specs
@@ -71,8 +75,10 @@ def probe(engine: Engine, features: bool = False) -> ModelSpec:
     if engine.input_hw is not None and engine.input_hw[0] != engine.input_hw[1]:
         from ..errors import ArtifactError
 
-        raise ArtifactError(f"vimdeploy serve takes square inputs; this artifact is fixed at "
-                            f"{engine.input_hw[0]}x{engine.input_hw[1]}: export it with --img-size N or dynamic.")
+        raise ArtifactError(
+            f"vimdeploy serve takes square inputs; this artifact is fixed at "
+            f"{engine.input_hw[0]}x{engine.input_hw[1]}: export it with --img-size N or dynamic."
+        )
     size = engine.input_size or engine.default_input_size
     out = engine.run(np.zeros((1, 3, size, size), np.float32), features=features)
     feature_dim = int(out["features"].shape[-1]) if features else None
@@ -111,8 +117,9 @@ def _decode(image, img_size: int) -> np.ndarray:
 class Handler:
     """Turns requests into one engine call and the engine's outputs back into answers."""
 
-    def __init__(self, engine: Engine, spec: ModelSpec, labels: list[str] | None = None,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS):
+    def __init__(
+        self, engine: Engine, spec: ModelSpec, labels: list[str] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS
+    ):
         self.engine = engine
         self.spec = spec
         self.max_image_pixels = max_image_pixels
@@ -126,8 +133,10 @@ class Handler:
         model config; what it cannot check is checked here.
         """
         if (images is None) == (image_bytes is None):
-            raise InputError("send exactly one of the inputs `images` (FP32, N x 3 x H x W, normalised) or "
-                             "`image_bytes` (BYTES, N x 1, encoded JPEG/PNG).")
+            raise InputError(
+                "send exactly one of the inputs `images` (FP32, N x 3 x H x W, normalised) or "
+                "`image_bytes` (BYTES, N x 1, encoded JPEG/PNG)."
+            )
         if images is not None:
             size = self.spec.img_size
             if images.ndim != 4 or images.shape[1:] != (3, size, size):
@@ -137,11 +146,11 @@ class Handler:
         # before any image of it is decoded.
         opened = []
         try:
-            for i, item in enumerate(image_bytes.reshape(-1)):
+            for i, item in enumerate(image_bytes.reshape(-1)):  # noqa: B007 - i names the image in the error
                 data = item if isinstance(item, bytes) else bytes(item)
                 opened.append(open_image_bytes(data, self.max_image_pixels))
             decoded = []
-            for i, image in enumerate(opened):
+            for i, image in enumerate(opened):  # noqa: B007 - i names the image in the error
                 decoded.append(_decode(image, self.spec.img_size))
         except InputError as e:
             raise InputError(f"image_bytes[{i}] is {e}") from None
@@ -155,13 +164,19 @@ class Handler:
     def answer(self, batches: list[np.ndarray], features: bool = False) -> list[dict[str, np.ndarray]]:
         """Run all prepared batches as one engine call; split the outputs back per batch."""
         sizes = [len(b) for b in batches]
-        out = self.engine.run(np.concatenate(batches) if len(batches) > 1 else batches[0],
-                              features=features and self.spec.feature_dim is not None)
+        out = self.engine.run(
+            np.concatenate(batches) if len(batches) > 1 else batches[0],
+            features=features and self.spec.feature_dim is not None,
+        )
         logits = out["logits"]
         probs = softmax(logits.astype(np.float64))
         best = np.argsort(-probs, axis=-1, kind="stable")[:, : self.spec.top_k]
-        full = {"logits": logits.astype(np.float32, copy=False), "top5_indices": best.astype(np.int64),
-                "top5_labels": self.labels[best], "top5_scores": np.take_along_axis(probs, best, -1).astype(np.float32)}
+        full = {
+            "logits": logits.astype(np.float32, copy=False),
+            "top5_indices": best.astype(np.int64),
+            "top5_labels": self.labels[best],
+            "top5_scores": np.take_along_axis(probs, best, -1).astype(np.float32),
+        }
         if "features" in out:
             full["features"] = out["features"].astype(np.float32, copy=False)
         bounds = np.cumsum([0, *sizes])

@@ -37,15 +37,40 @@ class ServeProcess:
     manager) to end it: the server must never outlive its caller.
     """
 
-    def __init__(self, artifact, *options, log: str | Path, startup_timeout_s: float = 240.0,
-                 ports: tuple[int, int, int] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        artifact,
+        *options,
+        log: str | Path,
+        startup_timeout_s: float = 240.0,
+        ports: tuple[int, int, int] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.host = "127.0.0.1"
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, self.host)
-        cmd = [sys.executable, "-m", "vimdeploy", "serve", str(artifact), "--host", self.host,
-               "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-               "--metrics-port", str(self.metrics_port), "--json", *map(str, options)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vimdeploy",
+            "serve",
+            str(artifact),
+            "--host",
+            self.host,
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--json",
+            *map(str, options),
+        ]
         root = str(Path(__file__).resolve().parents[2])  # this vimdeploy, also from a source tree
-        env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        env = {
+            **os.environ,
+            **(env or {}),
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+        }
         self.log = Path(log)
         self._log_file = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
@@ -73,8 +98,9 @@ class ServeProcess:
             try:
                 line = self._lines.get(timeout=timeout_s)
             except queue.Empty:
-                raise VimdeployError(f"vimdeploy serve printed nothing for {timeout_s:.0f} s; log:\n"
-                                     + self.log_tail()) from None
+                raise VimdeployError(
+                    f"vimdeploy serve printed nothing for {timeout_s:.0f} s; log:\n" + self.log_tail()
+                ) from None
             if line is None:
                 code = self.proc.wait(30)
                 raise VimdeployError(f"vimdeploy serve exited (status {code}); log:\n" + self.log_tail())

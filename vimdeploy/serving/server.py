@@ -54,17 +54,23 @@ def triton_distribution() -> dict[str, Path]:
     package = Path(list(spec.submodule_search_locations)[0])
     root = package / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    paths = {"binary": root / "bin" / "tritonserver", "backend": root / "backends" / "python",
-             "stub": root / "python_backend_stubs" / version / "triton_python_backend_stub",
-             # wheel install; an editable pytriton keeps them in tritonserver/external_libs
-             "libs": package.parent / "nvidia_pytriton.libs" if (package.parent / "nvidia_pytriton.libs").is_dir()
-             else root / "external_libs"}
+    paths = {
+        "binary": root / "bin" / "tritonserver",
+        "backend": root / "backends" / "python",
+        "stub": root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        # wheel install; an editable pytriton keeps them in tritonserver/external_libs
+        "libs": package.parent / "nvidia_pytriton.libs"
+        if (package.parent / "nvidia_pytriton.libs").is_dir()
+        else root / "external_libs",
+    }
     if not paths["binary"].is_file():
         raise VimdeployError(f"{paths['binary']} is missing: reinstall nvidia-pytriton ({INSTALL_HINT}).")
     if not paths["stub"].is_file():
         shipped = sorted(p.name for p in (root / "python_backend_stubs").iterdir()) if root.is_dir() else []
-        raise VimdeployError(f"nvidia-pytriton has no Python backend stub for Python {version} "
-                             f"(it ships {', '.join(shipped) or 'none'}): use one of those Pythons.")
+        raise VimdeployError(
+            f"nvidia-pytriton has no Python backend stub for Python {version} "
+            f"(it ships {', '.join(shipped) or 'none'}): use one of those Pythons."
+        )
     return paths
 
 
@@ -84,17 +90,32 @@ def prepare_backends(workspace: Path, dist: dict[str, Path]) -> Path:
 SERVER_EXIT_TIMEOUT_S = 3
 
 
-def tritonserver_args(dist: dict[str, Path], repo: Path, backends: Path, model: str, host: str,
-                      ports: dict[str, int], shm: str) -> list[str]:
-    return [str(dist["binary"]), f"--model-repository={repo}", f"--backend-directory={backends}",
-            f"--load-model={model}", "--http-address=127.0.0.1", f"--http-port={ports['http']}",
-            f"--grpc-address={host}", f"--grpc-port={ports['grpc']}", "--allow-metrics=true",
-            f"--metrics-address={host}", f"--metrics-port={ports['metrics']}", "--allow-gpu-metrics=false",
-            "--allow-cpu-metrics=true", "--disable-auto-complete-config", "--strict-readiness=true",
-            f"--exit-timeout-secs={SERVER_EXIT_TIMEOUT_S}", "--pinned-memory-pool-byte-size=0", "--log-verbose=0",
-            f"--backend-config=python,shm-region-prefix-name={shm}",
-            # A stub imports torch/onnxruntime and opens the engine before it answers: give it time.
-            "--backend-config=python,stub-timeout-seconds=300"]
+def tritonserver_args(
+    dist: dict[str, Path], repo: Path, backends: Path, model: str, host: str, ports: dict[str, int], shm: str
+) -> list[str]:
+    return [
+        str(dist["binary"]),
+        f"--model-repository={repo}",
+        f"--backend-directory={backends}",
+        f"--load-model={model}",
+        "--http-address=127.0.0.1",
+        f"--http-port={ports['http']}",
+        f"--grpc-address={host}",
+        f"--grpc-port={ports['grpc']}",
+        "--allow-metrics=true",
+        f"--metrics-address={host}",
+        f"--metrics-port={ports['metrics']}",
+        "--allow-gpu-metrics=false",
+        "--allow-cpu-metrics=true",
+        "--disable-auto-complete-config",
+        "--strict-readiness=true",
+        f"--exit-timeout-secs={SERVER_EXIT_TIMEOUT_S}",
+        "--pinned-memory-pool-byte-size=0",
+        "--log-verbose=0",
+        f"--backend-config=python,shm-region-prefix-name={shm}",
+        # A stub imports torch/onnxruntime and opens the engine before it answers: give it time.
+        "--backend-config=python,stub-timeout-seconds=300",
+    ]
 
 
 def server_env(dist: dict[str, Path]) -> dict[str, str]:
@@ -118,6 +139,7 @@ def _die_with_parent(parent: int):
         prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl: no signal will come
             os._exit(1)
+
     return setup
 
 
@@ -134,16 +156,24 @@ class TritonServer:
             locks.append((API_KEY_APIS, API_KEY_HEADER, api_key))
         self.args = [*args, "--model-control-mode=explicit"]
         for apis, header, value in locks:
-            self.args += [f"--http-restricted-api={','.join(apis)}:{header}={value}",
-                          f"--grpc-restricted-protocol={','.join(apis)}:{header}={value}"]
+            self.args += [
+                f"--http-restricted-api={','.join(apis)}:{header}={value}",
+                f"--grpc-restricted-protocol={','.join(apis)}:{header}={value}",
+            ]
         self.env, self.url, self.echo = env, url, echo
         self.process: subprocess.Popen | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(os.getpid()))
+        self.process = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
         self._reader = threading.Thread(target=self._read, name="tritonserver-log", daemon=True)
         self._reader.start()
 
@@ -158,8 +188,11 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def _call(self, path: str, body: dict | None = None, timeout: float = 5.0):
-        request = urllib.request.Request(self.url + path, data=None if body is None else json.dumps(body).encode(),
-                                         headers={ADMIN_HEADER: self.token})
+        request = urllib.request.Request(
+            self.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={ADMIN_HEADER: self.token},
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             data = response.read()
             return response.status, json.loads(data) if data else None
@@ -194,8 +227,9 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while not stop.is_set():
             if not self.alive():
-                raise VimdeployError(f"tritonserver exited during startup (status {self.process.returncode}):\n"
-                                     + self.log_tail())
+                raise VimdeployError(
+                    f"tritonserver exited during startup (status {self.process.returncode}):\n" + self.log_tail()
+                )
             if self.ready():
                 return True
             if time.monotonic() > deadline:

@@ -120,7 +120,11 @@ class Watchdog:
     def __init__(self, workspace: Path, shm: str):
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-S", str(Path(__file__).resolve()), str(workspace), shm],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _send(self, line: str) -> None:
         try:

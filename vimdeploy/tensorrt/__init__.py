@@ -13,5 +13,12 @@ tensorrt_backend`) uses imports, plugin and sidecar, never the builder.
 from .imports import TENSORRT_MISSING, TensorRTMissing, import_cudart, import_tensorrt
 from .sidecar import check_sidecar, read_sidecar, sidecar_path
 
-__all__ = ["TENSORRT_MISSING", "TensorRTMissing", "import_tensorrt", "import_cudart", "check_sidecar",
-           "read_sidecar", "sidecar_path"]
+__all__ = [
+    "TENSORRT_MISSING",
+    "TensorRTMissing",
+    "import_tensorrt",
+    "import_cudart",
+    "check_sidecar",
+    "read_sidecar",
+    "sidecar_path",
+]

@@ -26,14 +26,15 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..contract import OP_TYPE
 from ..errors import ArtifactError, InputError, VimdeployError
 from ..fileio import atomic_path, check_target, file_sha256, load_onnx
 from .imports import LazyModule, import_cudart, import_tensorrt
-from ..contract import OP_TYPE
 from .plugin import find_plugin, load_plugin, plugin_record
 from .profiles import check_profile_grid, parse_size_range
 from .sidecar import SIDECAR_FORMAT, current_machine, sidecar_path, write_engine
@@ -43,16 +44,28 @@ if TYPE_CHECKING:
 else:
     trt = LazyModule(import_tensorrt)
 
-__all__ = ["build_engine", "parse_range", "resolve_precision", "make_profile", "onnx_summary", "create_logger",
-           "network_from_onnx", "create_config", "add_profile", "apply_timing_cache", "build_serialized",
-           "save_timing_cache"]
+__all__ = [
+    "build_engine",
+    "parse_range",
+    "resolve_precision",
+    "make_profile",
+    "onnx_summary",
+    "create_logger",
+    "network_from_onnx",
+    "create_config",
+    "add_profile",
+    "apply_timing_cache",
+    "build_serialized",
+    "save_timing_cache",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # Pure helpers (tested without TensorRT)
 
+
 def parse_range(text: str | None, what: str = "--batch") -> tuple[int, int, int] | None:
-    """"1:8:32" -> (1, 8, 32); "8" -> (8, 8, 8); None -> None. min <= opt <= max, all >= 1."""
+    """ "1:8:32" -> (1, 8, 32); "8" -> (8, 8, 8); None -> None. min <= opt <= max, all >= 1."""
     if text is None:
         return None
     try:
@@ -78,7 +91,8 @@ def resolve_precision(onnx_precision: str, requested: str | None) -> str | None:
     raise InputError(
         f"the ONNX is already {onnx_precision} but --{requested} was asked for. TensorRT is strongly typed: the "
         f"engine's precision is the ONNX's. Build from the fp32 export (vimdeploy build model_fp32.onnx "
-        f"--{requested} ...) or drop --{requested}.")
+        f"--{requested} ...) or drop --{requested}."
+    )
 
 
 def make_profile(input_shape, batch: tuple | None, size: tuple | None) -> dict[str, list[int]]:
@@ -93,8 +107,10 @@ def make_profile(input_shape, batch: tuple | None, size: tuple | None) -> dict[s
         raise ArtifactError(f"the ONNX input has a symbolic channel dimension ({c}); expected 3.")
     if isinstance(n, int):
         if batch and batch != (n, n, n):
-            raise InputError(f"this ONNX has a fixed batch of {n}; --batch {':'.join(map(str, batch))} cannot apply "
-                             "(export with --batch dynamic for a batch range).")
+            raise InputError(
+                f"this ONNX has a fixed batch of {n}; --batch {':'.join(map(str, batch))} cannot apply "
+                "(export with --batch dynamic for a batch range)."
+            )
         batch = (n, n, n)
     elif batch is None:
         batch = (1, 8, 32)
@@ -104,8 +120,10 @@ def make_profile(input_shape, batch: tuple | None, size: tuple | None) -> dict[s
         hs, ws = (h, h, h), (w, w, w)
     else:
         if size is None:
-            raise InputError("this ONNX has a dynamic resolution: pass --img-size MIN:OPT:MAX (e.g. 224:384:1248, "
-                             "or per side 224x224:384x640:1248x1248).")
+            raise InputError(
+                "this ONNX has a dynamic resolution: pass --img-size MIN:OPT:MAX (e.g. 224:384:1248, "
+                "or per side 224x224:384x640:1248x1248)."
+            )
         hs = (h,) * 3 if isinstance(h, int) else size_h
         ws = (w,) * 3 if isinstance(w, int) else size_w
     return {k: [batch[i], c, hs[i], ws[i]] for i, k in enumerate(("min", "opt", "max"))}
@@ -124,18 +142,34 @@ def onnx_summary(path: str | Path) -> dict:
         raise ArtifactError(f"{path}: the input must be NCHW; its shape is {dims}.")
     meta = {p.key: p.value for p in proto.metadata_props}
     dtype_names = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16"}
-    io = {v.name: {"dtype": dtype_names.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
-                   "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]}
-          for v in [inputs[0], *proto.graph.output]}
-    plugin_versions = sorted({next((a.s.decode() for a in n.attribute if a.name == "plugin_version"), "1")
-                              for n in proto.graph.node if n.op_type == OP_TYPE})
-    return {"input": inputs[0].name, "shape": dims, "precision": meta.get("vimdeploy.precision", "fp32"),
-            "outputs": [o.name for o in proto.graph.output], "io": io, "plugin_versions": plugin_versions,
-            "metadata": {k[len("vimdeploy."):]: v for k, v in meta.items() if k.startswith("vimdeploy.")}}
+    io = {
+        v.name: {
+            "dtype": dtype_names.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
+            "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+        }
+        for v in [inputs[0], *proto.graph.output]
+    }
+    plugin_versions = sorted(
+        {
+            next((a.s.decode() for a in n.attribute if a.name == "plugin_version"), "1")
+            for n in proto.graph.node
+            if n.op_type == OP_TYPE
+        }
+    )
+    return {
+        "input": inputs[0].name,
+        "shape": dims,
+        "precision": meta.get("vimdeploy.precision", "fp32"),
+        "outputs": [o.name for o in proto.graph.output],
+        "io": io,
+        "plugin_versions": plugin_versions,
+        "metadata": {k[len("vimdeploy.") :]: v for k, v in meta.items() if k.startswith("vimdeploy.")},
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # The steps
+
 
 def create_logger(verbose: bool = False) -> trt.ILogger:
     """A trt.ILogger that prints warnings (everything with verbose) and keeps errors, so that a
@@ -169,16 +203,18 @@ def network_flags() -> int:
     return flags
 
 
-def network_from_onnx(builder: trt.Builder, onnx_path: Path, logger: trt.ILogger
-                      ) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+def network_from_onnx(
+    builder: trt.Builder, onnx_path: Path, logger: trt.ILogger
+) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
     """A strongly typed network parsed from an ONNX file (the parser must outlive the network)."""
     network = builder.create_network(network_flags())
     parser = trt.OnnxParser(network, logger)
     # parse_from_file (not parse(bytes)) so that external-data ONNX files find their weights.
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ArtifactError(f"TensorRT's ONNX parser rejected {onnx_path.name}:\n  "
-                            + "\n  ".join(errors or _errors(logger)))
+        raise ArtifactError(
+            f"TensorRT's ONNX parser rejected {onnx_path.name}:\n  " + "\n  ".join(errors or _errors(logger))
+        )
     return network, parser
 
 
@@ -193,8 +229,14 @@ def _progress_monitor() -> trt.IProgressMonitor:
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             depth = len(self.bars)
-            self.bars[phase_name] = tqdm(total=num_steps, desc="  " * depth + phase_name, position=depth,
-                                         leave=False, file=sys.stderr, unit="step")
+            self.bars[phase_name] = tqdm(
+                total=num_steps,
+                desc="  " * depth + phase_name,
+                position=depth,
+                leave=False,
+                file=sys.stderr,
+                unit="step",
+            )
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             bar = self.bars.get(phase_name)
@@ -210,8 +252,13 @@ def _progress_monitor() -> trt.IProgressMonitor:
     return TqdmProgressMonitor()
 
 
-def create_config(builder: trt.Builder, workspace_mb: int | None = None, opt_level: int | None = None,
-                  tf32: bool = False, progress: bool = False) -> trt.IBuilderConfig:
+def create_config(
+    builder: trt.Builder,
+    workspace_mb: int | None = None,
+    opt_level: int | None = None,
+    tf32: bool = False,
+    progress: bool = False,
+) -> trt.IBuilderConfig:
     """An IBuilderConfig: workspace limit, optimization level, TF32, progress bars."""
     config = builder.create_builder_config()
     if workspace_mb:
@@ -227,16 +274,18 @@ def create_config(builder: trt.Builder, workspace_mb: int | None = None, opt_lev
     return config
 
 
-def add_profile(builder: trt.Builder, config: trt.IBuilderConfig, input_name: str,
-                profile: dict[str, list[int]]) -> None:
+def add_profile(
+    builder: trt.Builder, config: trt.IBuilderConfig, input_name: str, profile: dict[str, list[int]]
+) -> None:
     """One optimization profile: the input's min/opt/max shapes (from `make_profile`)."""
     opt = builder.create_optimization_profile()
     opt.set_shape(input_name, trt.Dims(profile["min"]), trt.Dims(profile["opt"]), trt.Dims(profile["max"]))
     config.add_optimization_profile(opt)
 
 
-def apply_timing_cache(config: trt.IBuilderConfig, path: str | Path | None,
-                       warn: Callable[[str], None] = print) -> bool:
+def apply_timing_cache(
+    config: trt.IBuilderConfig, path: str | Path | None, warn: Callable[[str], None] = print
+) -> bool:
     """Read a timing cache file into the config (an empty cache if the file is missing).
 
     A cache from another GPU or TensorRT version is ignored, not fatal (ignore_mismatch,
@@ -256,8 +305,7 @@ def apply_timing_cache(config: trt.IBuilderConfig, path: str | Path | None,
     return True
 
 
-def save_timing_cache(config: trt.IBuilderConfig, path: str | Path | None,
-                      warn: Callable[[str], None] = print) -> bool:
+def save_timing_cache(config: trt.IBuilderConfig, path: str | Path | None, warn: Callable[[str], None] = print) -> bool:
     """Write what this build learned back to the cache file (TensorRT's samples/python/common.py
     save_timing_cache). Never raises: the engine is worth more than its cache."""
     if not path:
@@ -275,24 +323,40 @@ def save_timing_cache(config: trt.IBuilderConfig, path: str | Path | None,
         return False
 
 
-def build_serialized(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
-                     logger: trt.ILogger) -> bytes:
+def build_serialized(
+    builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, logger: trt.ILogger
+) -> bytes:
     """build_serialized_network, or a VimdeployError with TensorRT's own error messages."""
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise VimdeployError("TensorRT failed to build the engine:\n  "
-                             + "\n  ".join(_errors(logger) or ["(no error logged)"]))
+        raise VimdeployError(
+            "TensorRT failed to build the engine:\n  " + "\n  ".join(_errors(logger) or ["(no error logged)"])
+        )
     return bytes(memoryview(serialized))
 
 
 # --------------------------------------------------------------------------------------------
 # The build
 
-def build_engine(onnx_path, output, *, precision: str | None = None, convert_options: dict | None = None,
-                 plugin: str | Path | None = None, batch: str | None = None, img_size: str | None = None,
-                 timing_cache: str | Path | None = None, workspace_mb: int | None = None,
-                 opt_level: int | None = None, tf32: bool = False, force: bool = False,
-                 progress: bool = True, verbose: bool = False, echo=None) -> dict:
+
+def build_engine(
+    onnx_path,
+    output,
+    *,
+    precision: str | None = None,
+    convert_options: dict | None = None,
+    plugin: str | Path | None = None,
+    batch: str | None = None,
+    img_size: str | None = None,
+    timing_cache: str | Path | None = None,
+    workspace_mb: int | None = None,
+    opt_level: int | None = None,
+    tf32: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+    echo=None,
+) -> dict:
     """Build `output` (.plan) and `output`.json from a vimdeploy ONNX. Returns the sidecar."""
     say: Callable[[str], None] = echo or (lambda msg: None)
     onnx_path, output = Path(onnx_path), Path(output)
@@ -321,9 +385,11 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
             try:
                 from ..export.precision import convert_precision
             except ImportError as e:
-                raise VimdeployError(f"--{convert_to} on an fp32 ONNX needs vimdeploy's precision pass "
-                                     f"(vimdeploy.export.precision), which cannot be imported: {e}. "
-                                     f"Convert first with `vimdeploy convert --precision {convert_to}`.") from None
+                raise VimdeployError(
+                    f"--{convert_to} on an fp32 ONNX needs vimdeploy's precision pass "
+                    f"(vimdeploy.export.precision), which cannot be imported: {e}. "
+                    f"Convert first with `vimdeploy convert --precision {convert_to}`."
+                ) from None
             say(f"converting {onnx_path.name} to {convert_to} (the precision lives in the ONNX)")
             source = Path(tmpdir) / f"model_{convert_to}.onnx"
             convert_precision(onnx_path, source, convert_to, **(convert_options or {}))
@@ -335,8 +401,10 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
         config = create_config(builder, workspace_mb, opt_level, tf32, progress)
         add_profile(builder, config, info["input"], profile)
         apply_timing_cache(config, timing_cache, warn=lambda m: warnings.warn(m, stacklevel=2))
-        say(f"building: {network.num_layers} layers, profile min {profile['min']} opt {profile['opt']} "
-            f"max {profile['max']}")
+        say(
+            f"building: {network.num_layers} layers, profile min {profile['min']} opt {profile['opt']} "
+            f"max {profile['max']}"
+        )
         start = time.perf_counter()
         engine_bytes = build_serialized(builder, network, config, logger)
         elapsed = time.perf_counter() - start
@@ -352,15 +420,30 @@ def build_engine(onnx_path, output, *, precision: str | None = None, convert_opt
         "outputs": info["outputs"],
         "io": info["io"],
         "profiles": [profile],
-        "builder": {"optimization_level": opt_level, "workspace_mb": workspace_mb,
-                    "timing_cache": str(timing_cache) if timing_cache else None, "build_s": round(elapsed, 1)},
+        "builder": {
+            "optimization_level": opt_level,
+            "workspace_mb": workspace_mb,
+            "timing_cache": str(timing_cache) if timing_cache else None,
+            "build_s": round(elapsed, 1),
+        },
         "plugin": plugin_record(plugin_path, info["plugin_versions"]),
-        "onnx": {"path": str(onnx_path), "sha256": file_sha256(onnx_path), **{
-            k: v for k, v in info["metadata"].items() if k in ("variant", "img_size", "scan", "batch", "checkpoint_sha256")}},
+        "onnx": {
+            "path": str(onnx_path),
+            "sha256": file_sha256(onnx_path),
+            **{
+                k: v
+                for k, v in info["metadata"].items()
+                if k in ("variant", "img_size", "scan", "batch", "checkpoint_sha256")
+            },
+        },
         "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
     }
     write_engine(output, engine_bytes, sidecar, force=force)
     # After the engine is safely on disk: a cache that cannot be saved costs a warning only.
     save_timing_cache(config, timing_cache, warn=lambda m: warnings.warn(m, stacklevel=2))
-    return {"output": str(output), "sidecar": str(sidecar_path(output)),
-            "size_mb": output.stat().st_size / 1e6, **sidecar}
+    return {
+        "output": str(output),
+        "sidecar": str(sidecar_path(output)),
+        "size_mb": output.stat().st_size / 1e6,
+        **sidecar,
+    }

@@ -14,8 +14,16 @@ from typing import Any
 
 from ..errors import VimdeployError
 
-__all__ = ["TENSORRT_MISSING", "MIN_TENSORRT", "TensorRTMissing", "LazyModule", "import_tensorrt",
-           "import_cudart", "cuda_call", "version_tuple"]
+__all__ = [
+    "TENSORRT_MISSING",
+    "MIN_TENSORRT",
+    "TensorRTMissing",
+    "LazyModule",
+    "import_tensorrt",
+    "import_cudart",
+    "cuda_call",
+    "version_tuple",
+]
 
 MIN_TENSORRT = (10, 0)  # IPluginV3, execute_async_v3 / set_input_shape, strongly typed networks
 
@@ -51,11 +59,15 @@ def import_tensorrt() -> ModuleType:
         raise TensorRTMissing(f"{TENSORRT_MISSING}\n  (import tensorrt: {type(e).__name__}: {e})") from None
     if getattr(trt, "__version__", None) is None:
         # `tensorrt-stubs` alone leaves a `tensorrt` folder of .pyi files: a namespace package.
-        raise TensorRTMissing(f"{TENSORRT_MISSING}\n  (import tensorrt: only type stubs found at "
-                              f"{list(getattr(trt, '__path__', []))}, no TensorRT)")
+        raise TensorRTMissing(
+            f"{TENSORRT_MISSING}\n  (import tensorrt: only type stubs found at "
+            f"{list(getattr(trt, '__path__', []))}, no TensorRT)"
+        )
     if version_tuple(trt.__version__) < MIN_TENSORRT:
-        raise TensorRTMissing(f"TensorRT {trt.__version__} is too old: vimdeploy needs TensorRT >= 10.0 "
-                              "(10.12+ or 11.x recommended): `pip install -U tensorrt`.")
+        raise TensorRTMissing(
+            f"TensorRT {trt.__version__} is too old: vimdeploy needs TensorRT >= 10.0 "
+            "(10.12+ or 11.x recommended): `pip install -U tensorrt`."
+        )
     return trt
 
 
@@ -81,8 +93,10 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart
         except ImportError:
-            raise TensorRTMissing("cuda-python is not installed (TensorRT's samples use it for buffers and "
-                                  "streams): `pip install 'cuda-python>=12'` or `pip install 'vimdeploy[tensorrt]'`.") from None
+            raise TensorRTMissing(
+                "cuda-python is not installed (TensorRT's samples use it for buffers and "
+                "streams): `pip install 'cuda-python>=12'` or `pip install 'vimdeploy[tensorrt]'`."
+            ) from None
     return cudart
 
 

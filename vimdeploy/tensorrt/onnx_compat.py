@@ -26,12 +26,24 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..contract import (
-    ACTIVATION_INDICES, D_STATE, DEFAULT_DELTA_SOFTPLUS, DEFAULT_OUT_SCALE, DIMS, INPUT_NAMES, NUM_INPUTS, OP_TYPE,
-    PARAMETERS, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_attributes, check_shapes,
+    ACTIVATION_INDICES,
+    D_STATE,
+    DEFAULT_DELTA_SOFTPLUS,
+    DEFAULT_OUT_SCALE,
+    DIMS,
+    INPUT_NAMES,
+    NUM_INPUTS,
+    OP_TYPE,
+    PARAMETERS,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    check_attributes,
+    check_shapes,
 )
 from .onnx_ops import OPSET_RANGE, SUPPORTED, TABLE_VERSION, UNSUPPORTED
 
 __all__ = ["Finding", "check_onnx", "PLUGIN_CONTRACT"]
+
 
 @dataclass(frozen=True)
 class PluginContract:
@@ -42,17 +54,21 @@ class PluginContract:
     activations: tuple[int, ...] = ACTIVATION_INDICES  # z, x/dt/B/C of both directions: all fp32 or all fp16
     fp32_inputs: tuple[int, ...] = tuple(INPUT_NAMES.index(name) for name in PARAMETERS)  # A, D, dt biases
     # the creator's fields (getFieldNames) with the ONNX attribute types loadFields maps to them
-    attributes: tuple[tuple[str, int], ...] = (("delta_softplus", onnx.AttributeProto.INT),
-                                               ("out_scale", onnx.AttributeProto.FLOAT))
+    attributes: tuple[tuple[str, int], ...] = (
+        ("delta_softplus", onnx.AttributeProto.INT),
+        ("out_scale", onnx.AttributeProto.FLOAT),
+    )
     # the attributes that select the creator, with the values it is registered under
-    selectors: tuple[tuple[str, str], ...] = (("plugin_version", PLUGIN_VERSION), ("plugin_namespace", PLUGIN_NAMESPACE))
+    selectors: tuple[tuple[str, str], ...] = (
+        ("plugin_version", PLUGIN_VERSION),
+        ("plugin_namespace", PLUGIN_NAMESPACE),
+    )
 
 
 PLUGIN_CONTRACT = PluginContract()
 
 # IDequantizeLayer inputs (TensorRT 10.x/11.x): INT8, FP8 E4M3, INT4, FP4 E2M1.
-DQ_INPUT_TYPES = {TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4,
-                  getattr(TensorProto, "FLOAT4E2M1", -1)}
+DQ_INPUT_TYPES = {TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4, getattr(TensorProto, "FLOAT4E2M1", -1)}
 RESIZE_MODES = {"nearest", "linear", "cubic"}
 
 
@@ -77,8 +93,11 @@ class _Graph:
         g = model.graph
         self.types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
         # shapes as far as known: a dimension without a value (symbolic) is None
-        self.shapes = {v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
-                       for v in [*g.value_info, *g.input, *g.output] if v.type.tensor_type.HasField("shape")}
+        self.shapes = {
+            v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+            for v in [*g.value_info, *g.input, *g.output]
+            if v.type.tensor_type.HasField("shape")
+        }
         self.constants = {t.name: t for t in g.initializer}
         for n in g.node:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
@@ -106,22 +125,34 @@ def _qdq(g: _Graph, node: onnx.NodeProto) -> Iterator[Finding]:
     if dequant:
         x_type = g.types.get(node.input[0], 0)
         if x_type == TensorProto.INT32:
-            yield Finding("error", name, f"DequantizeLinear over INT32 ({node.input[0]}): TensorRT's IDequantizeLayer "
-                          "takes INT8/FP8/INT4/FP4 only; a quantized bias must stay float (quantize_static with "
-                          "QuantizeBias False)")
+            yield Finding(
+                "error",
+                name,
+                f"DequantizeLinear over INT32 ({node.input[0]}): TensorRT's IDequantizeLayer "
+                "takes INT8/FP8/INT4/FP4 only; a quantized bias must stay float (quantize_static with "
+                "QuantizeBias False)",
+            )
         elif x_type and x_type not in DQ_INPUT_TYPES:
-            yield Finding("error", name, f"DequantizeLinear over {_type_name(x_type)}: TensorRT takes INT8/FP8/INT4/FP4")
+            yield Finding(
+                "error", name, f"DequantizeLinear over {_type_name(x_type)}: TensorRT takes INT8/FP8/INT4/FP4"
+            )
     scale_name = node.input[1] if len(node.input) > 1 else ""
     scale = g.value(scale_name)
     if scale is None:
         yield Finding("error", name, f"scale {scale_name!r} is not a constant: TensorRT needs build-time scales")
     else:
         if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
-            yield Finding("error", name, f"scale {scale_name!r} has values that are not finite and > 0 "
-                          f"(min {float(np.min(scale)):g})")
+            yield Finding(
+                "error",
+                name,
+                f"scale {scale_name!r} has values that are not finite and > 0 (min {float(np.min(scale)):g})",
+            )
         if scale.size > 1 and (not dequant or node.input[0] not in g.constants):
-            yield Finding("error", name, "per-channel scale on an activation: TensorRT quantizes activations "
-                          "per tensor, weights per channel")
+            yield Finding(
+                "error",
+                name,
+                "per-channel scale on an activation: TensorRT quantizes activations per tensor, weights per channel",
+            )
     if len(node.input) > 2 and node.input[2]:
         zp_name = node.input[2]
         zp = g.value(zp_name)
@@ -147,39 +178,61 @@ def _resize(node: onnx.NodeProto) -> Iterator[Finding]:
 def _scan_node(g: _Graph, node: onnx.NodeProto) -> Iterator[Finding]:
     name, c = _name(node), PLUGIN_CONTRACT
     if len(node.input) != c.inputs or len(node.output) != c.outputs:
-        yield Finding("error", name, f"{OP_TYPE} takes {c.inputs} inputs and gives {c.outputs} output; "
-                      f"this node has {len(node.input)} and {len(node.output)}")
+        yield Finding(
+            "error",
+            name,
+            f"{OP_TYPE} takes {c.inputs} inputs and gives {c.outputs} output; "
+            f"this node has {len(node.input)} and {len(node.output)}",
+        )
         return
     attrs = {a.name: a for a in node.attribute}
     for key, kind in c.attributes:
         if key not in attrs:
             yield Finding("error", name, f"attribute {key} missing (the op contract has no default for it)")
         elif attrs[key].type != kind:
-            yield Finding("error", name, f"attribute {key} is {onnx.AttributeProto.AttributeType.Name(attrs[key].type)}, "
-                          f"the plugin field expects {onnx.AttributeProto.AttributeType.Name(kind)}")
+            yield Finding(
+                "error",
+                name,
+                f"attribute {key} is {onnx.AttributeProto.AttributeType.Name(attrs[key].type)}, "
+                f"the plugin field expects {onnx.AttributeProto.AttributeType.Name(kind)}",
+            )
     for key, expected in c.selectors:
         if key in attrs:
             a = attrs[key]
             value = a.s.decode() if a.type == onnx.AttributeProto.STRING else None
             if value != expected:
-                yield Finding("error", name, f"{key} {value!r}: TensorRT looks the creator up by exact match and the "
-                              f"plugin is registered as {expected!r} (\"Plugin not found\" otherwise)")
+                yield Finding(
+                    "error",
+                    name,
+                    f"{key} {value!r}: TensorRT looks the creator up by exact match and the "
+                    f'plugin is registered as {expected!r} ("Plugin not found" otherwise)',
+                )
     for key in sorted(set(attrs) - {k for k, _ in c.attributes} - {k for k, _ in c.selectors}):
         yield Finding("warning", name, f"attribute {key} is not a plugin field: TensorRT ignores it")
     types = [g.types.get(i, 0) for i in node.input]
     act = {types[i] for i in c.activations if types[i]}
     if len(act) > 1 or act - {TensorProto.FLOAT, TensorProto.FLOAT16}:
-        yield Finding("error", name, "activations (inputs 0-8) must all be FLOAT or all FLOAT16; they are "
-                      + ", ".join(sorted(_type_name(t) for t in act)))
+        yield Finding(
+            "error",
+            name,
+            "activations (inputs 0-8) must all be FLOAT or all FLOAT16; they are "
+            + ", ".join(sorted(_type_name(t) for t in act)),
+        )
     for i in c.fp32_inputs:
         if types[i] and types[i] != TensorProto.FLOAT:
-            yield Finding("error", name, f"input {i} ({node.input[i]}) is {_type_name(types[i])}; A, D and the dt "
-                          "biases are FLOAT by the op contract")
+            yield Finding(
+                "error",
+                name,
+                f"input {i} ({node.input[i]}) is {_type_name(types[i])}; A, D and the dt "
+                "biases are FLOAT by the op contract",
+            )
     out = g.types.get(node.output[0], 0)
     if len(act) == 1 and out and out not in act:
         yield Finding("error", name, f"output is {_type_name(out)}, the activations {_type_name(next(iter(act)))}")
     values = {k: onnx.helper.get_attribute_value(a) for k, a in attrs.items()}
-    reason = check_attributes(values.get("delta_softplus", DEFAULT_DELTA_SOFTPLUS), values.get("out_scale", DEFAULT_OUT_SCALE))
+    reason = check_attributes(
+        values.get("delta_softplus", DEFAULT_DELTA_SOFTPLUS), values.get("out_scale", DEFAULT_OUT_SCALE)
+    )
     if reason:
         yield Finding("error", name, reason)
     yield from _scan_shapes(g, node)
@@ -201,18 +254,33 @@ def check_onnx(model: onnx.ModelProto) -> list[Finding]:
     findings: list[Finding] = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
-        findings.append(Finding("warning", "", f"opset {opset} is outside {OPSET_RANGE[0]}-{OPSET_RANGE[1]}, the "
-                                f"range of the support table ({TABLE_VERSION})"))
+        findings.append(
+            Finding(
+                "warning",
+                "",
+                f"opset {opset} is outside {OPSET_RANGE[0]}-{OPSET_RANGE[1]}, the "
+                f"range of the support table ({TABLE_VERSION})",
+            )
+        )
     g = _Graph(model)
     for node in g.nodes:
         if node.op_type == OP_TYPE:
             findings += _scan_node(g, node)
         elif node.domain not in ("", "ai.onnx"):
-            findings.append(Finding("error", _name(node), f"{node.domain}::{node.op_type} is not an ONNX op: "
-                                    f"TensorRT would need a plugin registered as {node.op_type!r}"))
+            findings.append(
+                Finding(
+                    "error",
+                    _name(node),
+                    f"{node.domain}::{node.op_type} is not an ONNX op: "
+                    f"TensorRT would need a plugin registered as {node.op_type!r}",
+                )
+            )
         elif node.op_type in UNSUPPORTED or node.op_type not in SUPPORTED:
-            findings.append(Finding("error", _name(node), f"{node.op_type} is not supported by TensorRT's ONNX parser "
-                                    f"({TABLE_VERSION})"))
+            findings.append(
+                Finding(
+                    "error", _name(node), f"{node.op_type} is not supported by TensorRT's ONNX parser ({TABLE_VERSION})"
+                )
+            )
         elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             findings += _qdq(g, node)
         elif node.op_type == "Resize":

@@ -40,7 +40,8 @@ def find_plugin(explicit: str | Path | None = None) -> Path:
     raise ArtifactError(
         "this model has BiSelectiveScan nodes and needs the TensorRT plugin, which is not built: run "
         "`vimdeploy plugin build --tensorrt-root /path/to/TensorRT` or pass --plugin libvimdeploy_trt_plugin.so "
-        "(or export with --scan onnx for a plugin-free model).")
+        "(or export with --scan onnx for a plugin-free model)."
+    )
 
 
 def load_plugin(path: str | Path) -> str:
@@ -56,8 +57,10 @@ def load_plugin(path: str | Path) -> str:
         return _loaded_plugins[key]
     if _loaded_plugins:
         other = next(iter(_loaded_plugins))
-        raise ArtifactError(f"a plugin library is already loaded in this process ({other}); "
-                            f"cannot also load {key} (the creators would clash).")
+        raise ArtifactError(
+            f"a plugin library is already loaded in this process ({other}); "
+            f"cannot also load {key} (the creators would clash)."
+        )
     trt.get_plugin_registry()  # TensorRT first: the self-registering library needs libnvinfer loaded
     try:
         lib = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)

@@ -13,7 +13,7 @@ __all__ = ["parse_size_range", "check_profile_grid"]
 
 
 def parse_size_range(text: str | None) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-    """"224:384:1248" -> ((224, 384, 1248), (224, 384, 1248)); "224x320:384x640:1248x1248" ->
+    """ "224:384:1248" -> ((224, 384, 1248), (224, 384, 1248)); "224x320:384x640:1248x1248" ->
     (heights, widths) = ((224, 384, 1248), (320, 640, 1248)); "384" -> one size; None -> None."""
     if text is None:
         return None
@@ -26,8 +26,10 @@ def parse_size_range(text: str | None) -> tuple[tuple[int, int, int], tuple[int,
     except ValueError:
         pairs = []
     if len(steps) != 3 or len(pairs) != 3 or any(len(p) != 2 for p in pairs):
-        raise InputError(f"--img-size takes MIN:OPT:MAX, each N or HxW (e.g. 224:384:1248 or "
-                         f"224x224:384x640:1248x1248); got {text!r}.")
+        raise InputError(
+            f"--img-size takes MIN:OPT:MAX, each N or HxW (e.g. 224:384:1248 or "
+            f"224x224:384x640:1248x1248); got {text!r}."
+        )
     hs = (pairs[0][0], pairs[1][0], pairs[2][0])
     ws = (pairs[0][1], pairs[1][1], pairs[2][1])
     for side in (hs, ws):
@@ -45,5 +47,6 @@ def check_profile_grid(profile: dict, metadata: dict) -> None:
     patch, stride = int(patch_text), int(stride_text)
     bad = sorted({s for shape in profile.values() for s in shape[2:] if s < patch or (s - patch) % stride})
     if bad:
-        raise InputError(f"--img-size {', '.join(map(str, bad))}: each side must be {patch} + k*{stride} pixels "
-                         "for this model.")
+        raise InputError(
+            f"--img-size {', '.join(map(str, bad))}: each side must be {patch} + k*{stride} pixels for this model."
+        )

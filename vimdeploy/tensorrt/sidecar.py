@@ -17,8 +17,16 @@ from ..errors import ArtifactError
 from ..fileio import atomic_path
 from .imports import cuda_call, import_cudart
 
-__all__ = ["SIDECAR_FORMAT", "ENGINE_SUFFIXES", "sidecar_path", "read_sidecar", "validate_sidecar", "write_engine",
-           "check_sidecar", "current_machine"]
+__all__ = [
+    "SIDECAR_FORMAT",
+    "ENGINE_SUFFIXES",
+    "sidecar_path",
+    "read_sidecar",
+    "validate_sidecar",
+    "write_engine",
+    "check_sidecar",
+    "current_machine",
+]
 
 SIDECAR_FORMAT = "vimdeploy-engine/1"
 #: the file suffixes of a TensorRT engine, the first one what `vimdeploy build` writes by convention
@@ -70,15 +78,23 @@ def validate_sidecar(data: dict) -> str | None:
     """Why `data` is not a sidecar vimdeploy wrote, or None. Every value the runtime, `inspect`
     and `triton-repo` read is checked: strings against a safe pattern (one line, no quotes),
     the precision against PRECISIONS, shapes as positive integers, names as tensor names."""
+
     def text(key, pattern=_TEXT):
         value = data.get(key)
         if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
             return f"{key} {value!r} is not a plain one-line value"
         return None
 
-    for key, pattern in (("format", _TEXT), ("vimdeploy", _TEXT), ("tensorrt", _VERSION), ("gpu", _TEXT),
-                         ("compute_capability", _VERSION), ("cuda_runtime", _VERSION), ("cuda_driver", _VERSION),
-                         ("input", _NAME)):
+    for key, pattern in (
+        ("format", _TEXT),
+        ("vimdeploy", _TEXT),
+        ("tensorrt", _VERSION),
+        ("gpu", _TEXT),
+        ("compute_capability", _VERSION),
+        ("cuda_runtime", _VERSION),
+        ("cuda_driver", _VERSION),
+        ("input", _NAME),
+    ):
         problem = text(key, pattern)
         if problem:
             return problem
@@ -110,14 +126,16 @@ def validate_sidecar(data: dict) -> str | None:
                 return f"profile {key} {problem}"
         shapes = [profile[k] for k in ("min", "opt", "max") if k in profile]
         if len({len(s) for s in shapes}) > 1 or not all(
-                all(a <= b for a, b in zip(lo, hi)) for lo, hi in zip(shapes, shapes[1:])):
+            all(a <= b for a, b in zip(lo, hi)) for lo, hi in zip(shapes, shapes[1:])
+        ):
             return f"profile {profile!r} does not run min <= opt <= max"
     plugin = data.get("plugin")
     if plugin is not None:
         if not isinstance(plugin, dict) or not isinstance(plugin.get("path"), str) or "\n" in plugin["path"]:
             return f"plugin {plugin!r} is not an object with the library's path"
-        if plugin.get("sha256") is not None and not (isinstance(plugin["sha256"], str)
-                                                     and _SHA256.fullmatch(plugin["sha256"])):
+        if plugin.get("sha256") is not None and not (
+            isinstance(plugin["sha256"], str) and _SHA256.fullmatch(plugin["sha256"])
+        ):
             return f"plugin sha256 {plugin['sha256']!r} is not a sha256 digest"
     return None
 
@@ -143,20 +161,28 @@ def check_sidecar(sidecar: dict, current: dict, plugin_sha256: str | None = None
     errors, warns = [], []
     built, here = sidecar.get("tensorrt"), current.get("tensorrt")
     if built and here and built != here:
-        errors.append(f"the engine was built with TensorRT {built}; this machine has TensorRT {here}. "
-                      f"Rebuild it here (vimdeploy build model.onnx -o ...) or install TensorRT {built}.")
+        errors.append(
+            f"the engine was built with TensorRT {built}; this machine has TensorRT {here}. "
+            f"Rebuild it here (vimdeploy build model.onnx -o ...) or install TensorRT {built}."
+        )
     built, here = sidecar.get("compute_capability"), current.get("compute_capability")
     if built and here and built != here:
-        errors.append(f"the engine was built for compute capability {built} ({sidecar.get('gpu', '?')}); this GPU "
-                      f"is {current.get('gpu', '?')} with compute capability {here}. Rebuild it on this GPU.")
+        errors.append(
+            f"the engine was built for compute capability {built} ({sidecar.get('gpu', '?')}); this GPU "
+            f"is {current.get('gpu', '?')} with compute capability {here}. Rebuild it on this GPU."
+        )
     elif sidecar.get("gpu") and current.get("gpu") and sidecar["gpu"] != current["gpu"]:
-        warns.append(f"the engine was built on {sidecar['gpu']} and runs on {current['gpu']} (same compute "
-                     "capability: it works, but its tactics were timed on the other GPU).")
+        warns.append(
+            f"the engine was built on {sidecar['gpu']} and runs on {current['gpu']} (same compute "
+            "capability: it works, but its tactics were timed on the other GPU)."
+        )
     plugin = sidecar.get("plugin") or {}
     if plugin.get("sha256") and plugin_sha256 and plugin["sha256"] != plugin_sha256:
-        errors.append(f"the engine was built with another plugin library (sha256 {plugin['sha256'][:12]}..., "
-                      f"{plugin.get('path')}); the one loaded now is {plugin_sha256[:12]}.... Pass the same "
-                      "library (--plugin / plugin=...) or rebuild the engine.")
+        errors.append(
+            f"the engine was built with another plugin library (sha256 {plugin['sha256'][:12]}..., "
+            f"{plugin.get('path')}); the one loaded now is {plugin_sha256[:12]}.... Pass the same "
+            "library (--plugin / plugin=...) or rebuild the engine."
+        )
     return errors, warns
 
 
@@ -169,8 +195,10 @@ def current_machine(tensorrt_version: str, device: int = 0) -> dict[str, str]:
     def fmt(v: int) -> str:  # 12080 -> "12.8"
         return f"{v // 1000}.{(v % 1000) // 10}"
 
-    return {"tensorrt": tensorrt_version,
-            "cuda_runtime": fmt(cuda_call(cudart.cudaRuntimeGetVersion())),
-            "cuda_driver": fmt(cuda_call(cudart.cudaDriverGetVersion())),
-            "gpu": name.strip("\x00").strip(),
-            "compute_capability": f"{prop.major}.{prop.minor}"}
+    return {
+        "tensorrt": tensorrt_version,
+        "cuda_runtime": fmt(cuda_call(cudart.cudaRuntimeGetVersion())),
+        "cuda_driver": fmt(cuda_call(cudart.cudaDriverGetVersion())),
+        "gpu": name.strip("\x00").strip(),
+        "compute_capability": f"{prop.major}.{prop.minor}",
+    }
