@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_cpu import export_deit, timed  # noqa: E402  (also puts the checkout on sys.path)
 
+from tests.test_ort_library import build_library  # noqa: E402
 from vimdeploy.contract import (
     DOMAIN,
     INPUT_NAMES,
@@ -47,24 +47,6 @@ from vimdeploy.contract import (
 from vimdeploy.demo import make_untrained_checkpoint  # noqa: E402
 from vimdeploy.export import export_onnx  # noqa: E402
 from vimdeploy.export.ort_op import _native, session_options  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def build_library(include: str, build: Path) -> Path:
-    for cmd in (
-        [
-            "cmake",
-            "-S",
-            str(REPO / "plugins" / "onnxruntime"),
-            "-B",
-            str(build),
-            f"-DONNXRUNTIME_INCLUDE_DIR={include}",
-        ],
-        ["cmake", "--build", str(build)],
-    ):
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return build / "libvimdeploy_onnxruntime.so"
 
 
 def options(threads: int, library: Path | None) -> ort.SessionOptions:

@@ -82,16 +82,14 @@ def ort_library(tmp_path_factory) -> Path:
         )
     if shutil.which("cmake") is None:
         pytest.skip("cmake not found")
-    build = tmp_path_factory.mktemp("ort_library")
+    return build_library(include, tmp_path_factory.mktemp("ort_library"))
+
+
+def build_library(include, build: Path) -> Path:
+    """plugins/onnxruntime built with CMake against the C API header in `include`."""
+    source = REPO / "plugins" / "onnxruntime"
     for cmd in (
-        [
-            "cmake",
-            "-S",
-            str(REPO / "plugins" / "onnxruntime"),
-            "-B",
-            str(build),
-            f"-DONNXRUNTIME_INCLUDE_DIR={include}",
-        ],
+        ["cmake", "-S", str(source), "-B", str(build), f"-DONNXRUNTIME_INCLUDE_DIR={include}"],
         ["cmake", "--build", str(build)],
     ):
         done = subprocess.run(cmd, capture_output=True, text=True)
