@@ -296,7 +296,7 @@ extern "C" {
 
 /*
  * The library's one export: ONNX Runtime calls it from RegisterCustomOpsLibrary /
- * SessionOptions.register_custom_ops_library. Each call adds a "trt.plugins" domain with both
+ * SessionOptions.register_custom_ops_library. Each call adds a trt.plugins domain (VIMDEPLOY_SCAN_DOMAIN) with both
  * kernels to `options`. The domain must outlive every session made from `options`, which the
  * library cannot know: domains are kept until the process ends (one small object per call).
  */
