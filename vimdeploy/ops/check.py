@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..contract import ACTIVATIONS, D_STATE, INPUT_NAMES, NUM_INPUTS, OP_TYPE, check_attributes, check_shapes
+from ..contract import ACTIVATIONS, D_STATE, DTYPES, INPUT_NAMES, NUM_INPUTS, OP_TYPE, check_attributes, check_shapes
 from ..errors import InputError
 
 __all__ = ["ScanInputError", "check_scan_inputs", "check_scan_attributes", "ERROR_PREFIX"]
@@ -21,7 +21,7 @@ __all__ = ["ScanInputError", "check_scan_inputs", "check_scan_attributes", "ERRO
 # that another library wraps (ONNX Runtime turns an exception raised in a custom op into its own).
 ERROR_PREFIX = f"{OP_TYPE} inputs break the op contract: "
 
-KERNEL_ACTIVATION_DTYPES = ("float32", "float16")  # VIMDEPLOY_DTYPE_*
+KERNEL_ACTIVATION_DTYPES = tuple(DTYPES)  # the activation dtypes the C API numbers (VIMDEPLOY_DTYPE_*)
 
 
 class ScanInputError(InputError):
