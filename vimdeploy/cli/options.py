@@ -42,6 +42,14 @@ nonfinite_option = click.option(
     "--allow-nonfinite", is_flag=True, help="Load a checkpoint whose weights hold NaN or inf (refused by default)."
 )
 
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the artifact runs. auto: CUDA where the artifact's runtime has it, else the CPU.",
+)
+
 
 def arch_options(fn):
     """Overrides for what a checkpoint's shapes cannot tell."""
