@@ -174,17 +174,38 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
     help="A folder of images like the ones the model will see (subfolders included). Default for a "
     "quantized artifact: the images it was calibrated with.",
 )
-@click.option("--limit", type=int, default=None, help="Use only the first N images of --data / the calibration set.")
-@click.option("--batch", type=int, default=2, show_default=True, help="How many seeded random inputs to add.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N images of --data / the calibration set.",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=0), default=2, show_default=True, help="How many seeded random inputs to add."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option(
-    "--atol", type=float, default=None, help="Max abs error per element, every output. Default: per precision."
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Max abs error per element, every output. Default: per precision.",
 )
 @click.option(
-    "--rtol", type=float, default=None, help="Max error relative to the reference, per element (passes on either)."
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Max error relative to the reference, per element (passes on either).",
 )
-@click.option("--cosine", type=float, default=None, help="Min cosine similarity of each input's outputs.")
-@click.option("--top-k", "top_k", type=int, default=None, help="Every input's top-K classes must be the reference's.")
+@click.option(
+    "--cosine", type=click.FloatRange(-1, 1), default=None, help="Min cosine similarity of each input's outputs."
+)
+@click.option(
+    "--top-k",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Every input's top-K classes must be the reference's.",
+)
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -199,7 +220,6 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
 @click.option(
     "--save-ref",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
     help="Also write the reference's outputs and the inputs to this .npz, to replay elsewhere with --ref.",
 )
 @device_option
@@ -278,7 +298,12 @@ def validate(
     default=None,
     help="A text file of 'relative/path.jpg label' lines, for a --data folder without class subfolders.",
 )
-@click.option("--limit", type=int, default=None, help="Use only the first N images (in the dataset's sorted order).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N images (in the dataset's sorted order).",
+)
 @click.option("--batch", "batch_size", type=int, default=32, show_default=True, help="Images per run call.")
 @click.option(
     "--img-size",

@@ -218,6 +218,7 @@ def validate_artifact(
         "tolerance": {kind: asdict(t) for kind, t in tols.items()},
         "sets": results,
         "overall": _overall(results),
+        "per_output": _per_output(results),
         "nonfinite": bad,
         "notes": notes,
         "saved": str(save_ref) if save_ref else None,
@@ -238,3 +239,15 @@ def _overall(results: dict) -> dict:
         "min_cosine": float(np.min([m["cosine"] for _, m in rows])),
         "top1": float(sum(n * m["top1"] for n, m in rows) / sum(n for n, _ in rows)),
     }
+
+
+def _per_output(results: dict) -> dict:
+    """Each output's worst over every input set: the largest max abs error, the smallest cosine."""
+    merged: dict[str, dict] = {}
+    for s in results.values():
+        for name, m in s["outputs"].items():
+            if "max_abs" in m:
+                worst = merged.setdefault(name, {"max_abs": m["max_abs"], "cosine": m["cosine"]})
+                worst["max_abs"] = float(np.max([worst["max_abs"], m["max_abs"]]))
+                worst["cosine"] = float(np.min([worst["cosine"], m["cosine"]]))
+    return merged

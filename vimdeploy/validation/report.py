@@ -28,8 +28,11 @@ def format_report(r: dict) -> str:
                 f"  {name:<{sets}}{s['inputs']:>4}  {output:<{width}}{m['max_abs']:>10.2e}{m['max_rel']:>10.2e}"
                 f"{m['cosine']:>11.7f}{agree}"
             )
-    tols = "; ".join(f"{kind}: {describe(Tolerance(**t))}" for kind, t in r["tolerance"].items())
-    lines.append(f"tolerance on every output ({tols})")
+    rows = {kind: describe(Tolerance(**t)) for kind, t in r["tolerance"].items()}
+    tols = (
+        next(iter(rows.values())) if len(set(rows.values())) == 1 else "; ".join(f"{k}: {v}" for k, v in rows.items())
+    )
+    lines.append(f"tolerance on every output: {tols} (cosine: the smallest of any input)")
     lines.append("PASS" if r["passed"] else "FAIL: " + "; ".join(r["failures"]))
     if r.get("saved"):
         lines.append(f"wrote {r['saved']}: the reference's outputs with their inputs")
