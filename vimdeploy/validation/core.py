@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..tensorrt.sidecar import ENGINE_SUFFIXES, read_sidecar
-from . import inputs as sets_
+from . import inputs
 from .compare import compare_set, nonfinite
 from .saved import SUFFIX, SavedOutputs, load_outputs, save_outputs
 from .tolerances import RANDOM, TOLERANCES, looser, set_kind, tolerances
@@ -128,20 +128,20 @@ def _input_sets(a: Side, b: Side, quantized: Side | None, o: dict, say) -> tuple
     hw = _input_hw(a, b, o["img_size"])
     batches, sources = {}, {}
     if o["random_batch"] > 0:
-        batches[RANDOM] = sets_.random_set(o["random_batch"], hw, o["seed"])
+        batches[RANDOM] = inputs.random_set(o["random_batch"], hw, o["seed"])
         sources[RANDOM] = f"seed {o['seed']}"
-    names, photos, note = sets_.photo_set(hw, o["images"])
+    names, photos, note = inputs.photo_set(hw, o["images"])
     if photos is not None:
         batches["photos"], sources["photos"] = photos, names
     notes += [note] if note else []
     folder = Path(o["data"]) if o["data"] else None
     if folder is None and quantized is not None:
-        folder, note = sets_.recorded_calibration(getattr(quantized.engine, "metadata", {}) or {})
+        folder, note = inputs.recorded_calibration(getattr(quantized.engine, "metadata", {}) or {})
         notes += [f"{quantized.path}: {note}"] if note else []
     if folder is not None:
         name = "data" if o["data"] else "calibration"
         say(f"reading the {name} images in {folder}")
-        sources[name], batches[name] = sets_.folder_set(folder, hw, o["limit"])
+        sources[name], batches[name] = inputs.folder_set(folder, hw, o["limit"])
     if not batches:
         raise InputError("nothing to compare on: --batch 0 and no images.")
     return batches, sources, notes
@@ -177,8 +177,6 @@ def validate_artifact(
     with contextlib.ExitStack() as stack:
         a = _open(Path(artifact), stack, list(TOLERANCES), **options)
         b = _open(Path(ref), stack, list(TOLERANCES), **options)
-        if a.saved and b.saved and save_ref:
-            raise InputError("--save-ref needs a reference that runs; both sides are saved outputs.")
         if precision is not None and precision not in TOLERANCES:
             raise InputError(f"--precision must be one of {', '.join(TOLERANCES)}; got {precision!r}.")
         used = precision or looser(a.precision, b.precision)

@@ -86,7 +86,9 @@ def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 def _check_layout(headers: dict) -> str | None:
     """What is wrong with the members' names, dtypes and shapes; None when they fit the layout."""
     if INPUT not in headers or "logits" not in headers:
-        return f"it needs `{INPUT}` and `logits` arrays (it has {', '.join(sorted(headers)) or 'none'})"
+        has = ", ".join(sorted(headers)) or "none"
+        hint = "; `validate MODEL --ref REF --save-ref OUT.npz` writes outputs with their inputs"
+        return f"it needs `{INPUT}` and `logits` arrays (it has {has}){hint if INPUT not in headers else ''}"
     shape, dtype = headers[INPUT]
     if len(shape) != 4 or shape[1] != 3 or shape[0] < 1 or dtype.kind != "f":
         return f"`{INPUT}` must be a float (N, 3, H, W) batch; it is {dtype} {shape}"
