@@ -8,7 +8,8 @@ demo`'s `demo_outputs.npz` follow it too):
     <output>   float   (N, ...)      one array per output (logits, features, feature_map...),
                                      row i computed from input[i]; `logits` is required
     set        str     (N,)          optional: the input set of each row (random, photos, data,
-                                     calibration); without it every row is in the set "saved"
+                                     calibration); without it every row is in the set "saved",
+                                     judged as random inputs
     precision  str     ()            optional: the precision of the model that made the outputs
 
 The file is untrusted: it is read without pickle, every member's header (dtype, shape) is
