@@ -204,6 +204,21 @@ def test_saved_vs_saved_needs_the_same_inputs(cli, artifact, saved, tmp_path):
     assert "other inputs" in error_line(result)
 
 
+def test_saved_vs_saved_needs_no_torch(saved):
+    """Comparing saved outputs imports no PyTorch (torch made unimportable in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from vimdeploy.cli import main\n"
+        f"main(['validate', {str(saved)!r}, '--ref', {str(saved)!r}, '--json'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["passed"]
+
+
 def test_saved_inputs_exclude_other_input_options(cli, artifact, saved):
     result = cli("validate", artifact / "model.onnx", "--ref", saved, "--images", artifact / "green.png")
     assert "inputs come from" in error_line(result)
