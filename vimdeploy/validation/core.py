@@ -97,21 +97,25 @@ def _open(path: Path, stack: contextlib.ExitStack, precisions, **options) -> Sid
 
 
 def _input_hw(a: Side, b: Side, img_size) -> tuple[int, int]:
-    from ..model.config import DYNAMIC, format_img_size, parse_img_size
+    wanted = None
+    if img_size is not None:  # vimdeploy.model (PyTorch) only where a size is asked for
+        from ..model.config import DYNAMIC, parse_img_size
 
-    wanted = parse_img_size(img_size)
-    if wanted == DYNAMIC:
-        raise InputError("--img-size for validate is one size (N or HxW), not 'dynamic'.")
+        wanted = parse_img_size(img_size)
+        if wanted == DYNAMIC:
+            raise InputError("--img-size for validate is one size (N or HxW), not 'dynamic'.")
     fixed = {s.path: s.input_hw for s in (a, b) if s.input_hw}
     if len(set(fixed.values())) > 1:
-        raise InputError(
-            "the two take different inputs: " + ", ".join(f"{p} {format_img_size(hw)}" for p, hw in fixed.items())
-        )
+        raise InputError("the two take different inputs: " + ", ".join(f"{p} {_hw(hw)}" for p, hw in fixed.items()))
     hw = next(iter(fixed.values()), None)
     if hw and wanted and tuple(wanted) != hw:
-        raise InputError(f"{next(iter(fixed))} takes {format_img_size(hw)} inputs only; got --img-size {img_size}.")
+        raise InputError(f"{next(iter(fixed))} takes {_hw(hw)} inputs only; got --img-size {img_size}.")
     live = next(s.engine for s in (a, b) if s.engine is not None)
     return tuple(hw or wanted or (live.default_input_size,) * 2)
+
+
+def _hw(hw) -> str:
+    return "x".join(map(str, hw))
 
 
 def _input_sets(a: Side, b: Side, quantized: Side | None, o: dict, say) -> tuple[dict, dict, list[str]]:
@@ -190,8 +194,7 @@ def validate_artifact(
         notes = [s.note for s in (a, b) if s.note] + notes
         results, failures, outs = {}, [], {"artifact": {}, "reference": {}}
         for name, x in batches.items():
-            hw = "x".join(map(str, x.shape[2:]))
-            say(f"running {name} ({len(x)} inputs at {hw} px) through both")
+            say(f"running {name} ({len(x)} inputs at {_hw(x.shape[2:])} px) through both")
             outs["artifact"][name], outs["reference"][name] = a.run(name, x, names), b.run(name, x, names)
             kind = set_kind(name)
             stats, fails = compare_set(outs["artifact"][name], outs["reference"][name], tols[kind])
@@ -211,7 +214,7 @@ def validate_artifact(
         "precision": used,
         "precisions": {"artifact": a.precision, "reference": b.precision},
         "engine": a.engine.describe() if a.engine is not None else None,
-        "img_size": "x".join(map(str, next(iter(batches.values())).shape[2:])),
+        "img_size": _hw(next(iter(batches.values())).shape[2:]),
         "outputs": names,
         "tolerance": {kind: asdict(t) for kind, t in tols.items()},
         "sets": results,
