@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from .options import arch_options, ema_option, emit, json_option, nonfinite_option, progress_echo
+from ..contract import PRECISIONS
+from .options import arch_options, device_option, ema_option, emit, json_option, nonfinite_option, progress_echo
 
 
 @click.command()
@@ -157,7 +158,7 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
     "ref",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The PyTorch checkpoint the artifact was made from (the reference).",
+    help="What ARTIFACT should compute: a checkpoint, an .onnx, an engine, or saved outputs (.npz).",
 )
 @click.option(
     "--images",
@@ -166,25 +167,94 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
     type=click.Path(exists=True, path_type=Path),
     help="Image files or folders to compare on (repeatable). Default: scikit-image's sample photos.",
 )
-@click.option("--batch", type=int, default=2, show_default=True, help="How many seeded random inputs to add.")
 @click.option(
-    "--atol", type=float, default=None, help="Max abs error allowed on logits. Default: per precision (fp32: 1e-4)."
+    "--data",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A folder of images like the ones the model will see (subfolders included). Default for a "
+    "quantized artifact: the images it was calibrated with.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N images of --data / the calibration set.",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=0), default=2, show_default=True, help="How many seeded random inputs to add."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Max abs error per element, every output. Default: per precision.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Max error relative to the reference, per element (passes on either).",
+)
+@click.option(
+    "--cosine", type=click.FloatRange(-1, 1), default=None, help="Min cosine similarity of each input's outputs."
+)
+@click.option(
+    "--top-k",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Every input's top-K classes must be the reference's.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="Whose tolerances apply. Default: the looser of the two sides' (ONNX metadata, engine sidecar).",
+)
+@click.option(
     "--img-size",
     default=None,
-    help="Size to compare at (N or HxW) for an artifact that takes several. Default: the artifact's, "
-    "else the checkpoint's.",
+    help="Size to compare at (N or HxW) when both take several. Default: the artifact's, else the checkpoint's.",
 )
+@click.option(
+    "--save-ref",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the reference's outputs and the inputs to this .npz, to replay elsewhere with --ref.",
+)
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonfinite, as_json):
-    """Compare ARTIFACT with the PyTorch reference on the same inputs; exit 1 beyond tolerance.
+def validate(
+    artifact,
+    ref,
+    images,
+    data,
+    limit,
+    batch,
+    seed,
+    atol,
+    rtol,
+    cosine,
+    top_k,
+    precision,
+    img_size,
+    save_ref,
+    device,
+    ema,
+    allow_nonfinite,
+    as_json,
+):
+    """Compare ARTIFACT with the reference on the same inputs; exit 1 beyond tolerance.
 
-    Inputs: seeded random tensors and real photographs. Reports max abs / relative error,
-    cosine similarity, top-1 / top-5 agreement, for every output of the artifact.
+    \b
+    Each of ARTIFACT and --ref: a checkpoint, an .onnx, a TensorRT engine or saved outputs (.npz):
+      vimdeploy validate model.onnx --ref model.pth --save-ref ref.npz
+      vimdeploy validate model.onnx --ref ref.npz          # the same inputs, replayed elsewhere
+    Inputs: seeded random tensors, photos, --data; a quantized artifact (int8, fp8) also the images
+    it was calibrated with. Reports max abs / relative error, cosine similarity, top-1 / top-5
+    agreement, per input set and output.
     """
     from ..validation import format_report, validate_artifact
 
@@ -192,12 +262,20 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonf
         artifact,
         ref,
         images=images,
+        data=data,
+        limit=limit,
         random_batch=batch,
         atol=atol,
+        rtol=rtol,
+        cosine=cosine,
+        top_k=top_k,
         seed=seed,
         ema=ema,
+        precision=precision,
         img_size=img_size,
         allow_nonfinite=allow_nonfinite,
+        device=None if device == "auto" else device,  # auto: each backend's own default
+        save_ref=save_ref,
         progress=None if as_json else progress_echo(),
     )
     emit(report, as_json, lambda r: click.echo(format_report(r)))
@@ -220,7 +298,12 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonf
     default=None,
     help="A text file of 'relative/path.jpg label' lines, for a --data folder without class subfolders.",
 )
-@click.option("--limit", type=int, default=None, help="Use only the first N images (in the dataset's sorted order).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N images (in the dataset's sorted order).",
+)
 @click.option("--batch", "batch_size", type=int, default=32, show_default=True, help="Images per run call.")
 @click.option(
     "--img-size",
