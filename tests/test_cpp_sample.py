@@ -226,3 +226,26 @@ def test_ort_sample_refuses_bad_arguments(ort_sample):
     for args in ([], ["model.onnx"], ["m.onnx", "x.ppm", "--threads", "0"], ["m.onnx", "x.ppm", "--what"]):
         done = subprocess.run([str(ort_sample), *args], capture_output=True, text=True)
         assert done.returncode == 2 and ("usage:" in done.stderr or "error:" in done.stderr), done.stderr
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or CXX is None, reason="cmake or a C++ compiler not found")
+@pytest.mark.parametrize("missing", ["header", "library"])
+def test_cmake_says_why_the_ort_sample_is_not_built(tmp_path, missing):
+    """Without the C API header, or without libonnxruntime, the configure step succeeds (the
+    other programs still build) and says which piece is missing."""
+    include = header_dir() if missing == "library" else tmp_path / "no_headers"
+    if include is None:
+        pytest.skip("ONNX Runtime's C API header not found (set ONNXRUNTIME_INCLUDE_DIR)")
+    # NOTFOUND: CMake searches again (and finds no libonnxruntime in the system's paths here).
+    library = (missing == "header" and onnxruntime_library()) or "ONNXRUNTIME_LIBRARY-NOTFOUND"
+    args = [f"-DONNXRUNTIME_INCLUDE_DIR={include}", f"-DONNXRUNTIME_LIBRARY={library}"]
+    done = subprocess.run(
+        ["cmake", "-S", str(SAMPLE), "-B", str(tmp_path / "build"), *args],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ONNXRUNTIME_")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join((done.stdout + done.stderr).split())
+    expected = "onnxruntime_c_api.h not found" if missing == "header" else "libonnxruntime not found"
+    assert "vim_classify_ort not built" in said and expected in said, said
