@@ -1,5 +1,5 @@
-"""python benchmarks/bench_ort_library.py [--library PATH] [--threads N] [--budget-s S] [--iters N] [--profile N]
-                                         [--json out.json]
+"""python benchmarks/bench_ort_library.py [--library PATH] [--threads N] [--budget-s S] [--iters N] [--clock wall|cpu]
+                                         [--profile N] [--json out.json]
 
 The native ONNX Runtime op library (plugins/onnxruntime) against the Python op of
 onnxruntime-extensions (vimdeploy/export/ort_op.py), in one run on this CPU:
@@ -79,10 +79,10 @@ def session(model: bytes | Path, threads: int, library: Path | None = None) -> o
     )
 
 
-def interleaved(paths: dict, budget_s: float, iters: int) -> dict:
+def interleaved(paths: dict, budget_s: float, iters: int, clock=time.perf_counter) -> dict:
     """Times the paths round-robin (one call of each per round) so that all of them run under
     the same load: 2 warm-up calls each, then rounds until `budget_s` seconds per path have
-    passed (at least 3) or `iters` rounds; per path median, min and max ms."""
+    passed (at least 3) or `iters` rounds; per path median, min and max ms of `clock`."""
     for fn in paths.values():
         fn()
         fn()
@@ -92,9 +92,9 @@ def interleaved(paths: dict, budget_s: float, iters: int) -> dict:
         len(samples[next(iter(paths))]) < 3 or time.perf_counter() - start < budget_s * len(paths)
     ):
         for name, fn in paths.items():
-            t = time.perf_counter()
+            t = clock()
             fn()
-            samples[name].append((time.perf_counter() - t) * 1e3)
+            samples[name].append((clock() - t) * 1e3)
     return {
         name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "n": len(v)}
         for name, v in samples.items()
@@ -158,9 +158,18 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--budget-s", type=float, default=3.0, help="timed seconds per path")
     ap.add_argument("--iters", type=int, default=30, help="at most this many timed calls per path")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: the calling thread's CPU time (with --threads 1 everything runs on it): what other "
+        "processes on the same cores change least",
+    )
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile N calls of Vim-Ti with the library")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        sys.exit("error: --clock cpu needs --threads 1 (other threads' time would not be counted)")
     if args.profile and args.profile < 3:
         sys.exit("error: --profile needs at least 3 calls (the first 2 are not counted)")
 
@@ -176,6 +185,7 @@ def main():
     env = {
         "cpus": len(os.sched_getaffinity(0)),
         "threads": args.threads,
+        "clock": args.clock,
         "onnxruntime": ort.__version__,
         "library": str(library),
         "command": " ".join(["python"] + sys.argv),
@@ -186,7 +196,8 @@ def main():
     rows = {}
 
     def measure(paths: dict):
-        rows.update(interleaved(paths, args.budget_s, args.iters))
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        rows.update(interleaved(paths, args.budget_s, args.iters, clock))
         for name in paths:
             r = rows[name]
             print(f"{name:28s} {r['median_ms']:9.3f} ms ({r['min_ms']:.3f}..{r['max_ms']:.3f}, n={r['n']})", flush=True)
