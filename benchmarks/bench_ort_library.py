@@ -1,4 +1,5 @@
-"""python benchmarks/bench_ort_library.py [--library PATH] [--threads N] [--budget-s S] [--iters N] [--json out.json]
+"""python benchmarks/bench_ort_library.py [--library PATH] [--threads N] [--budget-s S] [--iters N] [--clock wall|cpu]
+                                         [--profile N] [--json out.json]
 
 The native ONNX Runtime op library (plugins/onnxruntime) against the Python op of
 onnxruntime-extensions (vimdeploy/export/ort_op.py), in one run on this CPU:
@@ -11,19 +12,29 @@ onnxruntime-extensions (vimdeploy/export/ort_op.py), in one run on this CPU:
          beside the DeiT-Ti-shaped ViT of bench_cpu.py (ONNX, ONNX Runtime)
 
 Every ONNX Runtime session gets vimdeploy's runtime options (intra-op threads = --threads, no
-spinning) and the kernel $VIMDEPLOY_CPU_THREADS = --threads. Per path: 2 warm-up calls, then
-timed calls until --budget-s seconds or --iters calls; median (min..max) ms. Before timing, the
+spinning) and the kernel $VIMDEPLOY_CPU_THREADS = --threads. The paths of each part are timed
+round-robin, one call each per round, so that they share whatever load the machine has: 2
+warm-up calls each, then rounds until --budget-s seconds per path or --iters rounds; median
+(min..max) ms. Before timing, the
 library's outputs are checked against the Python op's. Without --library the library is built
 with CMake against $ONNXRUNTIME_INCLUDE_DIR (the directory of onnxruntime_c_api.h).
+
+The machine's load average (1 minute) is printed before and after: other processes on the same
+cores slow every path, so compare ratios within one run, made while the load is low.
+--profile N: afterwards, N calls of Vim-Ti with the library under ONNX Runtime's profiler
+(SessionOptions.enable_profiling), the nodes' time per op type (ms per call, share).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +44,7 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cpu import export_deit, timed  # noqa: E402  (also puts the checkout on sys.path)
+from bench_cpu import export_deit  # noqa: E402  (also puts the checkout on sys.path)
 
 from tests.test_ort_library import build_library  # noqa: E402
 from vimdeploy.contract import (
@@ -66,6 +77,48 @@ def session(model: bytes | Path, threads: int, library: Path | None = None) -> o
     return ort.InferenceSession(
         model if isinstance(model, bytes) else str(model), options(threads, library), providers=["CPUExecutionProvider"]
     )
+
+
+def interleaved(paths: dict, budget_s: float, iters: int, clock=time.perf_counter) -> dict:
+    """Times the paths round-robin (one call of each per round) so that all of them run under
+    the same load: 2 warm-up calls each, then rounds until `budget_s` seconds per path have
+    passed (at least 3) or `iters` rounds; per path median, min and max ms of `clock`."""
+    for fn in paths.values():
+        fn()
+        fn()
+    samples = {name: [] for name in paths}
+    start = time.perf_counter()
+    while len(samples[next(iter(paths))]) < iters and (
+        len(samples[next(iter(paths))]) < 3 or time.perf_counter() - start < budget_s * len(paths)
+    ):
+        for name, fn in paths.items():
+            t = clock()
+            fn()
+            samples[name].append((clock() - t) * 1e3)
+    return {
+        name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "n": len(v)}
+        for name, v in samples.items()
+    }
+
+
+def profile(model: Path, threads: int, library: Path, feed: dict, calls: int, prefix: Path) -> dict:
+    """ms per call spent in each op type's nodes (ONNX Runtime's profiler; nodes that ORT fused
+    appear under the fused op's type), over `calls` calls after 2 unprofiled ones."""
+    so = options(threads, library)
+    so.enable_profiling = True
+    so.profile_file_prefix = str(prefix)
+    s = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    for _ in range(calls):
+        s.run(None, feed)
+    events = json.loads(Path(s.end_profiling()).read_text())
+    # The first two model_run's nodes are warm-up (allocation, first-call caches): skipped.
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    after = starts[2] if len(starts) > 2 else 0
+    per_type = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= after:
+            per_type[e["args"]["op_name"]] += e["dur"] / 1e3 / (calls - 2)
+    return dict(per_type.most_common())
 
 
 def scan_node(b: int, L: int, E: int) -> tuple[bytes, dict]:
@@ -105,8 +158,20 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--budget-s", type=float, default=3.0, help="timed seconds per path")
     ap.add_argument("--iters", type=int, default=30, help="at most this many timed calls per path")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: the calling thread's CPU time (with --threads 1 everything runs on it): what other "
+        "processes on the same cores change least",
+    )
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile N calls of Vim-Ti with the library")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        sys.exit("error: --clock cpu needs --threads 1 (other threads' time would not be counted)")
+    if args.profile and args.profile < 3:
+        sys.exit("error: --profile needs at least 3 calls (the first 2 are not counted)")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ort_library."))
     library = args.library
@@ -120,18 +185,22 @@ def main():
     env = {
         "cpus": len(os.sched_getaffinity(0)),
         "threads": args.threads,
+        "clock": args.clock,
         "onnxruntime": ort.__version__,
         "library": str(library),
         "command": " ".join(["python"] + sys.argv),
+        "load_average_1min_before": os.getloadavg()[0],
     }
     print(json.dumps(env), flush=True)
 
     rows = {}
 
-    def measure(name, fn):
-        rows[name] = timed(fn, args.budget_s, args.iters)
-        r = rows[name]
-        print(f"{name:28s} {r['median_ms']:9.3f} ms ({r['min_ms']:.3f}..{r['max_ms']:.3f}, n={r['n']})", flush=True)
+    def measure(paths: dict):
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        rows.update(interleaved(paths, args.budget_s, args.iters, clock))
+        for name in paths:
+            r = rows[name]
+            print(f"{name:28s} {r['median_ms']:9.3f} ms ({r['min_ms']:.3f}..{r['max_ms']:.3f}, n={r['n']})", flush=True)
 
     # ---- one node -------------------------------------------------------------------------
     node, feed = scan_node(1, 197, 384)
@@ -140,9 +209,13 @@ def main():
     direct = _native(arrays, True, 0.5, args.threads)
     np.testing.assert_array_equal(with_library.run(None, feed)[0], direct)
     np.testing.assert_array_equal(with_python_op.run(None, feed)[0], direct)
-    measure("node: kernel direct (ctypes)", lambda: _native(arrays, True, 0.5, args.threads))
-    measure("node: ORT + library", lambda: with_library.run(None, feed))
-    measure("node: ORT + Python op", lambda: with_python_op.run(None, feed))
+    measure(
+        {
+            "node: kernel direct (ctypes)": lambda: _native(arrays, True, 0.5, args.threads),
+            "node: ORT + library": lambda: with_library.run(None, feed),
+            "node: ORT + Python op": lambda: with_python_op.run(None, feed),
+        }
+    )
 
     # ---- Vim-Ti 224 batch 1 against the DeiT-Ti-shaped ViT --------------------------------
     make_untrained_checkpoint(tmp / "vim_t.pth")
@@ -158,9 +231,13 @@ def main():
     np.testing.assert_allclose(
         vim_library.run(None, {vim_in: x})[0], vim_python_op.run(None, {vim_in: x})[0], rtol=0, atol=1e-5
     )
-    measure("Vim-Ti: ORT + library", lambda: vim_library.run(None, {vim_in: x}))
-    measure("Vim-Ti: ORT + Python op", lambda: vim_python_op.run(None, {vim_in: x}))
-    measure("DeiT-Ti-shaped ViT: ORT", lambda: deit.run(None, {deit_in: x}))
+    measure(
+        {
+            "Vim-Ti: ORT + library": lambda: vim_library.run(None, {vim_in: x}),
+            "Vim-Ti: ORT + Python op": lambda: vim_python_op.run(None, {vim_in: x}),
+            "DeiT-Ti-shaped ViT: ORT": lambda: deit.run(None, {deit_in: x}),
+        }
+    )
 
     med = {k: v["median_ms"] for k, v in rows.items()}
     kernel = med["node: kernel direct (ctypes)"]
@@ -171,10 +248,24 @@ def main():
         "Python-op overhead ms/node": med["node: ORT + Python op"] - kernel,
         "Vim-Ti library / DeiT-Ti": med["Vim-Ti: ORT + library"] / med["DeiT-Ti-shaped ViT: ORT"],
         "Vim-Ti Python op / DeiT-Ti": med["Vim-Ti: ORT + Python op"] / med["DeiT-Ti-shaped ViT: ORT"],
+        "Vim-Ti library / DeiT-Ti (minima)": rows["Vim-Ti: ORT + library"]["min_ms"]
+        / rows["DeiT-Ti-shaped ViT: ORT"]["min_ms"],
     }
     print("\n".join(f"{k:32s} {v:.3f}" for k, v in summary.items()))
+    env["load_average_1min_after"] = os.getloadavg()[0]
+    load = env["load_average_1min_before"], env["load_average_1min_after"]
+    print(f"load average (1 min): {load[0]:.2f} before, {load[1]:.2f} after")
+    result = {"env": env, "rows": rows, "summary": summary}
+    if args.profile:
+        by_type = profile(tmp / "vim_t.onnx", args.threads, library, {vim_in: x}, args.profile, tmp / "profile")
+        total = sum(by_type.values())
+        print(f"Vim-Ti + library, ONNX Runtime's profiler, {args.profile - 2} calls: {total:.2f} ms per call in nodes")
+        for op, ms in by_type.items():
+            print(f"  {op:24s} {ms:8.2f} ms  {100 * ms / total:5.1f}%")
+        result["profile_ms_per_call"] = by_type
     if args.json:
-        args.json.write_text(json.dumps({"env": env, "rows": rows, "summary": summary}, indent=1))
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

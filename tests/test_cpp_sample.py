@@ -7,6 +7,12 @@
   $TENSORRT_INCLUDE_DIR (several directories separated by ':' to check 10.x and 11.x), with
   CUDA's headers ($CUDA_HOME/include or /usr/local/cuda/include); skipped without them.
   libnvinfer is not needed: nothing is linked.
+* vim_classify_ort.cpp (ONNX Runtime's C API + the op library, on the CPU) is built with CMake
+  against the C API header (as tests/test_ort_library.py finds it) and the onnxruntime wheel's
+  libonnxruntime ($ONNXRUNTIME_LIBRARY names another), then run on the golden checkpoint's
+  plugin-flavor export: its logits against the official code's (the golden) and, on photos
+  through its own preprocessing, against the PyTorch model's; skipped, saying why, without the
+  header. Broken inputs must end it with one `error:` line and exit status 1.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .test_golden import TOL
+from .test_ort_library import export_plugin_onnx, header_dir
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "cpp"
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -83,3 +92,160 @@ def test_sample_compiles_against_tensorrt_headers(tmp_path):
             tmp_path,
         )
         assert (tmp_path / f"vim_classify_{i}.o").stat().st_size > 0
+
+
+# ---- vim_classify_ort: ONNX Runtime + the op library on the CPU ----------------------------------
+
+
+def onnxruntime_library() -> Path | None:
+    """$ONNXRUNTIME_LIBRARY, else the onnxruntime wheel's libonnxruntime.so.<version>."""
+    if os.environ.get("ONNXRUNTIME_LIBRARY"):
+        return Path(os.environ["ONNXRUNTIME_LIBRARY"])
+    import onnxruntime
+
+    found = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def ort_sample(tmp_path_factory) -> Path:
+    include, library = header_dir(), onnxruntime_library()
+    if include is None:
+        pytest.skip(
+            "ONNX Runtime's C API header (onnxruntime_c_api.h) not found: set ONNXRUNTIME_INCLUDE_DIR "
+            "to the include/ of an ONNX Runtime release to build vim_classify_ort"
+        )
+    if library is None:
+        pytest.skip("libonnxruntime not found (set ONNXRUNTIME_LIBRARY)")
+    if shutil.which("cmake") is None or CXX is None:
+        pytest.skip("cmake or a C++ compiler not found")
+    build = tmp_path_factory.mktemp("sample_build")
+    for cmd in (
+        [
+            "cmake",
+            "-S",
+            str(SAMPLE),
+            "-B",
+            str(build),
+            f"-DONNXRUNTIME_INCLUDE_DIR={include}",
+            f"-DONNXRUNTIME_LIBRARY={library}",
+        ],
+        ["cmake", "--build", str(build), "--target", "vim_classify_ort", "-j", "2"],
+    ):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return build / "vim_classify_ort"
+
+
+@pytest.fixture(scope="module")
+def golden_onnx(golden, tmp_path_factory) -> Path:
+    return export_plugin_onnx(golden["checkpoint"], tmp_path_factory.mktemp("golden_onnx") / "vim_t_plugin.onnx")
+
+
+def classify(sample: Path, model: Path, image: Path, tmp_path: Path) -> tuple[np.ndarray, list[int]]:
+    """The sample's logits (--logits) and the classes of its top-5 lines, best first."""
+    logits = tmp_path / "logits.bin"
+    done = subprocess.run(
+        [str(sample), str(model), str(image), "--logits", str(logits)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if "logit " in line]
+    return np.fromfile(logits, np.float32), [int(line.rsplit("(", 1)[1].split(",")[0]) for line in lines]
+
+
+def assert_same_classification(logits: np.ndarray, top5: list[int], reference: np.ndarray) -> None:
+    assert logits.shape == reference.shape
+    assert np.abs(logits - reference).max() <= TOL
+    # The printed classes are the reference's top-5 (a swap only between logits within TOL).
+    assert len(top5) == 5 and np.abs(reference[top5] - np.sort(reference)[::-1][:5]).max() <= TOL, top5
+
+
+def test_ort_sample_reproduces_the_golden_logits(ort_sample, golden, golden_onnx, tmp_path):
+    """The official code's logits for the golden input tensors, fed as raw .bin files."""
+    for i, image in enumerate(golden["input"]):
+        image.astype("<f4").tofile(tmp_path / f"golden_{i}.bin")
+        logits, top5 = classify(ort_sample, golden_onnx, tmp_path / f"golden_{i}.bin", tmp_path)
+        assert_same_classification(logits, top5, golden["logits"][i])
+
+
+def _photo():
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.chelsea()  # 451 x 300
+
+
+def _digit():
+    return next((SAMPLE.parents[1] / "vimdeploy" / "assets" / "calibration" / "digits").glob("*.png"))
+
+
+@pytest.mark.parametrize("source", [_photo, _digit], ids=["photo", "digit"])
+def test_ort_sample_classifies_an_image_as_pytorch_does(ort_sample, golden_model, golden_onnx, tmp_path, source):
+    """A real image as a PPM through the sample's own preprocessing, against the PyTorch model
+    on `vimdeploy.data.preprocess` of the same image."""
+    import torch
+    from PIL import Image
+
+    from vimdeploy.data import preprocess
+
+    picture = source()
+    image = (Image.open(picture) if isinstance(picture, Path) else Image.fromarray(picture)).convert("RGB")
+    image.save(tmp_path / "image.ppm")
+    with torch.no_grad():
+        reference = golden_model(torch.from_numpy(preprocess(image))[None])[0].numpy()
+    logits, top5 = classify(ort_sample, golden_onnx, tmp_path / "image.ppm", tmp_path)
+    assert_same_classification(logits, top5, reference)
+
+
+BROKEN = {
+    "missing model": (lambda d, m: (d / "absent.onnx", d / "x.bin"), "cannot load the model"),
+    "model of garbage": (lambda d, m: (_write(d / "bad.onnx", b"not a model" * 100), d / "x.bin"), "cannot load"),
+    "missing image": (lambda d, m: (m, d / "absent.ppm"), "absent.ppm"),
+    "image not a PPM": (lambda d, m: (m, _write(d / "x.ppm", b"\x89PNG\r\n\x1a\n" + bytes(64))), "x.ppm"),
+    "truncated PPM": (lambda d, m: (m, _write(d / "t.ppm", b"P6\n640 480\n255\n" + bytes(1000))), "t.ppm"),
+    "tensor of the wrong size": (lambda d, m: (m, _write(d / "s.bin", bytes(4 * 100))), "s.bin"),
+}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BROKEN), ids=str)
+def test_ort_sample_fails_cleanly(ort_sample, golden_onnx, tmp_path, case):
+    """One `error: ...` line naming the problem, exit status 1, never a crash."""
+    make, message = BROKEN[case]
+    np.zeros(3 * 224 * 224, np.float32).tofile(tmp_path / "x.bin")
+    model, image = make(tmp_path, golden_onnx)
+    done = subprocess.run([str(ort_sample), str(model), str(image)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+def test_ort_sample_refuses_bad_arguments(ort_sample):
+    for args in ([], ["model.onnx"], ["m.onnx", "x.ppm", "--threads", "0"], ["m.onnx", "x.ppm", "--what"]):
+        done = subprocess.run([str(ort_sample), *args], capture_output=True, text=True)
+        assert done.returncode == 2 and ("usage:" in done.stderr or "error:" in done.stderr), done.stderr
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or CXX is None, reason="cmake or a C++ compiler not found")
+@pytest.mark.parametrize("missing", ["header", "library"])
+def test_cmake_says_why_the_ort_sample_is_not_built(tmp_path, missing):
+    """Without the C API header, or without libonnxruntime, the configure step succeeds (the
+    other programs still build) and says which piece is missing."""
+    include = header_dir() if missing == "library" else tmp_path / "no_headers"
+    if include is None:
+        pytest.skip("ONNX Runtime's C API header not found (set ONNXRUNTIME_INCLUDE_DIR)")
+    # NOTFOUND: CMake searches again (and finds no libonnxruntime in the system's paths here).
+    library = (missing == "header" and onnxruntime_library()) or "ONNXRUNTIME_LIBRARY-NOTFOUND"
+    args = [f"-DONNXRUNTIME_INCLUDE_DIR={include}", f"-DONNXRUNTIME_LIBRARY={library}"]
+    done = subprocess.run(
+        ["cmake", "-S", str(SAMPLE), "-B", str(tmp_path / "build"), *args],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ONNXRUNTIME_")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join((done.stdout + done.stderr).split())
+    expected = "onnxruntime_c_api.h not found" if missing == "header" else "libonnxruntime not found"
+    assert "vim_classify_ort not built" in said and expected in said, said

@@ -266,31 +266,23 @@ def test_library_exports_only_register_custom_ops_and_links_no_onnxruntime(ort_l
     assert needed and not [n for n in needed if "onnxruntime" in n], needed
 
 
-@pytest.fixture(scope="module", params=["fp32", "fp16"])
-def golden_plugin_onnx(request, golden, tmp_path_factory) -> tuple[str, Path]:
-    precision = request.param
-    out = tmp_path_factory.mktemp("golden_onnx") / f"vim_t_plugin_{precision}.onnx"
+def export_plugin_onnx(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
+    """`vimdeploy export CHECKPOINT -o OUT --scan plugin --batch dynamic --precision PRECISION`."""
+    command = ["export", str(checkpoint), "-o", str(out), "--scan", "plugin", "--batch", "dynamic"]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vimdeploy",
-            "export",
-            str(golden["checkpoint"]),
-            "-o",
-            str(out),
-            "--scan",
-            "plugin",
-            "--batch",
-            "dynamic",
-            "--precision",
-            precision,
-        ],
+        [sys.executable, "-m", "vimdeploy", *command, "--precision", precision],
         check=True,
         capture_output=True,
         text=True,
     )
-    return precision, out
+    return out
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def golden_plugin_onnx(request, golden, tmp_path_factory) -> tuple[str, Path]:
+    precision = request.param
+    out = tmp_path_factory.mktemp("golden_onnx") / f"vim_t_plugin_{precision}.onnx"
+    return precision, export_plugin_onnx(golden["checkpoint"], out, precision)
 
 
 def test_golden_through_plain_onnxruntime_with_the_library(ort_library, golden, golden_plugin_onnx, tmp_path):

@@ -9,7 +9,7 @@
 //    as PIL) or read a raw float32 tensor; 4. setInputShape / setTensorAddress /
 //    enqueueV3 on a CUDA stream; 5. softmax and the top-5, named from LABELS (one name a
 //    line) or by index. Builds against TensorRT 10.x and 11.x (the I/O is fp32 or fp16).
-#include "preprocess.h"
+#include "classify.h"
 
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
@@ -22,7 +22,6 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -155,9 +154,7 @@ int run(int argc, char** argv)
     if (!context->setInputShape(inputName.c_str(), inputDims))
         throw std::runtime_error("the engine's profile does not accept batch 1 at " + std::to_string(size) + "px");
 
-    bool const raw = imagePath.size() > 4 && imagePath.compare(imagePath.size() - 4, 4, ".bin") == 0;
-    std::vector<float> const pixels = raw ? vimdeploy::readFloats(imagePath, static_cast<size_t>(3) * size * size)
-                                          : vimdeploy::preprocess(vimdeploy::readPpm(imagePath), size);
+    std::vector<float> const pixels = vimdeploy::loadInput(imagePath, size);
 
     cudaStream_t stream;
     CHECK_CUDA(cudaStreamCreate(&stream));
@@ -207,29 +204,7 @@ int run(int argc, char** argv)
     for (int64_t c = 0; c < numClasses; ++c)
         logits[c] = logitsType == nvinfer1::DataType::kHALF ? fromHalf(reinterpret_cast<uint16_t*>(hostLogits.data())[c])
                                                              : reinterpret_cast<float*>(hostLogits.data())[c];
-    float const top = *std::max_element(logits.begin(), logits.end());
-    double sum = 0;
-    for (float v : logits)
-        sum += std::exp(static_cast<double>(v - top));
-    std::vector<std::string> labels;
-    if (argc > 4)
-    {
-        std::ifstream f(argv[4]);
-        for (std::string line; std::getline(f, line);)
-            labels.push_back(line);
-    }
-    std::vector<int> order(logits.size());
-    std::iota(order.begin(), order.end(), 0);
-    int const k = std::min<int>(5, static_cast<int>(order.size()));
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
-    std::cout << imagePath << "\n";
-    for (int i = 0; i < k; ++i)
-    {
-        int const c = order[i];
-        double const p = std::exp(static_cast<double>(logits[c] - top)) / sum;
-        std::string const label = c < static_cast<int>(labels.size()) ? labels[c] : "class " + std::to_string(c);
-        std::printf("  %6.2f%%  %s  (%d)\n", 100.0 * p, label.c_str(), c);
-    }
+    vimdeploy::printTop5(imagePath, logits, argc > 4 ? vimdeploy::readLabels(argv[4]) : std::vector<std::string>());
     return 0;
 }
 
