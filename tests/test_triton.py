@@ -116,8 +116,10 @@ def test_refusals(engine, tmp_path):
     from vimdeploy.triton import write_triton_repo
 
     (tmp_path / "vim_t.plan.json").unlink()
-    with pytest.raises(ArtifactError, match="sidecar"):
+    with pytest.raises(InputError, match="no sidecar .* pass --input-size, --max-batch, --num-classes"):
         write_triton_repo(engine, tmp_path / "models")
+    with pytest.raises(InputError, match="pass --num-classes"):
+        write_triton_repo(engine, tmp_path / "models", input_size=(224, 224), max_batch=8)
 
 
 def test_labels_file_is_imagenet_in_index_order(cli, engine, tmp_path):

@@ -111,3 +111,38 @@ def progress_bar(label: str):
             state["bar"].close()
 
     return update
+
+
+def _numbers(value: str | None, option: str):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"takes 3 numbers separated by commas; got {value!r}", param_hint=option) from None
+
+
+def preprocessing_options(fn):
+    """What an artifact made elsewhere may not carry (vimdeploy/preprocessing.py); each replaces the
+    artifact's own. Passes `input_size`, `output_name` and `preprocessing_options` (a dict)."""
+    from ..preprocessing import INTERPOLATIONS
+
+    @click.option("--input-size", default=None, help="Input side N (or HxW) for an artifact that takes several sizes.")
+    @click.option("--mean", default=None, help="Per-channel mean of pixels scaled to 0..1, e.g. 0.485,0.456,0.406.")
+    @click.option("--std", default=None, help="Per-channel std, e.g. 0.229,0.224,0.225.")
+    @click.option("--resize-size", default=None, help="N or HxW the image is scaled to cover before the center crop.")
+    @click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default=None, help="Resize filter.")
+    @click.option(
+        "--output-name", default=None, help="The output holding class scores. Default: logits, else the only output."
+    )
+    @functools.wraps(fn)
+    def wrapper(*args, mean, std, resize_size, interpolation, **kwargs):
+        options = {
+            "mean": _numbers(mean, "--mean"),
+            "std": _numbers(std, "--std"),
+            "resize_size": resize_size,
+            "interpolation": interpolation,
+        }
+        return fn(*args, preprocessing_options={k: v for k, v in options.items() if v is not None}, **kwargs)
+
+    return wrapper

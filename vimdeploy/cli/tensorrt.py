@@ -190,7 +190,7 @@ def inspect_cmd(artifact, as_json):
 
 
 @click.command("triton-repo")
-@click.argument("engine", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("artifact", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
     "-o",
     "--output",
@@ -200,7 +200,23 @@ def inspect_cmd(artifact, as_json):
     help="The model repository folder (created if missing).",
 )
 @click.option("--name", default="vim", show_default=True, help="Model name (its folder in the repository).")
-@click.option("--max-batch", type=int, default=None, help="Triton max_batch_size. Default: the engine's max batch.")
+@click.option(
+    "--max-batch",
+    type=int,
+    default=None,
+    help="Triton max_batch_size. Default: the engine's max batch; 8 for a dynamic-batch ONNX. Needed for an "
+    "engine without a sidecar.",
+)
+@click.option("--input-size", default=None, help="Input side N or HxW: an engine without a sidecar, a dynamic ONNX.")
+@click.option("--num-classes", type=int, default=None, help="Width of the class scores: an engine without a sidecar.")
+@click.option("--input-name", default=None, help="The image input. Default: the only input (images for an engine).")
+@click.option("--output-name", default=None, help="The output of class scores. Default: logits, else the only output.")
+@click.option(
+    "--op-library",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="vimdeploy's ONNX Runtime op library, for a plugin-flavor ONNX (Triton's model_operations).",
+)
 @click.option(
     "--queue-delay-us", type=int, default=100, show_default=True, help="dynamic_batching max_queue_delay_microseconds."
 )
@@ -210,14 +226,39 @@ def inspect_cmd(artifact, as_json):
     "--labels",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
-    help="Class names for `logits`, one per line. Default: ImageNet-1k's for a 1000-class engine.",
+    help="Class names, one per line. Default: the artifact's own, else ImageNet-1k's for 1000 classes.",
 )
 @click.option("--no-warmup", is_flag=True, help="Leave out model_warmup (random batches of 1 and the max batch).")
 @click.option("--force", is_flag=True, help="Replace the model folder if it exists.")
 @json_option
-def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, labels, no_warmup, force, as_json):
-    """Write a Triton Inference Server model repository for ENGINE (needs its .json sidecar)."""
+def triton_repo(
+    artifact,
+    repo,
+    name,
+    max_batch,
+    input_size,
+    num_classes,
+    input_name,
+    output_name,
+    op_library,
+    queue_delay_us,
+    instances,
+    gpus,
+    labels,
+    no_warmup,
+    force,
+    as_json,
+):
+    """Write a Triton Inference Server model repository for ARTIFACT: a TensorRT engine or an ONNX.
+
+    \b
+    Any engine or ONNX, also one made by another tool: what it does not carry comes from options.
+      vimdeploy triton-repo vim_t.plan -o models/
+      vimdeploy triton-repo resnet.onnx -o models/ --name resnet --max-batch 16 --labels names.txt
+      vimdeploy triton-repo trtexec.plan -o models/ --input-size 224 --max-batch 8 --num-classes 1000
+    """
     from ..errors import InputError
+    from ..preprocessing import parse_size
     from ..triton import write_triton_repo
 
     try:
@@ -225,7 +266,7 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, 
     except ValueError:
         raise InputError(f"--gpus takes comma-separated GPU ids, e.g. 0,1; got {gpus!r}.") from None
     info = write_triton_repo(
-        engine,
+        artifact,
         repo,
         name=name,
         max_batch=max_batch,
@@ -235,12 +276,18 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, 
         gpus=gpu_ids,
         labels=labels,
         warmup=not no_warmup,
+        input_name=input_name,
+        output_name=output_name,
+        input_size=parse_size(input_size, "--input-size"),
+        num_classes=num_classes,
+        op_library=op_library,
     )
     emit(
         info,
         as_json,
         lambda i: click.echo(
-            f"wrote {i['model']} (max_batch_size {i['max_batch_size']}); see {i['repository']}/README.md "
-            "for loading the plugin library in tritonserver"
+            f"wrote {i['model']} ({i['platform']}, input {i['input']}, class scores {i['logits']}, max_batch_size "
+            f"{i['max_batch_size']}{', labels.txt' if i['labels'] else ''}) and {i['repository']}/README.md "
+            "(how to start tritonserver)"
         ),
     )
