@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .preprocessing import INTERPOLATIONS, Preprocessing, from_metadata, imagenet, read_labels_file
+from .preprocessing import INTERPOLATIONS, Preprocessing, from_metadata, imagenet, read_labels_file, resolve
 
 #: the most pixels (width x height) an image may declare; checked in its header before decoding.
 #: 40 MP covers the photos people take (phones write 12 to 24 MP, most cameras 20 to 33 MP) with
@@ -51,10 +51,7 @@ def preprocess(image, recipe=224) -> np.ndarray:
 def artifact_metadata(path) -> tuple[dict, int | None]:
     """An artifact's vimdeploy metadata (prefix removed) and its class count where known:
     an ONNX's metadata_props, an engine's sidecar; ({}, None) for a checkpoint or an engine without one."""
-    from pathlib import Path
-
     from .formats import sniff
-
     from .tensorrt.sidecar import ENGINE_SUFFIXES
 
     path = Path(path)
@@ -78,6 +75,24 @@ def artifact_preprocessing(path, num_classes: int | None = None) -> tuple[Prepro
     """(preprocessing, labels) an artifact carries (None where it carries none), checked strictly."""
     meta, known = artifact_metadata(path)
     return from_metadata(meta, str(path), num_classes or known)
+
+
+def artifact_recipe(path, input_size, num_classes: int | None = None, labels=None, **options):
+    """(Preprocessing, class names) to run `path` with: what it carries, else DeiT's and ImageNet's
+    for what vimdeploy made (a checkpoint, an export or engine of any vimdeploy version); an
+    artifact made elsewhere without a description needs options (`preprocessing.resolve`: mean,
+    std, resize_size, interpolation). `labels`: a file that replaces the carried names."""
+    path = Path(path)
+    meta, known = artifact_metadata(path)
+    carried, names = from_metadata(meta, str(path), num_classes or known)
+    vimdeploy_made = "variant" in meta or "format" in meta or path.suffix.lower() not in (".onnx", ".plan", ".engine")
+    recipe = resolve(carried, vimdeploy_made, input_size, path.name, **options)
+    classes = num_classes or known
+    if labels is not None:
+        names = class_names(classes, labels) if classes else read_labels_file(labels)
+    elif names is None and classes:
+        names = class_names(classes)
+    return recipe, names
 
 
 def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS, formats=None):

@@ -125,9 +125,16 @@ def _numbers(value: str | None, option: str):
 def preprocessing_options(fn):
     """What an artifact made elsewhere may not carry (vimdeploy/preprocessing.py); each replaces the
     artifact's own. Passes `input_size`, `output_name` and `preprocessing_options` (a dict)."""
+    return _recipe_options(
+        click.option(
+            "--input-size", default=None, help="Input side N (or HxW) for an artifact that takes several sizes."
+        )(fn)
+    )
+
+
+def _recipe_options(fn):
     from ..preprocessing import INTERPOLATIONS
 
-    @click.option("--input-size", default=None, help="Input side N (or HxW) for an artifact that takes several sizes.")
     @click.option("--mean", default=None, help="Per-channel mean of pixels scaled to 0..1, e.g. 0.485,0.456,0.406.")
     @click.option("--std", default=None, help="Per-channel std, e.g. 0.229,0.224,0.225.")
     @click.option("--resize-size", default=None, help="N or HxW the image is scaled to cover before the center crop.")
@@ -146,3 +153,7 @@ def preprocessing_options(fn):
         return fn(*args, preprocessing_options={k: v for k, v in options.items() if v is not None}, **kwargs)
 
     return wrapper
+
+
+#: the preprocessing options without --input-size, for a command that has its own size option
+recipe_options = _recipe_options

@@ -1,8 +1,7 @@
-"""`build`, `inspect`, `triton-repo` and `plugin`: TensorRT engines, their description, Triton, the native libraries."""
+"""`build`, `triton-repo` and `plugin`: TensorRT engines, Triton, the native libraries."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -169,24 +168,6 @@ def build_cmd(
             f"and {s['sidecar']}"
         ),
     )
-
-
-@click.command("inspect")
-@click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
-@json_option
-def inspect_cmd(artifact, as_json):
-    """Describe an ONNX or a TensorRT engine; for an ONNX, say whether TensorRT will take it.
-
-    Inputs/outputs, metadata, precision, node and op counts. The TensorRT verdict checks
-    Q/DQ types, zero points and scales, ops and attributes against onnx-tensorrt's support
-    table, and BiSelectiveScan nodes against the op contract. Exit 1 if incompatible.
-    """
-    from ..inspection import format_report, inspect_artifact
-
-    report = inspect_artifact(artifact)
-    emit(report, as_json, lambda r: click.echo(format_report(r)))
-    if report["kind"] == "onnx" and not report["tensorrt"]["compatible"]:
-        sys.exit(1)
 
 
 @click.command("triton-repo")

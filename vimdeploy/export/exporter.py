@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -97,34 +98,39 @@ def _parse_out_indices(out_indices, depth: int) -> tuple[int, ...]:
     return tuple(indices)
 
 
+class _StageLines(io.TextIOBase):
+    """The exporter's own progress lines ("[torch.onnx] Run decompositions... ✅") passed on to
+    `say` as stage lines, everything else it prints dropped: the steps of a long export show."""
+
+    def __init__(self, say):
+        self.say, self.pending = say, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.startswith("[torch.onnx] "):
+                step = re.sub(r" for `[^`]*`", "", line[len("[torch.onnx] ") :])
+                self.say(step.replace("... ❌", ": failed, trying the next way").replace("... ✅", ": done"))
+        return len(text)
+
+
 @contextlib.contextmanager
-def _quiet():
+def _quiet(say=None):
     """The exporter prints progress to stdout and logs warnings (e.g. 'torchvision is not
-    installed'); keep stdout clean for --json and report progress our own way."""
+    installed'); keep stdout clean for --json and pass its step lines to `say`."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        stream = _StageLines(say) if say else io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stream):
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def _reporting(scan_fn, traced: dict, say):
-    """`scan_fn` that says "traced layer i/depth" each time the exporter traces a layer's scan: the
-    long part of a portable export (torch.export runs the model's Python once, layer by layer)."""
-
-    def scan(*args, **kwargs):
-        if traced["depth"]:
-            traced["layers"] += 1
-            say(f"traced layer {(traced['layers'] - 1) % traced['depth'] + 1}/{traced['depth']}")
-        return scan_fn(*args, **kwargs)
-
-    return scan
 
 
 def _parse_batch(batch) -> int | None:
@@ -181,9 +187,7 @@ def export_onnx(
     timings = {}
     t0 = time.perf_counter()
     say(f"loading {checkpoint}")
-    traced = {"layers": 0, "depth": 0}
-    model, _ckpt = load_model(checkpoint, ema=ema, scan=_reporting(FLAVORS[scan], traced, say), **(overrides or {}))
-    traced["depth"] = model.cfg.depth
+    model, _ckpt = load_model(checkpoint, ema=ema, scan=FLAVORS[scan], **(overrides or {}))
     size = size or (model.cfg.img_size,) * 2
     indices = _parse_out_indices(out_indices, model.cfg.depth)
     names = output_names(features=True, feature_map=feature_map, out_indices=indices)
@@ -205,7 +209,7 @@ def export_onnx(
     )
     t = time.perf_counter()
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(say), torch.no_grad():
             program = torch.onnx.export(
                 _ExportModule(model, names),
                 (example,),

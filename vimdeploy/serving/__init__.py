@@ -121,8 +121,8 @@ def serve(
     names are the artifact's (vimdeploy/preprocessing.py); `preprocessing_options` (mean, std,
     resize_size, interpolation), `labels`, `input_size` and `output_name` supply or replace them.
     """
-    from ..data import artifact_metadata, artifact_preprocessing, class_names
-    from ..preprocessing import parse_size, resolve
+    from ..data import artifact_recipe
+    from ..preprocessing import parse_size
     from ..runtime import open_engine
 
     ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -141,16 +141,9 @@ def serve(
     spec = probe(engine, features=features, size=size[0] if size else None)
     description = engine.describe()
     del engine
-    carried, carried_labels = artifact_preprocessing(artifact, spec.num_classes)
-    meta, _ = artifact_metadata(artifact)
-    vimdeploy_made = (
-        artifact.suffix.lower() not in (".onnx", ".plan", ".engine") or "variant" in meta or "format" in meta
+    recipe, names = artifact_recipe(
+        artifact, spec.img_size, spec.num_classes, labels=labels, **(preprocessing_options or {})
     )
-    recipe = resolve(carried, vimdeploy_made, spec.img_size, artifact.name, **(preprocessing_options or {}))
-    if labels is not None:
-        names = class_names(spec.num_classes, labels)  # a labels file of the wrong length fails here
-    else:
-        names = carried_labels or class_names(spec.num_classes)
     settings = {
         "artifact": str(artifact),
         "engine_options": engine_options,
