@@ -94,7 +94,7 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        return {**d, "input_size": list(self.input_size), "resize_size": list(self.resize_size)}
+        return {**d, **{k: list(d[k]) for k in ("input_size", "resize_size", "mean", "std")}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
