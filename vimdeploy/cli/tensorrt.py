@@ -38,7 +38,9 @@ def plugin_build(build_dir, cuda_archs, tensorrt_root, jobs, as_json):
     """Configure and build plugins/ and print the library paths."""
     from ..ops.build import build
 
-    paths = build(build_dir=build_dir, cuda_archs=cuda_archs, tensorrt_root=tensorrt_root, jobs=jobs)
+    paths = build(
+        build_dir=build_dir, cuda_archs=cuda_archs, tensorrt_root=tensorrt_root, jobs=jobs, progress=progress_echo()
+    )
     emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])
 
 
