@@ -66,7 +66,7 @@ def test_labels_metadata_is_checked():
     for bad in ('["a", "b\\nc"]', '["a", ""]', '["a", 1]', '{"a": 1}', "[]", json.dumps(["x" * 300])):
         with pytest.raises(ArtifactError, match="m.onnx: invalid labels metadata"):
             parse_labels(bad, "m.onnx")
-    with pytest.raises(ArtifactError, match="names 2 classes; the model has 10"):
+    with pytest.raises(ArtifactError, match="2 labels; the model has 10 classes"):
         parse_labels('["a", "b"]', "m.onnx", 10)
 
 

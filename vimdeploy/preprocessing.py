@@ -152,19 +152,22 @@ def _problem(d: dict) -> str | None:
     return None
 
 
+def _decoded(value, where: str, what: str):
+    """A metadata value: a JSON string (ONNX metadata_props) decoded, or a sidecar's decoded value."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_LABELS * (MAX_LABEL_CHARS + 4):
+        raise ArtifactError(f"{where}: its {what} metadata is {len(value)} characters, more than any description.")
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise ArtifactError(f"{where}: its {what} metadata is not JSON ({e}).") from None
+
+
 def from_json(text, where: str = "the artifact") -> Preprocessing:
     """`vimdeploy.preprocessing`'s value (a JSON string, or the decoded object of a sidecar) checked."""
-    data = text
-    if isinstance(text, str):
-        if len(text) > 4096:
-            raise ArtifactError(f"{where}: its preprocessing metadata is {len(text)} characters, not a description.")
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ArtifactError(f"{where}: its preprocessing metadata is not JSON ({e}).") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{where}: its preprocessing metadata is not a JSON object.")
-    problem = _problem(data)
+    data = _decoded(text, where, "preprocessing")
+    problem = _problem(data) if isinstance(data, dict) else "not a JSON object"
     if problem:
         raise ArtifactError(f"{where}: invalid preprocessing metadata: {problem}.")
     return Preprocessing(
@@ -179,28 +182,23 @@ def from_json(text, where: str = "the artifact") -> Preprocessing:
     )
 
 
-def _labels_problem(names) -> str | None:
+def _labels_problem(names, num_classes: int | None = None) -> str | None:
     if not isinstance(names, list) or not 1 <= len(names) <= MAX_LABELS:
         return f"not a list of 1 to {MAX_LABELS} class names"
     for i, n in enumerate(names):
         if not (isinstance(n, str) and len(n) <= MAX_LABEL_CHARS and _LABEL.fullmatch(n) and n.strip() == n):
             return f"name {i} {str(n)[:40]!r} is not one line of 1 to {MAX_LABEL_CHARS} characters, unpadded"
+    if num_classes is not None and len(names) != num_classes:
+        return f"{len(names)} labels; the model has {num_classes} classes"
     return None
 
 
 def parse_labels(text, where: str = "the artifact", num_classes: int | None = None) -> list[str]:
     """`vimdeploy.labels`' value (a JSON string, or a decoded list) checked; its length against `num_classes`."""
-    names = text
-    if isinstance(text, str):
-        try:
-            names = json.loads(text)
-        except ValueError as e:
-            raise ArtifactError(f"{where}: its labels metadata is not JSON ({e}).") from None
-    problem = _labels_problem(names)
+    names = _decoded(text, where, "labels")
+    problem = _labels_problem(names, num_classes)
     if problem:
         raise ArtifactError(f"{where}: invalid labels metadata: {problem}.")
-    if num_classes is not None and len(names) != num_classes:
-        raise ArtifactError(f"{where}: its labels metadata names {len(names)} classes; the model has {num_classes}.")
     return names
 
 
@@ -220,11 +218,9 @@ def read_labels_file(path, num_classes: int | None = None) -> list[str]:
         names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read the labels file {path}: {e}") from None
-    problem = _labels_problem(names)
+    problem = _labels_problem(names, num_classes)
     if problem:
         raise InputError(f"the labels file {path}: {problem}.")
-    if num_classes is not None and len(names) != num_classes:
-        raise InputError(f"{path} has {len(names)} labels; the model has {num_classes} classes.")
     return names
 
 

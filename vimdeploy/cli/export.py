@@ -15,6 +15,7 @@ from .options import (
     ema_option,
     emit,
     json_option,
+    labels_option,
     nonfinite_option,
     progress_bar,
     progress_echo,
@@ -175,12 +176,7 @@ def tensorrt_recipe(precision: str, **given) -> dict:
     help="plugin: one trt.plugins::BiSelectiveScan node per layer (TensorRT plugin / vimdeploy's ORT op); "
     "onnx: standard ONNX ops only (Scan loops), runs anywhere.",
 )
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Class names to write into the metadata, one per line. Default: ImageNet-1k's for 1000 classes.",
-)
+@labels_option("Class names to write into the metadata, one per line. Default: ImageNet-1k's for 1000 classes.")
 @click.option("--no-simplify", is_flag=True, help="Skip graph simplification (onnxscript optimizer).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @precision_options

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import click
 
-from .options import arch_options, ema_option, emit, json_option, nonfinite_option, progress_echo, recipe_options
+from .options import (
+    arch_options,
+    ema_option,
+    emit,
+    json_option,
+    labels_option,
+    nonfinite_option,
+    progress_echo,
+    recipe_options,
+)
 
 
 @click.command("inspect")
@@ -48,12 +57,7 @@ info = click.Command(
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--img-size", default=None, help="Input resolution, N or HxW. Default: the model's own.")
 @click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Class names, one per line. Default: the model's own, else ImageNet-1k's for 1000 classes.",
-)
+@labels_option("Class names, one per line. Default: the model's own, else ImageNet-1k's for 1000 classes.")
 @recipe_options
 @ema_option
 @nonfinite_option

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -157,3 +158,10 @@ def _recipe_options(fn):
 
 #: the preprocessing options without --input-size, for a command that has its own size option
 recipe_options = _recipe_options
+
+
+def labels_option(help_text: str):
+    """--labels FILE: class names, one per line."""
+    return click.option(
+        "--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help=help_text
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import ema_option, emit, json_option, nonfinite_option, preprocessing_options
+from .options import ema_option, emit, json_option, labels_option, nonfinite_option, preprocessing_options
 
 
 @click.command("serve")
@@ -45,12 +45,7 @@ from .options import ema_option, emit, json_option, nonfinite_option, preprocess
     help="Model instances, each its own process with its own engine.",
 )
 @click.option("--features", is_flag=True, help="Also serve the `features` output.")
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Class names for top5_labels, one per line. Default: ImageNet-1k's for 1000 classes.",
-)
+@labels_option("Names for top5_labels, one per line. Default: the artifact's own, else ImageNet-1k's for 1000 classes.")
 @click.option(
     "--exit-timeout",
     type=int,
@@ -300,4 +295,9 @@ def bench_cmd(
     )
     from ..bench import format_table
 
-    emit(result, as_json, lambda r: click.echo(format_table(r)))
+    written = [str(json_out)] if json_out is not None else []
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(format_table(r) + "".join(f"\nwrote {p}" for p in [*written, *(r.get("plots") or [])])),
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .export import tensorrt_recipe
-from .options import emit, json_option, progress_echo
+from .options import emit, json_option, labels_option, progress_echo
 
 
 @click.group()
@@ -205,12 +205,7 @@ def build_cmd(
 )
 @click.option("--instances", type=int, default=1, show_default=True, help="Engine instances per GPU.")
 @click.option("--gpus", default=None, help="GPU ids the instances go on, e.g. 0,1. Default: every GPU.")
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Class names, one per line. Default: the artifact's own, else ImageNet-1k's for 1000 classes.",
-)
+@labels_option("Class names, one per line. Default: the artifact's own, else ImageNet-1k's for 1000 classes.")
 @click.option("--no-warmup", is_flag=True, help="Leave out model_warmup (random batches of 1 and the max batch).")
 @click.option("--force", is_flag=True, help="Replace the model folder if it exists.")
 @json_option
