@@ -26,7 +26,7 @@ def test_plugin_build_says_what_it_skipped_and_why():
     _run([sys.executable, "-c", f"print({CMAKE_OUTPUT!r}, end='')"], said.append)
     assert said == [
         "TensorRT plugin: skipped, no NvInfer.h found (pass --tensorrt-root)",
-        "ONNX Runtime library: skipped, no onnxruntime_c_api.h (set ONNXRUNTIME_INCLUDE_DIR)",
+        "ONNX Runtime library: skipped, no onnxruntime_c_api.h (set the environment variable ONNXRUNTIME_INCLUDE_DIR)",
         "[ 50%] Building CUDA object kernels/CMakeFiles/vimdeploy_kernels.dir/bi_selective_scan.cu.o",
         "[100%] Linking CUDA shared library libvimdeploy_kernels.so",
     ]

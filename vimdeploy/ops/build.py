@@ -27,7 +27,7 @@ _SKIPPED = (
     ("-- TensorRT headers not found", "TensorRT plugin: skipped, no NvInfer.h found (pass --tensorrt-root)"),
     (
         "-- vimdeploy ONNX Runtime library skipped: ",
-        "ONNX Runtime library: skipped, no onnxruntime_c_api.h (set ONNXRUNTIME_INCLUDE_DIR)",
+        "ONNX Runtime library: skipped, no onnxruntime_c_api.h (set the environment variable ONNXRUNTIME_INCLUDE_DIR)",
     ),
 )
 _PERCENT = re.compile(r"^\[\s*\d+%\] ")  # make's "[ 42%] Building CUDA object ..."
