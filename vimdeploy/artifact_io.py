@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .contract import DOMAIN
 from .errors import ArtifactError, InputError
-from .tensorrt.sidecar import TENSOR_NAME, read_sidecar, validate_sidecar
+from .tensorrt.sidecar import TENSOR_NAME, validate_sidecar
 
 __all__ = ["Tensor", "ModelIO", "from_sidecar", "from_onnx", "from_options", "LOGITS"]
 
@@ -174,9 +174,3 @@ def from_options(engine, input_name=None, output_name=None, input_size=None, max
         logits=logits,
         batch=(1, max_batch, max_batch),
     )
-
-
-def engine_io(engine, **options) -> ModelIO:
-    """An engine's tensors: from its sidecar, else from `options` (`from_options`)."""
-    sidecar = read_sidecar(engine)
-    return from_sidecar(sidecar) if sidecar is not None else from_options(engine, **options)

@@ -295,7 +295,7 @@ def write_triton_repo(
     pre, carried = artifact_preprocessing(artifact, io.num_classes)
     num = io.num_classes
     if labels is not None:
-        names = class_names(num, labels) if num else None
+        names = class_names(num, labels)
     else:
         names = carried if carried is not None else (class_names(num) if num == 1000 else None)
     op_lib = str(Path(op_library).resolve()) if op_library else None
