@@ -117,17 +117,30 @@ def inspect_onnx(path: str | Path) -> dict:
 
 
 def inspect_engine(path: str | Path) -> dict:
-    from .tensorrt.sidecar import read_sidecar
+    from .tensorrt.sidecar import read_sidecar, sidecar_path
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"no such engine: {path}")
-    side = read_sidecar(path, required=True) or {}
+    side = read_sidecar(path)
+    if side is None:  # built elsewhere (trtexec): only TensorRT itself could read its tensors
+        return {
+            "artifact": str(path),
+            "kind": "tensorrt-engine",
+            "size_mb": round(path.stat().st_size / 1e6, 2),
+            "sidecar": None,
+            "inputs": [],
+            "outputs": [],
+            "precision": None,
+            "preprocessing": None,
+            "labels": None,
+        }
     io = side.get("io", {})
     return {
         "artifact": str(path),
         "kind": "tensorrt-engine",
         "size_mb": round(path.stat().st_size / 1e6, 2),
+        "sidecar": str(sidecar_path(path)),
         "inputs": [{"name": n, **io.get(n, {})} for n in [side.get("input", "images")]],
         "outputs": [{"name": n, **io.get(n, {})} for n in side.get("outputs", [])],
         "precision": side.get("precision"),
@@ -223,6 +236,13 @@ def format_report(r: dict) -> str:
     lines = [f"{r['artifact']} ({r['kind']})"]
     if r["kind"] in ("npz", "npy"):
         lines += [f"  {a['name']}: {a['dtype']} {a['shape']}" for a in r["arrays"]]
+        return "\n".join(lines)
+    if r["kind"] == "tensorrt-engine" and r["sidecar"] is None:
+        lines.append(
+            f"  {r['size_mb']} MB; no sidecar ({Path(r['artifact']).name}.json): built outside `vimdeploy build`, "
+            "so its tensors, versions and preprocessing are not described here (`triton-repo` and `serve` "
+            "take them as options: docs/serving.md)"
+        )
         return "\n".join(lines)
     for key in ("inputs", "outputs"):
         for v in r[key]:

@@ -132,12 +132,12 @@ def serve(
     engine_options = {name: True for name, on in {"ema": ema, "allow_nonfinite": allow_nonfinite}.items() if on}
     if output_name is not None:
         engine_options["logits_output"] = output_name
-    # Open the artifact here once: a bad file is one clear error, not a model failing to load
-    # inside the server; and the probe tells the config its shapes.
-    engine = open_engine(artifact, **engine_options)
     size = parse_size(input_size, "--input-size")
     if size is not None and size[0] != size[1]:
         raise InputError(f"serve takes square inputs; got --input-size {input_size}.")
+    # Open the artifact here once: a bad file is one clear error, not a model failing to load
+    # inside the server; and the probe tells the config its shapes.
+    engine = open_engine(artifact, **engine_options)
     spec = probe(engine, features=features, size=size[0] if size else None)
     description = engine.describe()
     del engine
