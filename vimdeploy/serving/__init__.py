@@ -131,6 +131,8 @@ def serve(
     artifact = Path(artifact).resolve()
     engine_options = {name: True for name, on in {"ema": ema, "allow_nonfinite": allow_nonfinite}.items() if on}
     if output_name is not None:
+        if artifact.suffix.lower() not in (".onnx",):
+            raise InputError("--output-name is for an ONNX; an engine or a checkpoint names its class scores `logits`.")
         engine_options["logits_output"] = output_name
     size = parse_size(input_size, "--input-size")
     if size is not None and size[0] != size[1]:
