@@ -1,5 +1,5 @@
-"""Triton Inference Server model repositories: `vimdeploy triton-repo` around an engine, and
-the Python-backend model that `vimdeploy serve` runs (at the end of this module).
+"""Triton Inference Server model repositories: `vimdeploy triton-repo` around an engine or any
+ONNX, and the Python-backend model that `vimdeploy serve` runs (at the end of this module).
 
 Every config.pbtxt is a ModelConfig message of Triton's own schema (model_config.proto,
 compiled in tritonclient) printed with protobuf's text_format, never formatted by hand; the
@@ -24,8 +24,9 @@ Both load the self-registering library (libvimdeploy_trt_plugin.so, not the _dyn
 and it must be built against the TensorRT version inside the Triton container, which must
 also be the version the engine was built with.
 
-Everything here reads the sidecar (`model.plan.json`, from `vimdeploy build`) for shapes
-and types: no TensorRT needed.
+Shapes and types come from the engine's sidecar (`model.plan.json`, from `vimdeploy build`),
+an ONNX's graph, or options for what a file made elsewhere lacks (`vimdeploy.artifact_io`): no
+TensorRT needed. An ONNX becomes an `onnxruntime_onnx` model (`REPO/<name>/1/model.onnx`).
 """
 
 from __future__ import annotations
