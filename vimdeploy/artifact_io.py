@@ -106,7 +106,10 @@ def from_onnx(path, input_name=None, output_name=None, input_size=None, max_batc
     weights = {t.name for t in g.initializer}
     inputs = [v for v in g.input if v.name not in weights]
     if input_name is not None:
-        inputs = [v for v in inputs if v.name == input_name] or _missing_input(path, input_name, inputs)
+        chosen = [v for v in inputs if v.name == input_name]
+        if not chosen:
+            raise InputError(f"--input-name {input_name}: {path.name} has inputs {', '.join(v.name for v in inputs)}.")
+        inputs = chosen
     if len(inputs) != 1:
         raise InputError(
             f"{path.name} has inputs {', '.join(v.name for v in inputs)}: pass --input-name for the image input."
@@ -134,10 +137,6 @@ def from_onnx(path, input_name=None, output_name=None, input_size=None, max_batc
         batch=None if fixed else (1, top, top),
         custom_op=any(n.domain == DOMAIN for n in g.node),
     )
-
-
-def _missing_input(path, name, inputs):
-    raise InputError(f"--input-name {name}: {path.name} has inputs {', '.join(v.name for v in inputs)}.")
 
 
 def _onnx_type(value_info, path) -> str:
