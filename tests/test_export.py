@@ -168,6 +168,12 @@ def test_metadata_and_io(golden, golden_onnx):
     assert meta["vimdeploy.tokens"] == "197" and meta["vimdeploy.scan"] == "onnx"
     assert meta["vimdeploy.checkpoint_sha256"] == file_sha256(golden["checkpoint"])
     assert meta["vimdeploy.batch"] == "dynamic" and "vimdeploy.version" in meta
+    # DeiT's evaluation transform at 224 (cover 256, bicubic, ImageNet mean/std) and ImageNet's names
+    recipe = json.loads(meta["vimdeploy.preprocessing"])
+    assert (recipe["input_size"], recipe["resize_size"], recipe["interpolation"]) == ([224, 224], [256, 256], "bicubic")
+    assert (recipe["mean"], recipe["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    names = json.loads(meta["vimdeploy.labels"])
+    assert len(names) == 1000 and (names[0], names[1]) == ("tench", "goldfish")
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["logits", "features"]
     assert proto.ir_version <= 13

@@ -544,3 +544,67 @@ def test_option_errors_are_one_line(cli, monkeypatch):
     for option in ("--max-image-pixels", "--max-request-bytes"):
         result = cli("serve", digits.WEIGHTS, option, 0)
         assert result.exit_code == 1 and option in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# An ONNX made by another tool: no metadata, input `input.1`, output `output`
+
+
+def _independent_preprocess(image, mean, std):
+    """DeiT's evaluation transform at 32 px, written out: a square image is resized to
+    int(32 / 0.875) = 36 (bicubic), center-cropped to 32, scaled to 0..1, normalised."""
+    from PIL import Image
+
+    x = np.asarray(image.convert("RGB").resize((36, 36), Image.Resampling.BICUBIC).crop((2, 2, 34, 34)), np.float32)
+    return ((x / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)).transpose(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def foreign_server(serve_stack, tmp_path_factory):
+    from .test_triton import foreign_onnx
+
+    d = tmp_path_factory.mktemp("serve_foreign")
+    model = foreign_onnx(d / "cnn.onnx", classes=5)
+    names = d / "names.txt"
+    names.write_text("".join(f"kind {i}\n" for i in range(5)))
+    s = Server(
+        model,
+        *("--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--labels", names, "--max-batch", 4),
+        log=d / "foreign.log",
+    )
+    yield {"server": s, "model": model}
+    code, _ = s.stop(signal.SIGTERM)
+    assert code == 0, s.log_tail()
+
+
+def test_an_onnx_without_metadata_needs_mean_and_std(cli, tmp_path):
+    from .test_triton import foreign_onnx
+
+    model = foreign_onnx(tmp_path / "cnn.onnx")
+    result = cli("serve", model)
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "carries no preprocessing" in result.output and "pass --mean and --std" in result.output
+    result = cli("serve", model, "--mean", "0.5,0.5", "--std", "0.2,0.2,0.2")
+    assert result.exit_code == 1 and "mean" in result.output
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_onnx_made_elsewhere_is_served(foreign_server, reference, protocol):
+    """Its answers equal a plain onnxruntime.InferenceSession's on the same tensors; encoded images
+    are preprocessed with the --mean / --std given; top5_labels come from --labels."""
+    import onnxruntime
+
+    s = foreign_server["server"]
+    client = http_client(s) if protocol == "http" else grpc_client(s)
+    session = onnxruntime.InferenceSession(str(foreign_server["model"]), providers=["CPUExecutionProvider"])
+    x = reference["x"][:3]
+    expected = session.run(["output"], {"input.1": x})[0]
+    result = infer(client, x)
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=ATOL, rtol=0)
+    assert result.as_numpy("top5_labels")[0, 0] == f"kind {expected[0].argmax()}".encode()
+    pixels = np.stack([_independent_preprocess(im, [0.5] * 3, [0.25] * 3) for im in reference["pil"][:2]])
+    expected = session.run(["output"], {"input.1": pixels})[0]
+    result = infer(client, png=reference["png"][:2])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=ATOL, rtol=0)
+    meta = json.loads(get(f"http://{s.http}/v2/models/vim")[1])
+    assert {i["name"]: i["shape"] for i in meta["inputs"]}["images"] == [-1, 3, 32, 32]

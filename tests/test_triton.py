@@ -116,8 +116,10 @@ def test_refusals(engine, tmp_path):
     from vimdeploy.triton import write_triton_repo
 
     (tmp_path / "vim_t.plan.json").unlink()
-    with pytest.raises(ArtifactError, match="sidecar"):
+    with pytest.raises(InputError, match="no sidecar .* pass --input-size, --max-batch, --num-classes"):
         write_triton_repo(engine, tmp_path / "models")
+    with pytest.raises(InputError, match="pass --num-classes"):
+        write_triton_repo(engine, tmp_path / "models", input_size=(224, 224), max_batch=8)
 
 
 def test_labels_file_is_imagenet_in_index_order(cli, engine, tmp_path):
@@ -278,3 +280,105 @@ def test_serve_model_config_carries_the_settings(tmp_path):
         if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("/")
     )
     assert Path(inserted.value) / "vimdeploy" == Path(vimdeploy.__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Any ONNX or engine: made by another tool, without vimdeploy's metadata or sidecar
+
+
+def foreign_onnx(path, dynamic_hw: bool = False, classes: int = 5):
+    """A small CNN as a plain `torch.onnx.export` writes it (the TorchScript exporter, another tool's
+    settings): input `input.1`, output `output`, a dynamic batch, no metadata."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes)
+    ).eval()
+    axes = {0: "batch", **({2: "height", 3: "width"} if dynamic_hw else {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 32, 32),),
+            str(path),
+            dynamo=False,
+            input_names=["input.1"],
+            output_names=["output"],
+            dynamic_axes={"input.1": axes, "output": {0: "batch"}},
+            opset_version=17,
+        )
+    return path
+
+
+def test_triton_repo_of_an_onnx_made_elsewhere(cli, tmp_path):
+    onnx_path = foreign_onnx(tmp_path / "cnn.onnx")
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"kind {i}\n" for i in range(5)))
+    repo = tmp_path / "models"
+    result = cli("triton-repo", onnx_path, "-o", repo, "--name", "cnn", "--labels", names)
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime_onnx, input input.1, class scores output" in result.output
+    config = parse((repo / "cnn/config.pbtxt").read_text())
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8  # 8: the default for any batch
+    assert tensors(config.input) == {"input.1": ("TYPE_FP32", [3, 32, 32], "")}
+    assert tensors(config.output) == {"output": ("TYPE_FP32", [5], "labels.txt")}
+    assert (repo / "cnn/labels.txt").read_text().splitlines()[4] == "kind 4"
+    assert (repo / "cnn/1/model.onnx").read_bytes() == onnx_path.read_bytes()
+    assert "vimdeploy.preprocessing" not in config.parameters  # it carries none: none is invented
+    assert [(w.name, w.batch_size) for w in config.model_warmup] == [("random_batch_1", 1), ("random_batch_8", 8)]
+    result = cli("triton-repo", onnx_path, "-o", repo, "--name", "cnn", "--force", "--max-batch", "2")
+    assert result.exit_code == 0 and parse((repo / "cnn/config.pbtxt").read_text()).max_batch_size == 2
+    result = cli("triton-repo", onnx_path, "-o", repo, "--name", "x", "--output-name", "logits")
+    assert result.exit_code == 1 and "--output-name logits: cnn.onnx has outputs output" in result.output
+
+
+def test_triton_repo_names_the_missing_option(tmp_path):
+    """An ONNX of any height and width needs --input-size; an engine without a sidecar needs
+    --input-size, --max-batch and --num-classes: each missing one is named in one error line."""
+    dynamic = foreign_onnx(tmp_path / "any_size.onnx", dynamic_hw=True)
+    proc = run_cli("triton-repo", dynamic, "-o", tmp_path / "models")
+    assert_one_error_line(proc)
+    assert "takes any height and width: pass --input-size" in proc.stderr
+    proc = run_cli("triton-repo", dynamic, "-o", tmp_path / "models", "--input-size", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert tensors(parse((tmp_path / "models/vim/config.pbtxt").read_text()).input)["input.1"][1] == [3, 64, 64]
+
+    plan = tmp_path / "trtexec.plan"
+    plan.write_bytes(b"ftrt engine built elsewhere")
+    proc = run_cli("triton-repo", plan, "-o", tmp_path / "engines", "--input-size", "224")
+    assert_one_error_line(proc)
+    assert "no sidecar" in proc.stderr and "pass --max-batch, --num-classes" in proc.stderr
+    proc = run_cli(
+        "triton-repo", plan, "-o", tmp_path / "engines", "--input-size", "224", "--max-batch", "4",
+        "--num-classes", "1000", "--input-name", "input", "--output-name", "probs",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = parse((tmp_path / "engines/vim/config.pbtxt").read_text())
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 4
+    assert tensors(config.input) == {"input": ("TYPE_FP32", [3, 224, 224], "")}
+    assert tensors(config.output) == {"probs": ("TYPE_FP32", [1000], "labels.txt")}  # ImageNet's for 1000
+    assert sorted(p.name for p in (tmp_path / "engines/vim/1").iterdir()) == ["model.plan"]
+
+
+def test_triton_repo_of_a_vimdeploy_onnx_carries_its_recipe(tmp_path):
+    """A plugin-flavor ONNX needs the ONNX Runtime op library in the server: refused without
+    --op-library, listed under model_operations with it; the recipe is a config parameter."""
+    from vimdeploy import digits
+    from vimdeploy.export import export_onnx
+
+    out = export_onnx(digits.WEIGHTS, tmp_path / "digits.onnx", batch="dynamic")["output"]
+    proc = run_cli("triton-repo", out, "-o", tmp_path / "models")
+    assert_one_error_line(proc)
+    assert "BiSelectiveScan" in proc.stderr and "--op-library" in proc.stderr and "--scan onnx" in proc.stderr
+    library = tmp_path / "libvimdeploy_ort.so"
+    library.write_bytes(b"\x7fELF")
+    proc = run_cli("triton-repo", out, "-o", tmp_path / "models", "--op-library", library)
+    assert proc.returncode == 0, proc.stderr
+    config = parse((tmp_path / "models/vim/config.pbtxt").read_text())
+    assert list(config.model_operations.op_library_filename) == [str(library)]
+    recipe = json.loads(config.parameters["vimdeploy.preprocessing"].string_value)
+    assert (recipe["input_size"], recipe["resize_size"], recipe["interpolation"]) == ([32, 32], [36, 36], "bicubic")

@@ -91,7 +91,7 @@ def evaluate(
 
     `progress(label, total)` returns an `advance(n)` callback (the CLI draws a tqdm bar).
     """
-    from .data import load_images
+    from .data import artifact_recipe, load_images
     from .model import DYNAMIC, format_img_size, parse_img_size
     from .runtime import open_engine
 
@@ -111,12 +111,13 @@ def evaluate(
             if engine.num_classes < len(classes):
                 raise InputError(f"{artifact} has {engine.num_classes} classes; the data has {len(classes)}.")
             hw = tuple(engine.input_hw or wanted or (engine.default_input_size,) * 2)
+            recipe, _ = artifact_recipe(artifact, hw, engine.num_classes)  # the artifact's own preprocessing
             advance = progress(Path(artifact).name, len(files)) if progress else (lambda _n: None)
             start = time.perf_counter()
             top1, top5, preds = [], [], []
             for i in range(0, len(files), batch_size):
                 chunk = files[i : i + batch_size]
-                logits = engine.run(load_images(chunk, hw))["logits"]
+                logits = engine.run(load_images(chunk, recipe))["logits"]
                 if nonfinite({"logits": logits}):
                     raise ArtifactError(
                         f"{artifact} gives NaN/inf logits (first in {chunk[0]} .. {chunk[-1]}): "

@@ -31,6 +31,7 @@ def main():
 
 # In the order `vimdeploy --help` lists them (alphabetical in click).
 for _command in (
+    models.inspect,
     models.info,
     models.predict,
     models.infer,
@@ -41,7 +42,6 @@ for _command in (
     models.demo,
     tensorrt.plugin,
     tensorrt.build_cmd,
-    tensorrt.inspect_cmd,
     tensorrt.triton_repo,
     serve.serve_cmd,
     serve.bench_cmd,

@@ -15,6 +15,7 @@ from .options import (
     ema_option,
     emit,
     json_option,
+    labels_option,
     nonfinite_option,
     progress_bar,
     progress_echo,
@@ -175,6 +176,7 @@ def tensorrt_recipe(precision: str, **given) -> dict:
     help="plugin: one trt.plugins::BiSelectiveScan node per layer (TensorRT plugin / vimdeploy's ORT op); "
     "onnx: standard ONNX ops only (Scan loops), runs anywhere.",
 )
+@labels_option("Class names to write into the metadata, one per line. Default: ImageNet-1k's for 1000 classes.")
 @click.option("--no-simplify", is_flag=True, help="Skip graph simplification (onnxscript optimizer).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @precision_options
@@ -199,6 +201,7 @@ def export_cmd(
     batch,
     opset,
     scan,
+    labels,
     no_simplify,
     force,
     precision,
@@ -230,6 +233,7 @@ def export_cmd(
         opset=opset or DEFAULT_OPSET,
         scan=scan,
         simplify=not no_simplify,
+        labels=labels,
         ema=ema,
         overrides={**overrides, "allow_nonfinite": allow_nonfinite},
     )
@@ -245,6 +249,8 @@ def export_cmd(
             f"  Vim {s['variant']} at {at}, {s['flavor']} flavor, "
             f"batch {s['batch']}, opset {s['opset']}; export {t['export_s']:.1f}s, total {t['total_s']:.1f}s"
         )
+        if "precision_info" in s:
+            click.echo(f"  {s['precision']}: converted in {t['convert_s']:.1f}s from the fp32 export (not kept)")
         click.echo(f"  outputs: {', '.join(s['outputs'])}")
 
     emit(summary, as_json, human)

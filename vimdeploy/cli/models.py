@@ -9,44 +9,49 @@ from pathlib import Path
 import click
 
 from ..contract import PRECISIONS
-from .options import arch_options, device_option, ema_option, emit, json_option, nonfinite_option, progress_echo
+from .options import (
+    arch_options,
+    device_option,
+    ema_option,
+    emit,
+    json_option,
+    labels_option,
+    nonfinite_option,
+    progress_echo,
+    recipe_options,
+)
 
 
-@click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.command("inspect")
+@click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
 @ema_option
 @arch_options
 @json_option
-def info(checkpoint, ema, overrides, as_json):
-    """Describe a Vim checkpoint: variant, parameters, resolution, tokens, file contents."""
-    from ..inspection import checkpoint_info
-    from ..model.checkpoint import describe_nonfinite
+def inspect(artifact, ema, overrides, as_json):
+    """Describe any file: a checkpoint, an ONNX, a TensorRT engine, saved outputs (.npz / .npy).
 
-    data = checkpoint_info(checkpoint, ema=ema, **overrides)
+    \b
+    Checkpoint: variant, parameters, resolution, tokens, what the file holds.
+    ONNX / engine: inputs and outputs, precision, the preprocessing and class names it carries;
+    for an ONNX, node and op counts and whether TensorRT will take it (Q/DQ types, zero points and
+    scales, ops and attributes against onnx-tensorrt's table, BiSelectiveScan nodes against the op
+    contract): exit 1 if not. `info` is another name for this command.
+    """
+    from ..inspection import format_report, inspect_artifact
 
-    def human(d):
-        m = d["model"]
-        click.echo(f"{d['file']['path']}  ({d['file']['size_mb']:.1f} MB, sha256 {d['file']['sha256'][:16]}...)")
-        click.echo(
-            f"  variant      Vim {m['variant']}  (embed {m['embed_dim']}, depth {m['depth']}, "
-            f"d_state {m['d_state']}, d_inner {m['d_inner']}, dt_rank {m['dt_rank']})"
-        )
-        click.echo(f"  parameters   {m['parameters']:,}")
-        click.echo(
-            f"  resolution   {m['img_size']}x{m['img_size']}, patch {m['patch_size']} stride {m['stride']}, "
-            f"grid {m['grid']}x{m['grid']}, {m['tokens']} tokens (class token in the middle, index {m['cls_index']})"
-        )
-        click.echo(f"  classes      {m['num_classes']}")
-        f = d["file"]
-        click.echo(f"  weights from {f['weights_from']}  ({f['format']}, stored as {', '.join(f['stored_dtypes'])})")
-        click.echo(f"  non-finite   {describe_nonfinite(f['nonfinite_weights'])}")
-        click.echo(f"  file holds   {', '.join(f['top_level_keys']) or 'a bare state dict'}")
-        if f.get("epoch") is not None:
-            click.echo(f"  epoch        {f['epoch']}")
-        if f.get("training_model_name"):
-            click.echo(f"  trained as   {f['training_model_name']} at {f.get('training_input_size')}px")
+    report = inspect_artifact(artifact, ema=ema, **overrides)
+    emit(report, as_json, lambda r: click.echo(format_report(r)))
+    if report["kind"] == "onnx" and not report["tensorrt"]["compatible"]:
+        sys.exit(1)
 
-    emit(data, as_json, human)
+
+info = click.Command(
+    "info",
+    params=inspect.params,
+    callback=inspect.callback,
+    help="Another name for `vimdeploy inspect`: describe any file (checkpoint, ONNX, engine, .npz).",
+    short_help="Another name for `inspect`.",
+)
 
 
 @click.command()
@@ -54,26 +59,31 @@ def info(checkpoint, ema, overrides, as_json):
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--img-size", default=None, help="Input resolution, N or HxW. Default: the model's own.")
 @click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
+@labels_option("Class names, one per line. Default: the model's own, else ImageNet-1k's for 1000 classes.")
+@recipe_options
 @ema_option
 @nonfinite_option
 @json_option
-def predict(model, images, img_size, k, ema, allow_nonfinite, as_json):
-    """Classify images: top-k ImageNet classes with probabilities.
+def predict(model, images, img_size, k, labels, output_name, preprocessing_options, ema, allow_nonfinite, as_json):
+    """Classify images: the top-k classes with probabilities.
 
-    Preprocessing is DeiT's evaluation transform (shorter side to size/0.875 with
-    bicubic resampling, center crop, ImageNet mean/std).
+    Preprocessing and class names are the model's own (an export carries them); a checkpoint uses
+    DeiT's evaluation transform (shorter side to size/0.875 with bicubic resampling, center crop,
+    ImageNet mean/std). A model made by another tool takes --mean, --std and --labels.
     """
-    from ..data import load_images, topk
+    from ..data import artifact_recipe, load_images, topk
     from ..model import DYNAMIC, parse_img_size
     from ..runtime import open_engine
 
     size = parse_img_size(img_size)
     if size == DYNAMIC:
         raise click.BadParameter("predict runs at one size (N or HxW).", param_hint="--img-size")
-    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
+    options = {"logits_output": output_name} if output_name else {}
+    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite, **options) as engine:
         size = size or engine.input_hw or engine.default_input_size
-        logits = engine.run(load_images(images, size))["logits"]
-    results = [{"image": str(p), "top": row} for p, row in zip(images, topk(logits, k))]
+        recipe, names = artifact_recipe(model, size, engine.num_classes, labels=labels, **preprocessing_options)
+        logits = engine.run(load_images(images, recipe))["logits"]
+    results = [{"image": str(p), "top": row} for p, row in zip(images, topk(logits, k, names))]
 
     def human(rows):
         for r in rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -111,3 +112,56 @@ def progress_bar(label: str):
             state["bar"].close()
 
     return update
+
+
+def _numbers(value: str | None, option: str):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"takes 3 numbers separated by commas; got {value!r}", param_hint=option) from None
+
+
+def preprocessing_options(fn):
+    """What an artifact made elsewhere may not carry (vimdeploy/preprocessing.py); each replaces the
+    artifact's own. Passes `input_size`, `output_name` and `preprocessing_options` (a dict)."""
+    return _recipe_options(
+        click.option(
+            "--input-size", default=None, help="Input side N (or HxW) for an artifact that takes several sizes."
+        )(fn)
+    )
+
+
+def _recipe_options(fn):
+    from ..preprocessing import INTERPOLATIONS
+
+    @click.option("--mean", default=None, help="Per-channel mean of pixels scaled to 0..1, e.g. 0.485,0.456,0.406.")
+    @click.option("--std", default=None, help="Per-channel std, e.g. 0.229,0.224,0.225.")
+    @click.option("--resize-size", default=None, help="N or HxW the image is scaled to cover before the center crop.")
+    @click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default=None, help="Resize filter.")
+    @click.option(
+        "--output-name", default=None, help="The output holding class scores. Default: logits, else the only output."
+    )
+    @functools.wraps(fn)
+    def wrapper(*args, mean, std, resize_size, interpolation, **kwargs):
+        options = {
+            "mean": _numbers(mean, "--mean"),
+            "std": _numbers(std, "--std"),
+            "resize_size": resize_size,
+            "interpolation": interpolation,
+        }
+        return fn(*args, preprocessing_options={k: v for k, v in options.items() if v is not None}, **kwargs)
+
+    return wrapper
+
+
+#: the preprocessing options without --input-size, for a command that has its own size option
+recipe_options = _recipe_options
+
+
+def labels_option(help_text: str):
+    """--labels FILE: class names, one per line."""
+    return click.option(
+        "--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help=help_text
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import ema_option, emit, json_option, nonfinite_option
+from .options import ema_option, emit, json_option, labels_option, nonfinite_option, preprocessing_options
 
 
 @click.command("serve")
@@ -45,12 +45,7 @@ from .options import ema_option, emit, json_option, nonfinite_option
     help="Model instances, each its own process with its own engine.",
 )
 @click.option("--features", is_flag=True, help="Also serve the `features` output.")
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Class names for top5_labels, one per line. Default: ImageNet-1k's for 1000 classes.",
-)
+@labels_option("Names for top5_labels, one per line. Default: the artifact's own, else ImageNet-1k's for 1000 classes.")
 @click.option(
     "--exit-timeout",
     type=int,
@@ -72,6 +67,7 @@ from .options import ema_option, emit, json_option, nonfinite_option
     help="Inference needs the header vimdeploy-api-key: <the key>, read from environment variable VAR.",
 )
 @click.option("--verbose", is_flag=True, help="Print Triton's own log.")
+@preprocessing_options
 @ema_option
 @nonfinite_option
 @json_option
@@ -92,6 +88,9 @@ def serve_cmd(
     max_request_bytes,
     api_key_env,
     verbose,
+    input_size,
+    output_name,
+    preprocessing_options,
     ema,
     allow_nonfinite,
     as_json,
@@ -103,9 +102,13 @@ def serve_cmd(
     FP32 N x 3 x S x S, normalised; or `image_bytes` BYTES N x 1, encoded JPEG/PNG,
     preprocessed like `predict`. Outputs: logits, top5_indices, top5_labels,
     top5_scores (and features with --features). Needs `pip install 'vimdeploy[serve]'`.
+    Preprocessing and class names are the artifact's own; an ONNX or engine made by another
+    tool gets them from --mean, --std (--resize-size, --interpolation), --labels, and its
+    class-score output from --output-name where it has several outputs.
     \b
     Example:
       vimdeploy serve vim_t.onnx --max-batch 16 --instances 2
+      vimdeploy serve resnet.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --labels names.txt
       curl localhost:8000/v2/health/ready
       python samples/triton/client.py cat.jpg --url localhost:8000
     """
@@ -141,6 +144,9 @@ def serve_cmd(
         on_ready=ready,
         echo=(lambda line: click.echo(line, err=True)) if verbose else None,
         api_key=api_key_from_env(api_key_env) if api_key_env else None,
+        input_size=input_size,
+        output_name=output_name,
+        preprocessing_options=preprocessing_options,
         **{
             k: v
             for k, v in (("max_image_pixels", max_image_pixels), ("max_request_bytes", max_request_bytes))
@@ -289,4 +295,9 @@ def bench_cmd(
     )
     from ..bench import format_table
 
-    emit(result, as_json, lambda r: click.echo(format_table(r)))
+    written = [str(json_out)] if json_out is not None else []
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(format_table(r) + "".join(f"\nwrote {p}" for p in [*written, *(r.get("plots") or [])])),
+    )

@@ -1,14 +1,13 @@
-"""`build`, `inspect`, `triton-repo` and `plugin`: TensorRT engines, their description, Triton, the native libraries."""
+"""`build`, `triton-repo` and `plugin`: TensorRT engines, Triton, the native libraries."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from .export import tensorrt_recipe
-from .options import emit, json_option, progress_echo
+from .options import emit, json_option, labels_option, progress_echo
 
 
 @click.group()
@@ -39,7 +38,9 @@ def plugin_build(build_dir, cuda_archs, tensorrt_root, jobs, as_json):
     """Configure and build plugins/ and print the library paths."""
     from ..ops.build import build
 
-    paths = build(build_dir=build_dir, cuda_archs=cuda_archs, tensorrt_root=tensorrt_root, jobs=jobs)
+    paths = build(
+        build_dir=build_dir, cuda_archs=cuda_archs, tensorrt_root=tensorrt_root, jobs=jobs, progress=progress_echo()
+    )
     emit({k: str(v) for k, v in paths.items()}, as_json, lambda d: [click.echo(f"{k:20s} {v}") for k, v in d.items()])
 
 
@@ -171,26 +172,8 @@ def build_cmd(
     )
 
 
-@click.command("inspect")
-@click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
-@json_option
-def inspect_cmd(artifact, as_json):
-    """Describe an ONNX or a TensorRT engine; for an ONNX, say whether TensorRT will take it.
-
-    Inputs/outputs, metadata, precision, node and op counts. The TensorRT verdict checks
-    Q/DQ types, zero points and scales, ops and attributes against onnx-tensorrt's support
-    table, and BiSelectiveScan nodes against the op contract. Exit 1 if incompatible.
-    """
-    from ..inspection import format_report, inspect_artifact
-
-    report = inspect_artifact(artifact)
-    emit(report, as_json, lambda r: click.echo(format_report(r)))
-    if report["kind"] == "onnx" and not report["tensorrt"]["compatible"]:
-        sys.exit(1)
-
-
 @click.command("triton-repo")
-@click.argument("engine", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("artifact", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
     "-o",
     "--output",
@@ -200,24 +183,60 @@ def inspect_cmd(artifact, as_json):
     help="The model repository folder (created if missing).",
 )
 @click.option("--name", default="vim", show_default=True, help="Model name (its folder in the repository).")
-@click.option("--max-batch", type=int, default=None, help="Triton max_batch_size. Default: the engine's max batch.")
+@click.option(
+    "--max-batch",
+    type=int,
+    default=None,
+    help="Triton max_batch_size. Default: the engine's max batch; 8 for a dynamic-batch ONNX. Needed for an "
+    "engine without a sidecar.",
+)
+@click.option("--input-size", default=None, help="Input side N or HxW: an engine without a sidecar, a dynamic ONNX.")
+@click.option("--num-classes", type=int, default=None, help="Width of the class scores: an engine without a sidecar.")
+@click.option("--input-name", default=None, help="The image input. Default: the only input (images for an engine).")
+@click.option("--output-name", default=None, help="The output of class scores. Default: logits, else the only output.")
+@click.option(
+    "--op-library",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="vimdeploy's ONNX Runtime op library, for a plugin-flavor ONNX (Triton's model_operations).",
+)
 @click.option(
     "--queue-delay-us", type=int, default=100, show_default=True, help="dynamic_batching max_queue_delay_microseconds."
 )
 @click.option("--instances", type=int, default=1, show_default=True, help="Engine instances per GPU.")
 @click.option("--gpus", default=None, help="GPU ids the instances go on, e.g. 0,1. Default: every GPU.")
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Class names for `logits`, one per line. Default: ImageNet-1k's for a 1000-class engine.",
-)
+@labels_option("Class names, one per line. Default: the artifact's own, else ImageNet-1k's for 1000 classes.")
 @click.option("--no-warmup", is_flag=True, help="Leave out model_warmup (random batches of 1 and the max batch).")
 @click.option("--force", is_flag=True, help="Replace the model folder if it exists.")
 @json_option
-def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, labels, no_warmup, force, as_json):
-    """Write a Triton Inference Server model repository for ENGINE (needs its .json sidecar)."""
+def triton_repo(
+    artifact,
+    repo,
+    name,
+    max_batch,
+    input_size,
+    num_classes,
+    input_name,
+    output_name,
+    op_library,
+    queue_delay_us,
+    instances,
+    gpus,
+    labels,
+    no_warmup,
+    force,
+    as_json,
+):
+    """Write a Triton Inference Server model repository for ARTIFACT: a TensorRT engine or an ONNX.
+
+    \b
+    Any engine or ONNX, also one made by another tool: what it does not carry comes from options.
+      vimdeploy triton-repo vim_t.plan -o models/
+      vimdeploy triton-repo resnet.onnx -o models/ --name resnet --max-batch 16 --labels names.txt
+      vimdeploy triton-repo trtexec.plan -o models/ --input-size 224 --max-batch 8 --num-classes 1000
+    """
     from ..errors import InputError
+    from ..preprocessing import parse_size
     from ..triton import write_triton_repo
 
     try:
@@ -225,7 +244,7 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, 
     except ValueError:
         raise InputError(f"--gpus takes comma-separated GPU ids, e.g. 0,1; got {gpus!r}.") from None
     info = write_triton_repo(
-        engine,
+        artifact,
         repo,
         name=name,
         max_batch=max_batch,
@@ -235,12 +254,18 @@ def triton_repo(engine, repo, name, max_batch, queue_delay_us, instances, gpus, 
         gpus=gpu_ids,
         labels=labels,
         warmup=not no_warmup,
+        input_name=input_name,
+        output_name=output_name,
+        input_size=parse_size(input_size, "--input-size"),
+        num_classes=num_classes,
+        op_library=op_library,
     )
     emit(
         info,
         as_json,
         lambda i: click.echo(
-            f"wrote {i['model']} (max_batch_size {i['max_batch_size']}); see {i['repository']}/README.md "
-            "for loading the plugin library in tritonserver"
+            f"wrote {i['model']} ({i['platform']}, input {i['input']}, class scores {i['logits']}, max_batch_size "
+            f"{i['max_batch_size']}{', labels.txt' if i['labels'] else ''}) and {i['repository']}/README.md "
+            "(how to start tritonserver)"
         ),
     )

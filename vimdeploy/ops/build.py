@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,9 +21,39 @@ def find_nvcc() -> str | None:
     return None
 
 
-def build(build_dir=None, cuda_archs=None, tensorrt_root=None, jobs=None) -> dict[str, Path]:
+# What CMake's configure step says about a part it leaves out (plugins/CMakeLists.txt and
+# plugins/onnxruntime/CMakeLists.txt print these) -> how `plugin build` tells it.
+_SKIPPED = (
+    ("-- TensorRT headers not found", "TensorRT plugin: skipped, no NvInfer.h found (pass --tensorrt-root)"),
+    (
+        "-- vimdeploy ONNX Runtime library skipped: ",
+        "ONNX Runtime library: skipped, no onnxruntime_c_api.h (set the environment variable ONNXRUNTIME_INCLUDE_DIR)",
+    ),
+)
+_PERCENT = re.compile(r"^\[\s*\d+%\] ")  # make's "[ 42%] Building CUDA object ..."
+
+
+def _run(cmd, say) -> str:
+    """Run one CMake step, passing its progress lines and what it skips to `say`; its output back."""
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            lines.append(line)
+            skipped = next((text for start, text in _SKIPPED if line.startswith(start)), None)
+            if skipped or _PERCENT.match(line):
+                say(skipped or line)
+    out = "\n".join(lines)
+    if proc.returncode != 0:
+        raise PluginError(f"plugin build failed ({' '.join(cmd[:2])} ...):\n{out[-4000:]}")
+    return out
+
+
+def build(build_dir=None, cuda_archs=None, tensorrt_root=None, jobs=None, progress=None) -> dict[str, Path]:
     """Configure + build plugins/ with CMake (nvcc needed, TensorRT optional); returns
-    library_paths(build_dir). cuda_archs: "80;86;87;89;90" style string or list."""
+    library_paths(build_dir). cuda_archs: "80;86;87;89;90" style string or list. `progress(line)`
+    gets the steps, make's percentage lines and each part that is skipped, with why."""
+    say = progress or (lambda _line: None)
     d = Path(build_dir) if build_dir else default_build_dir()
     cmake = shutil.which("cmake")
     if cmake is None:
@@ -46,11 +77,11 @@ def build(build_dir=None, cuda_archs=None, tensorrt_root=None, jobs=None) -> dic
         cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
     if tensorrt_root:
         cfg.append(f"-DTENSORRT_ROOT={Path(tensorrt_root).resolve()}")
-    steps = [cfg, [cmake, "--build", str(d), "-j", str(jobs or os.cpu_count() or 2)]]
-    for cmd in steps:
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if r.returncode != 0:
-            raise PluginError(f"plugin build failed ({' '.join(cmd[:2])} ...):\n{r.stdout[-4000:]}")
+    jobs = jobs or os.cpu_count() or 2
+    say(f"configuring plugins/ in {d} (cmake)")
+    _run(cfg, say)
+    say(f"compiling ({jobs} jobs)")
+    _run([cmake, "--build", str(d), "-j", str(jobs)], say)
     paths = library_paths(d)
     if "kernels" not in paths:
         raise PluginError(f"build finished but the CUDA kernel library is missing in {d}")

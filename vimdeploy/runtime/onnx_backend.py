@@ -22,7 +22,7 @@ META_PREFIX = "vimdeploy."
 
 
 class OnnxEngine(Engine):
-    def __init__(self, path, threads: int | None = None, **_ignored):
+    def __init__(self, path, threads: int | None = None, logits_output: str | None = None, **_ignored):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -75,16 +75,23 @@ class OnnxEngine(Engine):
             if meta.get("patch_size", "").isdigit() and meta.get("stride", "").isdigit()
             else None
         )
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        if "logits" not in self.outputs:
+        # An ONNX made elsewhere names its class scores otherwise: `logits_output`, or its only output.
+        graph_outputs = [o.name for o in self.session.get_outputs()]
+        only = graph_outputs[0] if len(graph_outputs) == 1 else None
+        logits = logits_output or ("logits" if "logits" in graph_outputs else only)
+        if logits not in graph_outputs:
             raise ArtifactError(
-                f"{path} has no `logits` output (outputs: {', '.join(self.outputs)}); is it a vimdeploy export?"
+                f"{path} has no `logits` output (outputs: {', '.join(graph_outputs)}): name the one holding "
+                "class scores (--output-name)."
             )
-        self.num_classes = self.session.get_outputs()[self.outputs.index("logits")].shape[-1]
+        self.graph_names = {"logits": logits}
+        self.outputs = ["logits" if n == logits else n for n in graph_outputs if n != "logits" or n == logits]
+        self.num_classes = self.session.get_outputs()[graph_outputs.index(logits)].shape[-1]
 
     def _infer(self, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         with self.op_errors():
-            return dict(zip(names, self.session.run(names, {self.input_name: images})))
+            wanted = [self.graph_names.get(n, n) for n in names]
+            return dict(zip(names, self.session.run(wanted, {self.input_name: images})))
 
     def close(self) -> None:
         self.session = None

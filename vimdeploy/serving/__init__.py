@@ -106,6 +106,9 @@ def serve(
     api_key: str | None = None,
     on_ready=None,
     echo=None,
+    input_size=None,
+    output_name: str | None = None,
+    preprocessing_options: dict | None = None,
 ) -> dict:
     """Serve `artifact` until SIGINT or SIGTERM; then answer what is in flight and stop.
 
@@ -113,8 +116,13 @@ def serve(
     refused; with api_key, inference and model information need the header `API_KEY_HEADER`.
     on_ready(info) is called once the model is ready; echo(line), if given, gets every line
     the server logs. Returns a summary of the run. Must run in the main thread (signals).
+
+    Any ONNX or engine, also one made elsewhere: the preprocessing of `image_bytes` and the class
+    names are the artifact's (vimdeploy/preprocessing.py); `preprocessing_options` (mean, std,
+    resize_size, interpolation), `labels`, `input_size` and `output_name` supply or replace them.
     """
-    from ..data import class_names
+    from ..data import artifact_recipe
+    from ..preprocessing import parse_size
     from ..runtime import open_engine
 
     ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -122,19 +130,28 @@ def serve(
     dist = triton_distribution()
     artifact = Path(artifact).resolve()
     engine_options = {name: True for name, on in {"ema": ema, "allow_nonfinite": allow_nonfinite}.items() if on}
+    if output_name is not None:
+        if artifact.suffix.lower() not in (".onnx",):
+            raise InputError("--output-name is for an ONNX; an engine or a checkpoint names its class scores `logits`.")
+        engine_options["logits_output"] = output_name
+    size = parse_size(input_size, "--input-size")
+    if size is not None and size[0] != size[1]:
+        raise InputError(f"serve takes square inputs; got --input-size {input_size}.")
     # Open the artifact here once: a bad file is one clear error, not a model failing to load
     # inside the server; and the probe tells the config its shapes.
     engine = open_engine(artifact, **engine_options)
-    spec = probe(engine, features=features)
+    spec = probe(engine, features=features, size=size[0] if size else None)
     description = engine.describe()
     del engine
-    labels = str(Path(labels).resolve()) if labels is not None else None
-    class_names(spec.num_classes, labels)  # a labels file of the wrong length fails here
+    recipe, names = artifact_recipe(
+        artifact, spec.img_size, spec.num_classes, labels=labels, **(preprocessing_options or {})
+    )
     settings = {
         "artifact": str(artifact),
         "engine_options": engine_options,
         "spec": spec.to_dict(),
-        "labels": labels,
+        "label_names": names,
+        "preprocessing": recipe.to_json(),
         "max_image_pixels": int(max_image_pixels),
     }
 
@@ -166,6 +183,7 @@ def serve(
             "artifact": str(artifact),
             "engine": description,
             "spec": spec.to_dict(),
+            "preprocessing": recipe.to_dict(),
             "http": f"http://{probe_host}:{http_port}",
             "grpc": f"{probe_host}:{grpc_port}",
             "metrics": f"http://{probe_host}:{metrics_port}/metrics",

@@ -33,17 +33,19 @@ class TritonPythonModel:
         from PIL import Image
 
         from ..data import class_names
+        from ..preprocessing import from_json
         from ..runtime import open_engine
 
         config = json.loads(args["model_config"])
         settings = json.loads(config["parameters"][SETTINGS_KEY]["string_value"])
         spec = ModelSpec.from_dict(settings["spec"])
         engine = open_engine(settings["artifact"], **settings.get("engine_options", {}))
-        labels = class_names(spec.num_classes, settings.get("labels"))
+        labels = settings.get("label_names") or class_names(spec.num_classes)
+        recipe = from_json(settings["preprocessing"], "the serve settings")
         max_pixels = int(settings["max_image_pixels"])
         # PIL's own header check (DecompressionBombError, at twice this) must not refuse what we allow
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-        self.handler = Handler(engine, spec, labels, max_image_pixels=max_pixels)
+        self.handler = Handler(engine, spec, labels, max_image_pixels=max_pixels, recipe=recipe)
         # One call before the model reports ready, so that no client pays for lazy setup.
         zeros = np.zeros((1, 3, spec.img_size, spec.img_size), np.float32)
         self.handler.answer([self.handler.prepare(zeros, None)], features=spec.feature_dim is not None)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..data import MAX_IMAGE_PIXELS, class_names, open_image, preprocess, softmax
 from ..errors import InputError
+from ..preprocessing import Preprocessing, imagenet
 from ..runtime import Engine
 
 TOP_K = 5
@@ -70,8 +71,9 @@ class ModelSpec:
         return cls(**data)
 
 
-def probe(engine: Engine, features: bool = False) -> ModelSpec:
-    """Run one zero image through `engine` to learn its input size and output widths."""
+def probe(engine: Engine, features: bool = False, size: int | None = None) -> ModelSpec:
+    """Run one zero image through `engine` to learn its input size and output widths (`size`:
+    the side to serve an artifact that takes several at; default its own)."""
     if engine.input_hw is not None and engine.input_hw[0] != engine.input_hw[1]:
         from ..errors import ArtifactError
 
@@ -79,7 +81,7 @@ def probe(engine: Engine, features: bool = False) -> ModelSpec:
             f"vimdeploy serve takes square inputs; this artifact is fixed at "
             f"{engine.input_hw[0]}x{engine.input_hw[1]}: export it with --img-size N or dynamic."
         )
-    size = engine.input_size or engine.default_input_size
+    size = engine.input_size or size or engine.default_input_size
     out = engine.run(np.zeros((1, 3, size, size), np.float32), features=features)
     feature_dim = int(out["features"].shape[-1]) if features else None
     return ModelSpec(img_size=int(size), num_classes=int(out["logits"].shape[-1]), feature_dim=feature_dim)
@@ -100,16 +102,17 @@ def open_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
         raise InputError(f"not a readable {kinds} image ({type(e).__name__}: {e})") from None
 
 
-def decode_image(data: bytes, img_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Encoded JPEG/PNG bytes -> (3, img_size, img_size) float32, preprocessed like `predict`."""
-    return _decode(open_image_bytes(data, max_pixels), img_size)
+def decode_image(data: bytes, recipe, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded JPEG/PNG bytes -> (3, H, W) float32, preprocessed like `predict` (`recipe`: a
+    `Preprocessing`, or a side for DeiT's)."""
+    return _decode(open_image_bytes(data, max_pixels), recipe)
 
 
-def _decode(image, img_size: int) -> np.ndarray:
+def _decode(image, recipe) -> np.ndarray:
     kinds = "/".join(IMAGE_FORMATS)
     try:
         with image:
-            return preprocess(image, img_size)
+            return preprocess(image, recipe)
     except Exception as e:  # noqa: BLE001 - as above: a header that read well, pixel data that does not
         raise InputError(f"not a readable {kinds} image ({type(e).__name__}: {e})") from None
 
@@ -118,11 +121,17 @@ class Handler:
     """Turns requests into one engine call and the engine's outputs back into answers."""
 
     def __init__(
-        self, engine: Engine, spec: ModelSpec, labels: list[str] | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS
+        self,
+        engine: Engine,
+        spec: ModelSpec,
+        labels: list[str] | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        recipe: Preprocessing | None = None,
     ):
         self.engine = engine
         self.spec = spec
         self.max_image_pixels = max_image_pixels
+        self.recipe = recipe or imagenet(spec.img_size)  # how `image_bytes` become `images`
         names = labels if labels is not None else class_names(spec.num_classes)
         self.labels = np.array([n.encode("utf-8") for n in names], dtype=np.object_)
 
@@ -151,7 +160,7 @@ class Handler:
                 opened.append(open_image_bytes(data, self.max_image_pixels))
             decoded = []
             for i, image in enumerate(opened):  # noqa: B007 - i names the image in the error
-                decoded.append(_decode(image, self.spec.img_size))
+                decoded.append(_decode(image, self.recipe))
         except InputError as e:
             raise InputError(f"image_bytes[{i}] is {e}") from None
         finally:

@@ -37,7 +37,7 @@ from ..fileio import atomic_path, check_target, file_sha256, load_onnx
 from .imports import LazyModule, import_cudart, import_tensorrt
 from .plugin import find_plugin, load_plugin, plugin_record
 from .profiles import check_profile_grid, parse_size_range
-from .sidecar import SIDECAR_FORMAT, current_machine, sidecar_path, write_engine
+from .sidecar import SIDECAR_FORMAT, current_machine, description_entries, sidecar_path, write_engine
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -437,6 +437,7 @@ def build_engine(
             },
         },
         "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
+        **description_entries(info["metadata"]),
     }
     write_engine(output, engine_bytes, sidecar, force=force)
     # After the engine is safely on disk: a cache that cannot be saved costs a warning only.

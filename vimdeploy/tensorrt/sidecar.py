@@ -2,7 +2,8 @@
 
 `vimdeploy build` writes it next to the engine; the runtime checks it against the machine
 before deserializing (a clear error instead of TensorRT's); `triton-repo` and `inspect`
-read shapes and versions from it. No TensorRT needed except for `current_machine`.
+read shapes and versions from it, `predict` and `serve` the preprocessing and labels the
+ONNX carried (vimdeploy/preprocessing.py). No TensorRT needed except for `current_machine`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from ..contract import PRECISIONS
 from ..errors import ArtifactError
 from ..fileio import atomic_path
+from ..preprocessing import LABELS_KEY, PREPROCESSING_KEY, from_json, parse_labels
 from .imports import cuda_call, import_cudart
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "write_engine",
     "check_sidecar",
     "current_machine",
+    "description_entries",
+    "TENSOR_NAME",
 ]
 
 SIDECAR_FORMAT = "vimdeploy-engine/1"
@@ -33,7 +37,8 @@ SIDECAR_FORMAT = "vimdeploy-engine/1"
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 # What a sidecar's strings may hold: they end up in configs, comments and messages.
-_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}", re.ASCII)  # tensor names
+TENSOR_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}", re.ASCII)  # tensor names
+_NAME = TENSOR_NAME
 _DTYPE = re.compile(r"[A-Z0-9]{1,16}", re.ASCII)  # FP32, FP16, INT8, ...
 _TEXT = re.compile(r"[\w .,:;()+/@#-]{0,256}", re.ASCII)  # versions, GPU names, paths: one line, no quotes
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,63}", re.ASCII)
@@ -129,6 +134,13 @@ def validate_sidecar(data: dict) -> str | None:
             all(a <= b for a, b in zip(lo, hi)) for lo, hi in zip(shapes, shapes[1:])
         ):
             return f"profile {profile!r} does not run min <= opt <= max"
+    try:
+        if data.get(PREPROCESSING_KEY) is not None:
+            from_json(data[PREPROCESSING_KEY], "the sidecar")
+        if data.get(LABELS_KEY) is not None:
+            parse_labels(data[LABELS_KEY], "the sidecar")
+    except ArtifactError as e:
+        return str(e).removeprefix("the sidecar: ")
     plugin = data.get("plugin")
     if plugin is not None:
         if not isinstance(plugin, dict) or not isinstance(plugin.get("path"), str) or "\n" in plugin["path"]:
@@ -138,6 +150,17 @@ def validate_sidecar(data: dict) -> str | None:
         ):
             return f"plugin sha256 {plugin['sha256']!r} is not a sha256 digest"
     return None
+
+
+def description_entries(onnx_metadata: dict) -> dict[str, Any]:
+    """The preprocessing and labels of an ONNX's metadata (prefix removed, JSON strings), decoded
+    and checked, as the sidecar keeps them: the engine describes itself as its ONNX did."""
+    out: dict[str, Any] = {}
+    if onnx_metadata.get(PREPROCESSING_KEY) is not None:
+        out[PREPROCESSING_KEY] = from_json(onnx_metadata[PREPROCESSING_KEY], "the ONNX").to_dict()
+    if onnx_metadata.get(LABELS_KEY) is not None:
+        out[LABELS_KEY] = parse_labels(onnx_metadata[LABELS_KEY], "the ONNX")
+    return out
 
 
 def write_engine(output: str | Path, engine: bytes, sidecar: dict[str, Any], force: bool = False) -> Path:
