@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import arch_options, ema_option, emit, json_option, nonfinite_option, progress_echo
+from .options import arch_options, device_option, ema_option, emit, json_option, nonfinite_option, progress_echo
 
 
 @click.command()
@@ -53,10 +53,11 @@ def info(checkpoint, ema, overrides, as_json):
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--img-size", default=None, help="Input resolution, N or HxW. Default: the model's own.")
 @click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def predict(model, images, img_size, k, ema, allow_nonfinite, as_json):
+def predict(model, images, img_size, k, device, ema, allow_nonfinite, as_json):
     """Classify images: top-k ImageNet classes with probabilities.
 
     Preprocessing is DeiT's evaluation transform (shorter side to size/0.875 with
@@ -69,7 +70,7 @@ def predict(model, images, img_size, k, ema, allow_nonfinite, as_json):
     size = parse_img_size(img_size)
     if size == DYNAMIC:
         raise click.BadParameter("predict runs at one size (N or HxW).", param_hint="--img-size")
-    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
+    with open_engine(model, device=device, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
         size = size or engine.input_hw or engine.default_input_size
         logits = engine.run(load_images(images, size))["logits"]
     results = [{"image": str(p), "top": row} for p, row in zip(images, topk(logits, k))]
@@ -108,10 +109,11 @@ def predict(model, images, img_size, k, ema, allow_nonfinite, as_json):
     help="Comma-separated outputs to write instead, e.g. logits,feature_map,feature_map_11 (a checkpoint "
     "gives any of them).",
 )
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def infer(model, input_path, output, features, output_names, ema, allow_nonfinite, as_json):
+def infer(model, input_path, output, features, output_names, device, ema, allow_nonfinite, as_json):
     """Run MODEL on a saved batch and write its outputs (the scriptable way to run any artifact).
 
     The batch may have any height and width the model takes (one size for a fixed export, any
@@ -128,7 +130,7 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
         images = np.load(input_path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise InputError(f"cannot read {input_path} as a .npy array: {e}") from None
-    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
+    with open_engine(model, device=device, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
         names = [n.strip() for n in output_names.split(",") if n.strip()] if output_names else engine.default_outputs()
         if features and "features" not in names:
             names.append("features")
@@ -177,10 +179,11 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
     help="Size to compare at (N or HxW) for an artifact that takes several. Default: the artifact's, "
     "else the checkpoint's.",
 )
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonfinite, as_json):
+def validate(artifact, ref, images, batch, atol, seed, img_size, device, ema, allow_nonfinite, as_json):
     """Compare ARTIFACT with the PyTorch reference on the same inputs; exit 1 beyond tolerance.
 
     Inputs: seeded random tensors and real photographs. Reports max abs / relative error,
@@ -198,6 +201,7 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonf
         ema=ema,
         img_size=img_size,
         allow_nonfinite=allow_nonfinite,
+        device=device,
         progress=None if as_json else progress_echo(),
     )
     emit(report, as_json, lambda r: click.echo(format_report(r)))
@@ -228,10 +232,11 @@ def validate(artifact, ref, images, batch, atol, seed, img_size, ema, allow_nonf
     help="Size (N or HxW) for artifacts that take several (checkpoints, dynamic exports). Default: "
     "each artifact's own, else its trained resolution.",
 )
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, allow_nonfinite, as_json):
+def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, device, ema, allow_nonfinite, as_json):
     """Top-1 / top-5 accuracy of each ARTIFACT (checkpoint, .onnx, .plan) on labelled images.
 
     \b
@@ -260,6 +265,7 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, all
             img_size=img_size,
             allow_nonfinite=allow_nonfinite,
             ema=ema,
+            device=device,
             progress=progress,
         )
     finally:
