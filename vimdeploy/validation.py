@@ -104,6 +104,7 @@ def validate_artifact(
     progress=None,
     img_size=None,
     allow_nonfinite: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Every output of `artifact` against the PyTorch reference `ref`, at the artifact's
     resolution (or `img_size`, N or "HxW", for one that takes several). Pass/fail: the
@@ -113,8 +114,8 @@ def validate_artifact(
     say = progress or (lambda _msg: None)
     say(f"opening {artifact} and the reference {ref}")
     with (
-        open_engine(artifact, allow_nonfinite=allow_nonfinite) as engine,
-        open_engine(ref, ema=ema, allow_nonfinite=allow_nonfinite) as reference,
+        open_engine(artifact, device=device, allow_nonfinite=allow_nonfinite) as engine,
+        open_engine(ref, device=device, ema=ema, allow_nonfinite=allow_nonfinite) as reference,
     ):
         return _validate(engine, reference, artifact, ref, images, random_batch, atol, seed, precision, say, img_size)
 

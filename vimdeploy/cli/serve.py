@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import ema_option, emit, json_option, nonfinite_option
+from .options import device_option, ema_option, emit, json_option, nonfinite_option
 
 
 @click.command("serve")
@@ -72,6 +72,7 @@ from .options import ema_option, emit, json_option, nonfinite_option
     help="Inference needs the header vimdeploy-api-key: <the key>, read from environment variable VAR.",
 )
 @click.option("--verbose", is_flag=True, help="Print Triton's own log.")
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
@@ -92,6 +93,7 @@ def serve_cmd(
     max_request_bytes,
     api_key_env,
     verbose,
+    device,
     ema,
     allow_nonfinite,
     as_json,
@@ -141,6 +143,7 @@ def serve_cmd(
         on_ready=ready,
         echo=(lambda line: click.echo(line, err=True)) if verbose else None,
         api_key=api_key_from_env(api_key_env) if api_key_env else None,
+        device=device,
         **{
             k: v
             for k, v in (("max_image_pixels", max_image_pixels), ("max_request_bytes", max_request_bytes))
@@ -201,13 +204,7 @@ def serve_cmd(
     type=click.Choice(["deit_tiny", "deit_tiny_eager", "deit_tiny_sdpa"]),
     help="Also run timm's DeiT-Ti (untrained) at each size: deit_tiny = eager and SDPA attention. Needs timm.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cuda", "cpu"]),
-    default="cuda",
-    show_default=True,
-    help="cpu only for CPU-capable models (--scan fast, .onnx); timed by the wall clock there.",
-)
+@device_option
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--iters", type=int, default=50, show_default=True, help="Timed calls per configuration (at most).")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Time budget per configuration.")
@@ -262,7 +259,7 @@ def bench_cmd(
     Examples:
       vimdeploy bench --model vim_tiny --cuda-graphs --sizes 224,512,1024 --batch 1 --max-batch 128
       vimdeploy bench vim_t.pth --scan fast --compare deit_tiny --json-out bench.json --plot-dir plots/
-      vimdeploy bench vim_t.onnx --device cpu --sizes 224
+      vimdeploy bench vim_t.onnx --sizes 224
     """
     from ..bench import main_bench
 

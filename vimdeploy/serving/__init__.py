@@ -106,6 +106,7 @@ def serve(
     api_key: str | None = None,
     on_ready=None,
     echo=None,
+    device: str = "auto",
 ) -> dict:
     """Serve `artifact` until SIGINT or SIGTERM; then answer what is in flight and stop.
 
@@ -122,6 +123,7 @@ def serve(
     dist = triton_distribution()
     artifact = Path(artifact).resolve()
     engine_options = {name: True for name, on in {"ema": ema, "allow_nonfinite": allow_nonfinite}.items() if on}
+    engine_options["device"] = device  # every instance's engine, as the probe's
     # Open the artifact here once: a bad file is one clear error, not a model failing to load
     # inside the server; and the probe tells the config its shapes.
     engine = open_engine(artifact, **engine_options)
