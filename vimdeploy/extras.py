@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "torch": ("reading a checkpoint or exporting", "PyTorch", "export"),
     "onnxscript": ("exporting to ONNX", "onnxscript", "export"),
     "onnxconverter_common": ("FP16 conversion", "onnxconverter-common", "export"),
+    "safetensors": ("reading a .safetensors checkpoint", "safetensors", "export"),
 }
 
 
