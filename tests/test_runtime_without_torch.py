@@ -6,16 +6,15 @@ API and the CLI, with the golden's parity bound, and imports no torch module; `v
 export` there is one error line that says which install adds PyTorch.
 
 The native library (plugins/onnxruntime): the one vimdeploy finds ($VIMDEPLOY_ORT_LIBRARY, the
-one `pip install` built into the package), else built with `vimdeploy.ops.build.build_ort_library`
-where ONNX Runtime's C API header is found ($ONNXRUNTIME_INCLUDE_DIR, else ../ext/onnxruntime/
-include beside the checkout); the tests that need it skip, saying so, where it cannot be.
+one `pip install` built into the package), else tests/test_ort_library.py's, built with
+`vimdeploy.ops.build.build_ort_library` where ONNX Runtime's C API header is found; the tests
+that need it skip, saying so, where it cannot be.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +24,9 @@ import pytest
 
 from vimdeploy.runtime import open_engine
 
-from .conftest import REPO
 from .test_export import golden_onnx  # noqa: F401 - the session's golden exports (both flavors)
 from .test_golden import TOL
+from .test_ort_library import ort_library  # noqa: F401 - built where the C API header is found
 from .test_plugin_cuda import FP16_LOGITS_TOL
 
 FLAVORS = ("plugin", "onnx")
@@ -46,7 +45,8 @@ class NoTorch:
 sys.meta_path.insert(0, NoTorch())
 """
 
-# The Python API in the child: each flavor's outputs to an .npz, what the engine says it is.
+# The Python API in the child: each flavor's outputs to an .npz, what the engine says it is;
+# then the modules that run artifacts are imported, and no torch module may have been.
 CHILD = r"""
 import json, sys
 import numpy as np
@@ -59,6 +59,8 @@ for flavor, path in job["models"].items():
     with open_engine(path, scan_op=job["scan_op"]) as engine:
         np.savez(f"{job['out']}_{flavor}.npz", **engine.run(images, features=True))
         described[flavor] = engine.describe()
+# What runs artifacts imports no torch either: the CLI, serving, evaluation, validation, bench.
+import vimdeploy.bench, vimdeploy.cli, vimdeploy.evaluation, vimdeploy.serving, vimdeploy.validation  # noqa: E401
 try:
     import torch
     blocked = False
@@ -69,33 +71,13 @@ print(json.dumps({"described": described, "torch_blocked": blocked, "torch_modul
 """
 
 
-def header_dir() -> Path | None:
-    for d in (os.environ.get("ONNXRUNTIME_INCLUDE_DIR"), REPO.parent / "ext" / "onnxruntime" / "include"):
-        if d and (Path(d) / "onnxruntime_c_api.h").is_file():
-            return Path(d)
-    return None
-
-
 @pytest.fixture(scope="session")
-def ort_library_file(tmp_path_factory) -> Path:
+def ort_library_file(request) -> Path:
     """The native ONNX Runtime library vimdeploy finds ($VIMDEPLOY_ORT_LIBRARY, the package's),
-    else one built here."""
+    else tests/test_ort_library.py's (built from ONNX Runtime's C API header where found)."""
     from vimdeploy.ops.native import ort_library_path
 
-    found = ort_library_path()
-    if found is not None:
-        return found
-    include = header_dir()
-    if include is None:
-        pytest.skip(
-            "ONNX Runtime's C API header (onnxruntime_c_api.h) not found: set ONNXRUNTIME_INCLUDE_DIR to the "
-            "include/ of an ONNX Runtime release to build the native library"
-        )
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake not found: it builds the native ONNX Runtime library")
-    from vimdeploy.ops.build import build_ort_library
-
-    return build_ort_library(include, tmp_path_factory.mktemp("ort_library"))
+    return ort_library_path() or request.getfixturevalue("ort_library")
 
 
 def no_torch_env(tmp_path: Path, **extra) -> dict:

@@ -49,7 +49,7 @@ from ..contract import (
     NUM_INPUTS,
     OP_TYPE,
 )
-from ..errors import ArtifactError
+from ..errors import ArtifactError, InputError
 from ..ops.check import ScanInputError, check_scan_inputs
 from ..ops.inputs import ScanInputs
 from ..ops.native import PluginError, load_cpu_library, ort_library_path
@@ -206,7 +206,7 @@ def implementation(requested: str = "auto") -> tuple[str, str | None]:
     """("library", its path) or ("python", None): the native library where built (required for
     "library": PluginError where it is not), else the Python op."""
     if requested not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown {OP_TYPE} implementation {requested!r}; known: {', '.join(IMPLEMENTATIONS)}")
+        raise InputError(f"unknown {OP_TYPE} implementation {requested!r}; known: {', '.join(IMPLEMENTATIONS)}")
     library = ort_library_path() if requested != "python" else None
     if library is not None:
         return "library", str(library)
@@ -225,7 +225,13 @@ def session_options(threads: int | None = None, library: str | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.register_custom_ops_library(library or custom_ops_library())
+    if library is None:
+        so.register_custom_ops_library(custom_ops_library())
+    else:
+        try:
+            so.register_custom_ops_library(library)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's own error types
+            raise PluginError(f"ONNX Runtime cannot load {library}: {str(e).splitlines()[0]}") from None
     if threads:
         so.intra_op_num_threads = threads
     return so
