@@ -15,8 +15,8 @@ from .errors import VimdeployError
 
 __all__ = ["EXTRAS", "MissingDependency", "reraise", "install_hint"]
 
-# PyTorch's CPU build: the export extra's torch without the CUDA libraries.
-TORCH_CPU = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+# PyTorch's CPU build (no CUDA libraries), the version CI tests (pyproject.toml's export extra).
+TORCH_CPU = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 
 # top-level module -> (what needs it, the package that provides it, the extra that installs it)
 EXTRAS: dict[str, tuple[str, str, str]] = {

@@ -133,7 +133,10 @@ class OnnxEngine(Engine):
     def _scan_op_description(self) -> str:
         if self.scan_op == "library":
             return f"native ONNX Runtime library ({self.op_library})"
-        return "Python op (onnxruntime-extensions) on the native CPU kernel"
+        from ..ops.native import cpu_available
+
+        kernel = "the native CPU kernel" if cpu_available() else "the PyTorch scan (the native CPU kernel is not built)"
+        return f"Python op (onnxruntime-extensions) on {kernel}"
 
     def describe(self) -> dict:
         return {
