@@ -197,3 +197,18 @@ def test_bench_on_an_onnx_runs_where_it_can_by_default(cli, digits_onnx, tmp_pat
     data = json.loads(out.read_text())
     assert data["rows"][0]["status"] == "ok" and data["rows"][0]["device"] == "cpu"
     assert data["runners"][0]["provider"] == "CPUExecutionProvider"
+
+
+@pytest.mark.cuda
+def test_a_checkpoint_runs_on_the_gpu_by_default_where_pytorch_has_one():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
+    from vimdeploy.digits import WEIGHTS, digit_batch
+    from vimdeploy.runtime import open_engine
+
+    x = digit_batch()[0][:8]
+    with open_engine(WEIGHTS) as gpu, open_engine(WEIGHTS, device="cpu") as cpu:
+        assert gpu.describe()["device"].startswith("cuda") and cpu.describe()["device"] == "cpu"
+        np.testing.assert_allclose(gpu.run(x)["logits"], cpu.run(x)["logits"], rtol=0, atol=1e-4)
