@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import DOMAIN
-from ..errors import ArtifactError
+from ..errors import ArtifactError, VimdeployError
 from ..fileio import load_onnx
 from .base import Engine
 
@@ -109,9 +109,13 @@ class OnnxEngine(Engine):
         return [CUDA, CPU]
 
     def _session(self, ort, source, options, providers: list[str], device: str):
-        """The session on `providers`; on the CPU where "auto" asked for CUDA and it failed."""
+        """The session on `providers`; on the CPU where "auto" asked for CUDA and it failed. The
+        op's refusal of the node (the native library checks its attributes here) is its error."""
         try:
-            session = ort.InferenceSession(source, options, providers=providers)
+            with self.op_errors():
+                session = ort.InferenceSession(source, options, providers=providers)
+        except VimdeployError:
+            raise
         except Exception as e:  # noqa: BLE001
             if device == "auto" and providers[0] == CUDA:
                 return self._session(ort, source, options, [CPU], "cpu")
