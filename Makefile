@@ -1,24 +1,45 @@
 # Entry points (see README): `make demo`, `make test` and `make lint` (each sets up .venv first),
 # and `make test-aarch64` (the CPU kernel built for 64-bit ARM and run under qemu; no Python).
-VENV       ?= .venv
-PYTHON     ?= python3
-# The CPU wheel keeps CI and laptops light; override e.g. TORCH_SPEC='torch==2.11.*' on a GPU box.
-TORCH_SPEC ?= torch==2.13.0
-PY         := $(VENV)/bin/python
+VENV        ?= .venv
+PYTHON      ?= python3
+# PyTorch's CPU build, from PyTorch's own index: the wheel on PyPI is the CUDA build (with
+# its nvidia-* wheels, gigabytes). A pip configured with a local copy of the CPU wheel (find-links)
+# takes it from there when the index cannot be reached. On a GPU box, e.g.
+# TORCH_SPEC='torch==2.11.*' TORCH_INDEX=https://download.pytorch.org/whl/cu128.
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: setup demo test lint test-aarch64 clean
 
 setup: $(VENV)/.installed
 
-# The native CPU scan is compiled by the install: rebuild it when its sources change.
-$(VENV)/.installed: pyproject.toml setup.py plugins/cpu/bi_selective_scan_cpu.cpp plugins/cpu/compile_flags.txt $(wildcard plugins/include/vimdeploy/*.h)
+# A venv with PyTorch (from TORCH_INDEX; its own dependencies come with the package's) and
+# vimdeploy with the extras $(1). The native libraries are compiled by the install (setup.py):
+# rebuilt when their sources change. With ONNXRUNTIME_INCLUDE_DIR set to a folder holding ONNX
+# Runtime's onnxruntime_c_api.h, the install also builds the native ONNX Runtime library.
+NATIVE_SOURCES := pyproject.toml setup.py plugins/cpu/bi_selective_scan_cpu.cpp plugins/cpu/compile_flags.txt \
+                  plugins/onnxruntime/bi_selective_scan_ort.cpp $(wildcard plugins/include/vimdeploy/*.h)
+define install
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'tensorrt-stubs==10.13.0.35.1'
+	$(PIP) --no-deps --retries 1 --index-url $(TORCH_INDEX) '$(TORCH_SPEC)'
+	$(PIP) -e '.[$(1)]'
+endef
+
+# Everything `make test` and `make lint` need: the dev extra (tests, Triton, mypy, ruff), which
+# holds the demo and export extras.
+$(VENV)/.installed: $(NATIVE_SOURCES)
+	$(call install,dev)
+	$(PIP) --no-deps 'tensorrt-stubs==10.13.0.35.1'
+	touch $@ $(VENV)/.installed-demo
+
+$(VENV)/.installed-demo: $(NATIVE_SOURCES)
+	$(call install,demo)
 	touch $@
 
-demo: setup
+# The demo extra only (no Triton, no mypy, no numpy < 2), or the venv `make setup` made.
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/vimdeploy demo
 
 test: setup

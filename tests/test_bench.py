@@ -115,7 +115,7 @@ def test_plot_writes_both_pngs(tmp_path):
 
 def test_cli_errors_without_cuda(cli, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    res = cli("bench", "--model", "vim_tiny", "--sizes", "224")
+    res = cli("bench", "--model", "vim_tiny", "--sizes", "224", "--device", "cuda")
     assert res.exit_code == 1
     assert "no CUDA GPU" in res.output and "--device cpu" in res.output
     res = cli("bench", "--model", "vim_tiny", "--scan", "cuda", "--device", "cpu")

@@ -28,13 +28,13 @@ import torch
 from onnx import TensorProto, helper
 
 from vimdeploy.contract import ACTIVATIONS, DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from vimdeploy.ops.build import build_ort_library
 
 from .conftest import REPO
 from .test_golden import TOL
 from .test_plugin_cuda import FP16_LOGITS_TOL
 from .test_scan import close, reference64, scan_inputs
 
-LIBRARY_NAME = "libvimdeploy_onnxruntime.so"
 ERROR_EXIT = 3  # the child's exit status when ONNX Runtime raised
 
 # Run in a fresh interpreter: onnxruntime + numpy only, as any ONNX Runtime user would.
@@ -82,19 +82,7 @@ def ort_library(tmp_path_factory) -> Path:
         )
     if shutil.which("cmake") is None:
         pytest.skip("cmake not found")
-    return build_library(include, tmp_path_factory.mktemp("ort_library"))
-
-
-def build_library(include, build: Path) -> Path:
-    """plugins/onnxruntime built with CMake against the C API header in `include`."""
-    source = REPO / "plugins" / "onnxruntime"
-    for cmd in (
-        ["cmake", "-S", str(source), "-B", str(build), f"-DONNXRUNTIME_INCLUDE_DIR={include}"],
-        ["cmake", "--build", str(build)],
-    ):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
-    return build / LIBRARY_NAME
+    return build_ort_library(include, tmp_path_factory.mktemp("ort_library"))
 
 
 def run_child(library: Path, model, feed: dict, tmp_path: Path, env: dict | None = None):

@@ -86,6 +86,7 @@ def evaluate(
     ema: bool = False,
     allow_nonfinite: bool = False,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    device: str = "auto",
 ) -> list[dict]:
     """One result per artifact: {artifact, images, top1, top5 (fractions), agreement_top1, ...}.
 
@@ -107,7 +108,7 @@ def evaluate(
         raise InputError("--img-size for evaluate is one size (N or HxW), not 'dynamic'.")
     results, first_top1 = [], None
     for artifact in artifacts:
-        with open_engine(artifact, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
+        with open_engine(artifact, device=device, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
             if engine.num_classes < len(classes):
                 raise InputError(f"{artifact} has {engine.num_classes} classes; the data has {len(classes)}.")
             hw = tuple(engine.input_hw or wanted or (engine.default_input_size,) * 2)

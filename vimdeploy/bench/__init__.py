@@ -17,10 +17,12 @@ ONNX model or TensorRT engine). For each runner, resolution and batch it
 * `max_forward_s`: a call slower than that (the first warm-up tells) is recorded as
   "too_slow" with its time, and larger resolutions of that runner are skipped.
 
-Engines opened with `open_engine` (.onnx, .plan/.engine, or a checkpoint on the CPU) take
-numpy batches and copy results back, so they are timed by the wall clock around `run()`
-(host<->device copies included); ONNX Runtime runs on the CPU (`--device cpu`), where
-GPU memory does not apply.
+Engines opened with `open_engine` (.onnx, .plan/.engine) take numpy batches and copy
+results back, so they are timed by the wall clock around `run()` (host<->device copies
+included). An .onnx runs where `--device` (default auto) lets ONNX Runtime run it: the CPU,
+or CUDAExecutionProvider for a portable export where onnxruntime-gpu offers it; on the CPU
+GPU memory does not apply. A checkpoint or --model on "auto" runs on the GPU where PyTorch
+has one, else on the CPU.
 
 Resolutions must be on the patch grid (side = 16 + k*16 for stride 16): a requested size
 that is not (e.g. 738) is snapped to the nearest one (736) and both are recorded; the DeiT

@@ -11,6 +11,20 @@ from .runners import TorchRunner, engine_runner
 from .search import run_bench
 
 
+def resolve_device(device: str, suffix: str) -> str:
+    """Device "auto" for a checkpoint or --model: the GPU where PyTorch has one, else the CPU; for a
+    TensorRT engine: the GPU. An .onnx keeps "auto": its engine decides (open_engine)."""
+    if device != "auto" or suffix == ".onnx":
+        return device
+    from ..tensorrt.sidecar import ENGINE_SUFFIXES
+
+    if suffix in ENGINE_SUFFIXES:
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device: str, cpu_capable: bool):
     """No CUDA: a clear error unless a CPU-capable model runs with device='cpu'."""
     import torch
@@ -18,7 +32,7 @@ def check_device(device: str, cpu_capable: bool):
     if device == "cuda" and not torch.cuda.is_available():
         raise BenchError(
             "no CUDA GPU here: `vimdeploy bench` measures GPU throughput and memory. "
-            "For a CPU-only model (--scan fast, or an .onnx) pass --device cpu."
+            "For a CPU-capable model (--scan fast or auto, or an .onnx) pass --device cpu or auto."
         )
     if device == "cpu" and not cpu_capable:
         raise BenchError(
@@ -37,7 +51,7 @@ def main_bench(
     cuda_graphs=False,
     compile=False,
     compare=(),
-    device="cuda",
+    device="auto",
     warmup=3,
     iters=50,
     seconds=2.0,
@@ -56,14 +70,13 @@ def main_bench(
 
     if (model is None) == (model_name is None):
         raise BenchError("give MODEL (a checkpoint, .onnx or engine) or --model vim_tiny, not both or neither")
+    suffix = Path(model).suffix.lower() if model is not None else ""
+    device = resolve_device(device, suffix)
     scan = scan or ("cuda" if device == "cuda" else "auto")
     dtype = dtype or ("fp16" if device == "cuda" else "fp32")
-    suffix = Path(model).suffix.lower() if model is not None else ""
     is_engine = suffix in (".onnx", *ENGINE_SUFFIXES)
-    cpu_capable = (suffix == ".onnx") or (not is_engine and scan != "cuda" and not cuda_graphs)
-    check_device(device, cpu_capable)
-    if device == "cpu" and compare:
-        raise BenchError("--compare runs on the GPU only (the comparison is about GPU throughput and memory)")
+    if suffix != ".onnx":  # an .onnx: ONNX Runtime says where it can run (open_engine)
+        check_device(device, not is_engine and scan != "cuda" and not cuda_graphs)
     sizes = parse_int_list(sizes)
     batches = parse_int_list(batches)
     if max_batch is not None and max_batch <= 0:
@@ -73,12 +86,15 @@ def main_bench(
     if is_engine:
         opts = {"cuda_graph": True} if (suffix != ".onnx" and cuda_graphs) else {}
         runners = [engine_runner(model, device=device, **opts)]
+        device = runners[0].device
     else:
         runners = [
             vim_runner(
                 model_name or model, scan=scan, dtype=dtype, device=device, cuda_graphs=cuda_graphs, compile=compile
             )
         ]
+    if device == "cpu" and compare:
+        raise BenchError("--compare runs on the GPU only (the comparison is about GPU throughput and memory)")
     runners += list(extra_runners)
     for name in dict.fromkeys(compare):
         for mode in DEIT_MODES[name]:

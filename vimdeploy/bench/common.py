@@ -74,15 +74,18 @@ def _smi(field_: str) -> str:
 
 
 def environment(device: str = "cuda") -> dict:
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError:  # an .onnx benchmarked by the runtime-only install
+        torch = None
 
     env = {
-        "torch": torch.__version__,
+        "torch": torch.__version__ if torch else None,
         "python": platform.python_version(),
         "device": device,
         "command": " ".join([sys.argv[0].rsplit("/", 1)[-1]] + sys.argv[1:]),
     }
-    if device == "cuda" and torch.cuda.is_available():
+    if device == "cuda" and torch and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         env.update(
             gpu=torch.cuda.get_device_name(0),

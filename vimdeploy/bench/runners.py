@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .common import BenchError, is_oom
+from .common import is_oom
 
 
 @dataclass
@@ -114,24 +114,19 @@ class EngineRunner(Runner):
         self._x = None
 
 
-def engine_runner(path, device="cpu", scan="auto", **options) -> EngineRunner:
+def engine_runner(path, device="auto", scan="auto", **options) -> EngineRunner:
+    """An engine opened on `device` (open_engine: an .onnx where ONNX Runtime can run it, a
+    TensorRT engine on the GPU); the runner's device is the one the engine runs on."""
     from pathlib import Path
 
     from ..runtime import open_engine
-    from ..tensorrt.sidecar import ENGINE_SUFFIXES
 
     path = Path(path)
-    if path.suffix.lower() == ".onnx" and device != "cpu":
-        raise BenchError(
-            "an .onnx model runs with ONNX Runtime on the CPU: pass --device cpu "
-            "(for GPU numbers build a TensorRT engine with `vimdeploy build` and bench the .plan)"
-        )
-    if path.suffix.lower() in ENGINE_SUFFIXES and device != "cuda":
-        raise BenchError("a TensorRT engine runs on the GPU: use --device cuda")
-    engine = open_engine(path, **options)
+    engine = open_engine(path, device=device, **options)
+    about = engine.describe()
+    info = {"model": str(path), "backend": type(engine).__name__}
+    if "provider" in about:
+        info["provider"] = about["provider"]
     return EngineRunner(
-        f"{path.name} ({type(engine).__name__})",
-        engine,
-        device=device,
-        info={"model": str(path), "backend": type(engine).__name__},
+        f"{path.name} ({type(engine).__name__})", engine, device=about.get("device", device).split(":")[0], info=info
     )

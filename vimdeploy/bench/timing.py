@@ -22,7 +22,8 @@ def _cleanup(device):
 
 def time_calls(fn, n, timer):
     """n timings (ms) of fn: CUDA events around each call ("cuda") or the wall clock."""
-    import torch
+    if timer == "cuda":
+        import torch
 
     samples = []
     for _ in range(n):

@@ -61,10 +61,13 @@ info = click.Command(
 @click.option("-k", "--top", "k", type=int, default=5, show_default=True, help="How many classes to show.")
 @labels_option("Class names, one per line. Default: the model's own, else ImageNet-1k's for 1000 classes.")
 @recipe_options
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def predict(model, images, img_size, k, labels, output_name, preprocessing_options, ema, allow_nonfinite, as_json):
+def predict(
+    model, images, img_size, k, labels, output_name, preprocessing_options, device, ema, allow_nonfinite, as_json
+):
     """Classify images: the top-k classes with probabilities.
 
     Preprocessing and class names are the model's own (an export carries them); a checkpoint uses
@@ -79,7 +82,7 @@ def predict(model, images, img_size, k, labels, output_name, preprocessing_optio
     if size == DYNAMIC:
         raise click.BadParameter("predict runs at one size (N or HxW).", param_hint="--img-size")
     options = {"logits_output": output_name} if output_name else {}
-    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite, **options) as engine:
+    with open_engine(model, device=device, ema=ema, allow_nonfinite=allow_nonfinite, **options) as engine:
         size = size or engine.input_hw or engine.default_input_size
         recipe, names = artifact_recipe(model, size, engine.num_classes, labels=labels, **preprocessing_options)
         logits = engine.run(load_images(images, recipe))["logits"]
@@ -119,10 +122,11 @@ def predict(model, images, img_size, k, labels, output_name, preprocessing_optio
     help="Comma-separated outputs to write instead, e.g. logits,feature_map,feature_map_11 (a checkpoint "
     "gives any of them).",
 )
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def infer(model, input_path, output, features, output_names, ema, allow_nonfinite, as_json):
+def infer(model, input_path, output, features, output_names, device, ema, allow_nonfinite, as_json):
     """Run MODEL on a saved batch and write its outputs (the scriptable way to run any artifact).
 
     The batch may have any height and width the model takes (one size for a fixed export, any
@@ -139,7 +143,7 @@ def infer(model, input_path, output, features, output_names, ema, allow_nonfinit
         images = np.load(input_path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise InputError(f"cannot read {input_path} as a .npy array: {e}") from None
-    with open_engine(model, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
+    with open_engine(model, device=device, ema=ema, allow_nonfinite=allow_nonfinite) as engine:
         names = [n.strip() for n in output_names.split(",") if n.strip()] if output_names else engine.default_outputs()
         if features and "features" not in names:
             names.append("features")
@@ -284,7 +288,7 @@ def validate(
         precision=precision,
         img_size=img_size,
         allow_nonfinite=allow_nonfinite,
-        device=None if device == "auto" else device,  # auto: each backend's own default
+        device=device,
         save_ref=save_ref,
         progress=None if as_json else progress_echo(),
     )
@@ -321,10 +325,11 @@ def validate(
     help="Size (N or HxW) for artifacts that take several (checkpoints, dynamic exports). Default: "
     "each artifact's own, else its trained resolution.",
 )
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
-def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, allow_nonfinite, as_json):
+def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, device, ema, allow_nonfinite, as_json):
     """Top-1 / top-5 accuracy of each ARTIFACT (checkpoint, .onnx, .plan) on labelled images.
 
     \b
@@ -353,6 +358,7 @@ def evaluate(artifacts, data, labels_file, limit, batch_size, img_size, ema, all
             img_size=img_size,
             allow_nonfinite=allow_nonfinite,
             ema=ema,
+            device=device,
             progress=progress,
         )
     finally:

@@ -11,12 +11,14 @@ from pathlib import Path
 import click
 
 from ..errors import VimdeployError
+from ..extras import install_hint
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class FriendlyGroup(click.Group):
-    """Turns expected failures (VimdeployError) into one clear line and exit status 1."""
+    """Turns expected failures (VimdeployError, an optional dependency that is not installed)
+    into one clear line and exit status 1."""
 
     def invoke(self, ctx):
         try:
@@ -24,6 +26,12 @@ class FriendlyGroup(click.Group):
         except VimdeployError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except ModuleNotFoundError as e:
+            hint = install_hint(e.name)
+            if hint is None:
+                raise
+            click.echo(f"error: {hint}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

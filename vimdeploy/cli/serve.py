@@ -8,7 +8,15 @@ from pathlib import Path
 
 import click
 
-from .options import ema_option, emit, json_option, labels_option, nonfinite_option, preprocessing_options
+from .options import (
+    device_option,
+    ema_option,
+    emit,
+    json_option,
+    labels_option,
+    nonfinite_option,
+    preprocessing_options,
+)
 
 
 @click.command("serve")
@@ -68,6 +76,7 @@ from .options import ema_option, emit, json_option, labels_option, nonfinite_opt
 )
 @click.option("--verbose", is_flag=True, help="Print Triton's own log.")
 @preprocessing_options
+@device_option
 @ema_option
 @nonfinite_option
 @json_option
@@ -91,6 +100,7 @@ def serve_cmd(
     input_size,
     output_name,
     preprocessing_options,
+    device,
     ema,
     allow_nonfinite,
     as_json,
@@ -147,6 +157,7 @@ def serve_cmd(
         input_size=input_size,
         output_name=output_name,
         preprocessing_options=preprocessing_options,
+        device=device,
         **{
             k: v
             for k, v in (("max_image_pixels", max_image_pixels), ("max_request_bytes", max_request_bytes))
@@ -207,13 +218,7 @@ def serve_cmd(
     type=click.Choice(["deit_tiny", "deit_tiny_eager", "deit_tiny_sdpa"]),
     help="Also run timm's DeiT-Ti (untrained) at each size: deit_tiny = eager and SDPA attention. Needs timm.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cuda", "cpu"]),
-    default="cuda",
-    show_default=True,
-    help="cpu only for CPU-capable models (--scan fast, .onnx); timed by the wall clock there.",
-)
+@device_option
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--iters", type=int, default=50, show_default=True, help="Timed calls per configuration (at most).")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Time budget per configuration.")
@@ -268,7 +273,7 @@ def bench_cmd(
     Examples:
       vimdeploy bench --model vim_tiny --cuda-graphs --sizes 224,512,1024 --batch 1 --max-batch 128
       vimdeploy bench vim_t.pth --scan fast --compare deit_tiny --json-out bench.json --plot-dir plots/
-      vimdeploy bench vim_t.onnx --device cpu --sizes 224
+      vimdeploy bench vim_t.onnx --sizes 224
     """
     from ..bench import main_bench
 

@@ -1,25 +1,30 @@
-"""ONNX Runtime CPU implementation of `trt.plugins::BiSelectiveScan`: the op, the session
-options that know it, and the casts that let it run fp16 graphs.
+"""ONNX Runtime CPU implementations of `trt.plugins::BiSelectiveScan`: the session options
+that know the op, and the casts that let the Python op run fp16 graphs. No PyTorch.
 
-A Python custom op of onnxruntime-extensions: ONNX Runtime calls back into Python with
-numpy arrays over its own buffers, and the callback hands their addresses to the native
-CPU kernel (vimdeploy/ops/native.py, the same library as the PyTorch "cpu" scan) through
-ctypes: no PyTorch and no copy in the callback. Where the native kernel is not built, the
-callback falls back to the PyTorch scan (and says so once).
+Two implementations, one chosen per session (`implementation`):
 
-Why a node cost ~14 ms more than its scan (benchmarks/bench_ort_op_overhead.py): not the
-callback but onnxruntime-extensions' return path. Its Python side turns the op's result
+* "library": the native custom-op library (plugins/onnxruntime, `RegisterCustomOps` on ONNX
+  Runtime's C API, the CPU kernel inside), registered with `register_custom_ops_library`
+  where it is built (`vimdeploy.ops.native.ort_library_path`). It takes fp32 and fp16 nodes
+  and reports a refused input as ONNX Runtime's error (`library_errors` makes that a
+  ScanInputError).
+* "python": a Python custom op of onnxruntime-extensions: ONNX Runtime calls back into Python
+  with numpy arrays over its own buffers, and the callback hands their addresses to the native
+  CPU kernel (vimdeploy/ops/native.py, the same library as the PyTorch "cpu" scan) through
+  ctypes, no copy in the callback. Where the native kernel is not built, the callback falls
+  back to the PyTorch scan where PyTorch is installed (and says so once).
+
+Why a Python-op node cost ~14 ms more than its scan (benchmarks/bench_ort_op_overhead.py): not
+the callback but onnxruntime-extensions' return path. Its Python side turns the op's result
 into a Python list (`rv.flatten().tolist()`, onnxruntime_extensions/_ocos.py) that its C++
 side turns back into an array (`numpy.ascontiguousarray`) before a memcpy: 75,648 Python
 floats for one Vim-Ti layer at batch 1. `_ArrayResult` hands it the array itself where it
 asks for the list, so only the memcpys remain (inputs are copied into numpy arrays, the
 output out of one).
 
-Limits (FINDINGS): float32 only (the Python ops of onnxruntime-extensions do not take
-float16; cast around the node to validate fp16 graphs), and every declared attribute must
-be present on the node (the exporter always writes all four). A native ONNX Runtime
-custom-op library would remove the Python round trip; it needs ONNX Runtime's C API
-header, which no package that can be installed here ships.
+Limits of the Python op (FINDINGS): float32 only (the Python ops of onnxruntime-extensions do
+not take float16; `with_fp32_scan_nodes` casts around the node to validate fp16 graphs), and
+every declared attribute must be present on the node (the exporter always writes all four).
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ from ..contract import (
     NUM_INPUTS,
     OP_TYPE,
 )
-from ..errors import ArtifactError
-from ..ops import ScanInputs
-from ..ops.check import check_scan_inputs
-from ..ops.native import PluginError, load_cpu_library
+from ..errors import ArtifactError, InputError
+from ..ops.check import ScanInputError, check_scan_inputs
+from ..ops.inputs import ScanInputs
+from ..ops.native import PluginError, load_cpu_library, ort_library_path
 from ..ops.params import ScanParams
+
+IMPLEMENTATIONS = ("auto", "library", "python")
 
 
 def _threads() -> int:
@@ -84,8 +91,11 @@ def _native(arrays: list[np.ndarray], delta_softplus: bool, out_scale: float, th
     return y
 
 
-def _torch(arrays: list[np.ndarray], delta_softplus: bool, out_scale: float) -> np.ndarray:
-    import torch
+def _torch(arrays: list[np.ndarray], delta_softplus: bool, out_scale: float, why: str) -> np.ndarray:
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise PluginError(f"{why}, and PyTorch (the fallback) is not installed") from None
 
     from ..ops.reference import bi_selective_scan_fast
 
@@ -106,15 +116,17 @@ class _ArrayResult(np.ndarray):
 def bi_selective_scan_numpy(
     arrays: list[np.ndarray], delta_softplus: bool = DEFAULT_DELTA_SOFTPLUS, out_scale: float = DEFAULT_OUT_SCALE
 ) -> np.ndarray:
-    """The op on numpy arrays: the native CPU kernel where built, else the PyTorch scan; a
-    ScanInputError (vimdeploy.ops.check) for inputs or attributes that break the contract."""
+    """The op on numpy arrays: the native CPU kernel where built, else the PyTorch scan where
+    installed (else a PluginError); a ScanInputError (vimdeploy.ops.check) for inputs or
+    attributes that break the contract."""
     arrays = [np.ascontiguousarray(a) for a in arrays]
     check_scan_inputs(arrays, delta_softplus, out_scale, native=True)
     try:
         return _native(arrays, delta_softplus, out_scale)
     except PluginError as e:
+        y = _torch(arrays, delta_softplus, out_scale, str(e))
         _warn_once(str(e))
-        return _torch(arrays, delta_softplus, out_scale)
+        return y
 
 
 @functools.lru_cache(maxsize=1)
@@ -190,15 +202,53 @@ def custom_ops_library() -> str:
     return get_library_path()
 
 
-def session_options(threads: int | None = None):
-    """ORT SessionOptions with the BiSelectiveScan op available."""
+def implementation(requested: str = "auto") -> tuple[str, str | None]:
+    """("library", its path) or ("python", None): the native library where built (required for
+    "library": PluginError where it is not), else the Python op."""
+    if requested not in IMPLEMENTATIONS:
+        raise InputError(f"unknown {OP_TYPE} implementation {requested!r}; known: {', '.join(IMPLEMENTATIONS)}")
+    library = ort_library_path() if requested != "python" else None
+    if library is not None:
+        return "library", str(library)
+    if requested == "library":
+        raise PluginError(
+            "the ONNX Runtime custom-op library is not built: reinstall vimdeploy with ONNXRUNTIME_INCLUDE_DIR "
+            "set to the include/ of an ONNX Runtime release, or build plugins/onnxruntime with CMake "
+            "(vimdeploy.ops.build.build_ort_library) and set VIMDEPLOY_ORT_LIBRARY"
+        )
+    return "python", None
+
+
+def session_options(threads: int | None = None, library: str | None = None):
+    """ORT SessionOptions with the BiSelectiveScan op: the native library at `library`, else
+    the Python op."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.register_custom_ops_library(custom_ops_library())
+    if library is None:
+        so.register_custom_ops_library(custom_ops_library())
+    else:
+        try:
+            so.register_custom_ops_library(library)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's own error types
+            raise PluginError(f"ONNX Runtime cannot load {library}: {str(e).splitlines()[0]}") from None
     if threads:
         so.intra_op_num_threads = threads
     return so
+
+
+@contextlib.contextmanager
+def library_errors():
+    """Around `session.run` of a session with the native library: its refusal of the node's
+    inputs (ONNX Runtime's error, holding the library's `trt.plugins::BiSelectiveScan: why`)
+    raised as a ScanInputError with that reason."""
+    marker = f"{DOMAIN}::{OP_TYPE}: "
+    try:
+        yield
+    except Exception as e:
+        if marker not in str(e):
+            raise
+        raise ScanInputError(str(e).split(marker, 1)[1].strip()) from None
 
 
 @contextlib.contextmanager
@@ -225,11 +275,11 @@ def sessions_with_scan_op():
         ort.SessionOptions = original
 
 
-# ---- fp16 graphs: the op takes fp32 only
+# ---- fp16 graphs: the Python op takes fp32 only
 
 
 def with_fp32_scan_nodes(model: onnx.ModelProto) -> bool:
-    """Make fp16 BiSelectiveScan nodes runnable by the fp32-only ONNX Runtime op, in place.
+    """Make fp16 BiSelectiveScan nodes runnable by the fp32-only Python op, in place.
 
     Casts fp16 activations to fp32 before the node and its output back to fp16 after it.
     That is exact emulation of the fp16 plugin, which widens fp16 to fp32 on load, computes

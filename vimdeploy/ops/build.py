@@ -1,5 +1,7 @@
 """Building plugins/ with CMake + nvcc: the CUDA kernel library and the TensorRT plugins
-(`vimdeploy plugin build`). Where the sources and the libraries are: `vimdeploy.ops.native`."""
+(`vimdeploy plugin build`); and with CMake alone, the ONNX Runtime custom-op library against
+ONNX Runtime's C API header (`build_ort_library`). Where the sources and the libraries are:
+`vimdeploy.ops.native`."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .native import PLUGIN_SRC, PluginError, default_build_dir, library_paths
+from .native import LIB_NAMES, PLUGIN_SRC, PluginError, default_build_dir, library_paths
 
-__all__ = ["build", "find_nvcc"]
+__all__ = ["build", "build_ort_library", "find_nvcc", "ORT_HEADER"]
+
+ORT_HEADER = "onnxruntime_c_api.h"  # the one ONNX Runtime header the library is built against
 
 
 def find_nvcc() -> str | None:
@@ -86,3 +90,25 @@ def build(build_dir=None, cuda_archs=None, tensorrt_root=None, jobs=None, progre
     if "kernels" not in paths:
         raise PluginError(f"build finished but the CUDA kernel library is missing in {d}")
     return paths
+
+
+def build_ort_library(include_dir, build_dir, jobs=None, progress=None) -> Path:
+    """plugins/onnxruntime built with CMake (no nvcc) against the ONNX Runtime C API header in
+    `include_dir` (a release archive's include/); returns the library's path. Point
+    $VIMDEPLOY_ORT_LIBRARY at it for vimdeploy to use it (`vimdeploy.ops.native.ort_library_path`)."""
+    include = Path(include_dir)
+    if not (include / ORT_HEADER).is_file():
+        raise PluginError(f"{ORT_HEADER} not found in {include}: give the include/ of an ONNX Runtime release")
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise PluginError("cmake not found: install CMake >= 3.18 to build the ONNX Runtime library")
+    d = Path(build_dir)
+    source = str((PLUGIN_SRC / "onnxruntime").resolve())
+    cfg = [cmake, "-S", source, "-B", str(d), f"-DONNXRUNTIME_INCLUDE_DIR={include.resolve()}"]
+    say = progress or (lambda _line: None)
+    _run(cfg, say)
+    _run([cmake, "--build", str(d), "-j", str(jobs or os.cpu_count() or 2)], say)
+    library = d / LIB_NAMES["onnxruntime"]
+    if not library.is_file():
+        raise PluginError(f"build finished but {library.name} is missing in {d}")
+    return library

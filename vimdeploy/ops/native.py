@@ -9,9 +9,15 @@ Two libraries implement `export/op_contract.md` behind one C struct
 * the CUDA kernel (`libvimdeploy_kernels.so`) and the TensorRT plugins: built by CMake +
   nvcc with `vimdeploy plugin build` (`vimdeploy.ops.build.build()`).
 
+Beside them, the ONNX Runtime custom-op library (plugins/onnxruntime: the CPU kernel behind
+ONNX Runtime's C API, loaded by ONNX Runtime itself, not by ctypes): built by `pip install`
+as `vimdeploy/ops/_scan_onnxruntime*.so` where $ONNXRUNTIME_INCLUDE_DIR holds ONNX Runtime's
+C API header (setup.py), or by CMake as libvimdeploy_onnxruntime.so (`build_ort_library`).
+
 Build directory: build_dir, else $VIMDEPLOY_PLUGIN_BUILD_DIR, else plugins/build
 in a checkout, else ~/.cache/vimdeploy/plugins-<version>-<hash of the sources' path> (`default_build_dir`).
-$VIMDEPLOY_KERNEL_LIBRARY / $VIMDEPLOY_CPU_LIBRARY may point straight at a library.
+$VIMDEPLOY_KERNEL_LIBRARY / $VIMDEPLOY_CPU_LIBRARY / $VIMDEPLOY_ORT_LIBRARY may point straight
+at a library.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ __all__ = [
     "library_paths",
     "load_library",
     "cpu_library_path",
+    "ort_library_path",
     "load_cpu_library",
     "entry_point",
     "check_call",
     "default_build_dir",
     "PLUGIN_SRC",
     "CPU_EXTENSION",
+    "ORT_EXTENSION",
 ]
 
 # ---- where the sources and the libraries are (every path of the native side) --------------
@@ -44,13 +52,15 @@ __all__ = [
 # is a symlink to the repository's plugins/, so both read the same files.
 PLUGIN_SRC = Path(__file__).resolve().parent.parent / "plugins"
 # What CMake builds in the build folder (plugins/CMakeLists.txt's targets), by key.
-_LIB_NAMES = {
+LIB_NAMES = {
     "kernels": "libvimdeploy_kernels.so",
     "trt_plugin": "libvimdeploy_trt_plugin.so",
     "trt_plugin_dynamic": "libvimdeploy_trt_plugin_dynamic.so",
     "cpu": "libvimdeploy_cpu.so",
+    "onnxruntime": "libvimdeploy_onnxruntime.so",
 }
 CPU_EXTENSION = "_scan_cpu"  # vimdeploy/ops/_scan_cpu<EXT_SUFFIX>, built by setuptools
+ORT_EXTENSION = "_scan_onnxruntime"  # vimdeploy/ops/_scan_onnxruntime<EXT_SUFFIX>, where the header was given
 
 
 class PluginError(VimdeployError):
@@ -113,9 +123,9 @@ def default_build_dir() -> Path:
 
 def library_paths(build_dir: str | Path | None = None) -> dict[str, Path]:
     """The CMake-built libraries that exist: "kernels" (CUDA C API), "trt_plugin"
-    (self-registering), "trt_plugin_dynamic" (getCreators), "cpu"."""
+    (self-registering), "trt_plugin_dynamic" (getCreators), "cpu", "onnxruntime"."""
     d = Path(build_dir) if build_dir else default_build_dir()
-    found = {key: d / name for key, name in _LIB_NAMES.items() if (d / name).is_file()}
+    found = {key: d / name for key, name in LIB_NAMES.items() if (d / name).is_file()}
     env = os.environ.get("VIMDEPLOY_KERNEL_LIBRARY")
     if env and build_dir is None:
         if not Path(env).is_file():
@@ -124,18 +134,29 @@ def library_paths(build_dir: str | Path | None = None) -> dict[str, Path]:
     return found
 
 
-def cpu_library_path() -> Path | None:
-    """$VIMDEPLOY_CPU_LIBRARY, else the setuptools extension in this package, else CMake's."""
-    env = os.environ.get("VIMDEPLOY_CPU_LIBRARY")
-    if env:
-        if not Path(env).is_file():
-            raise PluginError(f"VIMDEPLOY_CPU_LIBRARY={env} is not a file")
-        return Path(env)
+def _packaged_or_built(env: str, extension: str, key: str) -> Path | None:
+    """$`env`, else the setuptools extension `extension` in this package, else CMake's `key`."""
+    value = os.environ.get(env)
+    if value:
+        if not Path(value).is_file():
+            raise PluginError(f"{env}={value} is not a file")
+        return Path(value)
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        if (here / (CPU_EXTENSION + suffix)).is_file():
-            return here / (CPU_EXTENSION + suffix)
-    return library_paths().get("cpu")
+        if (here / (extension + suffix)).is_file():
+            return here / (extension + suffix)
+    return library_paths().get(key)
+
+
+def cpu_library_path() -> Path | None:
+    """$VIMDEPLOY_CPU_LIBRARY, else the setuptools extension in this package, else CMake's."""
+    return _packaged_or_built("VIMDEPLOY_CPU_LIBRARY", CPU_EXTENSION, "cpu")
+
+
+def ort_library_path() -> Path | None:
+    """The ONNX Runtime custom-op library: $VIMDEPLOY_ORT_LIBRARY, else the one `pip install`
+    built into this package, else CMake's; None where none is built."""
+    return _packaged_or_built("VIMDEPLOY_ORT_LIBRARY", ORT_EXTENSION, "onnxruntime")
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -163,7 +184,7 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
             path = library_paths().get("kernels")
             if path is None:
                 raise PluginError(
-                    f"{_LIB_NAMES['kernels']} not found in {default_build_dir()}: run `vimdeploy plugin build` "
+                    f"{LIB_NAMES['kernels']} not found in {default_build_dir()}: run `vimdeploy plugin build` "
                     "(or vimdeploy.ops.build.build()), or set VIMDEPLOY_KERNEL_LIBRARY"
                 )
 

@@ -46,14 +46,19 @@ class TensorRTEngine(Engine):
         plugin=None,
         cuda_graph: bool = False,
         check: bool = True,
-        device: int = 0,
+        device: str = "auto",
+        gpu: int = 0,
         verbose: bool = False,
         **_ignored,
     ):
+        """`device`: "auto" or "cuda" (a TensorRT engine runs on an NVIDIA GPU only); `gpu`: its index."""
         self.path = Path(path)
+        if device == "cpu":
+            raise ArtifactError(f"--device cpu: {self.path.name} is a TensorRT engine, which runs on NVIDIA GPUs only")
         trt = self.trt = import_tensorrt()
         cudart = self.cudart = import_cudart()
-        cuda_call(cudart.cudaSetDevice(device))
+        cuda_call(cudart.cudaSetDevice(gpu))
+        self.gpu = gpu
         self.sidecar = read_sidecar(self.path) or {}
         if not self.sidecar:
             warnings.warn(
@@ -76,7 +81,7 @@ class TensorRTEngine(Engine):
                     raise  # without a sidecar, try the engine as a plugin-free one
 
         if check and self.sidecar:
-            current = current_machine(trt.__version__, device)
+            current = current_machine(trt.__version__, gpu)
             errors, warns = check_sidecar(
                 self.sidecar, current, file_sha256(self.plugin_path) if self.plugin_path else None
             )
@@ -214,6 +219,7 @@ class TensorRTEngine(Engine):
         s = self.sidecar
         return {
             "backend": "tensorrt",
+            "device": f"cuda:{self.gpu}",
             "path": str(self.path),
             "tensorrt": self.trt.__version__,
             "precision": s.get("precision"),

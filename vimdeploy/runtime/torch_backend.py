@@ -1,12 +1,27 @@
-"""PyTorch backend: an official-format checkpoint run by vimdeploy.model."""
+"""PyTorch backend: an official-format checkpoint run by vimdeploy.model, on the CPU or a GPU
+(device "auto": the GPU where PyTorch has one; the scan "auto" then takes the CUDA kernels
+where they are built, vimdeploy.ops.dispatch)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ..errors import ArtifactError
 from ..model import load_model, parse_output_name
 from .base import Engine
+
+
+def torch_device(device: str) -> torch.device:
+    """ "auto" -> cuda where PyTorch has a GPU, else cpu; "cuda" without one: ArtifactError."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ArtifactError(
+            f"--device cuda: PyTorch {torch.__version__} sees no CUDA GPU here (torch.cuda.is_available() "
+            "is false); use --device cpu or auto"
+        )
+    return torch.device(device)
 
 
 class TorchEngine(Engine):
@@ -15,12 +30,12 @@ class TorchEngine(Engine):
         path,
         ema: bool = False,
         scan: str = "auto",
-        device: str = "cpu",
+        device: str = "auto",
         dtype: torch.dtype = torch.float32,
         **overrides,
     ):
+        self.device = torch_device(device)
         self.model, self.checkpoint = load_model(path, ema=ema, scan=scan, **overrides)
-        self.device = torch.device(device)
         self.dtype = dtype
         self.model.to(self.device)
         if dtype != torch.float32:

@@ -109,6 +109,7 @@ def serve(
     input_size=None,
     output_name: str | None = None,
     preprocessing_options: dict | None = None,
+    device: str = "auto",
 ) -> dict:
     """Serve `artifact` until SIGINT or SIGTERM; then answer what is in flight and stop.
 
@@ -137,6 +138,7 @@ def serve(
     size = parse_size(input_size, "--input-size")
     if size is not None and size[0] != size[1]:
         raise InputError(f"serve takes square inputs; got --input-size {input_size}.")
+    engine_options["device"] = device  # every instance's engine, as the probe's
     # Open the artifact here once: a bad file is one clear error, not a model failing to load
     # inside the server; and the probe tells the config its shapes.
     engine = open_engine(artifact, **engine_options)
