@@ -30,6 +30,7 @@ __all__ = [
     "to_quantized",
     "to_int8",
     "read_calibration_images",
+    "matches_layer",
     "calibration_batches",
     "fixed_batch_size",
     "default_cache_dir",
@@ -60,7 +61,7 @@ def _node_label(node: onnx.NodeProto) -> str:
     return " ".join([node.name, meta.get("namespace", ""), meta.get("pkg.torch.onnx.fx_node", "")])
 
 
-def _matches(node: onnx.NodeProto, patterns: Iterable[str]) -> bool:
+def matches_layer(node: onnx.NodeProto, patterns: Iterable[str]) -> bool:
     """`x_proj`, `layers.0.` or `head` match a node by module path (dots) or parameter name (underscores)."""
     label = _node_label(node)
     return any(p and (p in label or p.replace(".", "_") in label) for p in patterns)
@@ -206,7 +207,7 @@ def to_quantized(
     "x_proj", "dt_proj", "layers.0.", "head", "conv1d". Returns (model, info)."""
     if precision not in FORMATS:
         raise InputError(f"Q/DQ precision must be one of {', '.join(FORMATS)}; got {precision!r}.")
-    excluded_nodes = [n.name for n in model.graph.node if _matches(n, exclude)]
+    excluded_nodes = [n.name for n in model.graph.node if matches_layer(n, exclude)]
     amax, info = calibrate(model, images, method, percentile, batch, cache_dir, progress)
     sites = quant_sites(model, skip=excluded_nodes)
     quantized = insert_qdq(model, sites, amax, FORMATS[precision])
