@@ -1,6 +1,6 @@
 """What each precision and recipe costs: one accuracy table for the digits Vim and the golden Vim-Ti.
 
-    python benchmarks/bench_accuracy.py [--golden ../shared/golden] [--out benchmarks/results/accuracy]
+    VIMDEPLOY_GOLDEN=/path/to/golden python benchmarks/bench_accuracy.py [--out benchmarks/results/accuracy]
 
 Writes accuracy.json and accuracy.md (docs/precision.md quotes the markdown). Everything runs
 in ONNX Runtime on the CPU through `vimdeploy.runtime` (quantized models with their Q/DQ
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -159,7 +160,8 @@ def markdown(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = Path(__file__).resolve().parents[1]
-    parser.add_argument("--golden", type=Path, default=root.parent / "shared" / "golden")
+    golden = os.environ.get("VIMDEPLOY_GOLDEN") or root.parent / "shared" / "golden"
+    parser.add_argument("--golden", type=Path, default=Path(golden), help="folder of the golden checkpoint")
     parser.add_argument("--out", type=Path, default=root / "benchmarks" / "results" / "accuracy")
     parser.add_argument("--skip-golden", action="store_true")
     args = parser.parse_args()

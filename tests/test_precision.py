@@ -251,7 +251,8 @@ def test_qdq_graph_runs_as_the_onnx_reference_computes(precision):
     h = x @ w1
     amax = {"x": float(np.abs(x).max()), "h": float(np.abs(h).max())}
     sites = quant_sites(model)
-    assert [(s.node, s.weight, s.axis) for s in sites] == [("mm", 0, None), ("mm", 1, 1), ("gemm", 0, None), ("gemm", 1, 0)]
+    expected = [("mm", False, None), ("mm", True, 1), ("gemm", False, None), ("gemm", True, 0)]
+    assert [(s.node, s.weight, s.axis) for s in sites] == expected
     q = insert_qdq(model, sites, amax, FORMATS[precision])
     onnx.checker.check_model(q)
     inits = {t.name: t for t in q.graph.initializer}
