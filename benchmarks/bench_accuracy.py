@@ -50,6 +50,7 @@ RECIPES = [
     ("int8", "max, x_proj float", {"exclude": ("x_proj",), "keep_float": ()}),
     ("int8", "max, out_proj smoothed (alpha 0.5)", {"smooth": 0.5, "keep_float": ()}),
     ("int8", "max, out_proj float (default, preset)", {}),
+    ("int8", "entropy, out_proj float", {"method": "entropy"}),
     ("fp8", "max, every GEMM (default)", {}),
     ("fp8", "max, out_proj float", {"keep_float": ("out_proj",)}),
 ]
