@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InputError
 
-__all__ = ["QFormat", "FORMATS", "Site", "quant_sites", "insert_qdq", "round_e4m3", "quantize_weight"]
+__all__ = ["QFormat", "FORMATS", "Site", "quant_sites", "insert_before", "insert_qdq", "round_e4m3", "quantize_weight"]
 
 GEMM_OPS = ("MatMul", "Gemm", "Conv")
 
@@ -119,6 +119,16 @@ def _tensor(name: str, values: np.ndarray, fmt: QFormat) -> onnx.TensorProto:
     return helper.make_tensor(name, fmt.elem_type, values.shape, _e4m3_bytes(values), raw=True)
 
 
+def insert_before(graph: onnx.GraphProto, new_nodes: Mapping[str, list[onnx.NodeProto]]) -> None:
+    """Put `new_nodes[name]` just before the node called `name`, in place (keeps the order topological)."""
+    ordered = []
+    for node in graph.node:
+        ordered += new_nodes.get(node.name, [])
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def insert_qdq(
     model: onnx.ModelProto, sites: Iterable[Site], amax: Mapping[str, float], fmt: QFormat
 ) -> onnx.ModelProto:
@@ -166,12 +176,7 @@ def insert_qdq(
             new_nodes.setdefault(site.node, []).extend(nodes_here)
             done[site.tensor] = dq_out
         node.input[site.index] = done[site.tensor]
-    ordered = []
-    for node in g.node:
-        ordered += new_nodes.get(node.name, [])
-        ordered.append(node)
-    del g.node[:]
-    g.node.extend(ordered)
+    insert_before(g, new_nodes)
     used = {i for n in g.node for i in n.input}
     kept = [i for i in g.initializer if i.name in used]
     del g.initializer[:]

@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 
 from ..contract import INPUT_NAMES, OP_TYPE
 from .ort_op import scan_errors
+from .qdq import insert_before
 
 __all__ = ["SMOOTH_TARGETS", "smoothing_plan", "smooth", "tensor_values"]
 
@@ -127,10 +128,5 @@ def smooth(
                 helper.make_node("Mul", [scan.input[index], inv], [scaled], f"{scan.name}_smooth_{index}")
             )
             scan.input[index] = scaled
-    ordered = []
-    for node in g.node:
-        ordered += extra.get(node.name, [])
-        ordered.append(node)
-    del g.node[:]
-    g.node.extend(ordered)
+    insert_before(g, extra)
     return out, {"smoothed": [p["node"] for p in plan], "alpha": alpha}
