@@ -18,17 +18,18 @@ backward direction); the `calls` column says how many times a block (or the mode
 
 Padding (the kernels' shape rules): `_int_mm` needs M > 16 and K, N multiples of 8;
 `_scaled_mm` needs K and N multiples of 16 (M is padded to 16 too). Shapes that break a rule
-are zero-padded up to the next valid size, and that padded shape is what is timed (the
-`padded` column); throughput is counted on the unpadded shape, so padding shows as lost
-speed (x_proj's N = dt_rank + 32 and dt_proj's K = dt_rank are the padded ones; the head at
-batch 1 pads M from 1 to 17 / 16).
+are padded up to the next valid size (a deployment pads with zeros; the operands here are
+made at that size), and the padded shape is what is timed (the `padded` column); throughput
+is counted on the unpadded shape, so padding shows as lost speed (x_proj's N = dt_rank + 32
+and dt_proj's K = dt_rank are the padded ones; the head at batch 1 pads M from 1 to 17 / 16).
 
 Timing: each shape's calls are captured in one CUDA graph (inputs rotated over a few copies
 so that small shapes do not run from L2 alone) and replayed `--reps` times between CUDA
 events after `--warmup` replays (vimdeploy.bench.time_graph); the table gives the median
 and min..max per call. Needs a CUDA GPU with FP8 (compute capability 8.9+: Ada, Hopper,
 Blackwell) for the FP8 column; without FP8 the column is skipped, without CUDA the script
-says so and exits 1 (`--dry-run` prints the shape table on any machine). About 2 minutes on
+says so and exits 1 (`--dry-run` prints the shape table on any machine; `--cpu-check` runs
+each padded GEMM once on the CPU against the fp32 product). About 2 minutes on
 an H100 with the defaults.
 """
 
@@ -78,32 +79,39 @@ def padded_shape(precision: str, m: int, k: int, n: int) -> tuple[int, int, int]
     return m, k, n
 
 
-def _operands(torch, precision: str, m: int, k: int, n: int, copies: int):
-    """`copies` activation tensors (M, K) and one weight (K, N), column-major, in the precision."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    a = [torch.randn(m, k, device="cuda", generator=gen) for _ in range(copies)]
-    w = torch.randn(n, k, device="cuda", generator=gen)
+def _operands(torch, precision: str, m: int, k: int, n: int, copies: int, device: str = "cuda"):
+    """`copies` activation tensors (M, K) and one weight (K, N), column-major, in the precision,
+    with the fp32 values they were made from (activations and weights of magnitude ~1: the
+    per-tensor scale 4 / qmax covers 4 standard deviations)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = [torch.randn(m, k, device=device, generator=gen) for _ in range(copies)]
+    w = torch.randn(n, k, device=device, generator=gen)
     if precision == "fp16":
-        return [x.half() for x in a], w.half().t()
+        return [x.half() for x in a], w.half().t(), (a, w)
     if precision == "int8":
         q = lambda x: x.mul(127 / 4).round().clamp(-127, 127).to(torch.int8)  # noqa: E731
-        return [q(x) for x in a], q(w).t()
+        return [q(x) for x in a], q(w).t(), (a, w)
     f8 = lambda x: (x * (E4M3_MAX / 4)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)  # noqa: E731
-    return [f8(x) for x in a], f8(w).t()
+    return [f8(x) for x in a], f8(w).t(), (a, w)
 
 
-def _gemm(torch, precision: str):
+def _gemm(torch, precision: str, device: str = "cuda"):
+    """The product in fp16 (or int32 for INT8, whose scale `unscale` gives)."""
     if precision == "fp16":
         return torch.mm
     if precision == "int8":
         return torch._int_mm
-    scale = torch.tensor(4 / E4M3_MAX, device="cuda")  # per-tensor scales, as a calibrated model has
+    scale = torch.tensor(4 / E4M3_MAX, device=device)  # per-tensor scales, as a calibrated model has
     return lambda a, b: torch._scaled_mm(a, b, scale_a=scale, scale_b=scale, out_dtype=torch.float16)
+
+
+def unscale(precision: str) -> float:
+    return (4 / 127) ** 2 if precision == "int8" else 1.0
 
 
 def time_gemm(torch, time_graph, precision, m, k, n, reps, warmup) -> list[float]:
     copies = max(1, min(8, math.ceil(ROTATE_BYTES / (m * k * (2 if precision == "fp16" else 1)))))
-    acts, weight = _operands(torch, precision, m, k, n, copies)
+    acts, weight, _ = _operands(torch, precision, m, k, n, copies)
     mm = _gemm(torch, precision)
     outs = [None] * copies
 
@@ -207,6 +215,28 @@ def dry_run(args) -> None:
                     )
 
 
+def cpu_check(args) -> int:
+    """Each padded GEMM once on the CPU (M cut to 32): the operands, paddings and scales give
+    the fp32 product within the format's error. Checks the script, not the GPU's numbers."""
+    import torch
+
+    worst = {}
+    for model in args.models:
+        for s in gemm_shapes(MODELS[model], args.sizes[0], 1):
+            for precision in PRECISIONS:
+                m, k, n = padded_shape(precision, min(s["M"], 32), s["K"], s["N"])
+                acts, weight, (a, w) = _operands(torch, precision, m, k, n, 1, device="cpu")
+                out = _gemm(torch, precision, device="cpu")(acts[0], weight).float() * unscale(precision)
+                ref = a[0] @ w.t()
+                err = float((out - ref).norm() / ref.norm())
+                worst[precision] = max(worst.get(precision, 0.0), err)
+                print(f"Vim-{model} {s['gemm']:8s} {precision}: called as {m}x{k}x{n}, relative error {err:.4f}")
+    bounds = {"fp16": 0.01, "int8": 0.05, "fp8": 0.1}
+    failed = [p for p, e in worst.items() if e > bounds[p]]
+    print(f"worst relative error per precision: {worst}; {'FAILED ' + ', '.join(failed) if failed else 'ok'}")
+    return 1 if failed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=lambda s: s.split(","), default=["Ti", "S", "B"])
@@ -216,6 +246,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gemm_quant")
     parser.add_argument("--dry-run", action="store_true", help="print the shapes (and paddings) and exit")
+    parser.add_argument("--cpu-check", action="store_true", help="run each padded GEMM once on the CPU and exit")
     args = parser.parse_args()
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
@@ -224,6 +255,8 @@ def main() -> int:
     if args.dry_run:
         dry_run(args)
         return 0
+    if args.cpu_check:
+        return cpu_check(args)
     import torch
 
     if not torch.cuda.is_available():
