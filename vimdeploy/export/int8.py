@@ -1,10 +1,12 @@
-"""The INT8 pass on an exported fp32 ONNX: QuantizeLinear/DequantizeLinear pairs from
-calibration images.
+"""Calibration and the INT8 / FP8 pass on an exported fp32 ONNX: activation ranges from
+calibration images, then QuantizeLinear/DequantizeLinear pairs (qdq.py places them).
 
-Library, and why: ONNX Runtime's `quantize_static` in QDQ format (symmetric, zero point 0,
-per-channel weights, per-tensor activations: what TensorRT consumes), with its calibrators
-MinMax ("max"), Entropy and Percentile. It ships inside onnxruntime. Its calibration
-sessions run the BiSelectiveScan nodes through vimdeploy's ONNX Runtime op (ort_op.py).
+Library, and why: ONNX Runtime's calibrators (MinMax = "max", Entropy, Percentile), which ship
+inside onnxruntime; their sessions run the BiSelectiveScan nodes through vimdeploy's ONNX
+Runtime op (ort_op.py). The Q/DQ graph is written by qdq.py rather than by ORT's
+`quantize_static`, so that INT8 and FP8 share one placement and TensorRT's rules hold by
+construction (symmetric, zero point 0, per-channel weights, per-tensor activations, no
+quantized bias).
 """
 
 from __future__ import annotations
