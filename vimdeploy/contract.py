@@ -77,7 +77,7 @@ ATTRIBUTES = ("delta_softplus", "out_scale", "plugin_version", "plugin_namespace
 
 # The precisions an artifact is written in (ONNX metadata `vimdeploy.precision`, the engine
 # sidecar's `precision`): fp16 and int8 keep the scan's parameters in fp32.
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 
 # Activation dtypes as the C API numbers them (VIMDEPLOY_DTYPE_*).
 DTYPES = {"float32": 0, "float16": 1}

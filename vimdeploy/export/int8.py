@@ -1,18 +1,20 @@
-"""The INT8 pass on an exported fp32 ONNX: QuantizeLinear/DequantizeLinear pairs from
-calibration images.
+"""Calibration and the INT8 / FP8 pass on an exported fp32 ONNX: activation ranges from
+calibration images, then QuantizeLinear/DequantizeLinear pairs (qdq.py places them).
 
-Library, and why: ONNX Runtime's `quantize_static` in QDQ format (symmetric, zero point 0,
-per-channel weights, per-tensor activations: what TensorRT consumes), with its calibrators
-MinMax ("max"), Entropy and Percentile. It ships inside onnxruntime. Its calibration
-sessions run the BiSelectiveScan nodes through vimdeploy's ONNX Runtime op (ort_op.py).
+Library, and why: ONNX Runtime's calibrators (MinMax = "max", Entropy, Percentile), which ship
+inside onnxruntime; their sessions run the BiSelectiveScan nodes through vimdeploy's ONNX
+Runtime op (ort_op.py). The Q/DQ graph is written by qdq.py rather than by ORT's
+`quantize_static`, so that INT8 and FP8 share one placement and TensorRT's rules hold by
+construction (symmetric, zero point 0, per-channel weights, per-tensor activations, no
+quantized bias).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import io
+import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,17 +24,22 @@ import onnx
 
 from ..errors import InputError
 from .ort_op import scan_errors, sessions_with_scan_op
+from .qdq import FORMATS, GEMM_OPS, insert_qdq, quant_sites
 
 __all__ = [
     "CALIB_METHODS",
+    "calibrate",
+    "to_quantized",
     "to_int8",
     "read_calibration_images",
+    "matches_layer",
     "calibration_batches",
     "fixed_batch_size",
     "default_cache_dir",
 ]
 
 CALIB_METHODS = ("max", "entropy", "percentile")
+HISTOGRAM_BINS = 2048
 
 
 def read_calibration_images(folder: str | Path, img_size: int, limit: int | None = None) -> np.ndarray:
@@ -57,7 +64,7 @@ def _node_label(node: onnx.NodeProto) -> str:
     return " ".join([node.name, meta.get("namespace", ""), meta.get("pkg.torch.onnx.fx_node", "")])
 
 
-def _matches(node: onnx.NodeProto, patterns: Iterable[str]) -> bool:
+def matches_layer(node: onnx.NodeProto, patterns: Iterable[str]) -> bool:
     """`x_proj`, `layers.0.` or `head` match a node by module path (dots) or parameter name (underscores)."""
     label = _node_label(node)
     return any(p and (p in label or p.replace(".", "_") in label) for p in patterns)
@@ -125,13 +132,75 @@ def _range_cache_file(
     """Activation ranges depend on the graph, the images and the method: that is the key."""
     h = hashlib.sha256(model.SerializeToString())
     h.update(np.ascontiguousarray(images).tobytes())
-    h.update(f"{method}:{percentile if method == 'percentile' else ''}".encode())
-    return cache_dir / f"ranges-{h.hexdigest()[:20]}.json"
+    h.update(f"{method}:{percentile if method == 'percentile' else ''}:{HISTOGRAM_BINS}".encode())
+    return cache_dir / f"amax-{h.hexdigest()[:20]}.json"
 
 
-def to_int8(
+def calibrate(
     model: onnx.ModelProto,
     images: np.ndarray,
+    method: str = "max",
+    percentile: float = 99.99,
+    batch: int = 8,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, float], dict]:
+    """amax (the symmetric range) of every GEMM input, from ONNX Runtime's calibrator
+    (MinMax = "max", Entropy, Percentile of |x|). With `cache_dir`, the ranges are saved
+    there as JSON and reused by any later conversion of the same graph, images and method."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    if method not in CALIB_METHODS:
+        raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}; got {method!r}.")
+    info: dict = {"method": method, "images": int(len(images))}
+    if method == "percentile":
+        info["percentile"] = percentile
+    cache = None
+    if cache_dir is not None:
+        cache = _range_cache_file(Path(cache_dir), model, images, method, percentile)
+        info["calibration_cache"] = str(cache)
+        info["calibration_cache_hit"] = cache.is_file()
+        if cache.is_file():
+            return json.loads(cache.read_text()), info
+    tensors = sorted({s.tensor for s in quant_sites(model) if not s.weight})
+    calib = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}.get(
+        method, CalibrationMethod.Percentile
+    )
+    chunks = calibration_batches(images, batch, fixed_batch_size(model))
+    # ORT's calibrators print progress to stdout and log advice at WARNING: keep stdout
+    # clean for --json and let our own progress callback speak.
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with tempfile.TemporaryDirectory() as tmp, sessions_with_scan_op(), scan_errors(), quiet:
+        with _root_log_level(logging.ERROR):
+            src = Path(tmp) / "fp32.onnx"
+            onnx.save(model, src)
+            calibrator = create_calibrator(
+                src,
+                list(GEMM_OPS),
+                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=calib,
+                # 2048 histogram bins for entropy as for percentile (TensorRT's entropy calibrator
+                # uses 2048 into 128): ORT's entropy default of 128 bins into 128 can only
+                # pick the full range, i.e. max.
+                extra_options={"symmetric": True, "percentile": percentile, "num_bins": HISTOGRAM_BINS},
+            )
+            calibrator.collect_data(_Batches(chunks, model.graph.input[0].name, progress))
+            ranges = calibrator.compute_data()
+    amax = {t: float(max(abs(float(np.max(v))) for v in ranges[t].range_value)) for t in tensors}
+    if cache is not None:
+        from ..fileio import write_text
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text(cache, json.dumps(amax, indent=0))
+    return amax, info
+
+
+def to_quantized(
+    model: onnx.ModelProto,
+    images: np.ndarray,
+    precision: str = "int8",
     method: str = "max",
     percentile: float = 99.99,
     exclude: Iterable[str] = (),
@@ -139,59 +208,20 @@ def to_int8(
     cache_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """INT8 Q/DQ for MatMul/Conv/Gemm (per-channel symmetric weights, per-tensor symmetric
-    activations). `exclude`: module paths or parameter names whose layers stay in fp32,
-    e.g. "x_proj", "dt_proj", "layers.0.", "head". With `cache_dir`, activation ranges are
-    saved there (ONNX Runtime's calibration cache) and reused by any later conversion of the
-    same graph with the same images and method. Returns (model, info)."""
-    import tempfile
-
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    if method not in CALIB_METHODS:
-        raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}; got {method!r}.")
-    calib = {
-        "max": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[method]
-    excluded_nodes = [n.name for n in model.graph.node if _matches(n, exclude)]
-    input_name = model.graph.input[0].name
-    # QuantizeBias False: ONNX Runtime otherwise writes INT32 bias initializers behind a
-    # DequantizeLinear, which TensorRT's IDequantizeLayer cannot take (INT8/FP8/INT4/FP4
-    # only: onnx-tensorrt#850, onnxruntime#17738); the bias Add stays in float.
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile, "QuantizeBias": False}
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, src)
-        info = {"method": method, "images": int(len(images)), "excluded_nodes": excluded_nodes}
-        cache = None
-        # ONNX Runtime's calibration cache (`calibration_cache_path`) is recent (1.31 has it).
-        if cache_dir is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
-            cache = _range_cache_file(Path(cache_dir), model, images, method, percentile)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            info["calibration_cache"] = str(cache)
-            info["calibration_cache_hit"] = cache.is_file()
-        if method == "percentile":
-            info["percentile"] = percentile
-        # ORT's calibrators print progress to stdout and log advice at WARNING: keep stdout
-        # clean for --json and let our own progress callback speak.
-        quiet = contextlib.redirect_stdout(io.StringIO())
-        with sessions_with_scan_op(), scan_errors(), quiet, _root_log_level(logging.ERROR):
-            quantize_static(
-                str(src),
-                str(dst),
-                _Batches(calibration_batches(images, batch, fixed_batch_size(model)), input_name, progress),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["MatMul", "Conv", "Gemm"],
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=calib,
-                nodes_to_exclude=excluded_nodes,
-                extra_options=extra,
-                **({"calibration_cache_path": str(cache)} if cache else {}),
-            )
-        quantized = onnx.load(dst)
+    """INT8 or FP8 Q/DQ on MatMul/Conv/Gemm inputs (qdq.py), activation ranges calibrated on
+    `images`. `exclude`: module paths or parameter names whose layers stay float, e.g.
+    "x_proj", "dt_proj", "layers.0.", "head", "conv1d". Returns (model, info)."""
+    if precision not in FORMATS:
+        raise InputError(f"Q/DQ precision must be one of {', '.join(FORMATS)}; got {precision!r}.")
+    excluded_nodes = [n.name for n in model.graph.node if matches_layer(n, exclude)]
+    amax, info = calibrate(model, images, method, percentile, batch, cache_dir, progress)
+    sites = quant_sites(model, skip=excluded_nodes)
+    quantized = insert_qdq(model, sites, amax, FORMATS[precision])
+    info["excluded_nodes"] = excluded_nodes
     info["qdq_pairs"] = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
     return quantized, info
+
+
+def to_int8(model: onnx.ModelProto, images: np.ndarray, **options) -> tuple[onnx.ModelProto, dict]:
+    """`to_quantized` in INT8."""
+    return to_quantized(model, images, "int8", **options)

@@ -73,6 +73,11 @@ class OnnxEngine(Engine):
         # (3.5 s vs 100 s for Vim-Ti on 2 cores); without spinning nothing is lost elsewhere.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if self.metadata.get("precision") in ("int8", "fp8"):
+            # Q/DQ run as written, i.e. TensorRT's arithmetic emulated in fp32: ORT's fused INT8
+            # kernels saturate on x86 CPUs without VNNI (cosine 0.98 instead of 0.9997 on the
+            # digits model) and it has no FP8 GEMM (docs/precision.md).
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = self._session(ort, source, options, providers, device)
         self.provider = self.session.get_providers()[0]
         inp = self.session.get_inputs()[0]

@@ -38,16 +38,17 @@ def _both(t: Tolerance) -> dict[str, Tolerance]:
 #   differ by ~0.4.
 # - fp16 rounds every activation: cosine 0.9999996 for the digits model's fp16 export
 #   (`convert --precision fp16`, then `validate --ref vimdeploy/assets/vim_digits.pth`).
-# - fp8 (E4M3): cosine 0.995 is a target; no FP8 artifact has been measured on this machine.
-# - int8: the digits model's INT8 export (`export vimdeploy/assets/vim_digits.pth --precision
-#   int8 --calib digits --batch dynamic`, then `validate --ref vimdeploy/assets/vim_digits.pth`)
-#   gives logits / features cosine 0.967 / 0.955 on 2 random inputs, 0.994 / 0.988 on the 4
-#   photos and 0.950 / 0.940 on its 128 calibration digits (mean over the digits 0.998 / 0.997).
+# - int8 and fp8: `python benchmarks/bench_accuracy.py` (benchmarks/results/accuracy.md; Q/DQ run
+#   as written in ONNX Runtime, i.e. TensorRT's arithmetic emulated in fp32). The digits model's
+#   INT8 export (default recipe: max calibration, out_proj kept float) gives the smallest cosine
+#   0.9997 on 450 held-out digits and 0.9876 on 32 random inputs; the golden Vim-Ti 0.9998 / 0.9997.
+#   FP8 (E4M3, every GEMM): digits 0.9964 held-out, 0.9698 random; golden 0.9975 / 0.9977.
+#   Random inputs are far from what a quantized model was calibrated for: they get the looser row.
 TOLERANCES: dict[str, dict[str, Tolerance]] = {
     "fp32": _both(Tolerance(atol=1e-4, cosine=0.99999, top_k=1)),
     "fp16": _both(Tolerance(cosine=0.9999, top_k=1)),
-    "fp8": _both(Tolerance(cosine=0.995)),
-    "int8": {RANDOM: Tolerance(cosine=0.95), IMAGES: Tolerance(cosine=0.99)},
+    "int8": {RANDOM: Tolerance(cosine=0.98), IMAGES: Tolerance(cosine=0.99)},
+    "fp8": {RANDOM: Tolerance(cosine=0.95), IMAGES: Tolerance(cosine=0.99)},
 }
 
 
