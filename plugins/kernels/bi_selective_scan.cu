@@ -20,11 +20,13 @@
  *   them (32 values a step = one per lane, coalesced) through registers into shared memory,
  *   one chunk ahead, and every lane reads them back as float4 broadcasts. x, dt, z and the
  *   partial are per-thread, coalesced across the warp, also prefetched one chunk ahead.
- * - When batch * channels cannot fill the GPU (batch 1 at long L), L is split into chunks:
- *   a first launch computes each chunk's final state from zero and the sum of its deltas
- *   (its total decay is exp(A * sum(delta))), the second launch starts each chunk from the
- *   carried state of the chunks before it (in scan order) and runs the sweep above inside
- *   the chunk. That doubles the exps, so it is only used when the GPU would idle otherwise.
+ * - When batch * channels cannot fill the GPU (batch 1 to ~8), the automatic choice is the
+ *   sequence-parallel path (warpChunksKernel, below): L is cut into up to 32 chunks, one thread
+ *   per (channel, chunk, direction), chunk states combined by a log-depth scan over the lanes of
+ *   a warp, every chunk rescanned from its starting state; one launch. The older split over two
+ *   launches (a first launch computes each chunk's final state from zero and the sum of its
+ *   deltas, the second starts each chunk from the carried state of the chunks before it and
+ *   runs the sweep above inside the chunk) is what variants 1-6 do when L is split.
  * - Instruction issue, not memory, is the other limit: per step a thread does ~5
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
@@ -74,6 +76,7 @@ struct Params
     int64_t L, E;
     int64_t bcStride; // elements between tokens of B and C (>= kN)
     int chunks, chunk_len, batch;
+    int chunksLog2; // the warp-chunks path: 1 << chunksLog2 chunks per sequence
     int softplus;
     int bcVec; // B and C 16-byte aligned: full chunks stage them with vector loads
     float scale;
@@ -452,6 +455,213 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The sequence-parallel path (VIMDEPLOY_SCAN_WARP_CHUNKS), for grids that cannot fill the GPU
+// (small batch): each sequence is cut into C chunks (C a power of two <= 32) and one thread
+// runs one (channel, chunk, direction). A warp holds the C chunks of 32 / C channels (lane =
+// channel * C + chunk), a block the forward warp and the backward warp of the same channels.
+// One launch, no workspace:
+//   1. each thread scans its chunk from state zero: the chunk's final state and its sum of
+//      deltas, i.e. the chunk's map h -> exp(A * sum) * h + state;
+//   2. the C maps of a channel are combined by a log-depth scan over the lanes (shuffles of
+//      width C, in scan order: ascending lanes forward, descending backward), then shifted by
+//      one chunk: each thread gets the state its chunk starts from;
+//   3. each thread rescans its chunk from that state and writes the output, meeting the other
+//      direction's thread of the same (channel, chunk) in the middle of the chunk (partial in
+//      y, __syncthreads, gate), as the sequential sweep does over the whole sequence.
+// That is twice the exps of the sequential sweep (plus 16 per combine round) for C times the
+// threads. The lanes of a warp are at different tokens, so each thread loads its own B and C
+// rows (16-byte vector loads when aligned) instead of staging them in shared memory. A short
+// (last) chunk's thread runs the same number of steps as the others, the extra ones masked:
+// delta 0 (the state is unchanged), no store, loads clamped to the chunk's last token.
+
+template <typename T>
+struct StepData
+{
+    T x, dt, z, part;
+    T b[kN], c[kN];
+};
+
+template <typename T>
+struct ChunkLane
+{
+    T const* x; // x, dt, z, y at the chunk's first token in scan order
+    T const* dt;
+    T const* z;
+    T* y;
+    T const* B; // B and C rows at that token
+    T const* C;
+    int64_t tokE, tokBC; // elements from one step to the next (negative backward)
+    int last;            // the chunk's last step (0 for an empty chunk: every step masked)
+    float A2[kN];        // A * log2(e)
+    float D, bias;
+    bool store; // channel < E
+};
+
+// `steps` steps (the same count in every lane) from step s0 of the chunk; the first cnt of
+// them are real (cnt <= steps), the rest masked. kStates: only the state and the sum of
+// deltas; kFirst: store the ungated partial output; kSecond: add the other direction's
+// partial, gate, store the final output.
+template <typename T, bool kSoftplus, bool kVecBC, Mode kMode>
+__device__ __forceinline__ void chunkSweep(
+    ChunkLane<T> const& q, Params const& p, float (&h)[kN], float& dsum, int s0, int cnt, int steps)
+{
+    constexpr bool kOut = kMode != kStates;
+    auto load = [&](int k) {
+        StepData<T> d;
+        int64_t const i = min(s0 + k, q.last);
+        int64_t const o = i * q.tokE;
+        d.x = __ldg(q.x + o);
+        d.dt = __ldg(q.dt + o);
+        d.z = d.part = fromF<T>(0.f);
+        if (kMode == kSecond)
+        {
+            d.z = __ldg(q.z + o);
+            if (k < cnt) // the other direction's partial (an L2 load: written in this launch)
+                d.part = __ldcg(q.y + o);
+        }
+        T const* qb = q.B + i * q.tokBC;
+        T const* qc = q.C + i * q.tokBC;
+        if constexpr (kVecBC)
+        {
+            loadVec(d.b, qb);
+            if (kOut)
+                loadVec(d.c, qc);
+        }
+        else
+        {
+#pragma unroll
+            for (int n = 0; n < kN; ++n)
+            {
+                d.b[n] = __ldg(qb + n);
+                if (kOut)
+                    d.c[n] = __ldg(qc + n);
+            }
+        }
+        return d;
+    };
+
+    StepData<T> cur = load(0);
+#pragma unroll 2
+    for (int k = 0; k < steps; ++k)
+    {
+        StepData<T> const nxt = load(k + 1); // one step ahead (clamped: always a valid address)
+        bool const real = k < cnt;
+        float const xv = toF(cur.x);
+        float const v = toF(cur.dt) + q.bias;
+        float const dRaw = kSoftplus ? softplus(v) : v;
+        float const d = real ? dRaw : 0.f;
+        float const dx = real ? dRaw * xv : 0.f;
+        float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < kN; ++n)
+        {
+            h[n] = fmaf(ex2Mufu(d * q.A2[n]), h[n], dx * toF(cur.b[n]));
+            if (kOut)
+            {
+                if (n % 2 == 0)
+                    y0 = fmaf(h[n], toF(cur.c[n]), y0);
+                else
+                    y1 = fmaf(h[n], toF(cur.c[n]), y1);
+            }
+        }
+        if constexpr (kMode == kStates)
+            dsum += d;
+        if constexpr (kOut)
+        {
+            float y = fmaf(q.D, xv, y0 + y1);
+            if (kMode == kSecond)
+                y = (y + toF(cur.part)) * (silu(toF(cur.z)) * p.scale);
+            storeIf(real && q.store, q.y + int64_t(min(s0 + k, q.last)) * q.tokE, fromF<T>(y));
+        }
+        cur = nxt;
+    }
+}
+
+// grid (ceil(E / (32 / C)), batch), block 64: warp 0 forward, warp 1 backward over the same
+// channels and chunks; C = 1 << p.chunksLog2 chunks of p.chunk_len tokens.
+template <typename T, bool kSoftplus, bool kVecBC>
+__global__ void __launch_bounds__(2 * kWarp) warpChunksKernel(Params const p)
+{
+    int const dir = threadIdx.x / kWarp;
+    int const lane = threadIdx.x % kWarp;
+    int const lg = p.chunksLog2;
+    int const nc = 1 << lg;
+    int const c = lane & (nc - 1);
+    int64_t const e = int64_t(blockIdx.x) * (kWarp >> lg) + (lane >> lg);
+    bool const active = e < p.E;
+    int64_t const ec = active ? e : p.E - 1;
+    int64_t const t0 = min(int64_t(c) * p.chunk_len, p.L);
+    int64_t const t1 = min(t0 + p.chunk_len, p.L);
+    int const n = int(t1 - t0);
+    // the chunk's first token in scan order (for an empty chunk any valid token: all masked)
+    int64_t const first = n == 0 ? p.L - 1 : (dir == 0 ? t0 : t1 - 1);
+    int64_t const row = int64_t(blockIdx.y) * p.L + first;
+
+    ChunkLane<T> q;
+    q.store = active;
+    q.last = n > 0 ? n - 1 : 0;
+    q.tokE = dir == 0 ? p.E : -p.E;
+    q.tokBC = dir == 0 ? p.bcStride : -p.bcStride;
+    q.x = static_cast<T const*>(dir == 0 ? p.x[0] : p.x[1]) + row * p.E + ec;
+    q.dt = static_cast<T const*>(dir == 0 ? p.dt[0] : p.dt[1]) + row * p.E + ec;
+    q.z = static_cast<T const*>(p.z) + row * p.E + ec;
+    q.y = static_cast<T*>(p.y) + row * p.E + ec;
+    q.B = static_cast<T const*>(dir == 0 ? p.B[0] : p.B[1]) + row * p.bcStride;
+    q.C = static_cast<T const*>(dir == 0 ? p.C[0] : p.C[1]) + row * p.bcStride;
+    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN;
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+        q.A2[i] = A[i] * kLog2e;
+    q.D = (dir == 0 ? p.D[0] : p.D[1])[ec];
+    q.bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+
+    float h[kN];
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+        h[i] = 0.f;
+    float dsum = 0.f;
+    if (lg > 0)
+    {
+        chunkSweep<T, kSoftplus, kVecBC, kStates>(q, p, h, dsum, 0, n, p.chunk_len);
+        // Inclusive scan of the chunks' maps in scan order: after the round with offset `off`,
+        // (dsum, h) is the map of the up to 2 * off chunks ending at this one. The earlier
+        // part's state h' goes through this part's decay: h = exp(A * dsum) * h' + h.
+        unsigned const all = 0xffffffffu;
+        for (int off = 1; off < nc; off *= 2)
+        {
+            int const src = (dir == 0 ? c - off : c + off) & (nc - 1);
+            bool const take = dir == 0 ? c >= off : c + off < nc;
+            float const so = __shfl_sync(all, dsum, src, nc);
+#pragma unroll
+            for (int i = 0; i < kN; ++i)
+            {
+                float const ho = __shfl_sync(all, h[i], src, nc);
+                h[i] = fmaf(take ? ex2Mufu(q.A2[i] * dsum) : 0.f, ho, h[i]);
+            }
+            dsum += take ? so : 0.f;
+        }
+        // The state this chunk starts from: the previous chunk's (in scan order) inclusive one.
+        int const src = (dir == 0 ? c - 1 : c + 1) & (nc - 1);
+        bool const head = dir == 0 ? c == 0 : c == nc - 1;
+#pragma unroll
+        for (int i = 0; i < kN; ++i)
+        {
+            float const ho = __shfl_sync(all, h[i], src, nc);
+            h[i] = head ? 0.f : ho;
+        }
+    }
+
+    // Meet in the middle inside the chunk: forward covers its first n/2 tokens first, backward
+    // the rest; the step counts are per warp (from the full chunk length), the excess masked.
+    int const len = p.chunk_len;
+    int const steps1 = dir == 0 ? len / 2 : len - len / 2;
+    int const split = dir == 0 ? n / 2 : n - n / 2;
+    chunkSweep<T, kSoftplus, kVecBC, kFirst>(q, p, h, dsum, 0, split, steps1);
+    __syncthreads(); // partials of the first half are visible to the other warp
+    chunkSweep<T, kSoftplus, kVecBC, kSecond>(q, p, h, dsum, split, n - split, len - steps1);
+}
+
 // VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs, for tests of an engine
 // built on one GPU and run on another (tests/test_plugin_conformance.py). Read at every
 // call so that a test can change it between "build" and "run".
@@ -538,20 +748,59 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     return kernel(std::false_type{});
 }
 
+// Chunks per sequence (log2) for the warp-chunks path when num_chunks is 0: the fewest (a power
+// of two, at most 32) that give ~2 warps per scheduler (8 per SM), and chunks of at least
+// kMinWarpChunkL tokens.
+constexpr int kMinWarpChunkL = 4;
+int autoWarpChunksLog2(int64_t batch, int64_t L, int64_t E)
+{
+    int64_t const threads = 2 * batch * E;
+    int64_t const want = int64_t(smCount()) * 8 * kWarp;
+    int lg = 0;
+    while (lg < 5 && (threads << lg) < want && (L >> (lg + 1)) >= kMinWarpChunkL)
+        ++lg;
+    return lg;
+}
+
+// num_chunks: 0 = automatic, else the largest power of two <= min(num_chunks, 32, L).
+template <typename T>
+cudaError_t launchWarpChunks(Params p, int numChunks, cudaStream_t stream)
+{
+    int lg = 0;
+    if (numChunks == 0)
+        lg = autoWarpChunksLog2(p.batch, p.L, p.E);
+    else
+        while (lg < 5 && (2 << lg) <= numChunks && (2 << lg) <= p.L)
+            ++lg;
+    int const nc = 1 << lg;
+    p.chunksLog2 = lg;
+    p.chunk_len = int((p.L + nc - 1) / nc);
+    dim3 const grid(unsigned(tilesOf(p.E, kWarp >> lg)), unsigned(p.batch));
+    auto const go = [&](auto softplus, auto vec) {
+        warpChunksKernel<T, decltype(softplus)::value, decltype(vec)::value><<<grid, 2 * kWarp, 0, stream>>>(p);
+    };
+    if (p.softplus)
+        p.bcVec ? go(std::true_type{}, std::true_type{}) : go(std::true_type{}, std::false_type{});
+    else
+        p.bcVec ? go(std::false_type{}, std::true_type{}) : go(std::false_type{}, std::false_type{});
+    return cudaGetLastError();
+}
+
 // When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):
+// - the unsplit grid has fewer than 2 blocks per SM (batch 1 to ~8 for Vim): WARP_CHUNKS, the
+//   sequence-parallel path (when L allows chunks of kMinWarpChunkL tokens or more);
 // - the grid has >= 4 blocks per SM (L=197 batch 128, Vim-S/B at batch 32): one thread per
 //   channel; 8 steps per chunk for long sequences (STEPS8_THREADS1: L=6085 batch 32 3-8% faster
 //   than STEPS4_THREADS1), 4 for short ones (STEPS4_THREADS1: L=197 batch 128 1-4% faster);
-// - L split into chunks (batch 1): STEPS8_THREADS1 for L >= 2048, else STEPS8_THREADS2;
-// - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel
-//   (STEPS8_THREADS2: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms
-//   for STEPS8_THREADS1), fp32 STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
+// - otherwise (Vim-Ti at batch 32): fp16 two threads per channel (STEPS8_THREADS2: twice the
+//   warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms for STEPS8_THREADS1), fp32
+//   STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
+// The variants 1-6 split L over two launches (launch, autoChunks) only when forced to.
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
-    bool const split = autoChunks(batch, L, tilesOf(E, kWarp)) > 1;
-    if (split)
-        return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS8_THREADS2;
+    if (blocks < 2 * smCount() && autoWarpChunksLog2(batch, L, E) > 0)
+        return VIMDEPLOY_SCAN_WARP_CHUNKS;
     if (blocks >= 4 * smCount())
         return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS4_THREADS1;
     return fp32 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS8_THREADS2;
@@ -569,6 +818,7 @@ cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail
     case VIMDEPLOY_SCAN_STEPS8_THREADS2: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_STEPS16_THREADS1: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_STEPS16_THREADS2: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_WARP_CHUNKS: return launchWarpChunks<T>(p, numChunks, stream);
     }
     return cudaErrorInvalidValue; // unreachable: vimdeploy_bi_selective_scan_ex checks the id
 }
@@ -627,6 +877,7 @@ int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace
     p.batch = int(a->batch);
     p.chunks = 1;
     p.chunk_len = int(a->L);
+    p.chunksLog2 = 0;
     p.softplus = a->delta_softplus;
     p.bcStride = a->bc_stride == 0 ? a->N : a->bc_stride;
     size_t const elem = a->dtype == VIMDEPLOY_DTYPE_FLOAT16 ? 2 : 4;
