@@ -475,6 +475,9 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 // (last) chunk's thread runs the same number of steps as the others, the extra ones masked:
 // delta 0 (the state is unchanged), no store, loads clamped to the chunk's last token.
 
+// A hint that the line of q be brought into L2 (no register; q must be a valid address).
+__device__ __forceinline__ void prefetchL2(void const* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); }
+
 template <typename T>
 struct StepData
 {
@@ -541,10 +544,28 @@ __device__ __forceinline__ void chunkSweep(
         return d;
     };
 
+    // Registers hold one step ahead; the rows kAhead steps ahead are asked into L2 (a hint, no
+    // registers): the x, dt and z rows a thread reads are first touched in DRAM, and one step
+    // of compute does not cover that latency. z is needed only in the second half of the chunk,
+    // C not in the first pass: both are warmed there for the later sweeps.
+    constexpr int kAhead = 8;
+    auto warm = [&](int k) {
+        int64_t const i = min(s0 + k, q.last);
+        prefetchL2(q.x + i * q.tokE);
+        prefetchL2(q.dt + i * q.tokE);
+        prefetchL2(q.B + i * q.tokBC);
+        prefetchL2(q.C + i * q.tokBC);
+        if (kMode != kFirst)
+            prefetchL2(q.z + i * q.tokE);
+    };
+#pragma unroll
+    for (int k = 1; k < kAhead; ++k)
+        warm(k);
     StepData<T> cur = load(0);
 #pragma unroll 2
     for (int k = 0; k < steps; ++k)
     {
+        warm(k + kAhead);
         StepData<T> const nxt = load(k + 1); // one step ahead (clamped: always a valid address)
         bool const real = k < cnt;
         float const xv = toF(cur.x);
