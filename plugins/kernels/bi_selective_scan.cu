@@ -520,7 +520,9 @@ __device__ __forceinline__ void chunkSweep(
         if (kMode == kSecond)
         {
             d.z = __ldg(q.z + o);
-            if (k < cnt) // the other direction's partial (an L2 load: written in this launch)
+            // the other direction's partial (an L2 load: written in this launch), only where
+            // it was written: real steps of a real channel
+            if (k < cnt && q.store)
                 d.part = __ldcg(q.y + o);
         }
         T const* qb = q.B + i * q.tokBC;
