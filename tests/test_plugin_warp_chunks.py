@@ -8,8 +8,8 @@
   direction, and no element is written twice in the second half.
 * GPU (marked `cuda`): the kernel against the fp64 ground truth of tests/test_plugin_cuda.py at
   every kind of L (1, 2, small primes, around powers of two, 197, 1025, 6085), batch 1 and 2,
-  each chunk count forced and automatic; the automatic choice at batch 1 is this path (its
-  output equals the forced variant's bit for bit).
+  each chunk count forced and automatic; the automatic choice at batch 1 is this path for
+  8 <= L <= 1024 and the two-launch split beyond (outputs equal the forced variant's bit for bit).
 """
 
 from __future__ import annotations
@@ -197,8 +197,11 @@ def test_kernel_warp_chunks_every_L(cuda_kernels, L, b, dtype):
         forced[num_chunks] = out
     auto = bi_selective_scan_cuda(args, delta_softplus=True, out_scale=0.5)
     check(auto, args, what=f"automatic L={L} b={b}", truth=truth)
-    if b == 1 and L >= 8:  # batch 1 cannot fill a GPU: the automatic choice is this path
+    if b == 1 and 8 <= L <= 1024:  # batch 1 cannot fill a GPU: the automatic choice is this path
         assert torch.equal(auto, forced[0])
+    elif b == 1 and L > 1024:  # longer: the two-launch split of variant 2 (L >= 2048) or 4
+        split = launch(torch.empty_like(auto), args, delta_softplus=True, out_scale=0.5, variant=2 if L >= 2048 else 4)
+        assert torch.equal(auto, split)
 
 
 @pytest.mark.cuda

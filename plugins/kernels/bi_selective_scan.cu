@@ -20,13 +20,14 @@
  *   them (32 values a step = one per lane, coalesced) through registers into shared memory,
  *   one chunk ahead, and every lane reads them back as float4 broadcasts. x, dt, z and the
  *   partial are per-thread, coalesced across the warp, also prefetched one chunk ahead.
- * - When batch * channels cannot fill the GPU (batch 1 to ~8), the automatic choice is the
- *   sequence-parallel path (warpChunksKernel, below): L is cut into up to 32 chunks, one thread
- *   per (channel, chunk, direction), chunk states combined by a log-depth scan over the lanes of
- *   a warp, every chunk rescanned from its starting state; one launch. The older split over two
- *   launches (a first launch computes each chunk's final state from zero and the sum of its
- *   deltas, the second starts each chunk from the carried state of the chunks before it and
- *   runs the sweep above inside the chunk) is what variants 1-6 do when L is split.
+ * - When batch * channels cannot fill the GPU (batch 1 to ~8), L is split into chunks. Up to
+ *   L = 1024 the automatic choice is the sequence-parallel path (warpChunksKernel, below): up
+ *   to 32 chunks, one thread per (channel, chunk, direction), chunk states combined by a
+ *   log-depth scan over the lanes of a warp, every chunk rescanned from its starting state; one
+ *   launch. Longer L (and variants 1-6 when forced to split) split over two launches: a first
+ *   launch computes each chunk's final state from zero and the sum of its deltas, the second
+ *   starts each chunk from the carried state of the chunks before it and runs the sweep above
+ *   inside the chunk (its loads stay coalesced, 32 channels at one token).
  * - Instruction issue, not memory, is the other limit: per step a thread does ~5
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
@@ -59,7 +60,7 @@ namespace
 
 constexpr int kN = VIMDEPLOY_SCAN_D_STATE; // other values are rejected (scan_check.h)
 constexpr int kWarp = 32;   // channels per block (one warp per direction)
-constexpr int kMinChunkL = 64; // shortest chunk worth splitting L into
+constexpr int kMinChunkL = 16; // shortest chunk worth splitting L into (two-launch split)
 
 struct Params
 {
@@ -809,21 +810,29 @@ cudaError_t launchWarpChunks(Params p, int numChunks, cudaStream_t stream)
     return cudaGetLastError();
 }
 
+// Longest L the automatic choice gives the warp-chunks path. Its lanes are at different tokens,
+// so each of its per-thread loads touches up to 32 cache lines (the sweep's coalesced loads
+// touch one): past short sequences the two-launch split, whose warps stay 32 channels wide at
+// one token, is expected to move less through L1 (to be settled by bench_scan.py --variants).
+constexpr int64_t kWarpChunksMaxL = 1024;
+
 // When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):
 // - the unsplit grid has fewer than 2 blocks per SM (batch 1 to ~8 for Vim): WARP_CHUNKS, the
-//   sequence-parallel path (when L allows chunks of kMinWarpChunkL tokens or more);
+//   sequence-parallel path, for 8 <= L <= kWarpChunksMaxL; longer L split over two launches:
+//   STEPS8_THREADS1 for L >= 2048, else STEPS8_THREADS2;
 // - the grid has >= 4 blocks per SM (L=197 batch 128, Vim-S/B at batch 32): one thread per
 //   channel; 8 steps per chunk for long sequences (STEPS8_THREADS1: L=6085 batch 32 3-8% faster
 //   than STEPS4_THREADS1), 4 for short ones (STEPS4_THREADS1: L=197 batch 128 1-4% faster);
 // - otherwise (Vim-Ti at batch 32): fp16 two threads per channel (STEPS8_THREADS2: twice the
 //   warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms for STEPS8_THREADS1), fp32
 //   STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
-// The variants 1-6 split L over two launches (launch, autoChunks) only when forced to.
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
-    if (blocks < 2 * smCount() && autoWarpChunksLog2(batch, L, E) > 0)
+    if (blocks < 2 * smCount() && L <= kWarpChunksMaxL && autoWarpChunksLog2(batch, L, E) > 0)
         return VIMDEPLOY_SCAN_WARP_CHUNKS;
+    if (blocks < 2 * smCount() && L > kWarpChunksMaxL) // split over two launches (autoChunks)
+        return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS8_THREADS2;
     if (blocks >= 4 * smCount())
         return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS4_THREADS1;
     return fp32 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS8_THREADS2;
