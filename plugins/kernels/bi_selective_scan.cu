@@ -772,18 +772,36 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     return kernel(std::false_type{});
 }
 
-// Chunks per sequence (log2) for the warp-chunks path when num_chunks is 0: the fewest (a power
-// of two, at most 32) that give ~2 warps per scheduler (8 per SM), and chunks of at least
-// kMinWarpChunkL tokens.
+// Chunks per sequence (log2) for the warp-chunks path when num_chunks is 0: the count (a power
+// of two <= 32, chunks of >= kMinWarpChunkL tokens) with the least estimated time per SM, the
+// larger of two estimates in cycles (arithmetic from the kernel's code, not fitted to timings):
+// - issue: a scheduler runs its warps' steps (~260 instructions per token over the two passes,
+//   ~200 per combine round) one after another;
+// - L1: a warp's per-thread loads and stores (~12 per token over the two passes) each touch one
+//   cache line per chunk of the warp (its lanes sit at C different tokens): warps x L x 12.
+// More chunks: more warps in flight and shorter chunks, but more L1 traffic per SM. 0 = C of 1
+// (the caller then takes the sequential sweep).
 constexpr int kMinWarpChunkL = 4;
 int autoWarpChunksLog2(int64_t batch, int64_t L, int64_t E)
 {
-    int64_t const threads = 2 * batch * E;
-    int64_t const want = int64_t(smCount()) * 8 * kWarp;
-    int lg = 0;
-    while (lg < 5 && (threads << lg) < want && (L >> (lg + 1)) >= kMinWarpChunkL)
-        ++lg;
-    return lg;
+    int64_t const sms = smCount();
+    int best = 0;
+    int64_t bestCycles = 0;
+    for (int lg = 1; lg <= 5 && (L >> lg) >= kMinWarpChunkL; ++lg)
+    {
+        int64_t const blocks = tilesOf(E, kWarp >> lg) * batch;
+        int64_t const warps = 2 * ((blocks + sms - 1) / sms); // per SM
+        int64_t const len = (L + (1 << lg) - 1) >> lg;
+        int64_t const issue = (warps + 3) / 4 * (len * 260 + lg * 200);
+        int64_t const l1 = warps * len * 12 * (1 << lg);
+        int64_t const cycles = std::max(issue, l1);
+        if (best == 0 || cycles < bestCycles)
+        {
+            best = lg;
+            bestCycles = cycles;
+        }
+    }
+    return best;
 }
 
 // num_chunks: 0 = automatic, else the largest power of two <= min(num_chunks, 32, L).
