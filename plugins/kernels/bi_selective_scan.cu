@@ -107,6 +107,9 @@ __device__ __forceinline__ void storeIf(bool ok, __half* q, __half v)
         "l"(q), "h"(__half_as_ushort(v)) : "memory");
 }
 
+// A hint that the line of q be brought into L2 (no register; q must be a valid address).
+__device__ __forceinline__ void prefetchL2(void const* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); }
+
 // kCount consecutive elements (8, 16, 32 or 64 bytes, aligned to min(that, 16)) in 8- or
 // 16-byte loads through the read-only path.
 template <typename T, int kCount>
@@ -153,6 +156,20 @@ struct Lane
     int part;   // which kN / kTPC states of the channel (0..kTPC-1)
     bool store; // channel < E (inactive lanes compute on a clamped channel)
 };
+
+// Channel ec's parameters in direction dir: A * log2(e) of its states [first, first + kCount),
+// D and the dt bias.
+template <int kCount>
+__device__ __forceinline__ void channelParams(
+    Params const& p, int dir, int64_t ec, int first, float (&A2)[kCount], float& D, float& bias)
+{
+    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + first;
+#pragma unroll
+    for (int i = 0; i < kCount; ++i)
+        A2[i] = A[i] * kLog2e;
+    D = (dir == 0 ? p.D[0] : p.D[1])[ec];
+    bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+}
 
 // Sweeps steps [s0, s1) in scan order (step 0 = the chunk's first token in this direction;
 // rev: the backward direction, tokens descending. A run-time flag, not a template
@@ -404,12 +421,7 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         ln.bcv = ln.bc - j + (r - (dir == 1 ? kTC - 1 : 0)) * p.bcStride + (j * kTC) % kN;
         ln.bcDst = (dir == 1 ? kTC - 1 - r : r) * kWarp + (lane / kN) * kN + (j * kTC) % kN;
     }
-    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + ln.part * kS;
-#pragma unroll
-    for (int i = 0; i < kS; ++i)
-        ln.A2[i] = A[i] * kLog2e;
-    ln.D = (dir == 0 ? p.D[0] : p.D[1])[ec];
-    ln.bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+    channelParams(p, dir, ec, ln.part * kS, ln.A2, ln.D, ln.bias);
 
     float h[kS];
 #pragma unroll
@@ -475,9 +487,6 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 // rows (16-byte vector loads when aligned) instead of staging them in shared memory. A short
 // (last) chunk's thread runs the same number of steps as the others, the extra ones masked:
 // delta 0 (the state is unchanged), no store, loads clamped to the chunk's last token.
-
-// A hint that the line of q be brought into L2 (no register; q must be a valid address).
-__device__ __forceinline__ void prefetchL2(void const* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); }
 
 template <typename T>
 struct StepData
@@ -633,12 +642,7 @@ __global__ void __launch_bounds__(2 * kWarp) warpChunksKernel(Params const p)
     q.y = static_cast<T*>(p.y) + row * p.E + ec;
     q.B = static_cast<T const*>(dir == 0 ? p.B[0] : p.B[1]) + row * p.bcStride;
     q.C = static_cast<T const*>(dir == 0 ? p.C[0] : p.C[1]) + row * p.bcStride;
-    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN;
-#pragma unroll
-    for (int i = 0; i < kN; ++i)
-        q.A2[i] = A[i] * kLog2e;
-    q.D = (dir == 0 ? p.D[0] : p.D[1])[ec];
-    q.bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+    channelParams(p, dir, ec, 0, q.A2, q.D, q.bias);
 
     float h[kN];
 #pragma unroll
