@@ -20,14 +20,13 @@
  *   them (32 values a step = one per lane, coalesced) through registers into shared memory,
  *   one chunk ahead, and every lane reads them back as float4 broadcasts. x, dt, z and the
  *   partial are per-thread, coalesced across the warp, also prefetched one chunk ahead.
- * - When batch * channels cannot fill the GPU (batch 1 to ~8), L is split into chunks. Up to
- *   L = 1024 the automatic choice is the sequence-parallel path (warpChunksKernel, below): up
- *   to 32 chunks, one thread per (channel, chunk, direction), chunk states combined by a
- *   log-depth scan over the lanes of a warp, every chunk rescanned from its starting state; one
- *   launch. Longer L (and variants 1-6 when forced to split) split over two launches: a first
- *   launch computes each chunk's final state from zero and the sum of its deltas, the second
- *   starts each chunk from the carried state of the chunks before it and runs the sweep above
- *   inside the chunk (its loads stay coalesced, 32 channels at one token).
+ * - When batch * channels cannot fill the GPU (batch 1 at long L), L is split into chunks:
+ *   a first launch computes each chunk's final state from zero and the sum of its deltas
+ *   (its total decay is exp(A * sum(delta))), the second launch starts each chunk from the
+ *   carried state of the chunks before it (in scan order) and runs the sweep above inside
+ *   the chunk. That doubles the exps, so it is only used when the GPU would idle otherwise.
+ *   A sequence-parallel path in one launch (warpChunksKernel, below; forced only) measured
+ *   2-11x slower at batch 1.
  * - Instruction issue, not memory, is the other limit: per step a thread does ~5
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
@@ -469,11 +468,11 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The sequence-parallel path (VIMDEPLOY_SCAN_WARP_CHUNKS), for grids that cannot fill the GPU
-// (small batch): each sequence is cut into C chunks (C a power of two <= 32) and one thread
-// runs one (channel, chunk, direction). A warp holds the C chunks of 32 / C channels (lane =
-// channel * C + chunk), a block the forward warp and the backward warp of the same channels.
-// One launch, no workspace:
+// The sequence-parallel path (VIMDEPLOY_SCAN_WARP_CHUNKS; forced only: measured on an H100 at
+// batch 1 it is 2-11x slower than the split over two launches, docs/kernel.md). Each sequence
+// is cut into C chunks (C a power of two <= 32) and one thread runs one (channel, chunk,
+// direction). A warp holds the C chunks of 32 / C channels (lane = channel * C + chunk), a block
+// the forward warp and the backward warp of the same channels. One launch, no workspace:
 //   1. each thread scans its chunk from state zero: the chunk's final state and its sum of
 //      deltas, i.e. the chunk's map h -> exp(A * sum) * h + state;
 //   2. the C maps of a channel are combined by a log-depth scan over the lanes (shuffles of
@@ -482,11 +481,11 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 //   3. each thread rescans its chunk from that state and writes the output, meeting the other
 //      direction's thread of the same (channel, chunk) in the middle of the chunk (partial in
 //      y, __syncthreads, gate), as the sequential sweep does over the whole sequence.
-// That is twice the exps of the sequential sweep (plus 16 per combine round) for C times the
-// threads. The lanes of a warp are at different tokens, so each thread loads its own B and C
-// rows (16-byte vector loads when aligned) instead of staging them in shared memory. A short
-// (last) chunk's thread runs the same number of steps as the others, the extra ones masked:
-// delta 0 (the state is unchanged), no store, loads clamped to the chunk's last token.
+// Why it loses: the lanes of a warp are at different tokens, so each thread loads its own B and
+// C rows and every per-thread load touches up to C cache lines, and the loads are issued one
+// step ahead (the sweep stages 8): ~1,000 cycles per step even with one chunk. A short (last)
+// chunk's thread runs the same number of steps as the others, the extra ones masked: delta 0
+// (the state is unchanged), no store, loads clamped to the chunk's last token.
 
 template <typename T>
 struct StepData
@@ -832,28 +831,21 @@ cudaError_t launchWarpChunks(Params p, int numChunks, cudaStream_t stream)
     return cudaGetLastError();
 }
 
-// Longest L the automatic choice gives the warp-chunks path. Its lanes are at different tokens,
-// so each of its per-thread loads touches up to 32 cache lines (the sweep's coalesced loads
-// touch one): past short sequences the two-launch split, whose warps stay 32 channels wide at
-// one token, is expected to move less through L1 (to be settled by bench_scan.py --variants).
-constexpr int64_t kWarpChunksMaxL = 1024;
-
 // When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):
-// - the unsplit grid has fewer than 2 blocks per SM (batch 1 to ~8 for Vim): WARP_CHUNKS, the
-//   sequence-parallel path, for 8 <= L <= kWarpChunksMaxL; longer L split over two launches:
-//   STEPS8_THREADS1 for L >= 2048, else STEPS8_THREADS2;
 // - the grid has >= 4 blocks per SM (L=197 batch 128, Vim-S/B at batch 32): one thread per
 //   channel; 8 steps per chunk for long sequences (STEPS8_THREADS1: L=6085 batch 32 3-8% faster
 //   than STEPS4_THREADS1), 4 for short ones (STEPS4_THREADS1: L=197 batch 128 1-4% faster);
-// - otherwise (Vim-Ti at batch 32): fp16 two threads per channel (STEPS8_THREADS2: twice the
-//   warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms for STEPS8_THREADS1), fp32
-//   STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
+// - L split into chunks (batch 1): STEPS8_THREADS1 for L >= 2048, else STEPS8_THREADS2;
+// - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel
+//   (STEPS8_THREADS2: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms
+//   for STEPS8_THREADS1), fp32 STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
+// WARP_CHUNKS is never chosen: at batch 1 it was 2-11x slower than the split over two launches
+// (docs/kernel.md).
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
-    if (blocks < 2 * smCount() && L <= kWarpChunksMaxL && autoWarpChunksLog2(batch, L, E) > 0)
-        return VIMDEPLOY_SCAN_WARP_CHUNKS;
-    if (blocks < 2 * smCount() && L > kWarpChunksMaxL) // split over two launches (autoChunks)
+    bool const split = autoChunks(batch, L, tilesOf(E, kWarp)) > 1;
+    if (split)
         return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS8_THREADS2;
     if (blocks >= 4 * smCount())
         return L >= 2048 ? VIMDEPLOY_SCAN_STEPS8_THREADS1 : VIMDEPLOY_SCAN_STEPS4_THREADS1;

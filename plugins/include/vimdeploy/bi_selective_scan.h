@@ -17,9 +17,8 @@ extern "C" {
 #endif
 
 /*
- * Bytes of scratch memory that let variants 1-6 split long sequences into chunks over two
- * launches (the automatic choice runs VIMDEPLOY_SCAN_WARP_CHUNKS at the shapes that need a
- * split, which uses none). The size depends only on E and N: never on batch, L or the GPU, so
+ * Bytes of scratch memory that let the kernel split long sequences into chunks over two
+ * launches (used when batch * E is too small to fill the GPU, e.g. batch 1). The size depends only on E and N: never on batch, L or the GPU, so
  * that a size fixed when a TensorRT engine is built holds on any GPU it runs on. The kernel
  * never uses more than workspace_bytes: with less (or NULL) it splits into fewer chunks or
  * none, equally correct. For tests, VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of
@@ -48,10 +47,10 @@ VIMDEPLOY_API int vimdeploy_bi_selective_scan(
 #define VIMDEPLOY_SCAN_STEPS8_THREADS2 4
 #define VIMDEPLOY_SCAN_STEPS16_THREADS1 5
 #define VIMDEPLOY_SCAN_STEPS16_THREADS2 6
-/* Sequence-parallel (automatic when the grid of the others cannot fill the GPU, e.g. batch 1):
- * one thread per (channel, chunk of L, direction), the chunks of a channel in one warp, their
- * states combined by shuffles, one launch, no workspace. Its num_chunks: chunks per sequence,
- * the largest power of two <= min(num_chunks, 32, L); 0 = automatic. */
+/* Sequence-parallel in one launch (never chosen automatically: slower than the split over two
+ * launches, docs/kernel.md): one thread per (channel, chunk of L, direction), the chunks of a
+ * channel in one warp, their states combined by shuffles, no workspace. Its num_chunks: chunks
+ * per sequence, the largest power of two <= min(num_chunks, 32, L); 0 = its own estimate. */
 #define VIMDEPLOY_SCAN_WARP_CHUNKS 7
 #define VIMDEPLOY_SCAN_NUM_VARIANTS 8 /* ids 0 .. 7; any other is VIMDEPLOY_ERROR_INVALID_ARGUMENT */
 
