@@ -106,7 +106,8 @@ __device__ __forceinline__ void storeIf(bool ok, __half* q, __half v)
         "l"(q), "h"(__half_as_ushort(v)) : "memory");
 }
 
-// A hint that the line of q be brought into L2 (no register; q must be a valid address).
+// Hints that the line of q be brought into L1 / L2 (no register; q must be a valid address).
+__device__ __forceinline__ void prefetchL1(void const* q) { asm volatile("prefetch.global.L1 [%0];" ::"l"(q)); }
 __device__ __forceinline__ void prefetchL2(void const* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); }
 
 // kCount consecutive elements (8, 16, 32 or 64 bytes, aligned to min(that, 16)) in 8- or
@@ -372,7 +373,9 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
 
 // grid (ceil(E / channels per warp), batch, chunks), block 64: warp 0 forward, warp 1 backward
 // over the same channels.
-template <typename T, int kTC, int kTPC, bool kSoftplus, bool kStatesPass>
+// kCarryIn: the second launch of a split (p.chunks > 1), its own instantiation so that the
+// unsplit kernel's code stays as it was tuned.
+template <typename T, int kTC, int kTPC, bool kSoftplus, bool kStatesPass, bool kCarryIn = false>
 __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 {
     constexpr int kS = kN / kTPC;
@@ -445,12 +448,31 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     }
     else
     {
-        // Carry in the states of the chunks before this one (in scan order).
+        // Carry in the states of the chunks before this one (in scan order). With kCarryIn the
+        // state of the chunk kCarryAhead further on is asked into L1 meanwhile: the chunks come
+        // one after another, and each one's loads would otherwise wait out an L2 round trip.
+        constexpr int kCarryAhead = 4;
+        auto warmChunk = [&](int k) {
+            int const cc = dir == 0 ? k : p.chunks - 1 - k;
+            if (k < p.chunks - 1 && (dir == 0 ? cc < c : cc > c)) // warp-uniform
+            {
+                float const* w = p.ws + (wsDir + cc) * (kN + 1) * p.E + ec;
+                prefetchL1(w + kN * p.E);
+#pragma unroll
+                for (int i = 0; i < kS; ++i)
+                    prefetchL1(w + (ln.part * kS + i) * p.E);
+            }
+        };
+        if constexpr (kCarryIn)
+            for (int k = 0; k < kCarryAhead; ++k)
+                warmChunk(k);
         for (int k = 0; k < p.chunks - 1; ++k)
         {
             int const cc = dir == 0 ? k : p.chunks - 1 - k;
             if (dir == 0 ? cc >= c : cc <= c)
                 break;
+            if constexpr (kCarryIn)
+                warmChunk(k + kCarryAhead);
             float const* w = p.ws + (wsDir + cc) * (kN + 1) * p.E + ec;
             float const S = w[kN * p.E];
 #pragma unroll
@@ -758,21 +780,23 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     // The softplus is a template parameter, not a run-time select: with delta given (the model
     // computes it with vimdeploy_delta_softplus, delta_softplus = 0) the scan skips its ~13
     // instructions and one MUFU op per channel-step.
-    auto const kernel = [&](auto states) {
+    auto const kernel = [&](auto states, auto carry) {
         constexpr bool kStatesPass = decltype(states)::value;
+        constexpr bool kCarryIn = decltype(carry)::value;
         if (p.softplus)
-            biScanKernel<T, kTC, kTPC, true, kStatesPass><<<grid, 2 * kWarp, 0, stream>>>(p);
+            biScanKernel<T, kTC, kTPC, true, kStatesPass, kCarryIn><<<grid, 2 * kWarp, 0, stream>>>(p);
         else
-            biScanKernel<T, kTC, kTPC, false, kStatesPass><<<grid, 2 * kWarp, 0, stream>>>(p);
+            biScanKernel<T, kTC, kTPC, false, kStatesPass, kCarryIn><<<grid, 2 * kWarp, 0, stream>>>(p);
         return cudaGetLastError();
     };
     if (p.chunks > 1)
     {
-        cudaError_t const err = kernel(std::true_type{});
+        cudaError_t const err = kernel(std::true_type{}, std::false_type{});
         if (err != cudaSuccess)
             return err;
+        return kernel(std::false_type{}, std::true_type{});
     }
-    return kernel(std::false_type{});
+    return kernel(std::false_type{}, std::false_type{});
 }
 
 // Chunks per sequence (log2) for the warp-chunks path when num_chunks is 0: the count (a power
