@@ -4,9 +4,10 @@
 # so that each one fits a 10-minute call on a lent machine (times measured on an H100, plus ~1 min
 # to build the kernels on the first stage of a fresh machine); no stage named = all of them, in
 # this order:
-#   quick  the scan's sequence-parallel path (warp chunks) alone: its tests, compute-sanitizer memcheck,
-#          racecheck and synccheck on two shapes, and the scan's rows at L=197 and 6085, batch 1,
-#          automatic choice beside the two-launch split (variants 2 and 4) and the limit  (< 4 min)
+#   quick  the scan at batch 1: the split and warp-chunks tests, compute-sanitizer memcheck, racecheck
+#          and synccheck on the warp-chunks kernel (two shapes), and the scan's rows at L=197 and 6085,
+#          batch 1: automatic (the two-launch split), variants 2, 4, 7 and their chunk counts, the
+#          limit                                                                       (< 4 min)
 #   check  the GPU tests (scan, delta, conv kernels, golden, model, hostile op inputs), compute-sanitizer memcheck,
 #          racecheck and synccheck over the conv + x_proj kernel's and the warp-chunks scan's tests; with
 #          OFFICIAL_SDIST set, mamba_ssm's selective scan is built for the scan stage meanwhile (~5 min)
