@@ -5,7 +5,7 @@ graphs: the strongest DeiT baseline of bench_layout.py), in one run.
     python benchmarks/bench_e2e_edge.py [--json out.json] [--models tiny,small,base] [--configs 224x1,...]
 
 With --profile (default on): the kernels one forward launches at batch 1 (torch.profiler, CUDA graphs
-off), by name with counts and GPU time, for DeiT-Ti and Vim-Ti at 224 and 1248 px.
+off), by name with counts and GPU time, for Vim-Ti at 224 and 1248 px.
 
 The scan kernel alone at the same shapes: bench_scan.py --shapes 197x1,197x8,6085x1,6085x8 (both
 run by the `edge` stage of gpu_suite.sh). Needs a GPU, the kernel library and timm. Untrained
@@ -20,7 +20,7 @@ from vimdeploy import bench
 
 CONFIGS = [(224, 1), (224, 8), (1248, 1), (1248, 8)]
 MODELS = ("tiny", "small", "base")
-PROFILED = ("DeiT", "Vim-Ti")  # runner names starting so: kernels per forward at batch 1
+PROFILED = ("Vim-Ti",)  # runner names starting so: kernels per forward at batch 1
 
 
 def kernel_counts(runner, size, batch, steps=5) -> dict:
