@@ -37,7 +37,7 @@ from vimdeploy.ops.reference import bi_selective_scan_fast  # noqa: E402
 
 N = 16
 MODELS = {"Ti": 384, "S": 768, "B": 1536}
-SHAPES = [(197, 1), (197, 128), (6085, 1), (6085, 32)]
+SHAPES = [(197, 1), (197, 8), (197, 128), (6085, 1), (6085, 8), (6085, 32)]
 
 
 def smi(field):
@@ -135,7 +135,7 @@ def main():
         metavar="LIST",
         help="also time kernel variants (all, or a comma-separated subset of "
         + ",".join(map(str, VARIANTS))
-        + ") and forced L splits",
+        + ") and forced L splits (variant 2's two launches; the warp-chunks variant's chunk counts when it is listed)",
     )
     ap.add_argument(
         "--shapes",
@@ -258,9 +258,16 @@ def main():
                 if args.variants:
                     for v in variants:
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
-                    for ch in (1, 2, 4, 8, 16, 32, 64) if b == 1 else (1, 2):
+                    # forced L splits: variant 2 over two launches, the warp-chunks path (<= 32 chunks)
+                    for ch in (1, 2, 4, 8, 16, 32, 64) if b <= 8 else (1, 2):
                         if ch <= L // 32:
-                            row[f"cuda_chunks{ch}"] = summary(time_graph([ours(i, ch) for i in range(sets)], reps=10))
+                            row[f"cuda_v2_chunks{ch}"] = summary(
+                                time_graph([ours(i, ch, 2) for i in range(sets)], reps=10)
+                            )
+                        if plugin.WARP_CHUNKS in variants and b <= 8 and ch <= 32:
+                            row[f"cuda_v{plugin.WARP_CHUNKS}_chunks{ch}"] = summary(
+                                time_graph([ours(i, ch, plugin.WARP_CHUNKS) for i in range(sets)], reps=10)
+                            )
                 if not args.no_fast and b * L * E <= 32 * 6085 * 384:
                     try:
                         row["fast"] = summary(time_eager(lambda: bi_selective_scan_fast(inputs[0]), reps=3))

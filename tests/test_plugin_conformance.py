@@ -238,11 +238,11 @@ def test_kernel_c_api_refuses_what_breaks_the_contract(build):
     scan.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     bad = {
         **BAD_PARAMS,
-        "variant 7": (dict(), INVALID),
+        "variant 8": (dict(), INVALID),
         "variant -1": (dict(), INVALID),
         "num_chunks -1": (dict(), INVALID),
     }
-    knobs = {"variant 7": (0, 7), "variant -1": (0, -1), "num_chunks -1": (-1, 0)}
+    knobs = {"variant 8": (0, 8), "variant -1": (0, -1), "num_chunks -1": (-1, 0)}
     for what, (change, code) in bad.items():
         p, y, keep = host_params((2, 5, 16), **change)
         num_chunks, variant = knobs.get(what, (0, 0))

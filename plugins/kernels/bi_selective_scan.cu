@@ -25,6 +25,8 @@
  *   (its total decay is exp(A * sum(delta))), the second launch starts each chunk from the
  *   carried state of the chunks before it (in scan order) and runs the sweep above inside
  *   the chunk. That doubles the exps, so it is only used when the GPU would idle otherwise.
+ *   A sequence-parallel path in one launch (warpChunksKernel, below; forced only) measured
+ *   2-11x slower at batch 1.
  * - Instruction issue, not memory, is the other limit: per step a thread does ~5
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
@@ -57,7 +59,7 @@ namespace
 
 constexpr int kN = VIMDEPLOY_SCAN_D_STATE; // other values are rejected (scan_check.h)
 constexpr int kWarp = 32;   // channels per block (one warp per direction)
-constexpr int kMinChunkL = 64; // shortest chunk worth splitting L into
+constexpr int kMinChunkL = 16; // shortest chunk worth splitting L into (two-launch split)
 
 struct Params
 {
@@ -74,6 +76,7 @@ struct Params
     int64_t L, E;
     int64_t bcStride; // elements between tokens of B and C (>= kN)
     int chunks, chunk_len, batch;
+    int chunksLog2; // the warp-chunks path: 1 << chunksLog2 chunks per sequence
     int softplus;
     int bcVec; // B and C 16-byte aligned: full chunks stage them with vector loads
     float scale;
@@ -102,6 +105,10 @@ __device__ __forceinline__ void storeIf(bool ok, __half* q, __half v)
     asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %0, 0;\n\t@p st.global.cg.b16 [%1], %2;\n\t}" ::"r"(int(ok)),
         "l"(q), "h"(__half_as_ushort(v)) : "memory");
 }
+
+// Hints that the line of q be brought into L1 / L2 (no register; q must be a valid address).
+__device__ __forceinline__ void prefetchL1(void const* q) { asm volatile("prefetch.global.L1 [%0];" ::"l"(q)); }
+__device__ __forceinline__ void prefetchL2(void const* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); }
 
 // kCount consecutive elements (8, 16, 32 or 64 bytes, aligned to min(that, 16)) in 8- or
 // 16-byte loads through the read-only path.
@@ -149,6 +156,20 @@ struct Lane
     int part;   // which kN / kTPC states of the channel (0..kTPC-1)
     bool store; // channel < E (inactive lanes compute on a clamped channel)
 };
+
+// Channel ec's parameters in direction dir: A * log2(e) of its states [first, first + kCount),
+// D and the dt bias.
+template <int kCount>
+__device__ __forceinline__ void channelParams(
+    Params const& p, int dir, int64_t ec, int first, float (&A2)[kCount], float& D, float& bias)
+{
+    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + first;
+#pragma unroll
+    for (int i = 0; i < kCount; ++i)
+        A2[i] = A[i] * kLog2e;
+    D = (dir == 0 ? p.D[0] : p.D[1])[ec];
+    bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+}
 
 // Sweeps steps [s0, s1) in scan order (step 0 = the chunk's first token in this direction;
 // rev: the backward direction, tokens descending. A run-time flag, not a template
@@ -352,7 +373,9 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
 
 // grid (ceil(E / channels per warp), batch, chunks), block 64: warp 0 forward, warp 1 backward
 // over the same channels.
-template <typename T, int kTC, int kTPC, bool kSoftplus, bool kStatesPass>
+// kCarryIn: the second launch of a split (p.chunks > 1), its own instantiation so that the
+// unsplit kernel's code stays as it was tuned.
+template <typename T, int kTC, int kTPC, bool kSoftplus, bool kStatesPass, bool kCarryIn = false>
 __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 {
     constexpr int kS = kN / kTPC;
@@ -400,12 +423,7 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         ln.bcv = ln.bc - j + (r - (dir == 1 ? kTC - 1 : 0)) * p.bcStride + (j * kTC) % kN;
         ln.bcDst = (dir == 1 ? kTC - 1 - r : r) * kWarp + (lane / kN) * kN + (j * kTC) % kN;
     }
-    float const* A = (dir == 0 ? p.A[0] : p.A[1]) + ec * kN + ln.part * kS;
-#pragma unroll
-    for (int i = 0; i < kS; ++i)
-        ln.A2[i] = A[i] * kLog2e;
-    ln.D = (dir == 0 ? p.D[0] : p.D[1])[ec];
-    ln.bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+    channelParams(p, dir, ec, ln.part * kS, ln.A2, ln.D, ln.bias);
 
     float h[kS];
 #pragma unroll
@@ -430,12 +448,31 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
     }
     else
     {
-        // Carry in the states of the chunks before this one (in scan order).
+        // Carry in the states of the chunks before this one (in scan order). With kCarryIn the
+        // state of the chunk kCarryAhead further on is asked into L1 meanwhile: the chunks come
+        // one after another, and each one's loads would otherwise wait out an L2 round trip.
+        constexpr int kCarryAhead = 4;
+        auto warmChunk = [&](int k) {
+            int const cc = dir == 0 ? k : p.chunks - 1 - k;
+            if (k < p.chunks - 1 && (dir == 0 ? cc < c : cc > c)) // warp-uniform
+            {
+                float const* w = p.ws + (wsDir + cc) * (kN + 1) * p.E + ec;
+                prefetchL1(w + kN * p.E);
+#pragma unroll
+                for (int i = 0; i < kS; ++i)
+                    prefetchL1(w + (ln.part * kS + i) * p.E);
+            }
+        };
+        if constexpr (kCarryIn)
+            for (int k = 0; k < kCarryAhead; ++k)
+                warmChunk(k);
         for (int k = 0; k < p.chunks - 1; ++k)
         {
             int const cc = dir == 0 ? k : p.chunks - 1 - k;
             if (dir == 0 ? cc >= c : cc <= c)
                 break;
+            if constexpr (kCarryIn)
+                warmChunk(k + kCarryAhead);
             float const* w = p.ws + (wsDir + cc) * (kN + 1) * p.E + ec;
             float const S = w[kN * p.E];
 #pragma unroll
@@ -450,6 +487,228 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         __syncthreads(); // partials of the first half are visible to the other warp
         sweep<T, kTC, kTPC, kSoftplus, kSecond>(ln, p, h, dsum, split, n, smem, lane, dir == 1);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sequence-parallel path (VIMDEPLOY_SCAN_WARP_CHUNKS; forced only: measured on an H100 at
+// batch 1 it is 2-11x slower than the split over two launches, docs/kernel.md). Each sequence
+// is cut into C chunks (C a power of two <= 32) and one thread runs one (channel, chunk,
+// direction). A warp holds the C chunks of 32 / C channels (lane = channel * C + chunk), a block
+// the forward warp and the backward warp of the same channels. One launch, no workspace:
+//   1. each thread scans its chunk from state zero: the chunk's final state and its sum of
+//      deltas, i.e. the chunk's map h -> exp(A * sum) * h + state;
+//   2. the C maps of a channel are combined by a log-depth scan over the lanes (shuffles of
+//      width C, in scan order: ascending lanes forward, descending backward), then shifted by
+//      one chunk: each thread gets the state its chunk starts from;
+//   3. each thread rescans its chunk from that state and writes the output, meeting the other
+//      direction's thread of the same (channel, chunk) in the middle of the chunk (partial in
+//      y, __syncthreads, gate), as the sequential sweep does over the whole sequence.
+// Why it loses: the lanes of a warp are at different tokens, so each thread loads its own B and
+// C rows and every per-thread load touches up to C cache lines, and the loads are issued one
+// step ahead (the sweep stages 8): ~1,000 cycles per step even with one chunk. A short (last)
+// chunk's thread runs the same number of steps as the others, the extra ones masked: delta 0
+// (the state is unchanged), no store, loads clamped to the chunk's last token.
+
+template <typename T>
+struct StepData
+{
+    T x, dt, z, part;
+    T b[kN], c[kN];
+};
+
+template <typename T>
+struct ChunkLane
+{
+    T const* x; // x, dt, z, y at the chunk's first token in scan order
+    T const* dt;
+    T const* z;
+    T* y;
+    T const* B; // B and C rows at that token
+    T const* C;
+    int64_t tokE, tokBC; // elements from one step to the next (negative backward)
+    int last;            // the chunk's last step (0 for an empty chunk: every step masked)
+    float A2[kN];        // A * log2(e)
+    float D, bias;
+    bool store; // channel < E
+};
+
+// `steps` steps (the same count in every lane) from step s0 of the chunk; the first cnt of
+// them are real (cnt <= steps), the rest masked. kStates: only the state and the sum of
+// deltas; kFirst: store the ungated partial output; kSecond: add the other direction's
+// partial, gate, store the final output.
+template <typename T, bool kSoftplus, bool kVecBC, Mode kMode>
+__device__ __forceinline__ void chunkSweep(
+    ChunkLane<T> const& q, Params const& p, float (&h)[kN], float& dsum, int s0, int cnt, int steps)
+{
+    constexpr bool kOut = kMode != kStates;
+    auto load = [&](int k) {
+        StepData<T> d;
+        int64_t const i = min(s0 + k, q.last);
+        int64_t const o = i * q.tokE;
+        d.x = __ldg(q.x + o);
+        d.dt = __ldg(q.dt + o);
+        d.z = d.part = fromF<T>(0.f);
+        if (kMode == kSecond)
+        {
+            d.z = __ldg(q.z + o);
+            // the other direction's partial (an L2 load: written in this launch), only where
+            // it was written: real steps of a real channel
+            if (k < cnt && q.store)
+                d.part = __ldcg(q.y + o);
+        }
+        T const* qb = q.B + i * q.tokBC;
+        T const* qc = q.C + i * q.tokBC;
+        if constexpr (kVecBC)
+        {
+            loadVec(d.b, qb);
+            if (kOut)
+                loadVec(d.c, qc);
+        }
+        else
+        {
+#pragma unroll
+            for (int n = 0; n < kN; ++n)
+            {
+                d.b[n] = __ldg(qb + n);
+                if (kOut)
+                    d.c[n] = __ldg(qc + n);
+            }
+        }
+        return d;
+    };
+
+    // Registers hold one step ahead; the rows kAhead steps ahead are asked into L2 (a hint, no
+    // registers): the x, dt and z rows a thread reads are first touched in DRAM, and one step
+    // of compute does not cover that latency. z is needed only in the second half of the chunk,
+    // C not in the first pass: both are warmed there for the later sweeps.
+    constexpr int kAhead = 8;
+    auto warm = [&](int k) {
+        int64_t const i = min(s0 + k, q.last);
+        prefetchL2(q.x + i * q.tokE);
+        prefetchL2(q.dt + i * q.tokE);
+        prefetchL2(q.B + i * q.tokBC);
+        prefetchL2(q.C + i * q.tokBC);
+        if (kMode != kFirst)
+            prefetchL2(q.z + i * q.tokE);
+    };
+#pragma unroll
+    for (int k = 1; k < kAhead; ++k)
+        warm(k);
+    StepData<T> cur = load(0);
+#pragma unroll 2
+    for (int k = 0; k < steps; ++k)
+    {
+        warm(k + kAhead);
+        StepData<T> const nxt = load(k + 1); // one step ahead (clamped: always a valid address)
+        bool const real = k < cnt;
+        float const xv = toF(cur.x);
+        float const v = toF(cur.dt) + q.bias;
+        float const dRaw = kSoftplus ? softplus(v) : v;
+        float const d = real ? dRaw : 0.f;
+        float const dx = real ? dRaw * xv : 0.f;
+        float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < kN; ++n)
+        {
+            h[n] = fmaf(ex2Mufu(d * q.A2[n]), h[n], dx * toF(cur.b[n]));
+            if (kOut)
+            {
+                if (n % 2 == 0)
+                    y0 = fmaf(h[n], toF(cur.c[n]), y0);
+                else
+                    y1 = fmaf(h[n], toF(cur.c[n]), y1);
+            }
+        }
+        if constexpr (kMode == kStates)
+            dsum += d;
+        if constexpr (kOut)
+        {
+            float y = fmaf(q.D, xv, y0 + y1);
+            if (kMode == kSecond)
+                y = (y + toF(cur.part)) * (silu(toF(cur.z)) * p.scale);
+            storeIf(real && q.store, q.y + int64_t(min(s0 + k, q.last)) * q.tokE, fromF<T>(y));
+        }
+        cur = nxt;
+    }
+}
+
+// grid (ceil(E / (32 / C)), batch), block 64: warp 0 forward, warp 1 backward over the same
+// channels and chunks; C = 1 << p.chunksLog2 chunks of p.chunk_len tokens.
+template <typename T, bool kSoftplus, bool kVecBC>
+__global__ void __launch_bounds__(2 * kWarp) warpChunksKernel(Params const p)
+{
+    int const dir = threadIdx.x / kWarp;
+    int const lane = threadIdx.x % kWarp;
+    int const lg = p.chunksLog2;
+    int const nc = 1 << lg;
+    int const c = lane & (nc - 1);
+    int64_t const e = int64_t(blockIdx.x) * (kWarp >> lg) + (lane >> lg);
+    bool const active = e < p.E;
+    int64_t const ec = active ? e : p.E - 1;
+    int64_t const t0 = min(int64_t(c) * p.chunk_len, p.L);
+    int64_t const t1 = min(t0 + p.chunk_len, p.L);
+    int const n = int(t1 - t0);
+    // the chunk's first token in scan order (for an empty chunk any valid token: all masked)
+    int64_t const first = n == 0 ? p.L - 1 : (dir == 0 ? t0 : t1 - 1);
+    int64_t const row = int64_t(blockIdx.y) * p.L + first;
+
+    ChunkLane<T> q;
+    q.store = active;
+    q.last = n > 0 ? n - 1 : 0;
+    q.tokE = dir == 0 ? p.E : -p.E;
+    q.tokBC = dir == 0 ? p.bcStride : -p.bcStride;
+    q.x = static_cast<T const*>(dir == 0 ? p.x[0] : p.x[1]) + row * p.E + ec;
+    q.dt = static_cast<T const*>(dir == 0 ? p.dt[0] : p.dt[1]) + row * p.E + ec;
+    q.z = static_cast<T const*>(p.z) + row * p.E + ec;
+    q.y = static_cast<T*>(p.y) + row * p.E + ec;
+    q.B = static_cast<T const*>(dir == 0 ? p.B[0] : p.B[1]) + row * p.bcStride;
+    q.C = static_cast<T const*>(dir == 0 ? p.C[0] : p.C[1]) + row * p.bcStride;
+    channelParams(p, dir, ec, 0, q.A2, q.D, q.bias);
+
+    float h[kN];
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+        h[i] = 0.f;
+    float dsum = 0.f;
+    if (lg > 0)
+    {
+        chunkSweep<T, kSoftplus, kVecBC, kStates>(q, p, h, dsum, 0, n, p.chunk_len);
+        // Inclusive scan of the chunks' maps in scan order: after the round with offset `off`,
+        // (dsum, h) is the map of the up to 2 * off chunks ending at this one. The earlier
+        // part's state h' goes through this part's decay: h = exp(A * dsum) * h' + h.
+        unsigned const all = 0xffffffffu;
+        for (int off = 1; off < nc; off *= 2)
+        {
+            int const src = (dir == 0 ? c - off : c + off) & (nc - 1);
+            bool const take = dir == 0 ? c >= off : c + off < nc;
+            float const so = __shfl_sync(all, dsum, src, nc);
+#pragma unroll
+            for (int i = 0; i < kN; ++i)
+            {
+                float const ho = __shfl_sync(all, h[i], src, nc);
+                h[i] = fmaf(take ? ex2Mufu(q.A2[i] * dsum) : 0.f, ho, h[i]);
+            }
+            dsum += take ? so : 0.f;
+        }
+        // The state this chunk starts from: the previous chunk's (in scan order) inclusive one.
+        int const src = (dir == 0 ? c - 1 : c + 1) & (nc - 1);
+        bool const head = dir == 0 ? c == 0 : c == nc - 1;
+#pragma unroll
+        for (int i = 0; i < kN; ++i)
+        {
+            float const ho = __shfl_sync(all, h[i], src, nc);
+            h[i] = head ? 0.f : ho;
+        }
+    }
+
+    // Meet in the middle inside the chunk: forward covers its first n/2 tokens first, backward
+    // the rest; the step counts are per warp (from the full chunk length), the excess masked.
+    int const len = p.chunk_len;
+    int const steps1 = dir == 0 ? len / 2 : len - len / 2;
+    int const split = dir == 0 ? n / 2 : n - n / 2;
+    chunkSweep<T, kSoftplus, kVecBC, kFirst>(q, p, h, dsum, 0, split, steps1);
+    __syncthreads(); // partials of the first half are visible to the other warp
+    chunkSweep<T, kSoftplus, kVecBC, kSecond>(q, p, h, dsum, split, n - split, len - steps1);
 }
 
 // VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs, for tests of an engine
@@ -521,21 +780,79 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     // The softplus is a template parameter, not a run-time select: with delta given (the model
     // computes it with vimdeploy_delta_softplus, delta_softplus = 0) the scan skips its ~13
     // instructions and one MUFU op per channel-step.
-    auto const kernel = [&](auto states) {
+    auto const kernel = [&](auto states, auto carry) {
         constexpr bool kStatesPass = decltype(states)::value;
+        constexpr bool kCarryIn = decltype(carry)::value;
         if (p.softplus)
-            biScanKernel<T, kTC, kTPC, true, kStatesPass><<<grid, 2 * kWarp, 0, stream>>>(p);
+            biScanKernel<T, kTC, kTPC, true, kStatesPass, kCarryIn><<<grid, 2 * kWarp, 0, stream>>>(p);
         else
-            biScanKernel<T, kTC, kTPC, false, kStatesPass><<<grid, 2 * kWarp, 0, stream>>>(p);
+            biScanKernel<T, kTC, kTPC, false, kStatesPass, kCarryIn><<<grid, 2 * kWarp, 0, stream>>>(p);
         return cudaGetLastError();
     };
     if (p.chunks > 1)
     {
-        cudaError_t const err = kernel(std::true_type{});
+        cudaError_t const err = kernel(std::true_type{}, std::false_type{});
         if (err != cudaSuccess)
             return err;
+        return kernel(std::false_type{}, std::true_type{});
     }
-    return kernel(std::false_type{});
+    return kernel(std::false_type{}, std::false_type{});
+}
+
+// Chunks per sequence (log2) for the warp-chunks path when num_chunks is 0: the count (a power
+// of two <= 32, chunks of >= kMinWarpChunkL tokens) with the least estimated time per SM, the
+// larger of two estimates in cycles (arithmetic from the kernel's code, not fitted to timings):
+// - issue: a scheduler runs its warps' steps (~260 instructions per token over the two passes,
+//   ~200 per combine round) one after another;
+// - L1: a warp's per-thread loads and stores (~12 per token over the two passes) each touch one
+//   cache line per chunk of the warp (its lanes sit at C different tokens): warps x L x 12.
+// More chunks: more warps in flight and shorter chunks, but more L1 traffic per SM. 0 = C of 1
+// (the caller then takes the sequential sweep).
+constexpr int kMinWarpChunkL = 4;
+int autoWarpChunksLog2(int64_t batch, int64_t L, int64_t E)
+{
+    int64_t const sms = smCount();
+    int best = 0;
+    int64_t bestCycles = 0;
+    for (int lg = 1; lg <= 5 && (L >> lg) >= kMinWarpChunkL; ++lg)
+    {
+        int64_t const blocks = tilesOf(E, kWarp >> lg) * batch;
+        int64_t const warps = 2 * ((blocks + sms - 1) / sms); // per SM
+        int64_t const len = (L + (1 << lg) - 1) >> lg;
+        int64_t const issue = (warps + 3) / 4 * (len * 260 + lg * 200);
+        int64_t const l1 = warps * len * 12 * (1 << lg);
+        int64_t const cycles = std::max(issue, l1);
+        if (best == 0 || cycles < bestCycles)
+        {
+            best = lg;
+            bestCycles = cycles;
+        }
+    }
+    return best;
+}
+
+// num_chunks: 0 = automatic, else the largest power of two <= min(num_chunks, 32, L).
+template <typename T>
+cudaError_t launchWarpChunks(Params p, int numChunks, cudaStream_t stream)
+{
+    int lg = 0;
+    if (numChunks == 0)
+        lg = autoWarpChunksLog2(p.batch, p.L, p.E);
+    else
+        while (lg < 5 && (2 << lg) <= numChunks && (2 << lg) <= p.L)
+            ++lg;
+    int const nc = 1 << lg;
+    p.chunksLog2 = lg;
+    p.chunk_len = int((p.L + nc - 1) / nc);
+    dim3 const grid(unsigned(tilesOf(p.E, kWarp >> lg)), unsigned(p.batch));
+    auto const go = [&](auto softplus, auto vec) {
+        warpChunksKernel<T, decltype(softplus)::value, decltype(vec)::value><<<grid, 2 * kWarp, 0, stream>>>(p);
+    };
+    if (p.softplus)
+        p.bcVec ? go(std::true_type{}, std::true_type{}) : go(std::true_type{}, std::false_type{});
+    else
+        p.bcVec ? go(std::false_type{}, std::true_type{}) : go(std::false_type{}, std::false_type{});
+    return cudaGetLastError();
 }
 
 // When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):
@@ -546,6 +863,8 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
 // - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel
 //   (STEPS8_THREADS2: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms
 //   for STEPS8_THREADS1), fp32 STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
+// WARP_CHUNKS is never chosen: at batch 1 it was 2-11x slower than the split over two launches
+// (docs/kernel.md).
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
@@ -569,6 +888,7 @@ cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail
     case VIMDEPLOY_SCAN_STEPS8_THREADS2: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_STEPS16_THREADS1: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_STEPS16_THREADS2: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_WARP_CHUNKS: return launchWarpChunks<T>(p, numChunks, stream);
     }
     return cudaErrorInvalidValue; // unreachable: vimdeploy_bi_selective_scan_ex checks the id
 }
@@ -627,6 +947,7 @@ int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace
     p.batch = int(a->batch);
     p.chunks = 1;
     p.chunk_len = int(a->L);
+    p.chunksLog2 = 0;
     p.softplus = a->delta_softplus;
     p.bcStride = a->bc_stride == 0 ? a->N : a->bc_stride;
     size_t const elem = a->dtype == VIMDEPLOY_DTYPE_FLOAT16 ? 2 : 4;

@@ -17,11 +17,13 @@ from .inputs import ScanInputs
 from .library import call, define_scan_op
 from .native import PluginError, load_library
 
-__all__ = ["VARIANTS", "bi_selective_scan_cuda", "launch"]
+__all__ = ["VARIANTS", "WARP_CHUNKS", "bi_selective_scan_cuda", "launch"]
 
 # launch()'s `variant` values besides 0 (automatic): the kernel variants of
-# plugins/kernels/bi_selective_scan.cu (named VIMDEPLOY_SCAN_* in bi_selective_scan.h; docs/kernel.md lists them)
-VARIANTS = range(1, 7)
+# plugins/kernels/bi_selective_scan.cu (named VIMDEPLOY_SCAN_* in bi_selective_scan.h; docs/kernel.md lists them);
+# WARP_CHUNKS is the sequence-parallel path that needs no workspace
+VARIANTS = range(1, 8)
+WARP_CHUNKS = 7
 
 
 def launch(
@@ -39,7 +41,9 @@ def launch(
     lib = load_library()
     p = params(inputs, y, delta_softplus, out_scale)  # the contract's check first (ScanInputError)
     b, _, E = inputs.x_fwd.shape
-    if num_chunks > 1:
+    if variant == WARP_CHUNKS:
+        ws_bytes = 0
+    elif num_chunks > 1:
         ws_bytes = 2 * b * num_chunks * (D_STATE + 1) * E * 4
     else:
         ws_bytes = lib.vimdeploy_bi_selective_scan_workspace_size(E, D_STATE) if num_chunks == 0 else 0

@@ -17,12 +17,12 @@ extern "C" {
 #endif
 
 /*
- * Bytes of scratch memory that let the kernel split long sequences into chunks (used when
- * batch * E is too small to fill the GPU, e.g. batch 1 at long L). The size depends only on
- * E and N: never on batch, L or the GPU, so that a size fixed when a TensorRT engine is
- * built holds on any GPU it runs on. The kernel never uses more than workspace_bytes:
- * with less (or NULL) it splits into fewer chunks or none, equally correct, slower at small
- * batch. For tests, VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs.
+ * Bytes of scratch memory that let the kernel split long sequences into chunks over two
+ * launches (used when batch * E is too small to fill the GPU, e.g. batch 1). The size depends only on E and N: never on batch, L or the GPU, so
+ * that a size fixed when a TensorRT engine is built holds on any GPU it runs on. The kernel
+ * never uses more than workspace_bytes: with less (or NULL) it splits into fewer chunks or
+ * none, equally correct. For tests, VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of
+ * N SMs.
  */
 VIMDEPLOY_API size_t vimdeploy_bi_selective_scan_workspace_size(int64_t E, int64_t N);
 
@@ -47,11 +47,17 @@ VIMDEPLOY_API int vimdeploy_bi_selective_scan(
 #define VIMDEPLOY_SCAN_STEPS8_THREADS2 4
 #define VIMDEPLOY_SCAN_STEPS16_THREADS1 5
 #define VIMDEPLOY_SCAN_STEPS16_THREADS2 6
-#define VIMDEPLOY_SCAN_NUM_VARIANTS 7 /* ids 0 .. 6; any other is VIMDEPLOY_ERROR_INVALID_ARGUMENT */
+/* Sequence-parallel in one launch (never chosen automatically: slower than the split over two
+ * launches, docs/kernel.md): one thread per (channel, chunk of L, direction), the chunks of a
+ * channel in one warp, their states combined by shuffles, no workspace. Its num_chunks: chunks
+ * per sequence, the largest power of two <= min(num_chunks, 32, L); 0 = its own estimate. */
+#define VIMDEPLOY_SCAN_WARP_CHUNKS 7
+#define VIMDEPLOY_SCAN_NUM_VARIANTS 8 /* ids 0 .. 7; any other is VIMDEPLOY_ERROR_INVALID_ARGUMENT */
 
 /*
- * Same, with the tuning knobs exposed: num_chunks = number of chunks L is split into
- * (0 = automatic, 1 = never split; needs the workspace), variant = a VIMDEPLOY_SCAN_* id.
+ * Same, with the tuning knobs exposed: variant = a VIMDEPLOY_SCAN_* id; num_chunks = number of
+ * chunks L is split into (0 = automatic, 1 = never split). Variants 1-6 split L over two
+ * launches through the workspace; VIMDEPLOY_SCAN_WARP_CHUNKS needs none (see above).
  */
 VIMDEPLOY_API int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* p, void* workspace,
     size_t workspace_bytes, cudaStream_t stream, int num_chunks, int variant);
