@@ -45,26 +45,10 @@ DIRECTIONS = (("fwd", ""), ("bwd", "_b"))  # the scan's direction, the suffix of
 
 
 def depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, anti_causal: bool) -> torch.Tensor:
-    """Depthwise conv over the token axis of x (B, L, E), causal or anti-causal.
-
-    Anti-causal with the flipped kernel equals flip(causal_conv(flip(x))): what the
-    official backward branch computes on its flipped sequence.
-
-    Written as the 2-D convolution (kernel 1 x k) of x viewed as a channels-last image
-    (B, 1, L, E) -> (B, E, 1, L), which is what PyTorch runs for a 1-D one anyway. The
-    export then holds a 2-D Conv between NHWC-shaped transposes, a form ONNX Runtime's CPU
-    provider runs in its blocked (NCHWc) depthwise kernel with the output transpose folded
-    into its reorder: both convs + SiLU of a Vim-Ti layer 0.36 -> 0.20 ms (2-core AMD EPYC,
-    onnxruntime 1.31.1), against a 1-D Conv between two transposes.
-    """
-    k = conv.weight.shape[-1]
-    image = x.unsqueeze(1).permute(0, 3, 1, 2)  # (B, E, 1, L)
-    w, b = conv.weight.to(x.dtype).unsqueeze(2), conv.bias.to(x.dtype)  # fp32 taps in an fp16 model (bench's)
-    if anti_causal:
-        out = F.conv2d(F.pad(image, (0, k - 1)), w.flip(-1), b, groups=x.shape[-1])
-    else:
-        out = F.conv2d(F.pad(image, (k - 1, 0)), w, b, groups=x.shape[-1])
-    return out.permute(0, 2, 3, 1).squeeze(1)
+    """Depthwise conv over the token axis of x (B, L, E), causal or anti-causal: the reference
+    form of the mixer's conv (`ops.conv.depthwise_conv_tokens`; anti-causal with the flipped
+    kernel equals flip(causal_conv(flip(x))))."""
+    return conv_ops.depthwise_conv_tokens(x, conv.weight, conv.bias, anti_causal)
 
 
 def depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_causal: bool, length: int):
