@@ -519,8 +519,10 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 //      direction's warp in the middle of the chunk (partial in y, __syncthreads, gate), as
 //      the sequential kernel does over the whole sequence.
 // Twice the exps of the sequential kernel, C times its blocks. Clusters need sm_90: on older
-// GPUs the variant runs the split over two launches instead (launchWarpChunks).
-constexpr int kMaxWarpChunks = 8; // the portable cluster size
+// GPUs the variant runs the split over two launches instead (launchWarpChunks). C = 16 is a
+// non-portable cluster size (H100 schedules it); where the GPU cannot, C = 8.
+constexpr int kMaxWarpChunks = 16;     // a non-portable cluster size: taken where the GPU schedules it
+constexpr int kPortableWarpChunks = 8; // else this, the portable cluster size
 constexpr int kWarpChunksTC = 8;  // steps of B and C staged per warp at a time
 
 // grid (ceil(E / 32), batch, C), clusters (1, 1, C), block 64: warp 0 forward, warp 1 backward.
@@ -713,20 +715,34 @@ cudaError_t launchWarpChunks(Params p, int numChunks, size_t wsAvail, cudaStream
             nc *= 2;
     if (ccMajor() < 9) // no clusters: the same chunks over two launches (as many as the workspace holds)
         return launch<T, kWarpChunksTC, 1>(p, nc, wsAvail, stream);
-    p.chunk_len = int((p.L + nc - 1) / nc);
+    void (*const kernel)(Params) = p.softplus ? warpChunksKernel<T, true> : warpChunksKernel<T, false>;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(unsigned(tilesOf(p.E, kWarp)), unsigned(p.batch), unsigned(nc));
-    cfg.blockDim = dim3(2 * kWarp);
-    cfg.stream = stream;
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = unsigned(nc);
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return p.softplus ? cudaLaunchKernelEx(&cfg, warpChunksKernel<T, true>, p)
-                      : cudaLaunchKernelEx(&cfg, warpChunksKernel<T, false>, p);
+    auto const configure = [&](int chunks) {
+        p.chunk_len = int((p.L + chunks - 1) / chunks);
+        cfg.gridDim = dim3(unsigned(tilesOf(p.E, kWarp)), unsigned(p.batch), unsigned(chunks));
+        cfg.blockDim = dim3(2 * kWarp);
+        cfg.stream = stream;
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = unsigned(chunks);
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+    };
+    if (nc > kPortableWarpChunks)
+    {
+        configure(nc);
+        int clusters = 0;
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess
+            || cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters == 0)
+        {
+            (void) cudaGetLastError(); // not an error of this call: it takes the portable size
+            nc = kPortableWarpChunks;
+        }
+    }
+    configure(nc);
+    return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
 // When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):

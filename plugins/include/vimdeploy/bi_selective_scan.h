@@ -51,8 +51,8 @@ VIMDEPLOY_API int vimdeploy_bi_selective_scan(
  * one block per (32 channels, chunk), the chunks of the same channels in one thread block cluster
  * that combines their states through distributed shared memory, no workspace (sm_90 and newer;
  * older GPUs run the same chunks over two launches, as many as the workspace holds). Its
- * num_chunks: chunks per sequence, the largest power of two <= min(num_chunks, 8, L); 0 = its
- * own estimate. */
+ * num_chunks: chunks per sequence, the largest power of two <= min(num_chunks, 16, L), 16 taken
+ * as 8 where the GPU cannot schedule clusters of 16; 0 = its own estimate. */
 #define VIMDEPLOY_SCAN_WARP_CHUNKS 7
 #define VIMDEPLOY_SCAN_NUM_VARIANTS 8 /* ids 0 .. 7; any other is VIMDEPLOY_ERROR_INVALID_ARGUMENT */
 
