@@ -732,14 +732,24 @@ cudaError_t launchWarpChunks(Params p, int numChunks, size_t wsAvail, cudaStream
     };
     if (nc > kPortableWarpChunks)
     {
-        configure(nc);
-        int clusters = 0;
-        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess
-            || cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters == 0)
+        // Asked once per device and kernel (then no API call but the launch, e.g. inside a CUDA
+        // graph capture): 1 = clusters of kMaxWarpChunks blocks are scheduled, 2 = they are not.
+        static std::atomic<int> fits[2][64];
+        int dev = 0;
+        int v = cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 ? fits[p.softplus][dev].load() : 2;
+        if (v == 0)
         {
-            (void) cudaGetLastError(); // not an error of this call: it takes the portable size
-            nc = kPortableWarpChunks;
+            configure(nc);
+            int clusters = 0;
+            auto const nonPortable = cudaFuncAttributeNonPortableClusterSizeAllowed;
+            bool const ok = cudaFuncSetAttribute(kernel, nonPortable, 1) == cudaSuccess
+                && cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
+            (void) cudaGetLastError(); // a refusal is not an error of this call: it takes the portable size
+            v = ok ? 1 : 2;
+            fits[p.softplus][dev].store(v);
         }
+        if (v != 1)
+            nc = kPortableWarpChunks;
     }
     configure(nc);
     return cudaLaunchKernelEx(&cfg, kernel, p);
