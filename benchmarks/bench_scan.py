@@ -258,13 +258,13 @@ def main():
                 if args.variants:
                     for v in variants:
                         row[f"cuda_v{v}"] = summary(time_graph([ours(i, 0, v) for i in range(sets)], reps=10))
-                    # forced L splits: variant 2 over two launches, the warp-chunks path (<= 32 chunks)
+                    # forced L splits: variant 2 over two launches, the warp-chunks path (<= 16 chunks)
                     for ch in (1, 2, 4, 8, 16, 32, 64) if b <= 8 else (1, 2):
                         if ch <= L // 32:
                             row[f"cuda_v2_chunks{ch}"] = summary(
                                 time_graph([ours(i, ch, 2) for i in range(sets)], reps=10)
                             )
-                        if plugin.WARP_CHUNKS in variants and b <= 8 and ch <= 32:
+                        if plugin.WARP_CHUNKS in variants and b <= 8 and ch <= 16:
                             row[f"cuda_v{plugin.WARP_CHUNKS}_chunks{ch}"] = summary(
                                 time_graph([ours(i, ch, plugin.WARP_CHUNKS) for i in range(sets)], reps=10)
                             )

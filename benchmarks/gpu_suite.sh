@@ -6,7 +6,7 @@
 # this order:
 #   quick  the scan at batch 1: the split and warp-chunks tests, compute-sanitizer memcheck, racecheck
 #          and synccheck on the warp-chunks kernel (two shapes), and the scan's rows at L=197 and 6085,
-#          batch 1: automatic (the two-launch split), variants 2, 4, 7 and their chunk counts, the
+#          batch 1 and 8: automatic (the two-launch split), variants 2, 4, 7 and their chunk counts, the
 #          limit                                                                       (< 4 min)
 #   check  the GPU tests (scan, delta, conv kernels, golden, model, hostile op inputs), compute-sanitizer memcheck,
 #          racecheck and synccheck over the conv + x_proj kernel's and the warp-chunks scan's tests; with
@@ -90,7 +90,7 @@ for s in $stages; do
             -k "not builds_with_nvcc and (warp_chunks or python_names or variant or no_softplus or unaligned or slices)"
         warp_chunks_sanitizer
         step bench_scan_batch1 python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --variants 2,4,7 \
-            --shapes 197x1,6085x1 --json "$out/bench_scan_batch1.json"
+            --shapes 197x1,197x8,6085x1,6085x8 --json "$out/bench_scan_batch1.json"
         ;;
     check)
         official_pid=

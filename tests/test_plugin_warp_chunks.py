@@ -1,12 +1,12 @@
-"""The scan kernel's sequence-parallel path in one warp (VIMDEPLOY_SCAN_WARP_CHUNKS, variant 7;
+"""The scan kernel's sequence-parallel path in one launch (VIMDEPLOY_SCAN_WARP_CHUNKS, variant 7;
 forced only: the automatic choice does not take it, docs/kernel.md).
 
-* CPU (runs everywhere): a NumPy fp64 model of warpChunksKernel's algorithm, lane by lane as the
-  kernel indexes it (chunk bounds, the masked and clamped steps of a short chunk, the log-depth
-  shuffle scan of width C and its shift by one chunk, the meet in the middle inside a chunk),
-  against the literal recurrence. It also checks the order of the partial outputs: every
-  partial a thread reads in the second half was written in the first half by the other
-  direction, and no element is written twice in the second half.
+* CPU (runs everywhere): a NumPy fp64 model of warpChunksKernel's algorithm as the kernel indexes
+  it (one block per chunk of a thread block cluster: chunk bounds incl. short and empty chunks, the
+  chunk maps of the first pass, their composition in scan order, the meet in the middle inside a
+  chunk), against the literal recurrence. It also checks the order of the partial outputs: every
+  partial read in the second half was written in the first half by the other direction, and no
+  element is written twice.
 * GPU (marked `cuda`): the kernel against the fp64 ground truth of tests/test_plugin_cuda.py at
   every kind of L (1, 2, small primes, around powers of two, 197, 1025, 6085), batch 1 and 2,
   each chunk count forced, and the automatic choice (at batch 1 the split over two launches of
@@ -38,12 +38,15 @@ def test_python_names_the_header_id():
     assert WARP_CHUNKS == header_id("VIMDEPLOY_SCAN_WARP_CHUNKS") and WARP_CHUNKS in VARIANTS
 
 
-def chunks_log2(num_chunks: int, L: int) -> int:
-    """launchWarpChunks' forced count: the largest power of two <= min(num_chunks, 32, L)."""
-    lg = 0
-    while lg < 5 and (2 << lg) <= num_chunks and (2 << lg) <= L:
-        lg += 1
-    return lg
+MAX_CHUNKS = 16  # kMaxWarpChunks (a GPU that cannot schedule clusters of 16 takes 8)
+
+
+def chunk_count(num_chunks: int, L: int) -> int:
+    """launchWarpChunks' forced count: the largest power of two <= min(num_chunks, 16, L)."""
+    nc = 1
+    while 2 * nc <= MAX_CHUNKS and 2 * nc <= num_chunks and 2 * nc <= L:
+        nc *= 2
+    return nc
 
 
 def softplus(v):
@@ -88,78 +91,71 @@ def recurrence(case, scale):
     return (ys[0] + ys[1]) * silu(case["z"]) * scale
 
 
-def warp_chunks(case, scale, lg):
-    """warpChunksKernel for one batch row, every channel at once, lanes = the nc chunks."""
+def warp_chunks(case, scale, nc):
+    """warpChunksKernel for one batch row, every channel at once: block (cluster rank) c = chunk c,
+    warp d = direction d."""
     L, E = case["z"].shape
-    nc = 1 << lg
     ln = -(-L // nc)  # p.chunk_len
-    c = np.arange(nc)
-    t0 = np.minimum(c * ln, L)
-    t1 = np.minimum(t0 + ln, L)
-    n = t1 - t0
-    last = np.maximum(n - 1, 0)
     y = np.full((L, E), np.nan)
     phase = np.zeros(L, dtype=int)  # 1: partial written, 2: final written
 
-    def sweep(d, h, dsum, s0, cnt, steps, mode):
-        first = np.where(n == 0, L - 1, t0 if d == 0 else t1 - 1)
+    def tokens(d, c):
+        """Chunk c's tokens in scan order (none for an empty chunk)."""
+        t0 = min(c * ln, L)
+        t1 = min(t0 + ln, L)
+        return list(range(t0, t1)) if d == 0 else list(range(t1 - 1, t0 - 1, -1))
+
+    def sweep(d, h, dsum, ts, mode):
         A, bias = case[f"A{d}"], case[f"bias{d}"]
-        for k in range(steps):
-            t = first + (1 if d == 0 else -1) * np.minimum(s0 + k, last)  # clamped: always a real token
-            real = k < cnt
+        for t in ts:
             xv = case[f"x{d}"][t]
             dl = softplus(case[f"dt{d}"][t] + bias)
-            dm = np.where(real[:, None], dl, 0.0)
-            dx = np.where(real[:, None], dl * xv, 0.0)
-            h = np.exp(dm[:, :, None] * A) * h + dx[:, :, None] * case[f"B{d}"][t][:, None, :]
-            dsum = dsum + dm
+            h = np.exp(dl[:, None] * A) * h + (dl * xv)[:, None] * case[f"B{d}"][t]
+            dsum = dsum + dl
             if mode == STATES:
                 continue
-            out = np.einsum("cen,cn->ce", h, case[f"C{d}"][t]) + case[f"D{d}"] * xv
-            tr = t[real]
+            out = h @ case[f"C{d}"][t] + case[f"D{d}"] * xv
             if mode == SECOND:
-                assert (phase[tr] == 1).all(), "a partial read before it was written"
+                assert phase[t] == 1, "a partial read before it was written"
                 out = (out + y[t]) * (silu(case["z"][t]) * scale)
-                phase[tr] = 2
+                phase[t] = 2
             else:
-                assert (phase[tr] == 0).all(), "a partial written twice"
-                phase[tr] = 1
-            y[tr] = out[real]
+                assert phase[t] == 0, "a partial written twice"
+                phase[t] = 1
+            y[t] = out
         return h, dsum
 
-    hs = []
+    maps = {}  # (d, c) -> (state, sum of deltas); the last chunk in scan order has none
     for d in (0, 1):
-        h, dsum = np.zeros((nc, E, N)), np.zeros((nc, E))
-        if lg > 0:
-            h, dsum = sweep(d, h, dsum, 0, n, ln, STATES)
-            A = case[f"A{d}"]
-            off = 1
-            while off < nc:  # __shfl_sync(all, v, src, nc): every lane reads the old values
-                src = ((c - off) if d == 0 else (c + off)) & (nc - 1)
-                take = (c >= off) if d == 0 else (c + off < nc)
-                decay = np.where(take[:, None, None], np.exp(A * dsum[:, :, None]), 0.0)
-                h, dsum = decay * h[src] + h, dsum + np.where(take[:, None], dsum[src], 0.0)
-                off *= 2
-            src = ((c - 1) if d == 0 else (c + 1)) & (nc - 1)
-            head = (c == 0) if d == 0 else (c == nc - 1)
-            h = np.where(head[:, None, None], 0.0, h[src])
-        hs.append(h)
-    splits = [n // 2, n - n // 2]
-    steps1 = [ln // 2, ln - ln // 2]
+        for c in range(nc):
+            if nc > 1 and c != (nc - 1 if d == 0 else 0):
+                maps[d, c] = sweep(d, np.zeros((E, N)), np.zeros(E), tokens(d, c), STATES)
+    starts = {}
     for d in (0, 1):
-        hs[d], _ = sweep(d, hs[d], np.zeros((nc, E)), 0, splits[d], steps1[d], FIRST)
-    for d in (0, 1):  # after __syncthreads
-        sweep(d, hs[d], np.zeros((nc, E)), splits[d], n - splits[d], ln - steps1[d], SECOND)
+        A = case[f"A{d}"]
+        for c in range(nc):  # after the cluster barrier: compose the maps before c in scan order
+            h = np.zeros((E, N))
+            for j in range(c if d == 0 else nc - 1 - c):
+                state, dsum = maps[d, j if d == 0 else nc - 1 - j]
+                h = np.exp(A * dsum[:, None]) * h + state
+            starts[d, c] = h
+    for c in range(nc):  # one block: forward the chunk's first n // 2 tokens, backward the rest
+        ts = [tokens(0, c), tokens(1, c)]
+        n = len(ts[0])
+        splits = [n // 2, n - n // 2]
+        hs = [sweep(d, starts[d, c], np.zeros(E), ts[d][: splits[d]], FIRST)[0] for d in (0, 1)]
+        for d in (0, 1):  # after __syncthreads
+            sweep(d, hs[d], np.zeros(E), ts[d][splits[d] :], SECOND)
     assert (phase == 2).all(), "an output never written"
     return y
 
 
 @pytest.mark.parametrize("L", [1, 2, 3, 5, 7, 8, 9, 13, 31, 32, 33, 63, 65, 197, 1025])
-@pytest.mark.parametrize("num_chunks", [1, 2, 3, 8, 16, 32])
+@pytest.mark.parametrize("num_chunks", [1, 2, 3, 4, 8, 16, 32])
 def test_emulated_warp_chunks_match_the_recurrence(L, num_chunks):
     case = random_case(L, 3, seed=L * 131 + num_chunks)
     want = recurrence(case, 0.5)
-    got = warp_chunks(case, 0.5, chunks_log2(num_chunks, L))
+    got = warp_chunks(case, 0.5, chunk_count(num_chunks, L))
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
 
 
@@ -180,7 +176,7 @@ def _gpu():
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("L", LS)
 def test_kernel_warp_chunks_every_L(cuda_kernels, L, b, dtype):
-    """Forced chunk counts (1, 2, 8, 32, its automatic count) and the automatic variant, against fp64;
+    """Forced chunk counts (1, 2, 4, 8, 16, its automatic count) and the automatic variant, against fp64;
     E = 384 (Vim-Ti) at batch 1, 37 (partial channel tiles) at batch 2."""
     torch = _gpu()
     from tests.test_plugin_cuda import check, ground_truth, make_inputs
@@ -191,7 +187,7 @@ def test_kernel_warp_chunks_every_L(cuda_kernels, L, b, dtype):
     args = make_inputs(b, L, E, dt, seed=L * 5 + b)
     truth = ground_truth(args, True, 0.5)
     forced = {}
-    for num_chunks in (0, 1, 2, 8, 32):
+    for num_chunks in (0, 1, 2, 4, 8, 16):
         out = torch.full((b, L, E), float("nan"), dtype=dt, device="cuda")
         launch(out, args, delta_softplus=True, out_scale=0.5, num_chunks=num_chunks, variant=WARP_CHUNKS)
         check(out, args, what=f"warp chunks {num_chunks} L={L} b={b}", truth=truth)

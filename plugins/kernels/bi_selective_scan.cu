@@ -25,8 +25,8 @@
  *   (its total decay is exp(A * sum(delta))), the second launch starts each chunk from the
  *   carried state of the chunks before it (in scan order) and runs the sweep above inside
  *   the chunk. That doubles the exps, so it is only used when the GPU would idle otherwise.
- *   A sequence-parallel path in one launch (warpChunksKernel, below; forced only) measured
- *   2-11x slower at batch 1.
+ *   The same split in one launch (warpChunksKernel, below: the chunks' blocks in a thread
+ *   block cluster) is forced only, not measured yet.
  * - Instruction issue, not memory, is the other limit: per step a thread does ~5
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
@@ -44,6 +44,7 @@
 
 #include "numeric.cuh"
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -76,7 +77,6 @@ struct Params
     int64_t L, E;
     int64_t bcStride; // elements between tokens of B and C (>= kN)
     int chunks, chunk_len, batch;
-    int chunksLog2; // the warp-chunks path: 1 << chunksLog2 chunks per sequence
     int softplus;
     int bcVec; // B and C 16-byte aligned: full chunks stage them with vector loads
     float scale;
@@ -106,9 +106,8 @@ __device__ __forceinline__ void storeIf(bool ok, __half* q, __half v)
         "l"(q), "h"(__half_as_ushort(v)) : "memory");
 }
 
-// Hints that the line of q be brought into L1 / L2 (no register; q must be a valid address).
+// Hints that the line of q be brought into L1 (no register; q must be a valid address).
 __device__ __forceinline__ void prefetchL1(void const* q) { asm volatile("prefetch.global.L1 [%0];" ::"l"(q)); }
-__device__ __forceinline__ void prefetchL2(void const* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); }
 
 // kCount consecutive elements (8, 16, 32 or 64 bytes, aligned to min(that, 16)) in 8- or
 // 16-byte loads through the read-only path.
@@ -371,36 +370,19 @@ __device__ __forceinline__ void sweep(Lane<T, kTPC> const& ln, Params const& p, 
     }
 }
 
-// grid (ceil(E / channels per warp), batch, chunks), block 64: warp 0 forward, warp 1 backward
-// over the same channels.
-// kCarryIn: the second launch of a split (p.chunks > 1), its own instantiation so that the
-// unsplit kernel's code stays as it was tuned.
-template <typename T, int kTC, int kTPC, bool kSoftplus, bool kStatesPass, bool kCarryIn = false>
-__global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
+// The thread of channel ec (active: ec < E, else a clamped inactive lane that stores nothing),
+// direction dir and batch row bi over the tokens [t0, t1) (t0 < t1): pointers at the first
+// token in scan order, its B/C staging slices, its channel's parameters.
+template <typename T, int kTC, int kTPC>
+__device__ __forceinline__ Lane<T, kTPC> makeLane(
+    Params const& p, int dir, int bi, int64_t ec, bool active, int64_t t0, int64_t t1, int lane)
 {
     constexpr int kS = kN / kTPC;
-    constexpr int kCh = kWarp / kTPC; // channels per warp
-    __shared__ float4 bcSmem[2][kTC * kWarp / 4];
-    int const dir = threadIdx.x / kWarp;
-    int const lane = threadIdx.x % kWarp;
-    int64_t const e = int64_t(blockIdx.x) * kCh + lane / kTPC;
-    int const bi = blockIdx.y;
-    int const c = blockIdx.z;
-    int64_t const t0 = int64_t(c) * p.chunk_len;
-    int64_t const t1 = t0 + p.chunk_len < p.L ? t0 + p.chunk_len : p.L;
-    int const n = int(t1 - t0);
-
-    // The last chunk's final state (in scan order) is never needed.
-    if (kStatesPass && c == (dir == 0 ? p.chunks - 1 : 0))
-        return;
-
     Lane<T, kTPC> ln;
     ln.part = lane % kTPC;
-    bool const active = e < p.E;
     ln.store = active; // each thread stores its own steps
-    int64_t const ec = active ? e : p.E - 1;
     int64_t const tStart = dir == 0 ? t0 : t1 - 1; // first token in scan order
-    int64_t const row = (int64_t(bi) * p.L + tStart);
+    int64_t const row = int64_t(bi) * p.L + tStart;
     ln.x = static_cast<T const*>(dir == 0 ? p.x[0] : p.x[1]) + row * p.E + ec;
     ln.dt = static_cast<T const*>(dir == 0 ? p.dt[0] : p.dt[1]) + row * p.E + ec;
     ln.z = static_cast<T const*>(p.z) + row * p.E + ec;
@@ -424,6 +406,35 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
         ln.bcDst = (dir == 1 ? kTC - 1 - r : r) * kWarp + (lane / kN) * kN + (j * kTC) % kN;
     }
     channelParams(p, dir, ec, ln.part * kS, ln.A2, ln.D, ln.bias);
+    return ln;
+}
+
+// grid (ceil(E / channels per warp), batch, chunks), block 64: warp 0 forward, warp 1 backward
+// over the same channels.
+// kCarryIn: the second launch of a split (p.chunks > 1), its own instantiation so that the
+// unsplit kernel's code stays as it was tuned.
+template <typename T, int kTC, int kTPC, bool kSoftplus, bool kStatesPass, bool kCarryIn = false>
+__global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
+{
+    constexpr int kS = kN / kTPC;
+    constexpr int kCh = kWarp / kTPC; // channels per warp
+    __shared__ float4 bcSmem[2][kTC * kWarp / 4];
+    int const dir = threadIdx.x / kWarp;
+    int const lane = threadIdx.x % kWarp;
+    int64_t const e = int64_t(blockIdx.x) * kCh + lane / kTPC;
+    int const bi = blockIdx.y;
+    int const c = blockIdx.z;
+    int64_t const t0 = int64_t(c) * p.chunk_len;
+    int64_t const t1 = t0 + p.chunk_len < p.L ? t0 + p.chunk_len : p.L;
+    int const n = int(t1 - t0);
+
+    // The last chunk's final state (in scan order) is never needed.
+    if (kStatesPass && c == (dir == 0 ? p.chunks - 1 : 0))
+        return;
+    bool const active = e < p.E;
+    int64_t const ec = active ? e : p.E - 1;
+
+    Lane<T, kTPC> const ln = makeLane<T, kTC, kTPC>(p, dir, bi, ec, active, t0, t1, lane);
 
     float h[kS];
 #pragma unroll
@@ -490,225 +501,97 @@ __global__ void __launch_bounds__(2 * kWarp) biScanKernel(Params const p)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The sequence-parallel path (VIMDEPLOY_SCAN_WARP_CHUNKS; forced only: measured on an H100 at
-// batch 1 it is 2-11x slower than the split over two launches, docs/kernel.md). Each sequence
-// is cut into C chunks (C a power of two <= 32) and one thread runs one (channel, chunk,
-// direction). A warp holds the C chunks of 32 / C channels (lane = channel * C + chunk), a block
-// the forward warp and the backward warp of the same channels. One launch, no workspace:
-//   1. each thread scans its chunk from state zero: the chunk's final state and its sum of
-//      deltas, i.e. the chunk's map h -> exp(A * sum) * h + state;
-//   2. the C maps of a channel are combined by a log-depth scan over the lanes (shuffles of
-//      width C, in scan order: ascending lanes forward, descending backward), then shifted by
-//      one chunk: each thread gets the state its chunk starts from;
-//   3. each thread rescans its chunk from that state and writes the output, meeting the other
-//      direction's thread of the same (channel, chunk) in the middle of the chunk (partial in
-//      y, __syncthreads, gate), as the sequential sweep does over the whole sequence.
-// Why it loses: the lanes of a warp are at different tokens, so each thread loads its own B and
-// C rows and every per-thread load touches up to C cache lines, and the loads are issued one
-// step ahead (the sweep stages 8): ~1,000 cycles per step even with one chunk. A short (last)
-// chunk's thread runs the same number of steps as the others, the extra ones masked: delta 0
-// (the state is unchanged), no store, loads clamped to the chunk's last token.
+// The sequence-parallel path in one launch (VIMDEPLOY_SCAN_WARP_CHUNKS; forced only). Each
+// sequence is cut into C chunks (a power of two <= kMaxWarpChunks) of p.chunk_len tokens (the
+// last ones may be short or empty). A block is what the sequential kernel's block is for one
+// chunk: 32 consecutive channels, warp 0 forward and warp 1 backward, so each warp runs the
+// sweep above (x, dt, z, y coalesced across the lanes, B_t and C_t staged once per warp through
+// shared memory and read back as broadcasts). The C blocks of the same channels and batch row
+// form a thread block cluster (block rank = chunk), which exchanges the chunk maps through
+// distributed shared memory. In one launch:
+//   1. each warp scans its chunk from state zero (the last chunk in scan order skips this): the
+//      chunk's final state and its sum of deltas, i.e. the chunk's map
+//      h -> exp(A * sum) * h + state, into its block's shared memory; cluster barrier;
+//   2. each warp composes the maps of the chunks before its own in scan order, read from the
+//      other blocks' shared memory (at most C - 1 steps of 16 exps): the state its chunk
+//      starts from;
+//   3. each warp rescans its chunk from that state and writes the output, meeting the other
+//      direction's warp in the middle of the chunk (partial in y, __syncthreads, gate), as
+//      the sequential kernel does over the whole sequence.
+// Twice the exps of the sequential kernel, C times its blocks. Clusters need sm_90: on older
+// GPUs the variant runs the split over two launches instead (launchWarpChunks). C = 16 is a
+// non-portable cluster size (H100 schedules it); where the GPU cannot, C = 8.
+constexpr int kMaxWarpChunks = 16;     // a non-portable cluster size: taken where the GPU schedules it
+constexpr int kPortableWarpChunks = 8; // else this, the portable cluster size
+constexpr int kWarpChunksTC = 8;  // steps of B and C staged per warp at a time
 
-template <typename T>
-struct StepData
-{
-    T x, dt, z, part;
-    T b[kN], c[kN];
-};
-
-template <typename T>
-struct ChunkLane
-{
-    T const* x; // x, dt, z, y at the chunk's first token in scan order
-    T const* dt;
-    T const* z;
-    T* y;
-    T const* B; // B and C rows at that token
-    T const* C;
-    int64_t tokE, tokBC; // elements from one step to the next (negative backward)
-    int last;            // the chunk's last step (0 for an empty chunk: every step masked)
-    float A2[kN];        // A * log2(e)
-    float D, bias;
-    bool store; // channel < E
-};
-
-// `steps` steps (the same count in every lane) from step s0 of the chunk; the first cnt of
-// them are real (cnt <= steps), the rest masked. kStates: only the state and the sum of
-// deltas; kFirst: store the ungated partial output; kSecond: add the other direction's
-// partial, gate, store the final output.
-template <typename T, bool kSoftplus, bool kVecBC, Mode kMode>
-__device__ __forceinline__ void chunkSweep(
-    ChunkLane<T> const& q, Params const& p, float (&h)[kN], float& dsum, int s0, int cnt, int steps)
-{
-    constexpr bool kOut = kMode != kStates;
-    auto load = [&](int k) {
-        StepData<T> d;
-        int64_t const i = min(s0 + k, q.last);
-        int64_t const o = i * q.tokE;
-        d.x = __ldg(q.x + o);
-        d.dt = __ldg(q.dt + o);
-        d.z = d.part = fromF<T>(0.f);
-        if (kMode == kSecond)
-        {
-            d.z = __ldg(q.z + o);
-            // the other direction's partial (an L2 load: written in this launch), only where
-            // it was written: real steps of a real channel
-            if (k < cnt && q.store)
-                d.part = __ldcg(q.y + o);
-        }
-        T const* qb = q.B + i * q.tokBC;
-        T const* qc = q.C + i * q.tokBC;
-        if constexpr (kVecBC)
-        {
-            loadVec(d.b, qb);
-            if (kOut)
-                loadVec(d.c, qc);
-        }
-        else
-        {
-#pragma unroll
-            for (int n = 0; n < kN; ++n)
-            {
-                d.b[n] = __ldg(qb + n);
-                if (kOut)
-                    d.c[n] = __ldg(qc + n);
-            }
-        }
-        return d;
-    };
-
-    // Registers hold one step ahead; the rows kAhead steps ahead are asked into L2 (a hint, no
-    // registers): the x, dt and z rows a thread reads are first touched in DRAM, and one step
-    // of compute does not cover that latency. z is needed only in the second half of the chunk,
-    // C not in the first pass: both are warmed there for the later sweeps.
-    constexpr int kAhead = 8;
-    auto warm = [&](int k) {
-        int64_t const i = min(s0 + k, q.last);
-        prefetchL2(q.x + i * q.tokE);
-        prefetchL2(q.dt + i * q.tokE);
-        prefetchL2(q.B + i * q.tokBC);
-        prefetchL2(q.C + i * q.tokBC);
-        if (kMode != kFirst)
-            prefetchL2(q.z + i * q.tokE);
-    };
-#pragma unroll
-    for (int k = 1; k < kAhead; ++k)
-        warm(k);
-    StepData<T> cur = load(0);
-#pragma unroll 2
-    for (int k = 0; k < steps; ++k)
-    {
-        warm(k + kAhead);
-        StepData<T> const nxt = load(k + 1); // one step ahead (clamped: always a valid address)
-        bool const real = k < cnt;
-        float const xv = toF(cur.x);
-        float const v = toF(cur.dt) + q.bias;
-        float const dRaw = kSoftplus ? softplus(v) : v;
-        float const d = real ? dRaw : 0.f;
-        float const dx = real ? dRaw * xv : 0.f;
-        float y0 = 0.f, y1 = 0.f;
-#pragma unroll
-        for (int n = 0; n < kN; ++n)
-        {
-            h[n] = fmaf(ex2Mufu(d * q.A2[n]), h[n], dx * toF(cur.b[n]));
-            if (kOut)
-            {
-                if (n % 2 == 0)
-                    y0 = fmaf(h[n], toF(cur.c[n]), y0);
-                else
-                    y1 = fmaf(h[n], toF(cur.c[n]), y1);
-            }
-        }
-        if constexpr (kMode == kStates)
-            dsum += d;
-        if constexpr (kOut)
-        {
-            float y = fmaf(q.D, xv, y0 + y1);
-            if (kMode == kSecond)
-                y = (y + toF(cur.part)) * (silu(toF(cur.z)) * p.scale);
-            storeIf(real && q.store, q.y + int64_t(min(s0 + k, q.last)) * q.tokE, fromF<T>(y));
-        }
-        cur = nxt;
-    }
-}
-
-// grid (ceil(E / (32 / C)), batch), block 64: warp 0 forward, warp 1 backward over the same
-// channels and chunks; C = 1 << p.chunksLog2 chunks of p.chunk_len tokens.
-template <typename T, bool kSoftplus, bool kVecBC>
+// grid (ceil(E / 32), batch, C), clusters (1, 1, C), block 64: warp 0 forward, warp 1 backward.
+template <typename T, bool kSoftplus>
 __global__ void __launch_bounds__(2 * kWarp) warpChunksKernel(Params const p)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    constexpr int kTC = kWarpChunksTC;
+    __shared__ float4 bcSmem[2][kTC * kWarp / 4];
+    __shared__ float maps[2][kN + 1][kWarp]; // per direction: the chunk's kN states, its sum of deltas
+    cg::cluster_group const cluster = cg::this_cluster();
+    int const nc = int(cluster.num_blocks());
+    int const c = int(cluster.block_rank());
     int const dir = threadIdx.x / kWarp;
     int const lane = threadIdx.x % kWarp;
-    int const lg = p.chunksLog2;
-    int const nc = 1 << lg;
-    int const c = lane & (nc - 1);
-    int64_t const e = int64_t(blockIdx.x) * (kWarp >> lg) + (lane >> lg);
+    int64_t const e = int64_t(blockIdx.x) * kWarp + lane;
     bool const active = e < p.E;
     int64_t const ec = active ? e : p.E - 1;
     int64_t const t0 = min(int64_t(c) * p.chunk_len, p.L);
     int64_t const t1 = min(t0 + p.chunk_len, p.L);
     int const n = int(t1 - t0);
-    // the chunk's first token in scan order (for an empty chunk any valid token: all masked)
-    int64_t const first = n == 0 ? p.L - 1 : (dir == 0 ? t0 : t1 - 1);
-    int64_t const row = int64_t(blockIdx.y) * p.L + first;
-
-    ChunkLane<T> q;
-    q.store = active;
-    q.last = n > 0 ? n - 1 : 0;
-    q.tokE = dir == 0 ? p.E : -p.E;
-    q.tokBC = dir == 0 ? p.bcStride : -p.bcStride;
-    q.x = static_cast<T const*>(dir == 0 ? p.x[0] : p.x[1]) + row * p.E + ec;
-    q.dt = static_cast<T const*>(dir == 0 ? p.dt[0] : p.dt[1]) + row * p.E + ec;
-    q.z = static_cast<T const*>(p.z) + row * p.E + ec;
-    q.y = static_cast<T*>(p.y) + row * p.E + ec;
-    q.B = static_cast<T const*>(dir == 0 ? p.B[0] : p.B[1]) + row * p.bcStride;
-    q.C = static_cast<T const*>(dir == 0 ? p.C[0] : p.C[1]) + row * p.bcStride;
-    channelParams(p, dir, ec, 0, q.A2, q.D, q.bias);
+    // an empty chunk (at the end of a short sequence) points at the last token: nothing is read
+    Lane<T, 1> const ln
+        = makeLane<T, kTC, 1>(p, dir, blockIdx.y, ec, active, n > 0 ? t0 : p.L - 1, n > 0 ? t1 : p.L, lane);
+    float4* const smem = bcSmem[dir];
 
     float h[kN];
 #pragma unroll
     for (int i = 0; i < kN; ++i)
         h[i] = 0.f;
     float dsum = 0.f;
-    if (lg > 0)
+    if (nc > 1)
     {
-        chunkSweep<T, kSoftplus, kVecBC, kStates>(q, p, h, dsum, 0, n, p.chunk_len);
-        // Inclusive scan of the chunks' maps in scan order: after the round with offset `off`,
-        // (dsum, h) is the map of the up to 2 * off chunks ending at this one. The earlier
-        // part's state h' goes through this part's decay: h = exp(A * dsum) * h' + h.
-        unsigned const all = 0xffffffffu;
-        for (int off = 1; off < nc; off *= 2)
+        if (c != (dir == 0 ? nc - 1 : 0)) // warp-uniform: the last chunk's map is never needed
         {
-            int const src = (dir == 0 ? c - off : c + off) & (nc - 1);
-            bool const take = dir == 0 ? c >= off : c + off < nc;
-            float const so = __shfl_sync(all, dsum, src, nc);
+            sweep<T, kTC, 1, kSoftplus, kStates>(ln, p, h, dsum, 0, n, smem, lane, dir == 1);
 #pragma unroll
             for (int i = 0; i < kN; ++i)
             {
-                float const ho = __shfl_sync(all, h[i], src, nc);
-                h[i] = fmaf(take ? ex2Mufu(q.A2[i] * dsum) : 0.f, ho, h[i]);
+                maps[dir][i][lane] = h[i];
+                h[i] = 0.f;
             }
-            dsum += take ? so : 0.f;
+            maps[dir][kN][lane] = dsum;
         }
-        // The state this chunk starts from: the previous chunk's (in scan order) inclusive one.
-        int const src = (dir == 0 ? c - 1 : c + 1) & (nc - 1);
-        bool const head = dir == 0 ? c == 0 : c == nc - 1;
-#pragma unroll
-        for (int i = 0; i < kN; ++i)
+        cluster.sync(); // every chunk's map is visible to the cluster
+        int const before = dir == 0 ? c : nc - 1 - c; // chunks before this one in scan order
+        for (int j = 0; j < before; ++j)
         {
-            float const ho = __shfl_sync(all, h[i], src, nc);
-            h[i] = head ? 0.f : ho;
+            float const* const w = cluster.map_shared_rank(&maps[dir][0][lane], dir == 0 ? j : nc - 1 - j);
+            float const S = w[kN * kWarp];
+#pragma unroll
+            for (int i = 0; i < kN; ++i)
+                h[i] = fmaf(ex2Mufu(ln.A2[i] * S), h[i], w[i * kWarp]);
         }
+        // no block may exit (and free its shared memory) before the others have read its map:
+        // arrive now, wait at the end
+        cluster.barrier_arrive();
     }
 
-    // Meet in the middle inside the chunk: forward covers its first n/2 tokens first, backward
-    // the rest; the step counts are per warp (from the full chunk length), the excess masked.
-    int const len = p.chunk_len;
-    int const steps1 = dir == 0 ? len / 2 : len - len / 2;
-    int const split = dir == 0 ? n / 2 : n - n / 2;
-    chunkSweep<T, kSoftplus, kVecBC, kFirst>(q, p, h, dsum, 0, split, steps1);
+    // Meet in the middle: forward covers the chunk's first n/2 tokens first, backward the rest.
+    int const half = n / 2;
+    int const split = dir == 0 ? half : n - half;
+    sweep<T, kTC, 1, kSoftplus, kFirst>(ln, p, h, dsum, 0, split, smem, lane, dir == 1);
     __syncthreads(); // partials of the first half are visible to the other warp
-    chunkSweep<T, kSoftplus, kVecBC, kSecond>(q, p, h, dsum, split, n - split, len - steps1);
+    sweep<T, kTC, 1, kSoftplus, kSecond>(ln, p, h, dsum, split, n, smem, lane, dir == 1);
+    if (nc > 1)
+        cluster.barrier_wait();
+#endif
 }
 
 // VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs, for tests of an engine
@@ -799,60 +682,77 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     return kernel(std::false_type{}, std::false_type{});
 }
 
-// Chunks per sequence (log2) for the warp-chunks path when num_chunks is 0: the count (a power
-// of two <= 32, chunks of >= kMinWarpChunkL tokens) with the least estimated time per SM, the
-// larger of two estimates in cycles (arithmetic from the kernel's code, not fitted to timings):
-// - issue: a scheduler runs its warps' steps (~260 instructions per token over the two passes,
-//   ~200 per combine round) one after another;
-// - L1: a warp's per-thread loads and stores (~12 per token over the two passes) each touch one
-//   cache line per chunk of the warp (its lanes sit at C different tokens): warps x L x 12.
-// More chunks: more warps in flight and shorter chunks, but more L1 traffic per SM. 0 = C of 1
-// (the caller then takes the sequential sweep).
-constexpr int kMinWarpChunkL = 4;
-int autoWarpChunksLog2(int64_t batch, int64_t L, int64_t E)
+// Chunks per sequence for the warp-chunks path when num_chunks is 0 (not tuned on a GPU yet):
+// doubled while each chunk keeps >= kMinChunkL tokens and the grid has fewer than 4 blocks per
+// SM (past that the GPU is full, and more chunks only add the second pass's exps).
+int autoWarpChunks(int64_t batch, int64_t L, int64_t E)
 {
-    int64_t const sms = smCount();
-    int best = 0;
-    int64_t bestCycles = 0;
-    for (int lg = 1; lg <= 5 && (L >> lg) >= kMinWarpChunkL; ++lg)
-    {
-        int64_t const blocks = tilesOf(E, kWarp >> lg) * batch;
-        int64_t const warps = 2 * ((blocks + sms - 1) / sms); // per SM
-        int64_t const len = (L + (1 << lg) - 1) >> lg;
-        int64_t const issue = (warps + 3) / 4 * (len * 260 + lg * 200);
-        int64_t const l1 = warps * len * 12 * (1 << lg);
-        int64_t const cycles = std::max(issue, l1);
-        if (best == 0 || cycles < bestCycles)
-        {
-            best = lg;
-            bestCycles = cycles;
-        }
-    }
-    return best;
+    int64_t const blocks = tilesOf(E, kWarp) * batch; // with one chunk
+    int c = 1;
+    while (c < kMaxWarpChunks && L / (2 * c) >= kMinChunkL && 2 * c * blocks <= 4 * smCount())
+        c *= 2;
+    return c;
 }
 
-// num_chunks: 0 = automatic, else the largest power of two <= min(num_chunks, 32, L).
-template <typename T>
-cudaError_t launchWarpChunks(Params p, int numChunks, cudaStream_t stream)
+// Compute capability major of the current GPU (clusters need 9).
+int ccMajor()
 {
-    int lg = 0;
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess)
+        return 0;
+    return cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess ? v : 0;
+}
+
+// num_chunks: 0 = automatic, else the largest power of two <= min(num_chunks, kMaxWarpChunks, L).
+template <typename T>
+cudaError_t launchWarpChunks(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
+{
+    int nc = 1;
     if (numChunks == 0)
-        lg = autoWarpChunksLog2(p.batch, p.L, p.E);
+        nc = autoWarpChunks(p.batch, p.L, p.E);
     else
-        while (lg < 5 && (2 << lg) <= numChunks && (2 << lg) <= p.L)
-            ++lg;
-    int const nc = 1 << lg;
-    p.chunksLog2 = lg;
-    p.chunk_len = int((p.L + nc - 1) / nc);
-    dim3 const grid(unsigned(tilesOf(p.E, kWarp >> lg)), unsigned(p.batch));
-    auto const go = [&](auto softplus, auto vec) {
-        warpChunksKernel<T, decltype(softplus)::value, decltype(vec)::value><<<grid, 2 * kWarp, 0, stream>>>(p);
+        while (2 * nc <= kMaxWarpChunks && 2 * nc <= numChunks && 2 * nc <= p.L)
+            nc *= 2;
+    if (ccMajor() < 9) // no clusters: the same chunks over two launches (as many as the workspace holds)
+        return launch<T, kWarpChunksTC, 1>(p, nc, wsAvail, stream);
+    void (*const kernel)(Params) = p.softplus ? warpChunksKernel<T, true> : warpChunksKernel<T, false>;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    auto const configure = [&](int chunks) {
+        p.chunk_len = int((p.L + chunks - 1) / chunks);
+        cfg.gridDim = dim3(unsigned(tilesOf(p.E, kWarp)), unsigned(p.batch), unsigned(chunks));
+        cfg.blockDim = dim3(2 * kWarp);
+        cfg.stream = stream;
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = unsigned(chunks);
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
     };
-    if (p.softplus)
-        p.bcVec ? go(std::true_type{}, std::true_type{}) : go(std::true_type{}, std::false_type{});
-    else
-        p.bcVec ? go(std::false_type{}, std::true_type{}) : go(std::false_type{}, std::false_type{});
-    return cudaGetLastError();
+    if (nc > kPortableWarpChunks)
+    {
+        // Asked once per device and kernel (then no API call but the launch, e.g. inside a CUDA
+        // graph capture): 1 = clusters of kMaxWarpChunks blocks are scheduled, 2 = they are not.
+        static std::atomic<int> fits[2][64];
+        int dev = 0;
+        int v = cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 ? fits[p.softplus][dev].load() : 2;
+        if (v == 0)
+        {
+            configure(nc);
+            int clusters = 0;
+            auto const nonPortable = cudaFuncAttributeNonPortableClusterSizeAllowed;
+            bool const ok = cudaFuncSetAttribute(kernel, nonPortable, 1) == cudaSuccess
+                && cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
+            (void) cudaGetLastError(); // a refusal is not an error of this call: it takes the portable size
+            v = ok ? 1 : 2;
+            fits[p.softplus][dev].store(v);
+        }
+        if (v != 1)
+            nc = kPortableWarpChunks;
+    }
+    configure(nc);
+    return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
 // When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):
@@ -863,8 +763,8 @@ cudaError_t launchWarpChunks(Params p, int numChunks, cudaStream_t stream)
 // - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel
 //   (STEPS8_THREADS2: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms
 //   for STEPS8_THREADS1), fp32 STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
-// WARP_CHUNKS is never chosen: at batch 1 it was 2-11x slower than the split over two launches
-// (docs/kernel.md).
+// WARP_CHUNKS is never chosen (not measured yet in its cluster form; the earlier one-warp form
+// was 2-11x slower than the split over two launches at batch 1, docs/kernel.md).
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;
@@ -888,7 +788,7 @@ cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail
     case VIMDEPLOY_SCAN_STEPS8_THREADS2: return launch<T, 8, 2>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_STEPS16_THREADS1: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_STEPS16_THREADS2: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
-    case VIMDEPLOY_SCAN_WARP_CHUNKS: return launchWarpChunks<T>(p, numChunks, stream);
+    case VIMDEPLOY_SCAN_WARP_CHUNKS: return launchWarpChunks<T>(p, numChunks, wsAvail, stream);
     }
     return cudaErrorInvalidValue; // unreachable: vimdeploy_bi_selective_scan_ex checks the id
 }
@@ -947,7 +847,6 @@ int vimdeploy_bi_selective_scan_ex(VimdeployScanParams const* a, void* workspace
     p.batch = int(a->batch);
     p.chunks = 1;
     p.chunk_len = int(a->L);
-    p.chunksLog2 = 0;
     p.softplus = a->delta_softplus;
     p.bcStride = a->bc_stride == 0 ? a->N : a->bc_stride;
     size_t const elem = a->dtype == VIMDEPLOY_DTYPE_FLOAT16 ? 2 : 4;

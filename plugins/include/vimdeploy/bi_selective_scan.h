@@ -47,10 +47,12 @@ VIMDEPLOY_API int vimdeploy_bi_selective_scan(
 #define VIMDEPLOY_SCAN_STEPS8_THREADS2 4
 #define VIMDEPLOY_SCAN_STEPS16_THREADS1 5
 #define VIMDEPLOY_SCAN_STEPS16_THREADS2 6
-/* Sequence-parallel in one launch (never chosen automatically: slower than the split over two
- * launches, docs/kernel.md): one thread per (channel, chunk of L, direction), the chunks of a
- * channel in one warp, their states combined by shuffles, no workspace. Its num_chunks: chunks
- * per sequence, the largest power of two <= min(num_chunks, 32, L); 0 = its own estimate. */
+/* Sequence-parallel in one launch (never chosen automatically, docs/kernel.md): L cut into chunks,
+ * one block per (32 channels, chunk), the chunks of the same channels in one thread block cluster
+ * that combines their states through distributed shared memory, no workspace (sm_90 and newer;
+ * older GPUs run the same chunks over two launches, as many as the workspace holds). Its
+ * num_chunks: chunks per sequence, the largest power of two <= min(num_chunks, 16, L), 16 taken
+ * as 8 where the GPU cannot schedule clusters of 16; 0 = its own estimate. */
 #define VIMDEPLOY_SCAN_WARP_CHUNKS 7
 #define VIMDEPLOY_SCAN_NUM_VARIANTS 8 /* ids 0 .. 7; any other is VIMDEPLOY_ERROR_INVALID_ARGUMENT */
 
