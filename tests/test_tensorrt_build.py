@@ -109,8 +109,9 @@ def test_missing_message_names_alternatives():
 
 @pytest.mark.parametrize("flag", ["--int8", "--fp16"])
 def test_build_precision_uses_the_tensorrt_preset_recipe(cli, monkeypatch, tmp_path, flag):
-    """`build --int8` converts with exactly the tensorrt-int8 preset's recipe (x_proj kept fp32),
-    as `export --preset tensorrt-int8` does: one recipe."""
+    """`build --int8` converts with exactly the tensorrt-int8 preset's recipe (max calibration,
+    nothing excluded beyond convert's default of keeping out_proj float), as `export --preset
+    tensorrt-int8` does: one recipe."""
     from vimdeploy.tensorrt import builder
 
     seen = {}
@@ -136,9 +137,8 @@ def test_build_precision_uses_the_tensorrt_preset_recipe(cli, monkeypatch, tmp_p
     options = seen["convert_options"]
     assert options["calib"] == tmp_path
     if flag == "--int8":
-        assert options["method"] == preset["calib_method"] and list(options["exclude"]) == preset["exclude"] == [
-            "x_proj"
-        ]
+        assert options["method"] == preset["calib_method"] == "max"
+        assert list(options["exclude"]) == preset.get("exclude", []) == []
     else:
         assert ",".join(options["keep_fp32"]) == preset["keep_fp32"]
 
