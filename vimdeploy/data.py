@@ -13,6 +13,9 @@ from .preprocessing import INTERPOLATIONS, Preprocessing, from_metadata, imagene
 #: the most pixels (width x height) an image may declare; checked in its header before decoding.
 #: 40 MP covers the photos people take (phones write 12 to 24 MP, most cameras 20 to 33 MP) with
 #: room to spare, while one decoded RGB image stays near 120 MB; what a model sees is 224 px.
+# The calibration sets shipped as package data, by folder name (`export --calib digits` names
+# digits/ there; `validate` falls back to it where an artifact's recorded folder is missing).
+PACKAGED_CALIBRATION = Path(__file__).resolve().parent / "assets" / "calibration"
 MAX_IMAGE_PIXELS = 40_000_000
 
 

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import preprocess
+from .data import PACKAGED_CALIBRATION, preprocess
 from .fileio import atomic_path
 from .model import VimConfig, VisionMamba
 
 CONFIG = VimConfig(embed_dim=64, depth=4, patch_size=8, stride=8, img_size=32, num_classes=10)
 WEIGHTS = Path(__file__).parent / "assets" / "vim_digits.pth"
 # 128 training-split digits as PNG (`write_calibration_images`), shipped for `--calib digits`.
-CALIBRATION_DIR = Path(__file__).parent / "assets" / "calibration" / "digits"
+CALIBRATION_DIR = PACKAGED_CALIBRATION / "digits"
 SEED = 0
 
 

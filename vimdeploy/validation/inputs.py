@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import PACKAGED_CALIBRATION
 from ..errors import InputError
 
 SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")  # skimage.data, bundled with the package
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-# The calibration sets shipped as package data, by folder name (`export --calib digits` names
-# digits/ there): where a quantized artifact's recorded calibration folder is not on this machine.
-PACKAGED_CALIBRATION = Path(__file__).resolve().parent.parent / "assets" / "calibration"
 
 
 def random_set(n: int, hw, seed: int) -> np.ndarray:
