@@ -141,7 +141,7 @@ def main():
         "--shapes",
         default=None,
         metavar="LxB,...",
-        help="comma-separated subset of the shapes " + ",".join(f"{L}x{b}" for L, b in SHAPES),
+        help="comma-separated L x batch shapes (default: " + ",".join(f"{L}x{b}" for L, b in SHAPES) + ")",
     )
     ap.add_argument("--quick", action="store_true", help="Vim-Ti only")
     ap.add_argument("--models", default=None, help="comma-separated subset of Ti,S,B (default: all; --quick: Ti)")
@@ -158,9 +158,12 @@ def main():
     variants = list(VARIANTS) if args.variants in (None, "all") else [int(v) for v in args.variants.split(",")]
     if any(v not in VARIANTS for v in variants):
         ap.error(f"--variants: choose from {','.join(map(str, VARIANTS))}")
-    shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    if any(s not in SHAPES for s in shapes):
-        ap.error(f"--shapes: choose from {','.join(f'{L}x{b}' for L, b in SHAPES)}")
+    try:
+        shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    except ValueError:
+        ap.error(f"--shapes: expected LxB[,LxB...], got {args.shapes!r}")
+    if any(len(s) != 2 or min(s) < 1 for s in shapes):
+        ap.error(f"--shapes: expected LxB[,LxB...] with L, B >= 1, got {args.shapes!r}")
 
     from tests.test_plugin_cuda import make_inputs
     from vimdeploy.ops import cuda as plugin

@@ -594,6 +594,143 @@ __global__ void __launch_bounds__(2 * kWarp) warpChunksKernel(Params const p)
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// State lanes (VIMDEPLOY_SCAN_STATE_LANES): the recurrence with its 16 states spread over 16 lanes,
+// for the shapes where one thread per channel leaves the GPU idle (batch 1 at short L: Vim-Ti at
+// 224 px is 768 sequences, 24 warps, for 132 SMs) and splitting L would double the exps. A warp
+// is 2 channels x 16 states of one direction, lane = 16 * channel + state; a block is 2 warps
+// over the same 2 channels, warp 0 forward and warp 1 backward, meeting in the middle as the
+// sequential kernel does (partial in y, __syncthreads, gate). Per chunk of 16 steps:
+//   1. lane j of a channel computes the per-step values of step j only (delta with its softplus,
+//      delta * x), and the channel's lanes read them with shuffles;
+//   2. each lane runs its own state through the 16 steps: h = exp(delta A) h + delta x B,
+//      keeping C h of every step in registers (16 FFMA-chain steps: the only serial work);
+//   3. a butterfly reduce-scatter (15 shuffles for 16 sums) leaves in lane j the sum over the
+//      states of step j, which lane j then finishes: + D x, the other direction's partial and
+//      the gate, one store.
+// The same exps as the sequential kernel, 16 times its threads, ~2x its instructions per state
+// step (the shuffles): so it is for small grids only (autoVariant).
+constexpr int kLanesTC = kN; // steps per chunk: one per lane of a channel's group
+
+// The per-lane registers of one chunk: lane j's own step (x, dt; z and the other direction's
+// partial in the second half) and B_t[state], C_t[state] of the chunk's 16 steps.
+template <typename T>
+struct LanesChunk
+{
+    T x, dt, z, part;
+    T B[kLanesTC], C[kLanesTC];
+};
+
+// One stage of a butterfly reduce-scatter of 2 kM sums over lanes that differ in bit kM: each lane
+// keeps the half of acc[0, 2 kM) that its bit kM selects, plus the partner's copy of that half.
+template <int kM>
+__device__ __forceinline__ void reduceHalves(float (&acc)[kLanesTC], int j)
+{
+    bool const upper = j & kM;
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+    {
+        float const send = upper ? acc[i] : acc[i + kM];
+        float const keep = upper ? acc[i + kM] : acc[i];
+        acc[i] = keep + __shfl_xor_sync(0xffffffffu, send, kM);
+    }
+}
+
+template <typename T, bool kSoftplus, Mode kMode>
+__device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0, int64_t ec, bool active, int lane,
+    float A2, float D, float bias, float& h, int s0, int s1)
+{
+    static_assert(kMode != kStates, "the state-lanes kernel does not split L");
+    unsigned const kAll = 0xffffffffu;
+    int const j = lane % kN;       // this lane's state, and the step of a chunk it finishes
+    int const group = lane - j;    // the channel's first lane
+    bool const rev = dir == 1;
+    T const* const x = static_cast<T const*>(rev ? p.x[1] : p.x[0]) + row0 * p.E + ec;
+    T const* const dt = static_cast<T const*>(rev ? p.dt[1] : p.dt[0]) + row0 * p.E + ec;
+    T const* const z = static_cast<T const*>(p.z) + row0 * p.E + ec;
+    T* const y = static_cast<T*>(p.y) + row0 * p.E + ec;
+    T const* const B = static_cast<T const*>(rev ? p.B[1] : p.B[0]) + row0 * p.bcStride + j;
+    T const* const C = static_cast<T const*>(rev ? p.C[1] : p.C[0]) + row0 * p.bcStride + j;
+    // token of scan step s; steps past s1 read the last valid one (their delta is zeroed)
+    auto token = [&](int s) -> int64_t {
+        int const c = s < s1 ? s : s1 - 1;
+        return rev ? p.L - 1 - c : c;
+    };
+    auto load = [&](LanesChunk<T>& q, int s) {
+        int64_t const o = token(s + j) * p.E;
+        q.x = __ldg(x + o);
+        q.dt = __ldg(dt + o);
+        if (kMode == kSecond)
+        {
+            q.z = __ldg(z + o);
+            q.part = __ldcg(y + o); // the other direction's partial, written in this launch
+        }
+#pragma unroll
+        for (int i = 0; i < kLanesTC; ++i)
+        {
+            int64_t const r = token(s + i) * p.bcStride;
+            q.B[i] = __ldg(B + r);
+            q.C[i] = __ldg(C + r);
+        }
+    };
+    if (s0 >= s1)
+        return;
+    LanesChunk<T> cur;
+    load(cur, s0);
+    LanesChunk<T> next = cur;
+    for (int s = s0; s < s1; s += kLanesTC)
+    {
+        if (s + kLanesTC < s1)
+            load(next, s + kLanesTC);
+        bool const own = s + j < s1;
+        float const xv = toF(cur.x);
+        float const v = toF(cur.dt) + bias;
+        float const d = own ? (kSoftplus ? softplus(v) : v) : 0.f; // a step past s1 leaves h as it is
+        float const dx = d * xv;
+        float acc[kLanesTC];
+#pragma unroll
+        for (int i = 0; i < kLanesTC; ++i)
+        {
+            float const di = __shfl_sync(kAll, d, group + i);
+            float const dxi = __shfl_sync(kAll, dx, group + i);
+            h = fmaf(ex2Mufu(di * A2), h, dxi * toF(cur.B[i]));
+            acc[i] = h * toF(cur.C[i]);
+        }
+        // Reduce-scatter over the 16 lanes: lane j ends with the sum of step j.
+        reduceHalves<8>(acc, j);
+        reduceHalves<4>(acc, j);
+        reduceHalves<2>(acc, j);
+        reduceHalves<1>(acc, j);
+        float yv = fmaf(D, xv, acc[0]);
+        if (kMode == kSecond)
+            yv = (yv + toF(cur.part)) * (silu(toF(cur.z)) * p.scale);
+        storeIf(active && own, y + token(s + j) * p.E, fromF<T>(yv));
+        cur = next;
+    }
+}
+
+// grid (ceil(E / 2), batch), block 64: warp 0 forward, warp 1 backward over the same 2 channels.
+template <typename T, bool kSoftplus>
+__global__ void __launch_bounds__(2 * kWarp) stateLanesKernel(Params const p)
+{
+    int const dir = threadIdx.x / kWarp;
+    int const lane = threadIdx.x % kWarp;
+    int64_t const e = int64_t(blockIdx.x) * (kWarp / kN) + lane / kN;
+    bool const active = e < p.E;
+    int64_t const ec = active ? e : p.E - 1;
+    int64_t const row0 = int64_t(blockIdx.y) * p.L;
+    float const A2 = (dir == 0 ? p.A[0] : p.A[1])[ec * kN + lane % kN] * kLog2e;
+    float const D = (dir == 0 ? p.D[0] : p.D[1])[ec];
+    float const bias = (dir == 0 ? p.bias[0] : p.bias[1])[ec];
+    float h = 0.f;
+    int const n = int(p.L);
+    int const half = n / 2;
+    int const split = dir == 0 ? half : n - half;
+    laneSweep<T, kSoftplus, kFirst>(p, dir, row0, ec, active, lane, A2, D, bias, h, 0, split);
+    __syncthreads(); // partials of the first half are visible to the other warp
+    laneSweep<T, kSoftplus, kSecond>(p, dir, row0, ec, active, lane, A2, D, bias, h, split, n);
+}
+
 // VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs, for tests of an engine
 // built on one GPU and run on another (tests/test_plugin_conformance.py). Read at every
 // call so that a test can change it between "build" and "run".
@@ -755,6 +892,18 @@ cudaError_t launchWarpChunks(Params p, int numChunks, size_t wsAvail, cudaStream
     return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
+// The state-lanes kernel (num_chunks does not apply: it never splits L).
+template <typename T>
+cudaError_t launchStateLanes(Params const& p, cudaStream_t stream)
+{
+    dim3 const grid(unsigned(tilesOf(p.E, kWarp / kN)), unsigned(p.batch));
+    if (p.softplus)
+        stateLanesKernel<T, true><<<grid, 2 * kWarp, 0, stream>>>(p);
+    else
+        stateLanesKernel<T, false><<<grid, 2 * kWarp, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
 // When each variant wins, measured on an H100 (bench_scan.py --variants, docs/kernel.md):
 // - the grid has >= 4 blocks per SM (L=197 batch 128, Vim-S/B at batch 32): one thread per
 //   channel; 8 steps per chunk for long sequences (STEPS8_THREADS1: L=6085 batch 32 3-8% faster
@@ -789,6 +938,7 @@ cudaError_t dispatch(Params const& p, int variant, int numChunks, size_t wsAvail
     case VIMDEPLOY_SCAN_STEPS16_THREADS1: return launch<T, 16, 1>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_STEPS16_THREADS2: return launch<T, 16, 2>(p, numChunks, wsAvail, stream);
     case VIMDEPLOY_SCAN_WARP_CHUNKS: return launchWarpChunks<T>(p, numChunks, wsAvail, stream);
+    case VIMDEPLOY_SCAN_STATE_LANES: return launchStateLanes<T>(p, stream);
     }
     return cudaErrorInvalidValue; // unreachable: vimdeploy_bi_selective_scan_ex checks the id
 }

@@ -17,13 +17,15 @@ from .inputs import ScanInputs
 from .library import call, define_scan_op
 from .native import PluginError, load_library
 
-__all__ = ["VARIANTS", "WARP_CHUNKS", "bi_selective_scan_cuda", "launch"]
+__all__ = ["VARIANTS", "WARP_CHUNKS", "STATE_LANES", "bi_selective_scan_cuda", "launch"]
 
 # launch()'s `variant` values besides 0 (automatic): the kernel variants of
 # plugins/kernels/bi_selective_scan.cu (named VIMDEPLOY_SCAN_* in bi_selective_scan.h; docs/kernel.md lists them);
-# WARP_CHUNKS is the sequence-parallel path that needs no workspace
-VARIANTS = range(1, 8)
+# WARP_CHUNKS is the sequence-parallel path that needs no workspace, STATE_LANES the kernel with
+# a channel's 16 states on 16 lanes (no workspace, never splits L)
+VARIANTS = range(1, 9)
 WARP_CHUNKS = 7
+STATE_LANES = 8
 
 
 def launch(
@@ -41,7 +43,7 @@ def launch(
     lib = load_library()
     p = params(inputs, y, delta_softplus, out_scale)  # the contract's check first (ScanInputError)
     b, _, E = inputs.x_fwd.shape
-    if variant == WARP_CHUNKS:
+    if variant in (WARP_CHUNKS, STATE_LANES):
         ws_bytes = 0
     elif num_chunks > 1:
         ws_bytes = 2 * b * num_chunks * (D_STATE + 1) * E * 4
