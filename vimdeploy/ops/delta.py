@@ -168,30 +168,29 @@ def _cpu_bidir(dt_fwd, dt_bwd, weight_fwd, weight_bwd, bias_fwd, bias_bwd):
     return torch.stack([delta_softplus_reference(*fwd), delta_softplus_reference(*bwd)])
 
 
-_NAME = "delta_softplus"
-_LIB.define(f"{_NAME}(Tensor dt, Tensor weight, Tensor? bias) -> Tensor")
-_LIB.impl(_NAME, _cuda, "CUDA")
-_LIB.impl(_NAME, _cpu, "CPU")
-
-
-@torch.library.register_fake(f"{NAMESPACE}::{_NAME}", lib=_LIB)
 def _fake(dt, weight, bias):
     return dt.new_empty(*dt.shape[:-1], weight.shape[0])
 
 
-_NAME_BIDIR = "delta_softplus_bidir"
-_LIB.define(
-    f"{_NAME_BIDIR}(Tensor dt_fwd, Tensor dt_bwd, Tensor weight_fwd, Tensor weight_bwd, Tensor? bias_fwd, "
-    "Tensor? bias_bwd) -> Tensor"
-)
-_LIB.impl(_NAME_BIDIR, _cuda_bidir, "CUDA")
-_LIB.impl(_NAME_BIDIR, _cpu_bidir, "CPU")
-
-
-@torch.library.register_fake(f"{NAMESPACE}::{_NAME_BIDIR}", lib=_LIB)
 def _fake_bidir(dt_fwd, dt_bwd, weight_fwd, weight_bwd, bias_fwd, bias_bwd):
     return dt_fwd.new_empty(2, *dt_fwd.shape[:-1], weight_fwd.shape[0])
 
 
-delta_softplus = getattr(getattr(torch.ops, NAMESPACE), _NAME)
-delta_softplus_bidir = getattr(getattr(torch.ops, NAMESPACE), _NAME_BIDIR)
+def _op(name, schema, cuda, cpu, fake):
+    """torch.ops.vimdeploy.<name>: its CUDA and CPU implementations and its fake (torch.compile)."""
+    _LIB.define(name + schema)
+    _LIB.impl(name, cuda, "CUDA")
+    _LIB.impl(name, cpu, "CPU")
+    torch.library.register_fake(f"{NAMESPACE}::{name}", lib=_LIB)(fake)
+    return getattr(getattr(torch.ops, NAMESPACE), name)
+
+
+delta_softplus = _op("delta_softplus", "(Tensor dt, Tensor weight, Tensor? bias) -> Tensor", _cuda, _cpu, _fake)
+delta_softplus_bidir = _op(
+    "delta_softplus_bidir",
+    "(Tensor dt_fwd, Tensor dt_bwd, Tensor weight_fwd, Tensor weight_bwd, Tensor? bias_fwd, Tensor? bias_bwd)"
+    " -> Tensor",
+    _cuda_bidir,
+    _cpu_bidir,
+    _fake_bidir,
+)
