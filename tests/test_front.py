@@ -84,3 +84,49 @@ def test_zero_dt_bias_is_not_in_the_state_dict_and_is_zero_after_a_load():
     mixer.front = _DeltaInFront()
     inputs, _ = mixer.scan_inputs(torch.randn(1, 5, model.cfg.embed_dim).half())
     assert inputs.dt_bias_bwd.dtype == torch.float32 and not inputs.dt_bias_bwd.any()
+
+
+# --------------------------------------------------------------------------- GPU
+
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is false)"
+)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_in_proj_token_major_fp16_on_the_gpu(monkeypatch):
+    """On the GPU in fp16 (one cuBLAS batched GEMM) against fp64 products of the same fp16 values:
+    an fp32 sum of K exact products (K 2^-24 of the sum of |terms|), rounded once to fp16 (half
+    an ulp, 2^-11 relative; 2^-25 below the normal range). fp16 reductions in split-K (PyTorch's
+    default allows them) are turned off, as the bound assumes fp32 sums."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_fp16_reduced_precision_reduction", False)
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 197, 192, device="cuda").half()
+    weight = (torch.randn(768, 192, device="cuda") / 192**0.5).half()
+    x, z = in_proj_token_major(hidden, weight)
+    assert x.is_contiguous() and z.is_contiguous() and x.dtype == torch.float16
+    for got, half in ((x, weight[:384]), (z, weight[384:])):
+        want = F.linear(hidden.double(), half.double())
+        mag = F.linear(hidden.double().abs(), half.double().abs())
+        gamma = 192 * 2.0**-24 * mag
+        assert ((got.double() - want).abs() <= 2.0**-11 * (want.abs() + gamma) + gamma + 2.0**-25).all()
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_frozen_compiled_fp16_model_equals_eager_on_the_gpu(cuda_kernels):
+    """The deployed form the edge benchmark times (fp16 as vim_runner makes it, torch.compile with
+    Inductor's freezing: weight-only work folded, the zero dt bias a constant) against the same
+    model eager, both through the conv, delta and scan kernels: fp16-level agreement (the bound of
+    tests/test_delta_cuda.py's model test)."""
+    from vimdeploy.bench.models import _vim_fp16, compiled
+
+    model = _vim_fp16(small_model(seed=6)).cuda()
+    model.scan = "cuda"
+    assert all(layer.mixer.dt_bias_zero.dtype == torch.float32 for layer in model.layers)
+    x = torch.randn(1, 3, 224, 224, device="cuda").half()
+    with torch.inference_mode():
+        eager = model(x).float()
+        frozen = compiled(model, True, freeze=True)(x).float()
+    torch.testing.assert_close(frozen, eager, rtol=2e-2, atol=2e-2 * eager.abs().max().item())
