@@ -3,9 +3,16 @@ model's GPU kernels, torch.compile + CUDA graphs) beside DeiT-Ti (SDPA, torch.co
 graphs: the strongest DeiT baseline of bench_layout.py), in one run.
 
     python benchmarks/bench_e2e_edge.py [--json out.json] [--models tiny,small,base] [--configs 224x1,...]
+                                        [--no-freeze] [--no-profile]
 
-With --profile (default on): the kernels one forward launches at batch 1 (torch.profiler, CUDA graphs
-off), by name with counts and GPU time, for Vim-Ti at 224 and 1248 px.
+Both models are compiled with Inductor's freezing, as deployed models (weights constant: the
+weight-only work of a forward, such as Vim's -exp(A_log) and padded x_proj weights, is folded
+at compile time; vimdeploy.bench.compiled); --no-freeze gives the unfrozen rows.
+
+The profile (default on; --no-profile skips it): the kernels one forward launches at batch 1
+(torch.profiler, CUDA graphs off), by name with counts and GPU time, for Vim-Ti at 224 and
+1248 px; and per layer: launches per forward divided by the model's depth, in total and per
+kernel category (bench.categorize).
 
 The scan kernel alone at the same shapes: bench_scan.py --shapes 197x1,197x8,6085x1,6085x8 (both
 run by the `edge` stage of gpu_suite.sh). Needs a GPU, the kernel library and timm. Untrained
@@ -46,12 +53,21 @@ def kernel_counts(runner, size, batch, steps=5) -> dict:
         {"name": k[:160], "per_forward": n / steps, "us_per_forward": us / steps, "category": bench.categorize(k)}
         for k, (n, us) in sorted(per.items(), key=lambda kv: -kv[1][0])
     ]
+    launches = sum(k["per_forward"] for k in kernels)
+    depth = runner.info.get("depth")
+    by_category = {}
+    for k in kernels:
+        by_category[k["category"]] = by_category.get(k["category"], 0.0) + k["per_forward"]
     return {
         "size": size,
         "batch": batch,
-        "launches_per_forward": sum(k["per_forward"] for k in kernels),
+        "launches_per_forward": launches,
         "gpu_ms_per_forward": sum(k["us_per_forward"] for k in kernels) / 1e3,
         "kernels": kernels,
+        # per layer: everything a forward launches (the patch embedding and head included) / depth
+        "depth": depth,
+        "launches_per_layer": launches / depth if depth else None,
+        "launches_per_layer_by_category": {c: n / depth for c, n in sorted(by_category.items())} if depth else None,
     }
 
 
@@ -61,6 +77,9 @@ def main():
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--configs", default=",".join(f"{s}x{b}" for s, b in CONFIGS), help="SIZExBATCH,...")
     parser.add_argument("--no-profile", action="store_true", help="skip the kernel counts at batch 1")
+    parser.add_argument(
+        "--no-freeze", action="store_true", help="compile without Inductor's freezing (weights as inputs)"
+    )
     args = parser.parse_args()
     models = args.models.split(",")
     if set(models) - set(MODELS):
@@ -71,8 +90,12 @@ def main():
         parser.error(f"--configs: expected SIZExBATCH[,SIZExBATCH...], got {args.configs!r}")
     env = bench.environment()
     rows = []
-    makers = [lambda: bench.deit_runner(mode="sdpa", cuda_graphs=True, compile=True)]
-    makers += [lambda m=m: bench.vim_runner(f"vim_{m}", scan="cuda", cuda_graphs=True, compile=True) for m in models]
+    freeze = not args.no_freeze
+    makers = [lambda: bench.deit_runner(mode="sdpa", cuda_graphs=True, compile=True, freeze=freeze)]
+    makers += [
+        lambda m=m: bench.vim_runner(f"vim_{m}", scan="cuda", cuda_graphs=True, compile=True, freeze=freeze)
+        for m in models
+    ]
     for make in makers:  # one model on the GPU at a time
         runner = make()
         for size, batch in configs:
@@ -108,6 +131,9 @@ def main():
                 f"\n{r['model']} {p['size']} px batch 1: {p['launches_per_forward']:.0f} launches per forward, "
                 f"{p['gpu_ms_per_forward']:.3f} ms GPU"
             )
+            if p.get("launches_per_layer") is not None:
+                cats = ", ".join(f"{c} {n:.2f}" for c, n in p["launches_per_layer_by_category"].items())
+                print(f"  per layer (/ depth {p['depth']}): {p['launches_per_layer']:.2f} launches ({cats})")
             for k in p["kernels"][:20]:
                 print(f"  {k['per_forward']:6.1f} x {k['us_per_forward']:8.1f} us  [{k['category']}] {k['name'][:90]}")
 

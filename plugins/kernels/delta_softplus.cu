@@ -22,6 +22,8 @@
  * - softplus as the scan's (numeric.cuh: one MUFU ex2, the v > 20 rule exact) with a shorter
  *   polynomial, accurate to fp16's rounding (softplusHalf); delta is rounded once, after the
  *   softplus (the official pattern rounds dt_proj's output before the bias and softplus).
+ * - Both directions of a Vim layer in one launch (vimdeploy_delta_softplus_bidir): the
+ *   direction is blockIdx.z, each z-slice the one-direction grid on its own arguments.
  */
 #include "vimdeploy/delta_softplus.h"
 
@@ -73,9 +75,12 @@ __device__ __forceinline__ float softplusHalf(float v)
     return fmaf(w, q, fmaxf(v, 0.f)); // v > 20: w * q < 2.1e-9 vanishes in v, as in numeric.cuh
 }
 
+// One direction's delta per blockIdx.z: a0 for z = 0, a1 for z = 1 (the one-direction form
+// launches one z with a1 = a0, so both forms run the same code on the same arguments).
 template <int kK> // k-steps: R <= 16 * kK
-__global__ void __launch_bounds__(kWarps * 32) deltaKernel(Args const a)
+__global__ void __launch_bounds__(kWarps * 32) deltaKernel(Args const a0, Args const a1)
 {
+    Args const a = blockIdx.z == 0 ? a0 : a1;
     int const lane = threadIdx.x % 32;
     int const g = lane / 4;
     int const q = lane % 4;
@@ -205,12 +210,58 @@ __global__ void __launch_bounds__(kWarps * 32) deltaKernel(Args const a)
     }
 }
 
+// `n` directions (1 or 2) of the same tokens, E and R: a grid of n z-slices, one launch.
 template <int kK>
-cudaError_t launch(Args const& a, cudaStream_t stream)
+cudaError_t launch(Args const (&a)[2], int n, cudaStream_t stream)
 {
-    dim3 const grid(unsigned((a.E + kChannels - 1) / kChannels), unsigned(a.tiles < 65535 ? a.tiles : 65535));
-    deltaKernel<kK><<<grid, kWarps * 32, 0, stream>>>(a);
+    dim3 const grid(
+        unsigned((a[0].E + kChannels - 1) / kChannels), unsigned(a[0].tiles < 65535 ? a[0].tiles : 65535), unsigned(n));
+    deltaKernel<kK><<<grid, kWarps * 32, 0, stream>>>(a[0], a[1]);
     return cudaGetLastError();
+}
+
+// VIMDEPLOY_SUCCESS if `p` is a set of parameters the kernel takes (sizes, rank, dtype, and the
+// pointers where there is work), else the error code. `empty`: nothing to write.
+int check(VimdeployDeltaParams const* p, bool& empty)
+{
+    if (!p)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    if (p->dtype != VIMDEPLOY_DTYPE_FLOAT16 || p->R < 1 || p->R > VIMDEPLOY_DELTA_MAX_R)
+        return VIMDEPLOY_ERROR_UNSUPPORTED;
+    if (p->tokens < 0 || p->E < 0 || p->dt_stride < p->R || p->E > 65535LL * kChannels)
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    empty = p->tokens == 0 || p->E == 0;
+    if (!empty && (!p->dt || !p->weight || !p->delta))
+        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
+    return VIMDEPLOY_SUCCESS;
+}
+
+Args args(VimdeployDeltaParams const& p)
+{
+    Args a{};
+    a.dt = static_cast<__half const*>(p.dt);
+    a.w = static_cast<__half const*>(p.weight);
+    a.bias = p.bias;
+    a.out = static_cast<__half*>(p.delta);
+    a.tokens = p.tokens;
+    a.E = p.E;
+    a.R = p.R;
+    a.stride = p.dt_stride;
+    a.tiles = (p.tokens + kTokensPerBlock - 1) / kTokensPerBlock;
+    a.rows16 = p.E % 8 == 0 && reinterpret_cast<uintptr_t>(p.delta) % 16 == 0;
+    a.pairs32 = p.R % 2 == 0 && p.dt_stride % 2 == 0 && reinterpret_cast<uintptr_t>(p.dt) % 4 == 0;
+    return a;
+}
+
+int run(Args const (&a)[2], int n, cudaStream_t stream)
+{
+    switch ((a[0].R + 15) / 16)
+    {
+    case 1: return launch<1>(a, n, stream);
+    case 2: return launch<2>(a, n, stream);
+    case 3: return launch<3>(a, n, stream);
+    default: return launch<4>(a, n, stream);
+    }
 }
 
 } // namespace
@@ -219,36 +270,29 @@ extern "C" {
 
 int vimdeploy_delta_softplus(VimdeployDeltaParams const* p, cudaStream_t stream)
 {
+    bool empty = false;
+    if (int const rc = check(p, empty))
+        return rc;
+    if (empty)
+        return VIMDEPLOY_SUCCESS;
+    Args const a[2] = {args(*p), args(*p)};
+    return run(a, 1, stream);
+}
+
+int vimdeploy_delta_softplus_bidir(VimdeployDeltaParams const* p, cudaStream_t stream)
+{
     if (!p)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (p->dtype != VIMDEPLOY_DTYPE_FLOAT16 || p->R < 1 || p->R > VIMDEPLOY_DELTA_MAX_R)
-        return VIMDEPLOY_ERROR_UNSUPPORTED;
-    if (p->tokens < 0 || p->E < 0 || p->dt_stride < p->R || p->E > 65535LL * kChannels)
+    bool empty[2] = {false, false};
+    for (int i = 0; i < 2; ++i)
+        if (int const rc = check(p + i, empty[i]))
+            return rc;
+    if (p[0].tokens != p[1].tokens || p[0].E != p[1].E || p[0].R != p[1].R)
         return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-    if (p->tokens == 0 || p->E == 0)
+    if (empty[0])
         return VIMDEPLOY_SUCCESS;
-    if (!p->dt || !p->weight || !p->delta)
-        return VIMDEPLOY_ERROR_INVALID_ARGUMENT;
-
-    Args a{};
-    a.dt = static_cast<__half const*>(p->dt);
-    a.w = static_cast<__half const*>(p->weight);
-    a.bias = p->bias;
-    a.out = static_cast<__half*>(p->delta);
-    a.tokens = p->tokens;
-    a.E = p->E;
-    a.R = p->R;
-    a.stride = p->dt_stride;
-    a.tiles = (p->tokens + kTokensPerBlock - 1) / kTokensPerBlock;
-    a.rows16 = p->E % 8 == 0 && reinterpret_cast<uintptr_t>(p->delta) % 16 == 0;
-    a.pairs32 = p->R % 2 == 0 && p->dt_stride % 2 == 0 && reinterpret_cast<uintptr_t>(p->dt) % 4 == 0;
-    switch ((p->R + 15) / 16)
-    {
-    case 1: return launch<1>(a, stream);
-    case 2: return launch<2>(a, stream);
-    case 3: return launch<3>(a, stream);
-    default: return launch<4>(a, stream);
-    }
+    Args const a[2] = {args(p[0]), args(p[1])};
+    return run(a, 2, stream);
 }
 
 } // extern "C"

@@ -15,9 +15,10 @@ def _vim_fp16(model):
     """fp16 with the numerics of the fp16 golden test's torch.autocast (tests/test_plugin_cuda.py):
     linear and patch-embedding weights in fp16 once (autocast would cast them on every call),
     while the scan parameters (A_log, D, dt biases), the norm weights, the mixer's conv taps and
-    class token/pos embed casts stay as autocast has them: the scan gets fp32 A, D, dt bias, the
-    fused conv kernel its fp32 taps (cast per call inside the op, these were 96 small copies per
-    Vim-Ti forward: 0.3 ms on an H100); the residual stream is fp32."""
+    class token/pos embed casts stay as autocast has them: the scan gets fp32 A, D, dt bias (and
+    the fp32 zeros it takes as dt bias after the delta kernel), the fused conv kernel its fp32
+    taps (cast per call inside the op, these were 96 small copies per Vim-Ti forward: 0.3 ms on
+    an H100); the residual stream is fp32."""
     import torch
 
     keep = {
@@ -33,6 +34,8 @@ def _vim_fp16(model):
         for n, p in model.named_parameters():
             if n in keep:
                 p.data = keep[n].float()
+        for layer in model.layers:
+            layer.mixer.dt_bias_zero = layer.mixer.dt_bias_zero.float()
     return model
 
 
@@ -105,7 +108,8 @@ def vim_runner(
         on_size=on_size,
         patch=model.cfg.patch_size,
         stride=model.cfg.stride,
-        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model)},
+        info={"model": key, "scan": scan, "dtype": dtype, "params_m": _params_m(model), "depth": len(model.layers)}
+        | {"freeze": bool(compile and freeze)},
     )
 
 
@@ -136,8 +140,10 @@ def compiled(module, compile, freeze=False):
     return torch.compile(module, dynamic=False, options={"freezing": True})
 
 
-def deit_runner(mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False) -> DeiTRunner:
-    return DeiTRunner(mode, dtype, device, cuda_graphs, compile)
+def deit_runner(
+    mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False, freeze=False
+) -> DeiTRunner:
+    return DeiTRunner(mode, dtype, device, cuda_graphs, compile, freeze)
 
 
 class DeiTRunner(TorchRunner):
@@ -145,14 +151,17 @@ class DeiTRunner(TorchRunner):
     (pos-embed at that grid, as an interpolated trained one would be); attention eager
     (`fused_attn=False`: q@k^T, softmax, @v, the Vim paper's setting) or SDPA (FlashAttention
     where PyTorch picks it). fp16: the model in .half(). `compile`: torch.compile (Inductor), the
-    treatment the Vim runner gets in the side-by-side comparison."""
+    treatment the Vim runner gets in the side-by-side comparison; `freeze` (with `compile`):
+    Inductor's freezing as `compiled` gives Vim (each size is a model built anew, so no
+    recompilation beyond one per size)."""
 
-    def __init__(self, mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False):
+    def __init__(self, mode="eager", dtype="fp16", device="cuda", cuda_graphs=False, compile=False, freeze=False):
         import torch
 
         self.timm = _need("timm", "--compare deit_tiny")
         self.mode = mode
         self.compile = compile
+        self.freeze = bool(compile) and freeze
         self.device = device  # _build needs it before Runner.__init__ sets it
         self.dtype = torch.float16 if dtype == "fp16" else torch.float32
         self._size = None
@@ -160,6 +169,7 @@ class DeiTRunner(TorchRunner):
             ("eager attention" if mode == "eager" else "SDPA")
             + (", torch.compile" if compile else "")
             + (f" {compile}" if isinstance(compile, str) else "")
+            + (", frozen" if self.freeze else "")
             + (", CUDA graphs" if cuda_graphs else "")
         )
         super().__init__(
@@ -168,10 +178,17 @@ class DeiTRunner(TorchRunner):
             device=device,
             input_dtype=self.dtype,
             cuda_graphs=cuda_graphs,
-            info={"model": "deit_tiny_patch16_224", "attention": mode, "dtype": dtype, "compile": compile},
+            info={
+                "model": "deit_tiny_patch16_224",
+                "attention": mode,
+                "dtype": dtype,
+                "compile": compile,
+                "freeze": self.freeze,
+            },
         )
         self._size = 224
         self.info["params_m"] = _params_m(self.module)
+        self.info["depth"] = len(self.module.blocks) if hasattr(self.module, "blocks") else None
 
     def _build(self, size):
         m = self.timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=size)
@@ -179,7 +196,7 @@ class DeiTRunner(TorchRunner):
             blk.attn.fused_attn = self.mode == "sdpa"
         m = m.eval().to(self.dtype)
         if self.compile:
-            return compiled(m.to(self.device), self.compile)
+            return compiled(m.to(self.device), self.compile, self.freeze)
         return m
 
     def prepare(self, size, batch):

@@ -35,6 +35,7 @@ __all__ = [
     "get_front",
     "depthwise_conv",
     "depthwise_conv_token_major",
+    "in_proj_token_major",
     "x_proj_weight_aligned",
     "split_x_proj",
     "x_proj_aligned",
@@ -67,6 +68,17 @@ def depthwise_conv_token_major(x_padded: torch.Tensor, conv: nn.Conv1d, anti_cau
         start = 2 * (k - 1) - j if anti_causal else j
         out = torch.addcmul(out, x_padded[:, start : start + length], w[:, j])
     return out
+
+
+def in_proj_token_major(hidden_states: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """in_proj (weight (2E, D), no bias) of hidden_states (..., D) as one batched GEMM whose
+    output is (2, tokens, E): x and z, each (..., E) and contiguous (the scan kernel wants z
+    contiguous; a chunk of F.linear's (..., 2E) output is strided and would be copied). The
+    weight enters as a view, no copy; the same products as F.linear with each half."""
+    e2, d = weight.shape
+    out = torch.matmul(hidden_states.reshape(1, -1, d), weight.view(2, e2 // 2, d).transpose(1, 2))
+    shape = (*hidden_states.shape[:-1], e2 // 2)
+    return out[0].view(shape), out[1].view(shape)
 
 
 def _pad8(rows: int) -> int:
@@ -141,11 +153,12 @@ _TORCH = TorchFront()
 
 
 class TokenMajorFront(MixerFront):
-    """On CUDA tensors: in_proj as two GEMMs (contiguous x and z), the convs on token-major x
-    (`depthwise_conv_token_major`), x_proj and dt_proj with 16-byte aligned operands; and, where
-    they apply, the CUDA kernels: `conv` both convs + SiLU as one kernel (fp16/fp32), `xproj`
-    each direction's x_proj inside that kernel (fp16), `delta` dt_proj + dt bias + softplus as
-    one kernel (fp16). Elsewhere (CPU tensors) the `TorchFront`'s path."""
+    """On CUDA tensors: in_proj as one batched GEMM (contiguous x and z, `in_proj_token_major`),
+    the convs on token-major x (`depthwise_conv_token_major`), x_proj and dt_proj with 16-byte
+    aligned operands; and, where they apply, the CUDA kernels: `conv` both convs + SiLU as one
+    kernel (fp16/fp32), `xproj` each direction's x_proj inside that kernel (fp16), `delta`
+    dt_proj + dt bias + softplus of both directions as one launch (fp16). Elsewhere (CPU
+    tensors) the `TorchFront`'s path."""
 
     token_major = True
 
@@ -158,9 +171,7 @@ class TokenMajorFront(MixerFront):
         if not hidden_states.is_cuda:
             return _TORCH.activations(mixer, hidden_states)
         rank, n = mixer.dt_rank, mixer.d_state
-        # Two GEMMs give contiguous x and z (the scan kernel wants z contiguous; a chunk
-        # of one GEMM's output would be copied).
-        x, z = (F.linear(hidden_states, w) for w in mixer.in_proj.weight.chunk(2, dim=0))
+        x, z = in_proj_token_major(hidden_states, mixer.in_proj.weight)
         convs = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.conv1d_b.weight, mixer.conv1d_b.bias)
         fused = dbl = None
         if self.conv and x.dtype in (torch.float16, torch.float32) and conv_ops.fused_conv_available():
@@ -180,9 +191,8 @@ class TokenMajorFront(MixerFront):
             k = mixer.conv1d.weight.shape[-1]
             x_padded = F.pad(x, (0, 0, k - 1, k - 1))
         delta = self.delta and x.dtype == torch.float16 and delta_ops.delta_kernel_available()
-        out = {"z": z}
+        out, dts = {"z": z}, {}
         for direction, suffix in DIRECTIONS:
-            dt_proj = getattr(mixer, "dt_proj" + suffix)
             if fused is not None:
                 xc = fused[direction]
             else:
@@ -192,15 +202,25 @@ class TokenMajorFront(MixerFront):
                     )
                 )
             if dbl is not None:  # x_proj ran in the conv kernel
-                dt, B, C = split_x_proj(dbl[direction], rank, n)
+                dts[direction], B, C = split_x_proj(dbl[direction], rank, n)
             else:
-                dt, B, C = x_proj_aligned(xc, getattr(mixer, "x_proj" + suffix).weight, rank, n)
-            if delta:
-                # (the bias cast here, not inside the opaque op: Inductor fuses it with the other casts)
-                dt = delta_ops.delta_softplus(dt[..., :rank], dt_proj.weight, dt_proj.bias.float())
-            else:
-                dt = dt_proj_aligned(dt, dt_proj.weight)  # dt_proj's bias goes in the scan, in fp32
-            out.update({f"x_{direction}": xc, f"dt_{direction}": dt, f"B_{direction}": B, f"C_{direction}": C})
+                dts[direction], B, C = x_proj_aligned(xc, getattr(mixer, "x_proj" + suffix).weight, rank, n)
+            out.update({f"x_{direction}": xc, f"B_{direction}": B, f"C_{direction}": C})
+        if delta:
+            # both directions in one launch (the bias casts here, not inside the opaque op:
+            # Inductor fuses them with the other casts, or folds them when frozen)
+            both = delta_ops.delta_softplus_bidir(
+                dts["fwd"][..., :rank],
+                dts["bwd"][..., :rank],
+                mixer.dt_proj.weight,
+                mixer.dt_proj_b.weight,
+                mixer.dt_proj.bias.float(),
+                mixer.dt_proj_b.bias.float(),
+            )
+            out["dt_fwd"], out["dt_bwd"] = both[0], both[1]
+        else:  # dt_proj's bias goes in the scan, in fp32
+            for direction, suffix in DIRECTIONS:
+                out[f"dt_{direction}"] = dt_proj_aligned(dts[direction], getattr(mixer, "dt_proj" + suffix).weight)
         return out, delta
 
 

@@ -88,6 +88,10 @@ def _patch_embed_gemm(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return F.linear(x.reshape(b, gh * gw, c * ph * pw), conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
 
+def _zero_dt_bias(module, _incompatible_keys) -> None:
+    module.dt_bias_zero.zero_()
+
+
 class Mamba(nn.Module):
     """The bimamba-v2 mixer (inference only)."""
 
@@ -108,6 +112,11 @@ class Mamba(nn.Module):
         a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)
         self.A_log = nn.Parameter(a_log.clone())
         self.A_b_log = nn.Parameter(a_log.clone())
+        # The scan's dt bias where the front computed delta: zeros made once, not per forward
+        # (not in the state_dict: checkpoints load as they are). Zeroed again after every
+        # load_state_dict: load_model builds on the meta device, and to_empty leaves it unset.
+        self.register_buffer("dt_bias_zero", torch.zeros(e), persistent=False)
+        self.register_load_state_dict_post_hook(_zero_dt_bias)
 
     @property
     def scan(self) -> str | ScanFn:
@@ -134,8 +143,8 @@ class Mamba(nn.Module):
         inputs["A_fwd"] = -torch.exp(self.A_log.float())
         inputs["A_bwd"] = -torch.exp(self.A_b_log.float())
         inputs["D_fwd"], inputs["D_bwd"] = self.D.float(), self.D_b.float()
-        if delta:  # already in delta
-            inputs["dt_bias_fwd"] = inputs["dt_bias_bwd"] = inputs["D_fwd"].new_zeros(inputs["D_fwd"].shape)
+        if delta:  # already in delta; .float(): a model in .half() has the zeros in fp16
+            inputs["dt_bias_fwd"] = inputs["dt_bias_bwd"] = self.dt_bias_zero.float()
         else:
             inputs["dt_bias_fwd"], inputs["dt_bias_bwd"] = self.dt_proj.bias.float(), self.dt_proj_b.bias.float()
         return ScanInputs(**inputs), not delta

@@ -9,7 +9,8 @@
  * E = d_inner) with the bias and the softplus that the scan would otherwise apply per step: the model hands the result to the BiSelectiveScan op with
  * delta_softplus = 0 and a zero dt_bias (vimdeploy/model/vim.py, Mamba.scan_inputs), and the
  * scan, bound by instruction issue, runs 6-7% faster (docs/kernel.md). The PyTorch op
- * (vimdeploy/ops/delta.py, through ctypes) calls it with a VimdeployDeltaParams.
+ * (vimdeploy/ops/delta.py, through ctypes) calls it with a VimdeployDeltaParams, or with two (one
+ * per scan direction, one launch: vimdeploy_delta_softplus_bidir).
  */
 #ifndef VIMDEPLOY_DELTA_SOFTPLUS_H
 #define VIMDEPLOY_DELTA_SOFTPLUS_H
@@ -49,6 +50,15 @@ typedef struct VimdeployDeltaParams
  * VIMDEPLOY_SUCCESS or an error code (vimdeploy_error_string).
  */
 VIMDEPLOY_API int vimdeploy_delta_softplus(VimdeployDeltaParams const* p, cudaStream_t stream);
+
+/*
+ * Both scan directions' delta in one launch: p[0] and p[1] (an array of two), each checked as
+ * vimdeploy_delta_softplus checks its one, with the same tokens, E and R (their pointers,
+ * dt_stride and bias their own; VIMDEPLOY_ERROR_INVALID_ARGUMENT otherwise). Each direction's
+ * output is bit-identical to vimdeploy_delta_softplus on its parameters (the same kernel code).
+ * Neither delta may alias either dt or the other delta.
+ */
+VIMDEPLOY_API int vimdeploy_delta_softplus_bidir(VimdeployDeltaParams const* p, cudaStream_t stream);
 
 #ifdef __cplusplus
 }
