@@ -4,12 +4,13 @@
 # so that each one fits a 10-minute call on a lent machine (times measured on an H100, plus ~1 min
 # to build the kernels on the first stage of a fresh machine); no stage named = all of them, in
 # this order:
-#   quick  the scan at batch 1: the split and warp-chunks tests, compute-sanitizer memcheck, racecheck
-#          and synccheck on the warp-chunks kernel (two shapes), and the scan's rows at L=197 and 6085,
-#          batch 1 and 8: automatic (the two-launch split), variants 2, 4, 7 and their chunk counts, the
-#          limit                                                                       (< 4 min)
-#   check  the GPU tests (scan, delta, conv kernels, golden, model, hostile op inputs), compute-sanitizer memcheck,
-#          racecheck and synccheck over the conv + x_proj kernel's and the warp-chunks scan's tests; with
+#   quick  the scan at small grids: the split, warp-chunks and state-lanes tests, compute-sanitizer
+#          memcheck, racecheck and synccheck on the warp-chunks and state-lanes kernels (two shapes
+#          each), and the scan's rows at L=197 and 6085, batch 1 and 8: automatic, variants 2, 4, 7, 8
+#          and the forced chunk counts, the limit                                      (< 5 min)
+#   check  the GPU tests (scan, delta, conv kernels, the mixer's front, golden, model, hostile op inputs),
+#          compute-sanitizer memcheck, racecheck and synccheck over the conv + x_proj kernel's and the
+#          warp-chunks and state-lanes scans' tests; with
 #          OFFICIAL_SDIST set, mamba_ssm's selective scan is built for the scan stage meanwhile (~5 min)
 #   plugin the TensorRT plugin's conformance harness on this GPU, plain and under compute-sanitizer
 #          memcheck; needs TensorRT headers in $TENSORRT_INCLUDE_DIR (':'-separated), else skipped
@@ -63,11 +64,14 @@ step() {
     [ "$rc" -eq 0 ] || failed=1
 }
 
-# compute-sanitizer over the scan's warp-chunks kernel (the sequence-parallel path) on a few shapes
-warp_chunks_sanitizer() {
+# compute-sanitizer over the scan's kernels for small grids (warp chunks, state lanes) on a few shapes
+small_grid_sanitizer() {
     for tool in memcheck racecheck synccheck; do
         step "sanitizer_warp_chunks_$tool" compute-sanitizer --tool "$tool" --kernel-name kns=warpChunks \
             --error-exitcode 9 python3 -m pytest -q tests/test_plugin_warp_chunks.py \
+            -k "every_L and (13-2-float16 or 197-1-float32)"
+        step "sanitizer_state_lanes_$tool" compute-sanitizer --tool "$tool" --kernel-name kns=stateLanes \
+            --error-exitcode 9 python3 -m pytest -q tests/test_plugin_state_lanes.py \
             -k "every_L and (13-2-float16 or 197-1-float32)"
     done
 }
@@ -85,11 +89,11 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu
 for s in $stages; do
     case $s in
     quick)
-        step warp_chunks_tests python3 -m pytest -q tests/test_plugin_warp_chunks.py tests/test_contract.py \
-            tests/test_plugin_cuda.py \
-            -k "not builds_with_nvcc and (warp_chunks or python_names or variant or no_softplus or unaligned or slices)"
-        warp_chunks_sanitizer
-        step bench_scan_batch1 python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --variants 2,4,7 \
+        step small_grid_tests python3 -m pytest -q tests/test_plugin_warp_chunks.py tests/test_plugin_state_lanes.py \
+            tests/test_contract.py tests/test_plugin_cuda.py -k "not builds_with_nvcc and (warp_chunks or \
+            state_lanes or python_names or variant or no_softplus or unaligned or slices)"
+        small_grid_sanitizer
+        step bench_scan_batch1 python3 benchmarks/bench_scan.py --no-official --no-fast --delta-given --variants 2,4,7,8 \
             --shapes 197x1,197x8,6085x1,6085x8 --json "$out/bench_scan_batch1.json"
         ;;
     check)
@@ -100,13 +104,14 @@ for s in $stages; do
             official_pid=$!
         fi
         step tests python3 -m pytest -q tests/test_delta_cuda.py tests/test_plugin_cuda.py tests/test_conv_cuda.py \
-            tests/test_plugin_warp_chunks.py tests/test_golden.py tests/test_model.py tests/test_hostile_scan.py \
+            tests/test_plugin_warp_chunks.py tests/test_plugin_state_lanes.py tests/test_front.py tests/test_golden.py \
+            tests/test_model.py tests/test_hostile_scan.py \
             -k "not builds_with_nvcc"
         for tool in memcheck racecheck synccheck; do
             step "sanitizer_$tool" compute-sanitizer --tool "$tool" --kernel-name kns=convSiluXProj --error-exitcode 9 \
                 python3 -m pytest -q tests/test_conv_cuda.py -k "xproj_kernel_many_tiles or (xproj_kernel and 197)"
         done
-        warp_chunks_sanitizer
+        small_grid_sanitizer
         if [ -n "$official_pid" ]; then
             wait "$official_pid"
             echo "official_build rc $? $(tail -n 1 "$out/official_build.log")" | tee -a "$out/steps.txt"

@@ -79,7 +79,7 @@ def test_scan_variant_ids_are_the_ones_python_forces():
     ids = {
         name: int(v.split()[0])
         for name, v in api.items()
-        if re.fullmatch(r"VIMDEPLOY_SCAN_(STEPS\d+_THREADS\d|WARP_CHUNKS)", name)
+        if re.fullmatch(r"VIMDEPLOY_SCAN_(STEPS\d+_THREADS\d|WARP_CHUNKS|STATE_LANES)", name)
     }
     assert int(api["VIMDEPLOY_SCAN_AUTO"]) == 0
     assert sorted(ids.values()) == list(VARIANTS) == list(range(1, int(api["VIMDEPLOY_SCAN_NUM_VARIANTS"])))

@@ -675,16 +675,27 @@ __device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0
     };
     if (s0 >= s1)
         return;
-    LanesChunk<T> cur;
-    load(cur, s0);
-    LanesChunk<T> next = cur;
+    // The loaded chunk is converted first, then the next chunk's loads go into the same
+    // registers and stay in flight during this chunk's steps (a copy of loaded registers at the
+    // end of the loop would wait for them there).
+    LanesChunk<T> q;
+    load(q, s0);
     for (int s = s0; s < s1; s += kLanesTC)
     {
-        if (s + kLanesTC < s1)
-            load(next, s + kLanesTC);
         bool const own = s + j < s1;
-        float const xv = toF(cur.x);
-        float const v = toF(cur.dt) + bias;
+        float const xv = toF(q.x);
+        float const v = toF(q.dt) + bias;
+        float const zv = kMode == kSecond ? toF(q.z) : 0.f;
+        float const partial = kMode == kSecond ? toF(q.part) : 0.f;
+        float Bs[kLanesTC], Cs[kLanesTC];
+#pragma unroll
+        for (int i = 0; i < kLanesTC; ++i)
+        {
+            Bs[i] = toF(q.B[i]);
+            Cs[i] = toF(q.C[i]);
+        }
+        if (s + kLanesTC < s1)
+            load(q, s + kLanesTC);
         float const d = own ? (kSoftplus ? softplus(v) : v) : 0.f; // a step past s1 leaves h as it is
         float const dx = d * xv;
         float acc[kLanesTC];
@@ -693,8 +704,8 @@ __device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0
         {
             float const di = __shfl_sync(kAll, d, group + i);
             float const dxi = __shfl_sync(kAll, dx, group + i);
-            h = fmaf(ex2Mufu(di * A2), h, dxi * toF(cur.B[i]));
-            acc[i] = h * toF(cur.C[i]);
+            h = fmaf(ex2Mufu(di * A2), h, dxi * Bs[i]);
+            acc[i] = h * Cs[i];
         }
         // Reduce-scatter over the 16 lanes: lane j ends with the sum of step j.
         reduceHalves<8>(acc, j);
@@ -703,9 +714,8 @@ __device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0
         reduceHalves<1>(acc, j);
         float yv = fmaf(D, xv, acc[0]);
         if (kMode == kSecond)
-            yv = (yv + toF(cur.part)) * (silu(toF(cur.z)) * p.scale);
+            yv = (yv + partial) * (silu(zv) * p.scale);
         storeIf(active && own, y + token(s + j) * p.E, fromF<T>(yv));
-        cur = next;
     }
 }
 
