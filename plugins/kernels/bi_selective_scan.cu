@@ -601,6 +601,8 @@ __global__ void __launch_bounds__(2 * kWarp) warpChunksKernel(Params const p)
 // is 2 channels x 16 states of one direction, lane = 16 * channel + state; a block is 2 warps
 // over the same 2 channels, warp 0 forward and warp 1 backward, meeting in the middle as the
 // sequential kernel does (partial in y, __syncthreads, gate). Per chunk of 16 steps:
+//   0. the warp's 32 lanes load the chunk's 16 B rows and 16 C rows (one row each, vector loads),
+//      park them in shared memory, and read back their own state's 32 values;
 //   1. lane j of a channel computes the per-step values of step j only (delta with its softplus,
 //      delta * x), and the channel's lanes read them with shuffles;
 //   2. each lane runs its own state through the 16 steps: h = exp(delta A) h + delta x B,
@@ -612,13 +614,14 @@ __global__ void __launch_bounds__(2 * kWarp) warpChunksKernel(Params const p)
 // step (the shuffles): so it is for small grids only (autoVariant).
 constexpr int kLanesTC = kN; // steps per chunk: one per lane of a channel's group
 
-// The per-lane registers of one chunk: lane j's own step (x, dt; z and the other direction's
-// partial in the second half) and B_t[state], C_t[state] of the chunk's 16 steps.
+// What a lane loads for one chunk: its own step's x and dt (z and the other direction's partial
+// in the second half), and one row of B or C (16 values) of the chunk's steps: lane l the B row
+// (l even) or C row (l odd) of step l / 2, in vector loads where B/C rows are 16-byte aligned.
 template <typename T>
-struct LanesChunk
+struct LanesLoad
 {
     T x, dt, z, part;
-    T B[kLanesTC], C[kLanesTC];
+    T row[kN];
 };
 
 // One stage of a butterfly reduce-scatter of 2 kM sums over lanes that differ in bit kM: each lane
@@ -636,27 +639,31 @@ __device__ __forceinline__ void reduceHalves(float (&acc)[kLanesTC], int j)
     }
 }
 
+// stage: this warp's [step][B, C][state] buffer (shared memory): the rows the lanes loaded are
+// parked there once per chunk and read back by state (a transpose without address arithmetic
+// per value).
 template <typename T, bool kSoftplus, Mode kMode>
 __device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0, int64_t ec, bool active, int lane,
-    float A2, float D, float bias, float& h, int s0, int s1)
+    float A2, float D, float bias, float& h, int s0, int s1, float (*stage)[2][kN])
 {
     static_assert(kMode != kStates, "the state-lanes kernel does not split L");
     unsigned const kAll = 0xffffffffu;
-    int const j = lane % kN;       // this lane's state, and the step of a chunk it finishes
-    int const group = lane - j;    // the channel's first lane
+    int const j = lane % kN;    // this lane's state, and the step of a chunk it finishes
+    int const group = lane - j; // the channel's first lane
     bool const rev = dir == 1;
     T const* const x = static_cast<T const*>(rev ? p.x[1] : p.x[0]) + row0 * p.E + ec;
     T const* const dt = static_cast<T const*>(rev ? p.dt[1] : p.dt[0]) + row0 * p.E + ec;
     T const* const z = static_cast<T const*>(p.z) + row0 * p.E + ec;
     T* const y = static_cast<T*>(p.y) + row0 * p.E + ec;
-    T const* const B = static_cast<T const*>(rev ? p.B[1] : p.B[0]) + row0 * p.bcStride + j;
-    T const* const C = static_cast<T const*>(rev ? p.C[1] : p.C[0]) + row0 * p.bcStride + j;
+    int const rowStep = lane / 2, rowIsC = lane % 2; // the B/C row this lane loads
+    T const* const bc = static_cast<T const*>(rowIsC ? (rev ? p.C[1] : p.C[0]) : (rev ? p.B[1] : p.B[0]))
+        + row0 * p.bcStride;
     // token of scan step s; steps past s1 read the last valid one (their delta is zeroed)
     auto token = [&](int s) -> int64_t {
         int const c = s < s1 ? s : s1 - 1;
         return rev ? p.L - 1 - c : c;
     };
-    auto load = [&](LanesChunk<T>& q, int s) {
+    auto load = [&](LanesLoad<T>& q, int s) {
         int64_t const o = token(s + j) * p.E;
         q.x = __ldg(x + o);
         q.dt = __ldg(dt + o);
@@ -665,20 +672,21 @@ __device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0
             q.z = __ldg(z + o);
             q.part = __ldcg(y + o); // the other direction's partial, written in this launch
         }
-#pragma unroll
-        for (int i = 0; i < kLanesTC; ++i)
+        T const* const r = bc + token(s + rowStep) * p.bcStride;
+        if (p.bcVec)
+            loadVec(q.row, r);
+        else
         {
-            int64_t const r = token(s + i) * p.bcStride;
-            q.B[i] = __ldg(B + r);
-            q.C[i] = __ldg(C + r);
+#pragma unroll
+            for (int k = 0; k < kN; ++k)
+                q.row[k] = __ldg(r + k);
         }
     };
     if (s0 >= s1)
         return;
-    // The loaded chunk is converted first, then the next chunk's loads go into the same
-    // registers and stay in flight during this chunk's steps (a copy of loaded registers at the
-    // end of the loop would wait for them there).
-    LanesChunk<T> q;
+    // The loaded chunk is parked first, then the next chunk's loads go into the same registers
+    // and stay in flight during this chunk's steps.
+    LanesLoad<T> q;
     load(q, s0);
     for (int s = s0; s < s1; s += kLanesTC)
     {
@@ -687,12 +695,20 @@ __device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0
         float const v = toF(q.dt) + bias;
         float const zv = kMode == kSecond ? toF(q.z) : 0.f;
         float const partial = kMode == kSecond ? toF(q.part) : 0.f;
+        __syncwarp(); // every lane has read the previous chunk's rows
+        {
+            float4* const dst = reinterpret_cast<float4*>(stage[rowStep][rowIsC]);
+#pragma unroll
+            for (int k = 0; k < kN; k += 4)
+                dst[k / 4] = make_float4(toF(q.row[k]), toF(q.row[k + 1]), toF(q.row[k + 2]), toF(q.row[k + 3]));
+        }
+        __syncwarp();
         float Bs[kLanesTC], Cs[kLanesTC];
 #pragma unroll
         for (int i = 0; i < kLanesTC; ++i)
         {
-            Bs[i] = toF(q.B[i]);
-            Cs[i] = toF(q.C[i]);
+            Bs[i] = stage[i][0][j];
+            Cs[i] = stage[i][1][j];
         }
         if (s + kLanesTC < s1)
             load(q, s + kLanesTC);
@@ -723,6 +739,7 @@ __device__ __forceinline__ void laneSweep(Params const& p, int dir, int64_t row0
 template <typename T, bool kSoftplus>
 __global__ void __launch_bounds__(2 * kWarp) stateLanesKernel(Params const p)
 {
+    __shared__ __align__(16) float stage[2][kLanesTC][2][kN]; // per direction (warp)
     int const dir = threadIdx.x / kWarp;
     int const lane = threadIdx.x % kWarp;
     int64_t const e = int64_t(blockIdx.x) * (kWarp / kN) + lane / kN;
@@ -736,9 +753,9 @@ __global__ void __launch_bounds__(2 * kWarp) stateLanesKernel(Params const p)
     int const n = int(p.L);
     int const half = n / 2;
     int const split = dir == 0 ? half : n - half;
-    laneSweep<T, kSoftplus, kFirst>(p, dir, row0, ec, active, lane, A2, D, bias, h, 0, split);
+    laneSweep<T, kSoftplus, kFirst>(p, dir, row0, ec, active, lane, A2, D, bias, h, 0, split, stage[dir]);
     __syncthreads(); // partials of the first half are visible to the other warp
-    laneSweep<T, kSoftplus, kSecond>(p, dir, row0, ec, active, lane, A2, D, bias, h, split, n);
+    laneSweep<T, kSoftplus, kSecond>(p, dir, row0, ec, active, lane, A2, D, bias, h, split, n, stage[dir]);
 }
 
 // VIMDEPLOY_SM_COUNT=N makes the library act as on a GPU of N SMs, for tests of an engine
