@@ -80,12 +80,6 @@ def main():
     parser.add_argument(
         "--no-freeze", action="store_true", help="compile without Inductor's freezing (weights as inputs)"
     )
-    parser.add_argument(
-        "--xproj-ab",
-        action="store_true",
-        help="also Vim-Ti with the conv + x_proj kernel at every size (the model takes it only from one "
-        "64-token tile per SM, vimdeploy.ops.conv.xproj_tiles_fill_gpu)",
-    )
     args = parser.parse_args()
     models = args.models.split(",")
     if set(models) - set(MODELS):
@@ -102,23 +96,6 @@ def main():
         lambda m=m: bench.vim_runner(f"vim_{m}", scan="cuda", cuda_graphs=True, compile=True, freeze=freeze)
         for m in models
     ]
-    if args.xproj_ab:
-        from vimdeploy.model.front import TokenMajorFront
-
-        makers.insert(  # right after Vim-Ti
-            2 if "tiny" in models else 1,
-            lambda: bench.vim_runner(
-                "vim_tiny",
-                scan="cuda",
-                cuda_graphs=True,
-                compile=True,
-                freeze=freeze,
-                front=TokenMajorFront(xproj_min_tiles=0),
-                name="Vim-Ti (cuda scan, x_proj kernel at every size, torch.compile"
-                + (", frozen" if freeze else "")
-                + ", CUDA graphs)",
-            ),
-        )
     for make in makers:  # one model on the GPU at a time
         runner = make()
         for size, batch in configs:

@@ -162,10 +162,8 @@ class TokenMajorFront(MixerFront):
 
     token_major = True
 
-    def __init__(self, conv: bool = True, xproj: bool = True, delta: bool = True, xproj_min_tiles: int | None = None):
-        # xproj_min_tiles: the x_proj kernel only from this many 64-token tiles (None: one per SM;
-        # 0: always), see `conv_ops.xproj_tiles_fill_gpu`
-        self.conv, self.xproj, self.delta, self.xproj_min_tiles = conv, xproj, delta, xproj_min_tiles
+    def __init__(self, conv: bool = True, xproj: bool = True, delta: bool = True):
+        self.conv, self.xproj, self.delta = conv, xproj, delta
         kernels = [k for k, on in (("conv", conv), ("xproj", xproj), ("delta", delta)) if on]
         self.name = "auto" if len(kernels) == 3 else f"token-major({', '.join(kernels) or 'no kernels'})"
 
@@ -181,7 +179,6 @@ class TokenMajorFront(MixerFront):
             if (
                 self.xproj
                 and conv_ops.xproj_kernel_applies(x, convs[0].shape[-1], rows)
-                and conv_ops.xproj_tiles_fill_gpu(x, self.xproj_min_tiles)
                 and conv_ops.fused_xproj_available()
             ):
                 y_fwd, y_bwd, out_fwd, out_bwd = conv_ops.conv_silu_xproj_bidir(

@@ -115,23 +115,6 @@ def fused_xproj_available() -> bool:
     return native.loads(_xproj_entry)
 
 
-XPROJ_TILE_TOKENS = 64  # kTokens of conv_xproj.cu: a block per 64 tokens of a batch row
-
-
-@torch.compiler.assume_constant_result
-def _sm_count() -> int:
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-
-
-def xproj_tiles_fill_gpu(x: torch.Tensor, min_tiles: int | None = None) -> bool:
-    """Whether conv_xproj.cu gets at least `min_tiles` tiles (default: one per SM) from x (b, L, E).
-    Each tile of 64 tokens is one block that walks all of E alone, so below one tile per SM
-    (batch 1: Vim-Ti at 224 px is 4 tiles, at 1248 px 96, on an H100's 132 SMs) the conv kernel
-    and two x_proj GEMMs finish first (docs/kernel.md)."""
-    tiles = x.shape[0] * -(-x.shape[1] // XPROJ_TILE_TOKENS)
-    return tiles >= (_sm_count() if min_tiles is None else min_tiles)
-
-
 def xproj_kernel_applies(x: torch.Tensor, k: int, rows: int) -> bool:
     """The shapes and dtype that conv_xproj.cu takes (x (b, L, E) on a GPU, conv width k, x_proj
     rows): where False, `conv_silu_xproj_bidir` runs the conv op and F.linear apart."""
