@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_plugin_warp_chunks import FIRST, LS, SECOND, header_id, random_case, recurrence, silu, softplus
+from tests.test_plugin_warp_chunks import FIRST, LS, SECOND, header_id, random_case, recurrence, softplus, store
 
 N = 16
 LANES = 16  # kLanesTC: steps per chunk, one per lane of a channel
@@ -76,15 +76,7 @@ def state_lanes(case, scale, delta_softplus=True):
                 if not own[j]:
                     continue
                 t = t_own[j]
-                out = sums[j] + case[f"D{d}"] * x[t]
-                if mode == SECOND:
-                    assert phase[t] == 1, "a partial read before it was written"
-                    out = (out + y[t]) * (silu(case["z"][t]) * scale)
-                    phase[t] = 2
-                else:
-                    assert phase[t] == 0, "a partial written twice"
-                    phase[t] = 1
-                y[t] = out
+                store(y, phase, t, sums[j] + case[f"D{d}"] * x[t], mode, case, scale)
         return h
 
     splits = [L // 2, L - L // 2]

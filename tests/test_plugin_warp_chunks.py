@@ -91,6 +91,19 @@ def recurrence(case, scale):
     return (ys[0] + ys[1]) * silu(case["z"]) * scale
 
 
+def store(y, phase, t, out, mode, case, scale):
+    """A kernel's store at token t: the ungated partial (FIRST) or, in the SECOND half, the sum
+    with the other direction's partial, gated; checks that the partial was written first, once."""
+    if mode == SECOND:
+        assert phase[t] == 1, "a partial read before it was written"
+        out = (out + y[t]) * (silu(case["z"][t]) * scale)
+        phase[t] = 2
+    else:
+        assert phase[t] == 0, "a partial written twice"
+        phase[t] = 1
+    y[t] = out
+
+
 def warp_chunks(case, scale, nc):
     """warpChunksKernel for one batch row, every channel at once: block (cluster rank) c = chunk c,
     warp d = direction d."""
@@ -114,15 +127,7 @@ def warp_chunks(case, scale, nc):
             dsum = dsum + dl
             if mode == STATES:
                 continue
-            out = h @ case[f"C{d}"][t] + case[f"D{d}"] * xv
-            if mode == SECOND:
-                assert phase[t] == 1, "a partial read before it was written"
-                out = (out + y[t]) * (silu(case["z"][t]) * scale)
-                phase[t] = 2
-            else:
-                assert phase[t] == 0, "a partial written twice"
-                phase[t] = 1
-            y[t] = out
+            store(y, phase, t, h @ case[f"C{d}"][t] + case[f"D{d}"] * xv, mode, case, scale)
         return h, dsum
 
     maps = {}  # (d, c) -> (state, sum of deltas); the last chunk in scan order has none
