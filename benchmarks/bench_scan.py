@@ -159,7 +159,9 @@ def main():
     if any(v not in VARIANTS for v in variants):
         ap.error(f"--variants: choose from {','.join(map(str, VARIANTS))}")
     try:
-        shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        shapes = (
+            SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        )
     except ValueError:
         ap.error(f"--shapes: expected LxB[,LxB...], got {args.shapes!r}")
     if any(len(s) != 2 or min(s) < 1 for s in shapes):
