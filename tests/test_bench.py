@@ -206,3 +206,27 @@ def test_frozen_compile_equals_eager_and_follows_a_new_position_embedding():
         torch.testing.assert_close(frozen(x), want, rtol=1e-5, atol=1e-5)
     with pytest.raises(bench.BenchError, match="default mode"):
         compiled(model, "max-autotune-no-cudagraphs", freeze=True)
+
+
+def test_frozen_compile_folds_the_weights():
+    """`compiled(freeze=True)` makes the parameters constants of the compiled graph: an in-place
+    change of every A_log after the first call does not reach the frozen model's output (the eager
+    model follows it). Freezing given as torch.compile's `options` reached Inductor only and froze
+    nothing: the output followed."""
+    from vimdeploy.bench.models import compiled
+
+    from .conftest import small_model
+
+    model = small_model().eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        frozen = compiled(model, True, freeze=True)
+        first = frozen(x)
+        torch.testing.assert_close(first, model(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mixer.A_log.add_(1.0)
+            layer.mixer.A_b_log.add_(1.0)
+    with torch.inference_mode():
+        assert (model(x) - first).abs().max() > 1e-3  # the change matters
+        torch.testing.assert_close(frozen(x), first, rtol=0, atol=0)
