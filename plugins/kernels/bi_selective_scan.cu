@@ -26,7 +26,9 @@
  *   carried state of the chunks before it (in scan order) and runs the sweep above inside
  *   the chunk. That doubles the exps, so it is only used when the GPU would idle otherwise.
  *   The same split in one launch (warpChunksKernel, below: the chunks' blocks in a thread
- *   block cluster) is forced only, not measured yet.
+ *   block cluster) and a kernel with a channel's 16 states on 16 lanes (stateLanesKernel)
+ *   are forced only: measured on an H100 at batch 1, neither beats the two launches by more
+ *   than 5% at any shape (docs/kernel.md).
  * - Instruction issue, not memory, is the other limit: per step a thread does ~5
  *   instructions per state (FMUL, MUFU.EX2, FMUL, 2 FFMA) plus the per-step overhead, so
  *   that overhead is kept small: softplus costs one MUFU op (polynomial log1p), the two
@@ -846,7 +848,7 @@ cudaError_t launch(Params p, int numChunks, size_t wsAvail, cudaStream_t stream)
     return kernel(std::false_type{}, std::false_type{});
 }
 
-// Chunks per sequence for the warp-chunks path when num_chunks is 0 (not tuned on a GPU yet):
+// Chunks per sequence for the warp-chunks path when num_chunks is 0 (forced variant; not tuned):
 // doubled while each chunk keeps >= kMinChunkL tokens and the grid has fewer than 4 blocks per
 // SM (past that the GPU is full, and more chunks only add the second pass's exps).
 int autoWarpChunks(int64_t batch, int64_t L, int64_t E)
@@ -939,8 +941,9 @@ cudaError_t launchStateLanes(Params const& p, cudaStream_t stream)
 // - few blocks and L not split (Vim-Ti at batch 32): fp16 two threads per channel
 //   (STEPS8_THREADS2: twice the warps, spread evenly over an SM's 4 schedulers; 1.16 vs 1.34 ms
 //   for STEPS8_THREADS1), fp32 STEPS8_THREADS1 (1.28 vs 1.40 ms for STEPS8_THREADS2).
-// WARP_CHUNKS is never chosen (not measured yet in its cluster form; the earlier one-warp form
-// was 2-11x slower than the split over two launches at batch 1, docs/kernel.md).
+// WARP_CHUNKS and STATE_LANES are never chosen: at batch 1 the cluster form of WARP_CHUNKS was on
+// par with the two-launch split at L=197 and slower at L=6085, STATE_LANES 5% faster at Vim-Ti
+// L=197 fp16 and slower at every other shape measured (docs/kernel.md).
 int autoVariant(int64_t batch, int64_t L, int64_t E, bool fp32)
 {
     int64_t const blocks = tilesOf(E, kWarp) * batch;

@@ -54,8 +54,9 @@ VIMDEPLOY_API int vimdeploy_bi_selective_scan(
  * num_chunks: chunks per sequence, the largest power of two <= min(num_chunks, 16, L), 16 taken
  * as 8 where the GPU cannot schedule clusters of 16; 0 = its own estimate. */
 #define VIMDEPLOY_SCAN_WARP_CHUNKS 7
-/* The 16 states of a channel on 16 lanes (one launch, never splits L; num_chunks is ignored): for
- * grids too small to fill the GPU with one thread per channel (batch 1 at short L). */
+/* The 16 states of a channel on 16 lanes (one launch, never splits L; num_chunks is ignored), for
+ * grids too small to fill the GPU with one thread per channel (never chosen automatically:
+ * docs/kernel.md has its batch-1 measurements). */
 #define VIMDEPLOY_SCAN_STATE_LANES 8
 #define VIMDEPLOY_SCAN_NUM_VARIANTS 9 /* ids 0 .. 8; any other is VIMDEPLOY_ERROR_INVALID_ARGUMENT */
 
