@@ -133,6 +133,16 @@ def make_inputs(b, L, E, dtype, seed=0, device="cuda", large_dt_fraction=0.02):
     return ScanInputs(**act, **par)
 
 
+def activations_as(args, dtype, delta_softplus=True):
+    """fp32 `args` (make_inputs) with the activations in `dtype`; for delta_softplus=False, dt is
+    first replaced by softplus(dt) - bias, so that delta = dt + bias stays positive."""
+    if not delta_softplus:
+        args = args._replace(
+            dt_fwd=F.softplus(args.dt_fwd) - args.dt_bias_fwd, dt_bwd=F.softplus(args.dt_bwd) - args.dt_bias_bwd
+        )
+    return args._replace(**{name: getattr(args, name).to(dtype) for name in ACTIVATIONS})
+
+
 def ground_truth(args, delta_softplus=True, out_scale=0.5):
     """The contract's recurrence in fp64, step by step (memory O(b*E*N), any L).
     Returns (out, y_fwd, y_bwd, gate, mag) in fp64; mag = |gate| * (sum_n |h_n C_n| + |D x|)
@@ -247,12 +257,7 @@ def test_no_softplus(kernel_lib, dtype):
     from vimdeploy.ops.cuda import bi_selective_scan_cuda, launch
 
     b, L, E = 2, 300, 96
-    args = make_inputs(b, L, E, torch.float32, seed=5)
-    # delta = dt + bias must stay positive without softplus
-    args = args._replace(
-        dt_fwd=F.softplus(args.dt_fwd) - args.dt_bias_fwd, dt_bwd=F.softplus(args.dt_bwd) - args.dt_bias_bwd
-    )
-    args = args._replace(**{name: getattr(args, name).to(dtype) for name in ACTIVATIONS})
+    args = activations_as(make_inputs(b, L, E, torch.float32, seed=5), dtype, delta_softplus=False)
     out = bi_selective_scan_cuda(args, delta_softplus=False, out_scale=1.0)
     check(out, args, False, 1.0, what="no softplus")
     for variant in VARIANTS:

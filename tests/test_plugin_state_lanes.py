@@ -15,7 +15,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_plugin_warp_chunks import FIRST, LS, SECOND, header_id, random_case, recurrence, softplus, store
+from tests.test_plugin_warp_chunks import (
+    FIRST,
+    LS,
+    SECOND,
+    _gpu,
+    header_id,
+    random_case,
+    recurrence,
+    softplus,
+    store,
+)
 
 N = 16
 LANES = 16  # kLanesTC: steps per chunk, one per lane of a channel
@@ -117,23 +127,13 @@ def test_emulated_state_lanes_match_the_recurrence(L, delta_softplus):
 def test_kernel_state_lanes_every_L(cuda_kernels, L, b, dtype, delta_softplus):
     """Forced variant 8 against fp64; E = 384 (Vim-Ti) at batch 1, 37 (an odd channel count: the
     last block's second channel is inactive) at batch 2; the output starts as NaN."""
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs an NVIDIA GPU (torch.cuda.is_available() is false)")
-    import torch.nn.functional as F
-
-    from tests.test_plugin_cuda import check, make_inputs
-    from vimdeploy.ops import ACTIVATIONS
+    torch = _gpu()
+    from tests.test_plugin_cuda import activations_as, check, make_inputs
     from vimdeploy.ops.cuda import STATE_LANES, launch
 
     E = 384 if b == 1 else 37
     dt = getattr(torch, dtype)
-    args = make_inputs(b, L, E, torch.float32, seed=L * 3 + b)
-    if not delta_softplus:  # delta = dt + bias must stay positive without the softplus
-        args = args._replace(
-            dt_fwd=F.softplus(args.dt_fwd) - args.dt_bias_fwd, dt_bwd=F.softplus(args.dt_bwd) - args.dt_bias_bwd
-        )
-    args = args._replace(**{name: getattr(args, name).to(dt) for name in ACTIVATIONS})
+    args = activations_as(make_inputs(b, L, E, torch.float32, seed=L * 3 + b), dt, delta_softplus)
     out = torch.full((b, L, E), float("nan"), dtype=dt, device="cuda")
     launch(out, args, delta_softplus=delta_softplus, out_scale=0.5, variant=STATE_LANES)
     check(out, args, delta_softplus, 0.5, what=f"state lanes L={L} b={b} {dtype}")
