@@ -185,40 +185,20 @@ def test_categorize_kernel_names():
     assert categorize("some_unknown_kernel") == "other"
 
 
-def test_frozen_compile_equals_eager_and_follows_a_new_position_embedding():
-    """`compiled(freeze=True)` (bench_layout.py --freeze): Inductor folds the parameters into
-    constants. Its output equals the eager model's, and when the bench's per-size hook swaps in a
-    new position-embedding Parameter the frozen model recompiles instead of serving the old
-    constant (CPU Inductor here; the GPU timing is the benchmark's)."""
+def test_frozen_compile_folds_the_weights_and_follows_a_new_position_embedding():
+    """`compiled(freeze=True)` (bench_layout.py --freeze, bench_e2e_edge.py): Inductor folds the
+    parameters into constants. Its output equals the eager model's; an in-place change of every
+    A_log after the first call does not reach it (the eager model follows it; freezing given as
+    torch.compile's `options` froze nothing, and the output followed); and when the bench's
+    per-size hook swaps in a new position-embedding Parameter the frozen model recompiles,
+    reading the current weights, instead of serving the old constants (CPU Inductor here; the GPU
+    timing is the benchmark's)."""
     from vimdeploy.bench.models import compiled
 
     from .conftest import small_model
 
     model = small_model().eval()
     x = torch.randn(2, 3, 224, 224)
-    with torch.inference_mode():
-        frozen = compiled(model, True, freeze=True)
-        first = frozen(x)
-        torch.testing.assert_close(first, model(x), rtol=1e-5, atol=1e-5)
-        model.pos_embed = torch.nn.Parameter(model.pos_embed.detach() + 0.5, requires_grad=False)
-        want = model(x)
-        assert (want - first).abs().max() > 0.1  # the new embedding matters
-        torch.testing.assert_close(frozen(x), want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(bench.BenchError, match="default mode"):
-        compiled(model, "max-autotune-no-cudagraphs", freeze=True)
-
-
-def test_frozen_compile_folds_the_weights():
-    """`compiled(freeze=True)` makes the parameters constants of the compiled graph: an in-place
-    change of every A_log after the first call does not reach the frozen model's output (the eager
-    model follows it). Freezing given as torch.compile's `options` reached Inductor only and froze
-    nothing: the output followed."""
-    from vimdeploy.bench.models import compiled
-
-    from .conftest import small_model
-
-    model = small_model().eval()
-    x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         frozen = compiled(model, True, freeze=True)
         first = frozen(x)
@@ -230,3 +210,9 @@ def test_frozen_compile_folds_the_weights():
     with torch.inference_mode():
         assert (model(x) - first).abs().max() > 1e-3  # the change matters
         torch.testing.assert_close(frozen(x), first, rtol=0, atol=0)
+        model.pos_embed = torch.nn.Parameter(model.pos_embed.detach() + 0.5, requires_grad=False)
+        want = model(x)
+        assert (want - first).abs().max() > 0.1  # the new embedding matters
+        torch.testing.assert_close(frozen(x), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(bench.BenchError, match="default mode"):
+        compiled(model, "max-autotune-no-cudagraphs", freeze=True)
